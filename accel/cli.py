@@ -1,0 +1,50 @@
+"""The ``accel`` command. Each sub-command lives in ``accel/commands/<name>.py`` and defines
+``configure(parser)`` and ``main(args) -> int``; modules are imported only when their command runs
+(``--help`` of the top level lists them without importing torch)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "bench": "run the main benchmark on the bundled zoo (or selected methods/models)",
+    "sample": "sample an image grid from a zoo model or checkpoint",
+    "train": "train zoo models (resumable, accelerate)",
+    "parity": "check accel against a fixture folder made by the official code",
+    "plot": "plot results JSONL files",
+    "calibrate": "calibration runs (e.g. ScaleKV budgets)",
+}
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(f"accel.commands.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"accel.commands.{name}":
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="accel", description="Faster decoding for autoregressive image generators, measured honestly.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_ in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    mod = _module(name)
+    if mod is None:
+        print(f"accel {name}: not available in this version", file=sys.stderr)
+        return 2
+    cmd_parser = argparse.ArgumentParser(prog=f"accel {name}", description=COMMANDS[name])
+    mod.configure(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return int(mod.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

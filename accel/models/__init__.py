@@ -1,0 +1,1 @@
+"""Model families: clean re-implementations loading official checkpoints unchanged."""

@@ -1,0 +1,1 @@
+"""`accel parity FAMILY DIR`: check accel against fixture folders made by the official code."""
