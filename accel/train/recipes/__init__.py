@@ -1,0 +1,28 @@
+"""Zoo recipes by zoo name. Each entry is ``"module:Class"``, imported only when used."""
+from __future__ import annotations
+
+import importlib
+
+from accel.train.recipe import Recipe
+
+RECIPES = {
+    "fmnist-cnn": "accel.train.recipes.classifier:ClassifierRecipe",
+    "fmnist-llamagen-vq": "accel.train.recipes.llamagen:VQRecipe",
+    "fmnist-llamagen": "accel.train.recipes.llamagen:TargetGPTRecipe",
+    "fmnist-llamagen-draft": "accel.train.recipes.llamagen:DraftGPTRecipe",
+    "fmnist-mar-vae": "accel.train.recipes.mar:VAERecipe",
+    "fmnist-mar": "accel.train.recipes.mar:TargetMARRecipe",
+    "fmnist-mar-draft": "accel.train.recipes.mar:DraftMARRecipe",
+    "fmnist-var-vqvae": "accel.train.recipes.var:VQVAERecipe",
+    "fmnist-var": "accel.train.recipes.var:VARRecipe",
+    "toy": "accel.train.recipes.toy:ToyRecipe",
+}
+ALIASES = {"classifier": "fmnist-cnn"}
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    name = ALIASES.get(name, name)
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; valid: {sorted(RECIPES) + sorted(ALIASES)}")
+    mod, cls = RECIPES[name].split(":")
+    return getattr(importlib.import_module(mod), cls)(**overrides)
