@@ -1,0 +1,138 @@
+"""Results rows: one JSON object per line (JSONL), appended atomically (DESIGN.md §4).
+
+Every row has all ``FIELDS`` (absent = ``null``) plus the environment and the exact command. A batch of rows
+is written with one ``os.write`` on an ``O_APPEND`` descriptor, so an interrupted run leaves either the whole
+batch or nothing, never half a line. The reader refuses a broken line (with its line number) instead of
+skipping it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+FIELDS = (
+    "experiment", "family", "model", "method", "params", "batch_size", "n_images", "seed",
+    "latency_s", "latency_spread_s", "images_per_s", "speedup", "baseline", "repeats",
+    "nfe_target", "nfe_draft", "mean_accept_len", "acceptance_rate", "head_steps", "kv_bytes", "kv_fraction",
+    "peak_mem_bytes", "peak_mem_kind",
+    "fid", "fid_ci", "fid_floor", "fid_feature", "kid", "precision", "recall", "class_acc",
+    "loglik_per_token", "psnr", "ssim", "token_agreement",
+    "env", "command",
+)  # DESIGN.md §4 lists the required subset; the rest are the harness's extras
+
+
+def git_sha(cwd: str | Path | None = None) -> str | None:
+    """``HEAD`` sha, suffixed ``-dirty`` when tracked files differ; None outside a git checkout."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    device = torch.device(device)
+    env = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_sha": git_sha(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def current_command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def _clean(value: Any, key: str, nonfinite: list[str]) -> Any:
+    """JSON-safe copy: tensors/numpy scalars to Python, non-finite floats to null (listed in ``nonfinite``)."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        nonfinite.append(f"{key}={value}")
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v, f"{key}.{k}", nonfinite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, f"{key}[{i}]", nonfinite) for i, v in enumerate(value)]
+    return value
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """A row with every field of ``FIELDS`` (missing -> None); extra keys are kept after them.
+
+    Non-finite floats (e.g. PSNR of identical images = inf) become null and are listed under ``nonfinite``.
+    """
+    nonfinite: list[str] = []
+    row = {k: _clean(fields.get(k), k, nonfinite) for k in FIELDS}
+    row.update({k: _clean(v, k, nonfinite) for k, v in fields.items() if k not in row})
+    if nonfinite:
+        row["nonfinite"] = nonfinite
+    json.dumps(row, allow_nan=False)  # raises TypeError on anything not JSON-serialisable
+    return row
+
+
+def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Append rows to a JSONL file with a single ``os.write`` (all rows or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
+    if not data:
+        return path
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    raise ValueError(f"{path} does not end with a newline (a torn line from another writer?); refusing to append")
+        written = os.write(fd, data)
+        if written != len(data):  # regular files write fully; anything else is a broken line we must report
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes; the last line is broken")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a JSONL file; a line that is not a JSON object raises ``ValueError`` naming file and line."""
+    rows = []
+    path = Path(path)
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        raise ValueError(f"{path}: last line is not terminated (interrupted write?)")
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: broken JSON line ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows

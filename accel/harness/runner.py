@@ -1,0 +1,172 @@
+"""Measure a baseline and the methods compared with it, in one process (DESIGN.md §4).
+
+For every batch size (batch 1 = latency, large batch = throughput) the baseline and all methods are timed
+interleaved (``timing.time_interleaved``); each timed round gives every method the same conditions and the
+same seed. Work counters come from the ``Sample.stats`` of the timed calls. Peak memory, quality (on
+``n_images`` samples split by global index, see ``distributed``) and fidelity against the baseline's own
+output follow. One results row per (method, batch size).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from accel.harness import metrics as M
+from accel.harness.distributed import IndexedSamples, chunk_seed, class_cond, generate_indexed, rank_world
+from accel.harness.memory import cpu_subprocess_peak, cuda_peak
+from accel.harness.quality import FeatureReference, evaluate
+from accel.harness.registry import BuildContext, MethodEntry, Registry
+from accel.harness.results import environment, make_row
+from accel.harness.timing import speedup, time_interleaved
+from accel.types import Method, Sample
+
+_MEAN_KEYS = ("nfe_target", "nfe_draft", "head_steps")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    batch_sizes: tuple[int, ...] = (1, 16)  # 1 = latency; the largest = throughput
+    repeats: int = 5
+    warmup: int = 1
+    n_images: int = 0  # quality samples per method; 0 = speed only
+    quality_batch: int = 64  # chunk size of the quality pass (fixed, so 1 and N processes agree)
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    memory: bool = True
+    num_classes: int = 10
+    n_boot: int = 100
+    samples_dir: Path | None = None  # write ADM-style samples.npz per method here
+
+
+def aggregate_stats(stats: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    """Work counters over calls: means per call of nfe/head steps; mean accepted length
+    ``1 + Σaccepted / Σverify_steps``; acceptance rate ``Σaccepted / Σdrafted``; peak analytic KV bytes."""
+
+    def values(key):
+        return [float(s[key]) for s in stats if s.get(key) is not None]
+
+    out: dict[str, float | int | None] = {k: (float(np.mean(v)) if (v := values(k)) else None) for k in _MEAN_KEYS}
+    acc, ver, dra = sum(values("accepted")), sum(values("verify_steps")), sum(values("drafted"))
+    out["mean_accept_len"] = 1.0 + acc / ver if values("verify_steps") and ver > 0 else None
+    out["acceptance_rate"] = acc / dra if values("drafted") and dra > 0 else None
+    kv = values("kv_bytes")
+    out["kv_bytes"] = int(max(kv)) if kv else None
+    frac = values("kv_fraction")
+    out["kv_fraction"] = float(np.mean(frac)) if frac else None
+    return out
+
+
+def _timing_call(method: Method, bs: int, cfg: RunConfig, device: torch.device) -> Callable[[int], Sample]:
+    def call(r: int) -> Sample:
+        start = (r + cfg.warmup) * bs  # warm-up rounds first; every method sees the same seeds per round
+        cond = class_cond(torch.arange(start, start + bs), cfg.num_classes).to(device)
+        with torch.no_grad():
+            return method.generate(cond, generator=torch.Generator(device).manual_seed(chunk_seed(cfg.seed, start)))
+
+    return call
+
+
+def _peak_memory(entry: MethodEntry, call, model: str, bs: int, cfg: RunConfig, reg: Registry, device):
+    if not cfg.memory:
+        return None
+    if device.type == "cuda":
+        return cuda_peak(lambda: call(0), device)
+    if device.type == "cpu":
+        return cpu_subprocess_peak(method=entry.name, model=model, modules=reg.modules, batch_size=bs,
+                                   num_classes=cfg.num_classes, seed=cfg.seed, dtype=cfg.dtype)
+    return None
+
+
+def _fidelity(samples: IndexedSamples, reference: IndexedSamples) -> dict[str, float | None]:
+    out = {
+        "psnr": float(M.psnr(samples.images, reference.images).mean()),
+        "ssim": float(M.ssim(samples.images, reference.images).mean()),
+        "token_agreement": None,
+    }
+    toks = [s.get("tokens") for s in samples.stats]
+    ref_toks = [s.get("tokens") for s in reference.stats]
+    if all(isinstance(t, torch.Tensor) for t in toks + ref_toks):
+        a, b = torch.cat(toks), torch.cat(ref_toks)
+        out["token_agreement"] = M.token_agreement(a, b) if a.shape == b.shape else None
+    return out
+
+
+def run_group(
+    reg: Registry,
+    baseline: MethodEntry,
+    entries: list[MethodEntry],
+    model: str,
+    cfg: RunConfig,
+    *,
+    reference: FeatureReference | None = None,
+    command: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows for ``baseline`` and ``entries`` (all compared with it) on ``model``."""
+    say = progress or (lambda msg: None)
+    device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    ctx = BuildContext(model=model, device=device, dtype=dtype)
+    group = [baseline] + [e for e in entries if e.name != baseline.name]
+    for e in group[1:]:
+        if reg.baseline_of(e).name != baseline.name:
+            raise ValueError(f"{e.name!r} is compared with {e.baseline!r}, not {baseline.name!r}")
+    methods = {e.name: e.build(ctx) for e in group}
+    rank, _ = rank_world()
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    env = environment(device)
+
+    quality: dict[str, dict[str, Any]] = {e.name: {} for e in group}
+    if cfg.n_images > 0:
+        outs: dict[str, IndexedSamples] = {}
+        for e in group:
+            say(f"{model}: {cfg.n_images} samples from {e.name}")
+            outs[e.name] = generate_indexed(methods[e.name], cfg.n_images, chunk=cfg.quality_batch, seed=cfg.seed,
+                                            num_classes=cfg.num_classes, device=device,
+                                            extract=reference.extract if reference else None)
+            s = outs[e.name]
+            if reference is not None:
+                quality[e.name].update(evaluate(s.feats, s.logits, s.cond, reference, seed=cfg.seed, n_boot=cfg.n_boot))
+            if cfg.samples_dir is not None and rank == 0:
+                M.save_samples_npz(Path(cfg.samples_dir) / f"{model}_{e.name}.npz", s.images)
+        scorer = baseline.token_scorer(ctx) if baseline.token_scorer else None
+        for e in group:
+            s = outs[e.name]
+            if scorer is not None and all(isinstance(st.get("tokens"), torch.Tensor) for st in s.stats):
+                with torch.no_grad():
+                    ll = torch.cat([scorer(st["tokens"].to(device), s.cond[i * cfg.quality_batch:(i + 1) * cfg.quality_batch].to(device)).cpu()
+                                    for i, st in enumerate(s.stats)])
+                quality[e.name]["loglik_per_token"] = float(ll.mean())
+            if e.reference_fidelity:
+                quality[e.name].update(_fidelity(s, outs[baseline.name]))
+
+    rows = []
+    for bs in cfg.batch_sizes:
+        calls = {e.name: _timing_call(methods[e.name], bs, cfg, device) for e in group}
+        say(f"{model}: timing batch {bs}: {', '.join(calls)} ({cfg.warmup} warm-up + {cfg.repeats} interleaved rounds)")
+        timings = time_interleaved(calls, repeats=cfg.repeats, warmup=cfg.warmup, device=device) if rank == 0 else None
+        if rank != 0:
+            continue
+        base_t = timings[baseline.name]
+        counters = {e.name: aggregate_stats([s.stats for s in timings[e.name].outputs]) for e in group}
+        base_kv = counters[baseline.name]["kv_bytes"]
+        for e in group:
+            t, c = timings[e.name], dict(counters[e.name])
+            if c["kv_fraction"] is None and c["kv_bytes"] is not None and base_kv:
+                c["kv_fraction"] = c["kv_bytes"] / base_kv
+            say(f"{model}: peak memory of {e.name} at batch {bs}")
+            mem = _peak_memory(e, calls[e.name], model, bs, cfg, reg, device)
+            rows.append(make_row(
+                experiment=e.group, family=e.family, model=model, method=e.name, params=e.params, batch_size=bs,
+                n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
+                images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name, repeats=cfg.repeats,
+                **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,
+                **quality[e.name], env=env, command=command, run_id=run_id, dtype=cfg.dtype,
+            ))
+    return rows
