@@ -1,0 +1,438 @@
+"""MAR: masked autoregressive image generation with a per-token diffusion head (Li et al., arXiv 2406.11838).
+
+A clean re-implementation of LTH14/mar ``models/mar.py`` from ``shared/research/cspd_mar_disa.md`` §1:
+MAE-style bidirectional encoder/decoder with ``buffer_size`` class-embedding rows, learned position
+embeddings, the ``fake_latent`` null class for CFG, and the ``DiffLoss`` head (``accel.models.mar_head``).
+State-dict keys equal the official ones, so ``checkpoint-last.pth`` (``model`` / ``model_ema``) loads strictly.
+
+Pieces a decoding method can drive itself (CSpD drafts/verifies one token per step with its own loop):
+
+- ``MAR.condition(tokens, mask, labels, cfg=...) -> z``: head conditions ``(B or 2B, L, dec_dim)`` for the
+  current known tokens (mask 1 = unknown). With ``cfg=True`` rows are ``[cond; uncond]``.
+- ``MAR.head``: the diffusion head (steps chosen per call, see ``mar_head``).
+- ``sample_tokens(...)``: the official loop; ``replay`` orders / noises for parity.
+
+Cost without a KV cache (attention is bidirectional, so nothing can be cached across iterations): each
+iteration runs the encoder on ``buffer_size + #known`` rows and the decoder on ``buffer_size + L`` rows, per
+sample, doubled under CFG (the uncond branch differs in the buffer rows, so both must run). The head runs
+S steps only on the rows being predicted (2x under CFG). Nothing else is recomputed: with cfg == 1 no
+uncond branch is built, and masked positions never enter the encoder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accel.checkpoint import CheckpointMismatch, load_strict, read_state_dict
+from accel.models.mar_head import DiffLoss, HeadNoise, space_timesteps  # noqa: F401  (re-exported)
+
+LATENT_SCALE = 0.2325  # MAR's KL-16 latent scale: tokens = posterior.sample() * 0.2325, decode(tokens / 0.2325)
+
+
+@dataclass(frozen=True)
+class MARConfig:
+    """Official ``MAR(...)`` constructor arguments (defaults = the official constructor defaults)."""
+
+    img_size: int = 256
+    vae_stride: int = 16
+    patch_size: int = 1
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 16
+    encoder_num_heads: int = 16
+    decoder_embed_dim: int = 1024
+    decoder_depth: int = 16
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    vae_embed_dim: int = 16
+    mask_ratio_min: float = 0.7  # training only (truncated-normal mask ratio)
+    label_drop_prob: float = 0.1  # training only (class -> fake_latent)
+    class_num: int = 1000
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    buffer_size: int = 64
+    diffloss_d: int = 3
+    diffloss_w: int = 1024
+    num_sampling_steps: str = "100"  # default head steps of the generation loop (a call may override)
+    diffusion_batch_mul: int = 4  # training only
+    grad_checkpointing: bool = False  # training only; accepted for config compatibility
+    norm_eps: float = 1e-6  # mar_base/large/huge pass LayerNorm(eps=1e-6) as norm_layer
+
+    @property
+    def seq_h(self) -> int:
+        return self.img_size // self.vae_stride // self.patch_size
+
+    @property
+    def seq_w(self) -> int:
+        return self.seq_h  # official MAR is square
+
+    @property
+    def seq_len(self) -> int:
+        return self.seq_h * self.seq_w
+
+    @property
+    def token_embed_dim(self) -> int:
+        return self.vae_embed_dim * self.patch_size ** 2
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MARConfig":
+        """From official constructor kwargs (e.g. a fixture's JSON). ``_``-keys are metadata, except
+        ``_norm_layer_eps``; an unknown key is an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if not k.startswith("_")}
+        unknown = sorted(set(kw) - names)
+        if unknown:
+            raise KeyError(f"unknown MAR config keys {unknown}; valid: {sorted(names)}")
+        if "_norm_layer_eps" in d:
+            kw["norm_eps"] = float(d["_norm_layer_eps"])
+        if "num_sampling_steps" in kw:
+            kw["num_sampling_steps"] = str(kw["num_sampling_steps"])
+        return cls(**kw)
+
+
+_PRESETS = {
+    # name: (enc/dec dim, depth, heads, diffloss_d, diffloss_w)  -- released checkpoints' head sizes
+    "mar_base": (768, 12, 12, 6, 1024),
+    "mar_large": (1024, 16, 16, 8, 1280),
+    "mar_huge": (1280, 20, 16, 12, 1536),
+}
+
+
+def preset(name: str, **overrides) -> MARConfig:
+    """``mar_base`` / ``mar_large`` / ``mar_huge`` with the released DiffLoss sizes (ImageNet-256 defaults of
+    ``main_mar.py``: buffer 64, diffusion_batch_mul 1)."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown MAR preset {name!r}; valid: {sorted(_PRESETS)}")
+    dim, depth, heads, d, w = _PRESETS[name]
+    base = dict(encoder_embed_dim=dim, encoder_depth=depth, encoder_num_heads=heads, decoder_embed_dim=dim,
+                decoder_depth=depth, decoder_num_heads=heads, diffloss_d=d, diffloss_w=w, buffer_size=64,
+                diffusion_batch_mul=1)
+    return MARConfig(**{**base, **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transformer block (timm 0.9.12 ``Block`` semantics and key names)
+# ----------------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} not divisible by {num_heads} heads")
+        self.num_heads, self.attn_drop, self.proj_drop = num_heads, attn_drop, proj_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, nh, N, hd)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return F.dropout(x, self.proj_drop, self.training)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(F.gelu(self.fc1(x)), self.drop, self.training)
+        return F.dropout(self.fc2(x), self.drop, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# MAR
+# ----------------------------------------------------------------------------------------------------
+
+class MAR(nn.Module):
+    def __init__(self, cfg: MARConfig):
+        super().__init__()
+        self.cfg = cfg
+        enc, dec, L, buf = cfg.encoder_embed_dim, cfg.decoder_embed_dim, cfg.seq_len, cfg.buffer_size
+        blk = lambda dim, heads: Block(dim, heads, cfg.mlp_ratio, cfg.norm_eps, cfg.attn_dropout, cfg.proj_dropout)  # noqa: E731
+        self.class_emb = nn.Embedding(cfg.class_num, enc)
+        self.fake_latent = nn.Parameter(torch.zeros(1, enc))  # CFG null class
+        self.z_proj = nn.Linear(cfg.token_embed_dim, enc)
+        self.z_proj_ln = nn.LayerNorm(enc, eps=1e-6)
+        self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, L + buf, enc))
+        self.encoder_blocks = nn.ModuleList([blk(enc, cfg.encoder_num_heads) for _ in range(cfg.encoder_depth)])
+        self.encoder_norm = nn.LayerNorm(enc, eps=cfg.norm_eps)
+        self.decoder_embed = nn.Linear(enc, dec)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec))
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, L + buf, dec))
+        self.decoder_blocks = nn.ModuleList([blk(dec, cfg.decoder_num_heads) for _ in range(cfg.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(dec, eps=cfg.norm_eps)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, L, dec))
+        self.diffloss = DiffLoss(cfg.token_embed_dim, dec, cfg.diffloss_d, cfg.diffloss_w)
+        self._init_weights()
+
+    @property
+    def head(self) -> DiffLoss:
+        return self.diffloss
+
+    def _init_weights(self):
+        """Official init (std 0.02 embeddings/tokens, xavier linears); checkpoints overwrite it."""
+        for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
+                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for name, m in self.named_modules():
+            if name.startswith("diffloss"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- token layout -------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) latents -> (B, L, C*p*p) tokens (raster order)."""
+        B, C, H, W = x.shape
+        p = self.cfg.patch_size
+        x = x.reshape(B, C, H // p, p, W // p, p)
+        x = torch.einsum("nchpwq->nhwcpq", x)
+        return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, C*p*p) -> (B, C, seq_h*p, seq_w*p)."""
+        c, p = self.cfg, self.cfg.patch_size
+        x = x.reshape(x.shape[0], c.seq_h, c.seq_w, c.vae_embed_dim, p, p)
+        x = torch.einsum("nhwcpq->nchpwq", x)
+        return x.reshape(x.shape[0], c.vae_embed_dim, c.seq_h * p, c.seq_w * p)
+
+    # -- MAE encoder / decoder ----------------------------------------------------------------------
+    def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, Ct), mask (B, L) 1 = unknown, class_embedding (B, enc) -> (B, buf + #known, enc)."""
+        B, L, _ = tokens.shape
+        buf = self.cfg.buffer_size
+        known = mask.shape[1] - mask.sum(-1)
+        if not bool((known == known[0]).all()):
+            raise ValueError("every row of the mask must have the same number of known tokens")
+        x = self.z_proj(tokens)
+        x = torch.cat([class_embedding.unsqueeze(1).expand(B, buf, -1).to(x.dtype), x], dim=1)  # buffer rows
+        x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        keep = torch.cat([mask.new_ones(B, buf, dtype=torch.bool), mask == 0], dim=1)  # (B, buf + L)
+        x = x[keep].reshape(B, -1, x.shape[-1])  # kept rows, position order
+        for block in self.encoder_blocks:
+            x = block(x)
+        return self.encoder_norm(x)
+
+    def forward_mae_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encoder output -> z (B, L, dec): scatter into a mask-token canvas, decode, drop the buffer."""
+        B = x.shape[0]
+        buf = self.cfg.buffer_size
+        x = self.decoder_embed(x)
+        keep = torch.cat([mask.new_ones(B, buf, dtype=torch.bool), mask == 0], dim=1)
+        canvas = self.mask_token.to(x.dtype).expand(B, keep.shape[1], -1).clone()
+        canvas[keep] = x.reshape(-1, x.shape[-1])
+        x = canvas + self.decoder_pos_embed_learned
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_norm(x)[:, buf:]
+        return x + self.diffusion_pos_embed_learned
+
+    def class_embedding(self, labels: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
+        """class_emb(labels), or the null class ``fake_latent`` for ``labels=None`` (then give ``batch``)."""
+        if labels is None:
+            if batch is None:
+                raise ValueError("unconditional class embedding needs the batch size")
+            return self.fake_latent.expand(batch, -1)
+        if labels.min() < 0 or labels.max() >= self.cfg.class_num:
+            raise ValueError(f"labels must lie in [0, {self.cfg.class_num - 1}]")
+        return self.class_emb(labels)
+
+    def condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None, *,
+                  cfg: bool = False) -> torch.Tensor:
+        """Head conditions for every position given the known tokens: (B, L, dec), or (2B, L, dec) rows
+        [cond; uncond] with ``cfg=True``. One encoder + one decoder pass (on 2B rows under CFG)."""
+        B = tokens.shape[0]
+        cls = self.class_embedding(labels, B)
+        if cfg:
+            tokens, mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
+            cls = torch.cat([cls, self.fake_latent.expand(B, -1)])
+        return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, cls), mask)
+
+    # -- generation ---------------------------------------------------------------------------------
+    def sample_orders(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        """Per-sample random generation orders (B, L) from a torch.Generator (official: numpy shuffle)."""
+        dev = generator.device if device is None else device
+        return torch.stack([torch.randperm(self.cfg.seq_len, generator=generator, device=generator.device)
+                            for _ in range(batch)]).to(dev)
+
+    def sample_tokens(self, labels: torch.Tensor | None, **kw) -> "TokenSample":
+        """The official generation loop; see ``accel.models.mar.sample_tokens`` for the arguments."""
+        return sample_tokens(self, labels, **kw)
+
+
+
+
+@dataclass
+class TokenSample:
+    """Result of ``sample_tokens``: latents (B, C, seq_h*p, seq_w*p) (scaled by LATENT_SCALE, as official),
+    work counters, and (``record=True``) per-iteration ``trace`` dicts with z / sampled / x_T / step_noise."""
+
+    tokens: torch.Tensor
+    stats: dict = field(default_factory=dict)
+    trace: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The generation loop (official ``MAR.sample_tokens``, research note §1.2)
+# ----------------------------------------------------------------------------------------------------
+
+HeadSteps = int | str | Sequence[int] | Callable[[int, int], "int | str | Sequence[int]"] | None
+
+
+def mask_len_at(step: int, num_iter: int, seq_len: int, remaining: int) -> int:
+    """Tokens still masked after iteration ``step``: floor(L cos(pi/2 (step+1)/num_iter)), clamped to
+    [1, remaining-1] (MAR's cosine schedule; at the last step everything left is predicted anyway)."""
+    mask_ratio = math.cos(math.pi / 2.0 * (step + 1) / num_iter)
+    return max(1, min(remaining - 1, math.floor(seq_len * mask_ratio)))
+
+
+def cfg_at(cfg: float, schedule: str, seq_len: int, mask_len: int) -> float | torch.Tensor:
+    """Muse-style CFG schedule: linear 1 + (cfg-1)(L - mask_len)/L (float32, as official) or constant."""
+    if schedule == "linear":
+        return 1 + (cfg - 1) * torch.tensor([seq_len - mask_len], dtype=torch.float32) / seq_len
+    if schedule == "constant":
+        return cfg
+    raise ValueError(f"unknown cfg_schedule {schedule!r}; valid: ['constant', 'linear']")
+
+
+def _schedule_for(head_steps: HeadSteps, step: int, num_iter: int, default: str, cache: dict):
+    from accel.models.mar_head import DDPMSchedule
+
+    spec = head_steps(step, num_iter) if callable(head_steps) else head_steps
+    spec = default if spec is None else spec
+    key = tuple(int(t) for t in spec) if isinstance(spec, (list, tuple, torch.Tensor)) else spec
+    if key not in cache:
+        cache[key] = DDPMSchedule.from_timesteps(key) if isinstance(key, tuple) else DDPMSchedule.respaced(key)
+    return cache[key]
+
+
+@torch.no_grad()
+def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.Generator | None = None,
+                  batch: int | None = None, num_iter: int = 64, cfg: float = 1.0, cfg_schedule: str = "linear",
+                  temperature: float = 1.0, head_steps: HeadSteps = None, orders: torch.Tensor | None = None,
+                  noises: Sequence[HeadNoise] | None = None, record: bool = False,
+                  progress: bool = False) -> TokenSample:
+    """Generate (B, C, h, w) token latents with MAR's masked-AR loop (research note §1.2).
+
+    - ``labels`` (B,) class ids, or None for unconditional (then ``batch``); the CFG null class is
+      ``fake_latent``; with ``cfg != 1`` rows [cond; uncond] are run and eps is guided (cfg_at schedule).
+    - ``generator`` (on the model's device) draws the per-sample orders (``randperm``, unless ``orders``
+      (B, L) are given) and then every head draw in the official order; same generator state = same output.
+    - ``head_steps``: diffusion steps per iteration: None (= config ``num_sampling_steps``), an int / respacing
+      string, an explicit timestep list, or a callable ``(step, num_iter) -> any of those`` (DiSA).
+    - ``noises``: one ``HeadNoise`` per iteration to replay recorded draws instead of drawing.
+    - ``record``: keep per-iteration z / sampled / x_T / step_noise (cond half) in ``trace``.
+
+    Cost per iteration: one ``condition`` pass (encoder on buffer + #known rows, decoder on buffer + L rows,
+    x2 under CFG) plus S head-net evaluations on the predicted rows (x2 under CFG).
+    """
+    c = model.cfg
+    L = c.seq_len
+    device = next(model.parameters()).device
+    B = labels.shape[0] if labels is not None else batch
+    if B is None:
+        raise ValueError("give labels or batch")
+    if not 1 <= num_iter <= L:
+        raise ValueError(f"num_iter must lie in [1, {L}] (more iterations than tokens leave empty steps)")
+    if noises is not None and len(noises) != num_iter:
+        raise ValueError(f"got {len(noises)} HeadNoise entries for {num_iter} iterations")
+    if generator is None and (orders is None or noises is None):
+        raise ValueError("pass a torch.Generator (sampling never uses the global RNG)")
+    if orders is None:
+        orders = model.sample_orders(B, generator, device)
+    orders = orders.to(device).long()
+    if tuple(orders.shape) != (B, L) or not bool((orders.sort(-1).values == torch.arange(L, device=device)).all()):
+        raise ValueError(f"orders must be {B} permutations of range({L})")
+    labels = None if labels is None else labels.to(device)
+    use_cfg = float(cfg) != 1.0
+    mask = torch.ones(B, L, device=device)
+    tokens = torch.zeros(B, L, c.token_embed_dim, device=device)
+    out = TokenSample(tokens, {"nfe_target": 0, "head_steps": 0, "head_rows": 0, "tokens_per_iter": []})
+    cache: dict = {}
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    steps = range(num_iter) if tqdm is None else tqdm(range(num_iter), disable=not progress, desc="MAR")
+    for step in steps:
+        z = model.condition(tokens, mask, labels, cfg=use_cfg)  # (B or 2B, L, dec)
+        mask_len = mask_len_at(step, num_iter, L, int(mask[0].sum().item()))
+        mask_next = torch.zeros_like(mask).scatter(-1, orders[:, :mask_len], 1.0)
+        to_pred = mask.bool() if step == num_iter - 1 else mask.bool() & ~mask_next.bool()
+        mask = mask_next
+        rows = torch.cat([to_pred, to_pred]) if use_cfg else to_pred
+        z_rows = z[rows]  # (R, dec), row-major over (sample, position)
+        cfg_iter = cfg_at(cfg, cfg_schedule, L, mask_len)
+        if isinstance(cfg_iter, torch.Tensor):
+            cfg_iter = cfg_iter.to(device)
+        sched = _schedule_for(head_steps, step, num_iter, c.num_sampling_steps, cache)
+        kw = dict(schedule=sched, temperature=temperature, cfg=cfg_iter, generator=generator,
+                  noise=None if noises is None else noises[step])
+        if record:
+            traj = model.head.sample_trajectory(z_rows, **kw)
+            sampled, n = traj.sample, (len(z_rows) // 2 if use_cfg else len(z_rows))
+            out.trace.append({"z": z_rows, "sampled": sampled, "x_T": traj.x_T[:n], "step_noise": traj.noise[:, :n],
+                              "cfg_iter": float(cfg_iter), "timesteps": sched.timesteps})
+        else:
+            sampled = model.head.sample(z_rows, **kw)
+        if use_cfg:
+            sampled = sampled[: len(sampled) // 2]
+        tokens = tokens.clone()
+        tokens[to_pred] = sampled.to(tokens.dtype)
+        out.stats["nfe_target"] += 1
+        out.stats["head_steps"] += sched.num_steps
+        out.stats["head_rows"] += sched.num_steps * len(z_rows)
+        out.stats["tokens_per_iter"].append(int(to_pred[0].sum().item()))
+    out.tokens = model.unpatchify(tokens)
+    return out
+
+
+def decode_tokens(vae: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Token latents -> images in [0, 1]: ``vae.decode(tokens / LATENT_SCALE)``, then (x + 1) / 2."""
+    return ((vae.decode(tokens / LATENT_SCALE) + 1) / 2).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+def load_mar(path: str | Path, cfg: MARConfig, *, key: str | None = None, device=None) -> MAR:
+    """Build MAR from ``cfg`` and load ``path`` strictly (eval mode).
+
+    ``checkpoint-last.pth`` holds ``model`` and ``model_ema``: pass ``key="model_ema"`` for the EMA weights
+    the official evaluation uses; ``key=None`` takes ``model`` (or a raw / ``.safetensors`` state dict).
+    A wrong file raises ``CheckpointMismatch`` naming missing/unexpected keys and shape mismatches.
+    """
+    try:
+        sd = read_state_dict(path, key=key)
+    except KeyError as e:
+        raise CheckpointMismatch(f"{path}: not a MAR checkpoint with {key!r}: {e}") from e
+    model = MAR(cfg)
+    load_strict(model, sd, what=f"MAR checkpoint {Path(path).name}" + (f"[{key}]" if key else ""))
+    return model.to(device).eval()
