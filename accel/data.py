@@ -95,11 +95,15 @@ def load_arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{d}: {images.shape[0]} images but {labels.shape[0]} labels")
     x, y = to_model_space(images), torch.as_tensor(labels.astype(np.int64))
     if split in ("train", "val"):
-        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
-        idx = perm[VAL_SIZE:] if split == "train" else perm[:VAL_SIZE]
-        idx = idx.sort().values
+        idx = split_indices(x.shape[0])[split]
         x, y = x[idx], y[idx]
     return x, y
+
+
+def split_indices(n: int = 60000) -> dict[str, torch.Tensor]:
+    """Sorted row indices of the official training file for ``train`` and ``val`` (fixed seed)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return {"train": perm[VAL_SIZE:].sort().values, "val": perm[:VAL_SIZE].sort().values}
 
 
 def dataset(split: str) -> TensorDataset:

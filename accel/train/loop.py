@@ -136,7 +136,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
             atomic_save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else None,
                          "step": step, "rng": {"torch": torch.get_rng_state()},
-                         "recipe": recipe.describe(), "seed": seed}, ckpt_path)
+                         "recipe": recipe.describe(), "seed": seed, "total_steps": total}, ckpt_path)
         acc.wait_for_everyone()
 
     def log(rec: dict):

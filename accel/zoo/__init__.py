@@ -1,7 +1,149 @@
-"""The bundled model zoo: small models trained by accel on Fashion-MNIST (DESIGN.md §2)."""
+"""The bundled model zoo: small models trained by accel on Fashion-MNIST (DESIGN.md §2).
+
+``load(name_or_path)`` resolves, in this order: a zoo name (``fmnist-llamagen``, ...; the fp16 file under
+``accel/zoo/weights/``), a path to a zoo ``.safetensors`` file, or a training run (its folder or its
+``last.pt``; EMA weights when the recipe keeps an EMA). Each zoo file names the builder (``kind``) and its
+config, so loading needs nothing else. Missing weights raise with the command that trains them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CARDS_DIR = Path(__file__).parent / "cards"
+
+# zoo name -> (family, role, what it is)
+ZOO = {
+    "fmnist-cnn": ("metric", "classifier", "metric classifier CNN; its features define FID/KID/PR, class consistency"),
+    "fmnist-llamagen-vq": ("llamagen", "tokenizer", "LlamaGen VQ tokenizer, 32x32 -> 8x8 tokens, 512 codes"),
+    "fmnist-llamagen": ("llamagen", "target", "LlamaGen c2i GPT target"),
+    "fmnist-llamagen-draft": ("llamagen", "draft", "LlamaGen c2i GPT draft (same tokenizer)"),
+    "fmnist-mar-vae": ("mar", "tokenizer", "MAR KL-VAE, 32x32 -> 8x8 latents"),
+    "fmnist-mar": ("mar", "target", "MAR target with diffusion head"),
+    "fmnist-mar-draft": ("mar", "draft", "MAR draft with diffusion head"),
+    "fmnist-var-vqvae": ("var", "tokenizer", "VAR multi-scale VQVAE, scales ending at 8x8"),
+    "fmnist-var": ("var", "target", "VAR target"),
+}
+# Which tokenizer decodes each generator's output.
+TOKENIZER = {"fmnist-llamagen": "fmnist-llamagen-vq", "fmnist-llamagen-draft": "fmnist-llamagen-vq",
+             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae"}
+
+
+def _cnn(cfg: dict) -> nn.Module:
+    from accel.models.classifier import ClassifierConfig, FashionCNN
+
+    return FashionCNN(ClassifierConfig(**{**cfg, "widths": tuple(cfg["widths"])}))
+
+
+def _llamagen_vq(cfg: dict) -> nn.Module:
+    from accel.models.llamagen_vq import VQConfig, VQModel
+
+    return VQModel(VQConfig.from_dict(cfg))
+
+
+def _llamagen_gpt(cfg: dict) -> nn.Module:
+    from accel.models.llamagen import GPTConfig, Transformer
+
+    return Transformer(GPTConfig.from_dict(cfg))
+
+
+BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
+    "fmnist-cnn": _cnn,
+    "llamagen-vq": _llamagen_vq,
+    "llamagen-gpt": _llamagen_gpt,
+}
+
+
+def names() -> list[str]:
+    return sorted(ZOO)
+
+
+def weights_path(name: str) -> Path:
+    if name not in ZOO:
+        raise KeyError(f"unknown zoo model {name!r}; valid: {names()}")
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def is_available(name: str) -> bool:
+    return weights_path(name).is_file()
+
+
+def available() -> list[str]:
+    return [n for n in names() if is_available(n)]
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The file behind a zoo name or a user path (zoo file, run folder or ``last.pt``)."""
+    s = str(name_or_path)
+    if s in ZOO:
+        p = weights_path(s)
+        if not p.is_file():
+            raise FileNotFoundError(f"zoo model {s!r} is not trained in this copy of accel ({p} missing); "
+                                    f"train it with `accel train {s}` (see accel/zoo/cards/{s}.md)")
+        return p
+    p = Path(s)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"{s!r} is neither a zoo name ({', '.join(names())}) nor an existing file or run folder")
+    return p
+
+
+def load(name_or_path: str | Path, *, device: torch.device | str | None = None,
+         dtype: torch.dtype | None = None) -> nn.Module:
+    """The model (eval mode) for a zoo name or a user checkpoint, strictly loaded."""
+    return load_with_info(name_or_path, device=device, dtype=dtype)[0]
+
+
+def load_with_info(name_or_path: str | Path, *, device=None, dtype=None) -> tuple[nn.Module, dict]:
+    from accel.checkpoint import load_strict
+    from accel.zoo.store import read_zoo_file
+
+    path = resolve(name_or_path)
+    if path.suffix == ".safetensors":
+        kind, cfg, info, tensors = read_zoo_file(path)
+        if kind not in BUILDERS:
+            raise KeyError(f"{path}: unknown zoo kind {kind!r}; valid: {sorted(BUILDERS)}")
+        model = load_strict(BUILDERS[kind](cfg), tensors, what=str(path))
+        info = {**info, "kind": kind, "config": cfg, "path": str(path)}
+    else:
+        model, info = _from_run(path)
+    return model.to(device=device, dtype=dtype).eval(), info
+
+
+def _from_run(path: Path) -> tuple[nn.Module, dict]:
+    """A training checkpoint: rebuild the recipe it records and take its (EMA) weights."""
+    from accel.train.loop import trained_model
+    from accel.train.recipes import get_recipe
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    rec = state.get("recipe")
+    if not isinstance(rec, dict) or "name" not in rec:
+        raise ValueError(f"{path}: not an accel training checkpoint (no recipe); official checkpoints load "
+                         "through the family loaders (accel.models.*.load_*)")
+    recipe = get_recipe(rec["name"], **{k: v for k, v in rec.items() if k != "name"})
+    model, info = trained_model(recipe, path.parent)
+    if hasattr(model, "vq") and type(model).__name__ == "VQTraining":
+        model = model.vq
+    return model, {**info, "kind": recipe.kind, "config": recipe.model_config(), "path": str(path)}
+
+
+def classifier(device=None) -> nn.Module:
+    """The metric classifier ``fmnist-cnn`` (``features_logits(images01)`` gives features and logits)."""
+    return load("fmnist-cnn", device=device)
+
+
+def reference_stats(name: str = "fmnist-cnn") -> dict[str, torch.Tensor]:
+    """Real test-set feature statistics shipped with the classifier: ``ref_mean`` (D,), ``ref_cov`` (D, D),
+    ``ref_bank`` (N, D) and ``ref_labels`` (N,), float32/long."""
+    from accel.zoo.store import read_zoo_file
+
+    p = WEIGHTS_DIR / f"{name}-ref.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} missing; it is written by `accel train {name}` when training finishes")
+    _, _, _, tensors = read_zoo_file(p)
+    return tensors

@@ -1,0 +1,76 @@
+"""Plain (unaccelerated) sampling of zoo generators with their documented default settings.
+
+``sample(name, labels, generator=...)`` returns images in [0, 1], (B, 3, 32, 32). The defaults per model
+(``DEFAULTS``) are the settings its model card reports quality for; pass keyword overrides to change them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from accel import zoo
+
+# Documented default sampling settings per zoo generator (see each model card).
+DEFAULTS: dict[str, dict] = {
+    "fmnist-llamagen": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
+    "fmnist-llamagen-draft": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
+}
+
+
+class ZooSampler:
+    """A zoo generator plus its tokenizer, loaded once; ``__call__(labels, generator)`` -> images in [0, 1]."""
+
+    def __init__(self, name: str, device="cpu", *, tokenizer: str | None = None, **overrides):
+        """``name``: a zoo generator, or a user file/run (then ``tokenizer`` names its tokenizer)."""
+        if name not in zoo.TOKENIZER and tokenizer is None:
+            raise KeyError(f"{name!r} is not a zoo generator (valid: {sorted(zoo.TOKENIZER)}); "
+                           "for a user checkpoint pass tokenizer=<zoo name or path>")
+        self.name, self.device = str(name), torch.device(device)
+        self.settings = {**DEFAULTS.get(self.name, {}), **overrides}
+        self.model, info = zoo.load_with_info(name, device=device)
+        self.family = info["kind"].split("-")[0]
+        self.tokenizer = zoo.load(tokenizer or zoo.TOKENIZER[self.name], device=device)
+
+    @torch.no_grad()
+    def __call__(self, labels: Tensor, *, generator: torch.Generator) -> Tensor:
+        labels = labels.to(self.device)
+        if self.family == "llamagen":
+            from accel.models.llamagen_generate import SamplingConfig, generate
+
+            sc = replace(SamplingConfig(), **self.settings)
+            codes = generate(self.model, labels, sc=sc, generator=generator)  # (B, h*w)
+            g = self.model.config.grid_size
+            x = self.tokenizer.decode_code(codes, hw=(g, g))
+        else:
+            raise NotImplementedError(f"sampling for family {self.family!r} has not landed in the zoo yet")
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def sample(name: str, labels: Tensor, *, generator: torch.Generator, device="cpu", **overrides) -> Tensor:
+    return ZooSampler(name, device, **overrides)(labels, generator=generator)
+
+
+def class_grid_labels(per_class: int, num_classes: int = 10) -> Tensor:
+    """Labels for a grid with one row per class: [0]*per_class + [1]*per_class + ..."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def to_grid(images: Tensor, ncol: int, pad: int = 2) -> Tensor:
+    """(B, 3, H, W) in [0, 1] -> one (3, rows*(H+pad)+pad, ncol*(W+pad)+pad) image, white padding."""
+    B, C, H, W = images.shape
+    rows = math.ceil(B / ncol)
+    grid = torch.ones(C, rows * (H + pad) + pad, ncol * (W + pad) + pad)
+    for i in range(B):
+        r, c = divmod(i, ncol)
+        grid[:, pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = images[i]
+    return grid
+
+
+def save_png(img: Tensor, path) -> None:
+    """Write a (3, H, W) [0, 1] image as PNG (matplotlib, no extra dependency)."""
+    import matplotlib.image
+
+    matplotlib.image.imsave(str(path), img.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
