@@ -1,0 +1,110 @@
+"""Speculative decoding loop for LlamaGen: draft γ tokens, verify them in one target forward, accept/resample.
+
+Leviathan et al. 2023 (arXiv 2211.17192) Alg. 1 with any acceptance rule of ``rules.py``/``lantern.py``
+(p = target, q = draft). Classifier-free guidance runs in both models on the batch [cond; null] and is applied
+to the logits before temperature/top-k/top-p, as LlamaGen's ``generate`` does; cfg_interval is honoured per
+token. Batches > 1 keep per-row positions (rows accept different numbers of drafts), which is why the target
+runs through ``rowwise.forward_rows``.
+
+Positions: the class token sits at 0 and image token t at 1 + t; ``c`` (per row) counts committed tokens, so
+the target cache is valid for positions < c and token c - 1 is fed next.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from accel.models.llamagen import Transformer
+from accel.models.llamagen_generate import SamplingConfig, cfg_batch
+from accel.speculative.drafters import cfg_rows, draw, process
+from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
+from accel.speculative.rules import verify_chain
+
+
+@dataclass
+class SpecStats:
+    """Work counters of one call (summed over rows; per-position counts are conditional on reaching i)."""
+
+    gamma: int
+    verify_steps: int = 0  # row-rounds while the row was unfinished
+    accepted: int = 0  # drafts accepted (only those inside the image)
+    drafted: int = 0
+    nfe_target: int = 0  # target forward calls (prefill included)
+    nfe_draft: int = 0
+    reached: list | None = None  # reached[i]: row-rounds in which draft i was tested
+    accepted_at: list | None = None  # accepted_at[i]: ... and accepted
+
+    def as_dict(self) -> dict:
+        per_pos = [a / r if r else None for a, r in zip(self.accepted_at, self.reached)]
+        return dict(nfe_target=self.nfe_target, nfe_draft=self.nfe_draft, accepted=self.accepted,
+                    drafted=self.drafted, verify_steps=self.verify_steps,
+                    mean_accept_len=1 + self.accepted / max(self.verify_steps, 1),
+                    acceptance_rate=self.accepted / max(self.drafted, 1), accept_at_position=per_pos, gamma=self.gamma)
+
+
+@torch.no_grad()
+def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(),
+                         *, gamma: int = 4, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
+                         progress: bool = False) -> tuple[Tensor, SpecStats]:
+    """Tokens ``(B, n)`` (long) for class labels ``cond (B,)`` and the work counters."""
+    if gamma < 1:
+        raise ValueError(f"gamma must be >= 1, got {gamma}")
+    n = max_new_tokens or target.config.block_size
+    if n > target.config.block_size:
+        raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
+    greedy = not sc.sample_logits
+    B, dev = cond.size(0), cond.device
+    labels = cfg_batch(target, cond, sc.uses_cfg)
+    R = labels.size(0)
+    max_len = 1 + n + 2 * gamma + 2  # finished rows keep running (frozen) until every row is done
+    cache = RowCache.for_model(target, R, max_len)
+    seq = torch.zeros(B, n + 2 * gamma + 2, dtype=torch.long, device=dev)
+    rows = torch.arange(B, device=dev)
+    st = SpecStats(gamma, reached=[0] * gamma, accepted_at=[0] * gamma)
+
+    zero = torch.zeros(R, 1, dtype=torch.long, device=dev)  # prefill: class token at position 0
+    logits, hidden = forward_rows(target, None, labels, rope_pos=zero, slots=zero, cache=cache,
+                                  mask=causal_mask(zero, 1))
+    st.nfe_target += 1
+    seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], greedy, generator)
+    c = torch.ones(B, dtype=torch.long, device=dev)
+    state = drafter.begin(labels, max_len)
+    drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
+    bar = tqdm(total=B * n, disable=not progress, desc=f"speculative γ={gamma}", leave=False)
+    bar.update(B)
+    offs = torch.arange(gamma + 1, device=dev)
+    while bool((c < n).any()):
+        live = c < n
+        d, q = drafter.propose(state, gamma, sc, greedy, generator)  # (B, γ), (B, γ, V)
+        pos = c[:, None] + offs  # tokens [x_{c-1}, d_1..d_γ] at positions c..c+γ
+        inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
+        Rpos = cfg_rows(pos, R)
+        logits, hidden = forward_rows(target, cfg_rows(inp, R), None, rope_pos=Rpos, slots=Rpos, cache=cache,
+                                      mask=causal_mask(Rpos, int(pos.max()) + 1))
+        st.nfe_target += 1
+        p = process(logits, pos, sc)  # row c+i predicts token index c+i
+        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator)
+        m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
+        seq[rows[:, None], pos[:, :gamma]] = d
+        seq[rows, c + m] = v.next_token
+        new = torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m))
+        # statistics over unfinished rows; drafts past the image end are not counted as accepted
+        st.verify_steps += int(live.sum())
+        useful = torch.minimum(m, n - c)
+        st.accepted += int(useful[live].sum())
+        st.drafted += int(torch.minimum(torch.full_like(c, gamma), (n - c).clamp_min(0))[live].sum())
+        ok = v.accepted & live[:, None]
+        reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
+        for i in range(gamma):
+            st.reached[i] += int(reach[:, i].sum())
+            st.accepted_at[i] += int((reach[:, i] & ok[:, i]).sum())
+        # finished rows stay frozen: the drafter sees "1 new token ending at c - 1" again
+        drafter.observe(state, seq, torch.where(live, c, c - 1), hidden, torch.where(live, m + 1, torch.ones_like(m)))
+        c = torch.where(live, c + m + 1, c)
+        bar.update(int(new.sum()))
+    bar.close()
+    st.nfe_draft = state.forwards
+    return seq[:, :n], st
