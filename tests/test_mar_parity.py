@@ -1,0 +1,102 @@
+"""`accel parity mar` on the public fixture (via the CLI), and its failure modes on corrupted copies."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from accel.cli import main
+from accel.parity import mar as parity_mar
+
+FIX = Path("/work/shared/fixtures/mar")
+if not FIX.is_dir():
+    FIX = Path(__file__).resolve().parents[2] / "shared/fixtures/mar"
+pytestmark = pytest.mark.skipif(not (FIX / "mar_tiny_io.safetensors").exists(), reason="MAR fixture absent")
+MAR_VAE_FILES = ("README.md", "_manifest_mar.json", "mar_tiny_config.json", "mar_tiny_state_dict.safetensors",
+                 "mar_tiny_io.safetensors", "vae_tiny_config.json", "vae_tiny_state_dict.safetensors",
+                 "vae_tiny_io.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: OpenMP oversubscription costs ~50x; restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _copy(tmp_path: Path, files=MAR_VAE_FILES) -> Path:
+    for f in files:
+        shutil.copy(FIX / f, tmp_path / f)
+    return tmp_path
+
+
+def _edit(path: Path, fn) -> None:
+    t = load_file(str(path))
+    fn(t)
+    save_file(t, str(path))
+
+
+def test_cli_passes_on_mar_and_vae_files(tmp_path, capsys):
+    d = _copy(tmp_path)
+    assert main(["parity", "mar", str(d)]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in ("trajB.mean", "sample_tokens.iter3.sampled", "vae.decoded", "sched_5.timestep_map", "net_cfg.out"):
+        assert f"ok   {name} " in out
+
+
+def test_full_public_folder_mar_and_vae_checks_pass():
+    """Whole folder: every MAR/VAE tensor checked and passing; CSpD/DiSA files go to their own modules
+    (or are listed as skipped while those do not exist)."""
+    r = parity_mar.run(FIX)
+    mine = [c for c in r.checks if not c.name.startswith(("cspd", "disa"))]
+    assert len(mine) > 100 and all(c.ok for c in mine), "\n".join(c.line() for c in mine if not c.ok)
+    assert not [u for u in r.unknown if u.startswith(("mar_", "vae_"))]
+    assert not [u for u in r.unknown if "unknown file" in u]
+
+
+def test_perturbed_tensor_fails(tmp_path, capsys):
+    d = _copy(tmp_path)
+    _edit(d / "mar_tiny_io.safetensors", lambda t: t.__setitem__("trajC.final", t["trajC.final"] * 1.01))
+    assert main(["parity", "mar", str(d)]) == 1
+    assert "FAIL trajC.final " in capsys.readouterr().out
+
+
+def test_perturbed_weight_fails(tmp_path):
+    d = _copy(tmp_path)
+
+    def edit(t):
+        t["decoder.conv_out.bias"] = t["decoder.conv_out.bias"] + 1e-3
+    _edit(d / "vae_tiny_state_dict.safetensors", edit)
+    r = parity_mar.run(d)
+    bad = {c.name for c in r.checks if not c.ok}
+    assert {"vae.decoded", "vae.decoded_from_mean"} <= bad and "vae.encoder_out" not in bad
+
+
+def test_extra_unknown_tensor_and_file_fail(tmp_path):
+    d = _copy(tmp_path)
+    _edit(d / "mar_tiny_io.safetensors", lambda t: t.__setitem__("trajA.something_new", torch.zeros(3)))
+    _edit(d / "vae_tiny_io.safetensors", lambda t: t.__setitem__("vae.extra", torch.zeros(2)))
+    (d / "mystery.json").write_text("{}")
+    r = parity_mar.run(d)
+    assert not r.ok
+    assert "mar_tiny_io:trajA.something_new" in r.unknown and "vae_tiny_io:vae.extra" in r.unknown
+    assert "mystery.json (unknown file)" in r.unknown
+    assert all(c.ok for c in r.checks)  # the known tensors still pass
+
+
+def test_trajectory_without_manifest_entry_is_unknown(tmp_path):
+    d = _copy(tmp_path)
+    _edit(d / "mar_tiny_io.safetensors", lambda t: t.update({k.replace("trajD", "trajE"): v.clone() for k, v in t.items()
+                                                             if k.startswith("trajD.")}))
+    r = parity_mar.run(d)
+    assert not r.ok and "mar_tiny_io:trajE.final" in r.unknown
+
+
+def test_extension_files_are_skipped_when_module_missing(tmp_path, monkeypatch):
+    d = _copy(tmp_path, MAR_VAE_FILES + ("disa_schedules.json",))
+    monkeypatch.setattr(parity_mar, "EXTENSIONS", {"accel.parity.no_such_checker_xyz": ("disa_",)})
+    r = parity_mar.run(d)
+    assert r.ok and r.skipped == ["disa_schedules.json (no accel.parity.no_such_checker_xyz)"]
