@@ -102,3 +102,34 @@ def test_bad_input_is_a_clear_error():
         space_timesteps(1000, 1001)
     with pytest.raises(ValueError):
         Respacing(clip=-1)
+
+
+@needs_fixture
+def test_parity_fails_on_a_wrong_schedule_or_unknown_key(tmp_path):
+    import shutil
+
+    from accel.parity import mar_disa
+
+    meta = json.loads((FIXTURES / "disa_schedules.json").read_text())
+    meta["schedules"]["up50_lo5_linear_iter64"][3] += 1  # one wrong step count
+    meta["schedules"]["up50_lo5_spline_iter64"] = [5] * 64  # a strategy accel does not know
+    meta["mystery"] = 1
+    (tmp_path / "disa_schedules.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "tiny_traj"}))
+    report = Report()
+    mar_disa.check(tmp_path, report)
+    bad = [c.name for c in report.checks if not c.ok]
+    assert bad == ["disa.schedule.up50_lo5_linear_iter64"]
+    assert any("spline" in u for u in report.unknown) and any("mystery" in u for u in report.unknown)
+    assert not report.ok
+    # an empty folder is skipped, listed by name, not passed silently
+    empty = Report()
+    mar_disa.check(tmp_path / "nothing", empty)
+    assert empty.skipped and not empty.ok
+
+
+@needs_fixture
+def test_unclipped_schedule_does_not_match_the_official_runs():
+    # the 950 clip is what the official DiSA sampler does: the unclipped variant must differ at step 0
+    meta = json.loads((FIXTURES / "disa_schedules.json").read_text())
+    unclipped = steps_per_iteration(disa_schedule("linear", 50, 5, clip=None), 64)
+    assert unclipped != meta["schedules"]["up50_lo5_linear_iter64"] and unclipped[0] == 50

@@ -9,9 +9,11 @@ import re
 from pathlib import Path
 
 from accel.annealing.schedules import DISA_RESPACING, MAR_RESPACING, Respacing, disa_schedule, steps_per_iteration
-from accel.parity.report import Check, Report, Tracker, exact, load_json, load_tensors
+from accel.parity.report import Check, Report, Tracker, close, exact, load_json, load_tensors
 
 SCHEDULE_KEY = re.compile(r"^up(\d+)_lo(\d+)_([a-z-]+)_iter(\d+)$")
+TOL_FWD = 1e-5  # x |want|.max(): schedules (README "Reproducibility and tolerances")
+TOL_DDPM = 1e-4  # x |want|.max(): whole DDPM loops
 METADATA_KEYS = {"disa_repo", "disa_commit", "which", "note", "notes"}
 
 
@@ -63,19 +65,55 @@ def _check_schedules(meta: dict, report: Report) -> None:
                          f"{got} vs {want}"))
 
 
+def _load_head(dir: Path):
+    """The fixture's MAR head (``diffloss.*`` of ``mar_tiny_state_dict``), strictly loaded via accel's MAR."""
+    from accel.models.mar import MARConfig, load_mar
+
+    cfg = MARConfig.from_dict(load_json(dir / "mar_tiny_config.json"))
+    return load_mar(dir / "mar_tiny_state_dict.safetensors", cfg).head
+
+
 def _check_tiny_io(path: Path, runs: list[dict] | None, report: Report) -> None:
+    """Official ``MAR_DiSA`` ``DiffLoss.sample(z, temperature, cfg, step=k, ar_num_iter=N)`` after
+    ``torch.manual_seed(seed)``: our schedule picks the timesteps, accel's MAR head runs them."""
+    import torch
+
+    from accel.models.mar_head import DDPMSchedule, HeadNoise
+
     tensors = Tracker(load_tensors(path), path.name)
+    head = _load_head(path.parent) if runs else None
     for run in runs or []:
         k, n = int(run["step"]), int(run["ar_num_iter"])
+        g = f"step{k}"
         # the fixture's DiffLoss settings; the README says 50 -> 5 linear, DiSA sampler (clip 950)
         schedule = disa_schedule(run.get("strategy", "linear"), int(run.get("upper", 50)), int(run.get("lower", 5)),
                                  clip=int(run.get("clip", 950)))
         timesteps = schedule.timesteps(k, n)
-        report.add(exact(f"disa.tiny.step{k}.timestep_map", _t(timesteps), tensors[f"step{k}.timestep_map"]))
+        report.add(exact(f"disa.tiny.{g}.timestep_map", _t(timesteps), tensors[f"{g}.timestep_map"]))
         want_n = int(run["num_diffusion_steps"])
-        report.add(Check(f"disa.tiny.step{k}.num_diffusion_steps", float(abs(len(timesteps) - want_n)), 0.0,
+        report.add(Check(f"disa.tiny.{g}.num_diffusion_steps", float(abs(len(timesteps) - want_n)), 0.0,
                          len(timesteps) == want_n, f"{len(timesteps)} vs {want_n}"))
+        sched = DDPMSchedule.from_timesteps(timesteps)
+        report.add(_rel(f"disa.tiny.{g}.betas", sched.betas.float(), tensors[f"{g}.betas"], TOL_FWD))
+        z, cfg, temp = tensors[f"{g}.z"], float(run.get("cfg", 1.0)), float(run.get("temperature", 1.0))
+        with torch.no_grad():
+            # 1) the recorded draws, replayed: the annealed denoising loop itself
+            noise = HeadNoise(tensors[f"{g}.x_T"], tensors[f"{g}.step_noise"])
+            out = head.sample(z, schedule=sched, temperature=temp, cfg=cfg, noise=noise)
+            report.add(_rel(f"disa.tiny.{g}.out", out, tensors[f"{g}.out"], TOL_DDPM))
+            # 2) the official seeding: a CPU generator seeded like torch.manual_seed(seed) draws the same noise
+            gen = torch.Generator().manual_seed(int(run["seed"]))
+            traj = head.sample_trajectory(z, schedule=sched, temperature=temp, cfg=cfg, generator=gen)
+        rows = len(tensors[f"{g}.x_T"])
+        report.add(close(f"disa.tiny.{g}.x_T_seeded", traj.x_T[:rows], tensors[f"{g}.x_T"], 0.0))
+        report.add(close(f"disa.tiny.{g}.step_noise_seeded", traj.noise[:, :rows], tensors[f"{g}.step_noise"], 0.0))
+        report.add(_rel(f"disa.tiny.{g}.out_seeded", traj.sample, tensors[f"{g}.out"], TOL_DDPM))
     report.unknown.extend(tensors.unused())
+
+
+def _rel(name: str, got, want, tol: float) -> Check:
+    scale = max(float(want.abs().max()), 1e-30)
+    return close(name, got, want, tol * scale, note=f"tol = {tol:g} x |want|.max()")
 
 
 def _t(values):
