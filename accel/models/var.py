@@ -15,6 +15,7 @@ V vocab, Cvae codebook width, SN number of scales, si scale index.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 
 from accel.cache.base import CachePolicy, KVCache
 from accel.models.var_vqvae import VQVAE, VQVAEConfig
+
+log = logging.getLogger(__name__)
 
 PATCH_NUMS = {  # official utils/arg_util.py schedules, keyed by image side in pixels (VQVAE downsample 16)
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
@@ -187,6 +190,8 @@ class SelfAttention(nn.Module):
             k = F.normalize(k, dim=-1)
         if cache is not None:
             k, v = cache.append(self.layer, scale, k, v)  # (B, H, L_hist + l, hd)
+        if attn_bias is not None and attn_bias.dtype != q.dtype:  # fp32 buffer under bf16/fp16 autocast
+            attn_bias = attn_bias.to(q.dtype)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale,
                                            dropout_p=self.attn_drop if self.training else 0.0)
         if cache is not None:  # policy sees q exactly as in the logits q @ k^T (softmax scale folded in)
@@ -438,7 +443,15 @@ def load_var_checkpoints(vae: VQVAE, var: VAR, vae_path, var_path, key: str | No
     ``{"model": ...}``-style wrapper; ``key`` picks a nested entry of the VAR file)."""
     from accel.checkpoint import load_strict, read_state_dict
 
-    load_strict(vae, read_state_dict(vae_path), what=f"VQVAE checkpoint {vae_path}")
+    vae_sd = read_state_dict(vae_path)
+    hit, want = vae_sd.get("quantize.ema_vocab_hit_SV"), vae.quantize.ema_vocab_hit_SV
+    if hit is not None and hit.dim() == 2 and hit.shape[1] == want.shape[1] and hit.shape[0] != want.shape[0]:
+        # training-only codebook statistics, one row per scale: like the official VQVAE.load_state_dict,
+        # a file made for another number of scales gets this buffer reset (logged, not silent)
+        log.info("%s: ema_vocab_hit_SV has %d scale rows, model uses %d; reset to zeros",
+                 vae_path, hit.shape[0], want.shape[0])
+        vae_sd["quantize.ema_vocab_hit_SV"] = torch.zeros_like(want)
+    load_strict(vae, vae_sd, what=f"VQVAE checkpoint {vae_path}")
     load_strict(var, read_state_dict(var_path, key=key), what=f"VAR checkpoint {var_path}")
     return vae, var
 

@@ -116,9 +116,9 @@ def check_inference(vae: VQVAE, var: VAR, runs: list[dict], t: Tracker, ck: Chec
             continue
         label = r.get("label_B")
         label = torch.tensor(label) if isinstance(label, list) else label
-        g = torch.Generator(device="cpu")
-        if r.get("g_seed") is not None:
-            g.manual_seed(int(r["g_seed"]))
+        # g_seed None: the official code samples from the global RNG, which cannot be replayed (only
+        # top_k=1 runs are then checkable); we pass no generator either
+        g = None if r.get("g_seed") is None else torch.Generator(device="cpu").manual_seed(int(r["g_seed"]))
         s = var.autoregressive_infer_cfg(vae, int(r["B"]), label, generator=g, cfg=float(r["cfg"]),
                                          top_k=int(r["top_k"]), top_p=float(r["top_p"]),
                                          more_smooth=bool(r.get("more_smooth", False)), keep_logits=True)
