@@ -7,6 +7,7 @@ prefill token always uses CFG; token t uses CFG iff ``cfg_interval < 0 or t <= c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -54,10 +55,13 @@ def guided_logits(logits: Tensor, batch: int, sc: SamplingConfig, t: int) -> Ten
 
 @torch.no_grad()
 def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None, sc: SamplingConfig = SamplingConfig(),
-             *, generator: torch.Generator | None = None, trace: dict | None = None) -> Tensor:
+             *, generator: torch.Generator | None = None, trace: dict | None = None,
+             pick: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
     """Sample ``(B, max_new_tokens)`` token ids (long) for class labels ``cond`` (B,).
 
-    ``trace``, when a dict, receives per-step lists ``logits`` (guided, before temperature/filtering),
+    ``pick(probs, t) -> (B,) ids`` replaces the sampler (e.g. Distilled Decoding's deterministic flow map
+    from a noise token to a code); by default tokens are drawn from ``probs`` with ``generator`` (or
+    arg-max when ``sc.sample_logits`` is False). ``trace``, when a dict, receives per-step lists ``logits`` (guided, before temperature/filtering),
     ``probs`` (processed distribution) and ``raw`` (model output, both CFG halves) for parity checks.
     """
     n = max_new_tokens or model.config.block_size
@@ -76,7 +80,7 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
             logits = model(torch.cat([x, x]) if sc.uses_cfg else x, input_pos=pos[p: p + 1], cache=cache)[:, -1]
         guided = guided_logits(logits, B, sc, t)
         probs = logits_to_probs(guided, sc.temperature, sc.top_k, sc.top_p)
-        out[:, t] = sample_from(probs, generator, greedy=not sc.sample_logits)
+        out[:, t] = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits)
         if trace is not None:
             for k, v in (("raw", logits), ("logits", guided), ("probs", probs)):
                 trace.setdefault(k, []).append(v.clone())
