@@ -36,6 +36,8 @@ def test_frechet_distance_rotated_covariances_match_closed_form():
     inner = np.linalg.eigvalsh(r1 @ s2 @ r1)
     want = np.trace(s1) + np.trace(s2) - 2 * np.sqrt(inner).sum()
     assert M.frechet_distance(np.zeros(4), s1, np.zeros(4), s2) == pytest.approx(want, rel=1e-8)
+    mu2 = np.array([0.3, 0.0, -1.0, 2.0])
+    assert M.frechet_distance_eig(np.zeros(4), s1, mu2, s2) == pytest.approx(M.frechet_distance(np.zeros(4), s1, mu2, s2), rel=1e-8)
 
 
 def test_fid_shifted_scaled_gaussians_sample_estimate():

@@ -76,6 +76,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
     return max(value, 0.0)  # round-off can give -1e-12 for identical sets; d² itself is never negative
 
 
+def psd_sqrt(sigma) -> np.ndarray:
+    """Symmetric square root of a covariance (eigenvalues clipped at 0)."""
+    w, v = np.linalg.eigh(np.asarray(sigma, np.float64))
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance_eig(mu1, sigma1, mu2, sigma2, *, sqrt_sigma2: np.ndarray | None = None) -> float:
+    """Same distance via ``Tr((Σ₁Σ₂)^{1/2}) = Σ √λ(Σ₂^{1/2} Σ₁ Σ₂^{1/2})`` (similar matrices, PSD): one ``eigvalsh``
+    instead of a Schur ``sqrtm``, ~10-50x faster; used for bootstrap replicates against a fixed reference."""
+    r = psd_sqrt(sigma2) if sqrt_sigma2 is None else sqrt_sigma2
+    lam = np.linalg.eigvalsh(r @ np.asarray(sigma1, np.float64) @ r)
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.sqrt(np.clip(lam, 0, None)).sum())
+    return max(value, 0.0)
+
+
 def fid(feats_a, feats_b=None, *, ref_stats: tuple | None = None) -> float:
     """FID between two feature sets, or between ``feats_a`` and reference ``(mu, sigma)`` statistics."""
     if (feats_b is None) == (ref_stats is None):
@@ -269,7 +285,7 @@ def save_samples_npz(path: str | Path, images: torch.Tensor) -> Path:
 
 
 __all__ = [
-    "feature_stats", "frechet_distance", "fid", "kid", "precision_recall", "class_consistency",
+    "feature_stats", "frechet_distance", "frechet_distance_eig", "psd_sqrt", "fid", "kid", "precision_recall", "class_consistency",
     "bootstrap_interval", "real_floor", "metric_name", "psnr", "ssim", "token_agreement",
     "token_log_likelihood", "to_uint8_nhwc", "save_samples_npz",
 ]

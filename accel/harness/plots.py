@@ -112,7 +112,7 @@ def plot_quality_vs_kv(rows: list[dict], out_dir: str | Path, metric: str = "fid
     lower = LOWER_IS_BETTER[metric]
     paths = []
     for (exp, model), grp in sorted(experiment_groups(rows).items()):
-        if not any(r.get("kv_fraction") is not None and r.get("method") != r.get("baseline") for r in grp):
+        if not any((r.get("kv_fraction") or 1.0) < 1.0 and r.get("method") != r.get("baseline") for r in grp):
             continue
         grp = [r for r in grp if r.get(metric) is not None]
         bs = max((r["batch_size"] for r in grp), default=None)  # quality is per method; one point per method

@@ -45,6 +45,11 @@ class MethodEntry:
     reference_fidelity: bool = False  # lossy method: report PSNR/SSIM/token agreement vs the baseline's output
     # baseline entries only: builds ``score(tokens (B, L), cond (B,)) -> mean per-token log-lik (B,)`` of the target
     token_scorer: Callable[[BuildContext], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None
+    # ``unavailable(model) -> reason or None``: e.g. zoo weights not trained in this copy
+    unavailable: Callable[[str], str | None] | None = None
+
+    def why_unavailable(self, model: str) -> str | None:
+        return self.unavailable(model) if self.unavailable is not None else None
 
     def __post_init__(self):
         if not self.models:

@@ -160,10 +160,12 @@ def run_group(
             t, c = timings[e.name], dict(counters[e.name])
             if c["kv_fraction"] is None and c["kv_bytes"] is not None and base_kv:
                 c["kv_fraction"] = c["kv_bytes"] / base_kv
-            say(f"{model}: peak memory of {e.name} at batch {bs}")
+            if cfg.memory:
+                say(f"{model}: peak memory of {e.name} at batch {bs}")
             mem = _peak_memory(e, calls[e.name], model, bs, cfg, reg, device)
             rows.append(make_row(
-                experiment=e.group, family=e.family, model=model, method=e.name, params=e.params, batch_size=bs,
+                experiment=e.group, family=e.family, model=model, method=e.name,
+                params={**e.params, **getattr(methods[e.name], 'params', {})}, batch_size=bs,
                 n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
                 images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name, repeats=cfg.repeats,
                 **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,

@@ -52,7 +52,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(rows: list[dict[str, Any]], *, command: str, plots: list[str] = ()) -> str:
+def summary_markdown(rows: list[dict[str, Any]], *, command: str, plots: list[str] = (), notes: list[str] = ()) -> str:
     """summary.md: the command, the environment, the quality metric's honest name, the table, the plots."""
     env = rows[0].get("env", {}) if rows else {}
     feats = sorted({r["fid_feature"].split(",")[0] + "]" for r in rows if r.get("fid_feature")})
@@ -72,6 +72,8 @@ def summary_markdown(rows: list[dict[str, Any]], *, command: str, plots: list[st
                       "Inception: they are not comparable with published ImageNet numbers. `floor` is the FID of "
                       "the same number of real images."]
     parts += ["", markdown_table(rows)]
+    if notes:
+        parts += ["", "Not run:", "", *[f"- {n}" for n in notes]]
     if plots:
         parts += ["", *[f"![{p}]({p})" for p in plots]]
     return "\n".join(parts) + "\n"

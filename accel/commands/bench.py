@@ -1,0 +1,159 @@
+"""``accel bench``: the main job. Every registered method on the bundled zoo, timed against its baseline in
+the same run, with quality on the zoo classifier; writes ``bench.jsonl``, plots and ``summary.md`` into
+``--out`` and prints the table.
+
+With no arguments it runs the quick preset (the methods marked ``quick``, small N). Under
+``accelerate launch``/``torchrun`` the quality samples are split across processes by global index; rank 0
+times and writes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+PRESET = dict(batch_sizes=(1, 16), repeats=3, warmup=1, n_images=200, quality_batch=50)  # fits < 10 min on 2 cores
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def configure(p):
+    p.add_argument("--method", action="append", default=None, help="method to run (repeatable); default: the quick preset")
+    p.add_argument("--model", action="append", default=None, help="zoo model (repeatable); default: each method's first model")
+    p.add_argument("--n-images", type=int, default=PRESET["n_images"], help="samples per method for quality (0: speed only)")
+    p.add_argument("--batch-size", type=int, action="append", default=None,
+                   help=f"timing batch size (repeatable; default {' '.join(map(str, PRESET['batch_sizes']))}: latency and throughput)")
+    p.add_argument("--quality-batch", type=int, default=PRESET["quality_batch"], help="chunk size of the quality pass")
+    p.add_argument("--repeats", type=int, default=PRESET["repeats"], help="timed rounds after warm-up")
+    p.add_argument("--warmup", type=int, default=PRESET["warmup"], help="untimed warm-up rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (bench.jsonl is appended to)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per row on CPU)")
+    p.add_argument("--save-samples", action="store_true", help="also write ADM-style samples.npz per method into OUT/samples/")
+    p.add_argument("--plugin", action="append", default=[],
+                   help="extra module defining BENCH_METHODS (repeatable), for methods outside accel")
+    p.add_argument("--list", action="store_true", help="list registered methods and models, then exit")
+
+
+def _err(msg: str) -> int:
+    print(f"accel bench: {msg}", file=sys.stderr)
+    return 2
+
+
+def _select(reg, args):
+    """([(baseline entry, [entries], model)], [skip notes]) in registry order, or an error string.
+
+    The preset skips methods whose models are unavailable (listed in the notes); an explicitly requested
+    method that cannot run is an error."""
+    names = args.method or [n for n, e in reg.entries.items() if e.quick]
+    unknown = [n for n in names if n not in reg.entries]
+    if unknown:
+        return f"unknown method {', '.join(unknown)}; valid: {', '.join(sorted(reg.entries)) or '(none registered)'}"
+    bad_models = [m for m in args.model or [] if m not in reg.models()]
+    if bad_models:
+        return f"unknown model {', '.join(bad_models)}; valid: {', '.join(reg.models()) or '(none registered)'}"
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    notes = []
+    for n in names:
+        e = reg.get(n)
+        base = reg.baseline_of(e)
+        for m in [m for m in args.model if m in e.models] if args.model else [e.models[0]]:
+            why = e.why_unavailable(m) or base.why_unavailable(m)
+            if why and args.method:
+                return f"method {n} cannot run on {m}: {why}"
+            if why:
+                notes.append(f"skipped {n} on {m}: {why}")
+                continue
+            groups[(base.name, m)].append(e)
+    if not groups:
+        return ("nothing to run: " + "; ".join(notes)) if notes else \
+            f"none of the methods {', '.join(names)} runs on model(s) {', '.join(args.model)}"
+    return [(reg.get(b), es, m) for (b, m), es in groups.items()], notes
+
+
+def _load_reference(device):
+    from accel.harness.baselines import load_reference
+
+    return load_reference(device)
+
+
+def _init_distributed(device: str) -> None:
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def main(args) -> int:
+    import torch
+
+    from accel.harness.plots import plot_all
+    from accel.harness.registry import discover
+    from accel.harness.results import append_rows, current_command, read_rows
+    from accel.harness.runner import RunConfig, run_group
+    from accel.harness.summary import markdown_table, summary_markdown
+
+    for name in ("n_images", "repeats", "warmup", "quality_batch"):
+        if getattr(args, name) < (1 if name in ("repeats", "quality_batch") else 0):
+            return _err(f"--{name.replace('_', '-')} must be >= {1 if name in ('repeats', 'quality_batch') else 0}")
+    if any(b < 1 for b in args.batch_size or []):
+        return _err("--batch-size must be >= 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        return _err(f"bad --device {args.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _err("--device cuda requested but torch.cuda.is_available() is False")
+
+    reg = discover(modules=args.plugin)
+    for mod, err in reg.errors.items():
+        print(f"accel bench: warning: could not import {mod}: {err}", file=sys.stderr)
+    if args.list:
+        for n, e in reg.entries.items():
+            print(f"{n:<28} family={e.family:<9} baseline={e.baseline or '-':<16} models={','.join(e.models)}")
+        return 0
+    if not reg.entries:
+        return _err("no benchmarkable methods are registered. The family baselines in accel/harness/baselines.py "
+                    "need the bundled zoo (accel.zoo.load) and the families' generate functions; "
+                    + (f"import errors: {'; '.join(f'{k}: {v}' for k, v in reg.errors.items())}" if reg.errors else ""))
+    selected = _select(reg, args)
+    if isinstance(selected, str):
+        return _err(selected)
+    plan, notes = selected
+    for note in notes:
+        print(f"accel bench: {note}", file=sys.stderr)
+
+    reference = None
+    if args.n_images > 0:
+        try:
+            reference = _load_reference(device)
+        except (FileNotFoundError, ImportError, KeyError, AttributeError) as e:
+            return _err(f"quality needs the zoo classifier: {e} (use --n-images 0 for speed only)")
+
+    _init_distributed(args.device)
+    rank = int(os.environ.get("RANK", "0"))
+    cfg = RunConfig(batch_sizes=tuple(args.batch_size or PRESET["batch_sizes"]), repeats=args.repeats, warmup=args.warmup,
+                    n_images=args.n_images, quality_batch=args.quality_batch, seed=args.seed, device=args.device,
+                    dtype=args.dtype, memory=not args.no_memory,
+                    samples_dir=args.out / "samples" if args.save_samples else None)
+    command = current_command()
+    out_jsonl = args.out / "bench.jsonl"
+    rows = []
+    for base, entries, model in plan:
+        print(f"== {model}: {base.name} vs {', '.join(e.name for e in entries if e is not base) or '(baseline only)'}",
+              file=sys.stderr)
+        group_rows = run_group(reg, base, entries, model, cfg, reference=reference, command=command,
+                               progress=lambda msg: print(f"   {msg}", file=sys.stderr))
+        if rank == 0:
+            append_rows(out_jsonl, group_rows)  # each finished group is on disk even if a later one fails
+        rows += group_rows
+    if rank != 0:
+        return 0
+    plots = plot_all(read_rows(out_jsonl), args.out)
+    (args.out / "summary.md").write_text(summary_markdown(rows, command=command, notes=notes,
+                                                          plots=[str(p.relative_to(args.out)) for p in plots]))
+    print(markdown_table(rows))
+    print(f"\nwrote {out_jsonl}, {args.out / 'summary.md'} and {len(plots)} plot(s)", file=sys.stderr)
+    return 0
