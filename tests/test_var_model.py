@@ -228,3 +228,14 @@ def test_checkpoint_layouts_and_mismatch(tmp_path):
         load_strict(build_var(VAR_CFG, VAE_CFG)[1], read_state_dict(tmp_path / "bad.pth"))
     with pytest.raises(CheckpointMismatch, match="shape"):  # same keys, other width
         load_strict(build_var(replace(VAR_CFG, num_classes=6), VAE_CFG)[1], read_state_dict(tmp_path / "raw.pth"))
+
+
+def test_vqvae_file_for_another_scale_count_loads(tmp_path):
+    vae, var = tiny()
+    sd = dict(vae.state_dict())
+    sd["quantize.ema_vocab_hit_SV"] = torch.ones(10, 16)  # e.g. the 10-scale 256 px tokenizer file
+    torch.save(sd, tmp_path / "vae.pth")
+    torch.save({"model": var.state_dict()}, tmp_path / "var.pth")
+    vae2, var2 = load_var_checkpoints(*build_var(VAR_CFG, VAE_CFG), tmp_path / "vae.pth", tmp_path / "var.pth")
+    assert torch.equal(vae2.quantize.ema_vocab_hit_SV, torch.zeros(len(PNS), 16))
+    assert torch.equal(vae2.quantize.embedding.weight, vae.quantize.embedding.weight)

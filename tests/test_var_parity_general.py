@@ -1,5 +1,5 @@
 """`accel parity var` is not specialised to the public fixture: a folder in the same format with another
-config (6 scales, other V/Cvae/depth/width/heads/classes, 3 encoder levels, 3 partially shared phis,
+config (6 scales, other V/Cvae/depth/width/heads/classes, 3 encoder levels with a width change, 3 partially shared phis,
 shared AdaLN) is read and checked end to end. The expected tensors here come from accel itself, so this
 proves the harness's generality (every tensor found, consumed and compared), not numerical parity; the
 public fixture (test_var_parity.py) proves parity with the official code."""
@@ -19,7 +19,7 @@ CONFIG = {
     "VQVAE_kwargs": {"vocab_size": 24, "z_channels": 6, "ch": 32, "dropout": 0.0, "beta": 0.25, "using_znorm": False,
                      "quant_conv_ks": 3, "quant_resi": 0.5, "share_quant_resi": 3, "default_qresi_counts": 0,
                      "test_mode": True, "v_patch_nums": [1, 2, 3, 4, 5, 6]},
-    "VQVAE_encoder_decoder_ddconfig_override": {"ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "dropout": 0.0,
+    "VQVAE_encoder_decoder_ddconfig_override": {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "dropout": 0.0,
                                                 "in_channels": 3, "z_channels": 6, "using_sa": True, "using_mid_sa": True},
     "VAR_kwargs": {"num_classes": 7, "depth": 3, "embed_dim": 48, "num_heads": 3, "mlp_ratio": 4.0, "drop_rate": 0.0,
                    "attn_drop_rate": 0.0, "drop_path_rate": 0.0, "norm_eps": 1e-6, "shared_aln": True,
