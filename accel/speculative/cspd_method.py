@@ -1,0 +1,105 @@
+"""CSpD as harness Methods (``accel.types.Method``) on the zoo MARs, plus its baseline.
+
+The baseline CSpD is compared with is the target MAR ALONE in the same one-token-per-step regime
+(num_iter = L, same head steps, CFG and temperature): that is the paper's "target model alone" (MAR at 256
+AR steps), not ``mar-default`` (the model card's fewer iterations).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import torch
+
+from accel.harness.registry import BuildContext, MethodEntry
+from accel.speculative.cspd import CSpDConfig, cspd_sample_tokens
+from accel.types import Sample
+
+TARGET, DRAFT = "fmnist-mar", "fmnist-mar-draft"
+_SETTING_KEYS = {"cfg": "cfg", "cfg_schedule": "cfg_schedule", "temperature": "temperature",
+                 "head_steps": "head_steps", "num_sampling_steps": "head_steps"}
+
+
+def zoo_settings(model: str) -> dict:
+    """The zoo model card's sampling settings that CSpD shares with its baseline (cfg, temperature, steps)."""
+    try:
+        from accel.zoo.sample import DEFAULTS
+    except ImportError:
+        return {}
+    return {_SETTING_KEYS[k]: v for k, v in DEFAULTS.get(model, {}).items() if k in _SETTING_KEYS}
+
+
+def _load(name: str, ctx: BuildContext | None = None):
+    from accel import zoo
+
+    dev = None if ctx is None else ctx.device
+    return zoo.load(name, device=dev), zoo.load(zoo.TOKENIZER.get(name, "fmnist-mar-vae"), device=dev)
+
+
+class TargetOnlyMAR:
+    """Target MAR alone, one token per AR step (num_iter = seq_len), decoded by the KL-VAE."""
+
+    def __init__(self, target, vae, config: CSpDConfig = CSpDConfig(), name: str = "cspd-target-only"):
+        self.name, self.target, self.vae, self.config = name, target, vae, config
+        self.params = {"num_iter": "seq_len", "head_steps": config.head_steps, "cfg": config.cfg,
+                       "temperature": config.temperature}
+
+    def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
+        from accel.models.mar import decode_tokens, sample_tokens
+
+        c = self.config
+        out = sample_tokens(self.target, cond, generator=generator, num_iter=self.target.cfg.seq_len, cfg=c.cfg,
+                            cfg_schedule=c.cfg_schedule, temperature=c.temperature, head_steps=c.head_steps)
+        stats = {k: v for k, v in out.stats.items() if k in ("nfe_target", "head_steps", "head_rows")}
+        return Sample(decode_tokens(self.vae, out.tokens).float(), stats)
+
+
+class CSpDMAR:
+    """Continuous speculative decoding: target p, draft q (same tokenizer), ``CSpDConfig``."""
+
+    def __init__(self, target, draft, vae, config: CSpDConfig = CSpDConfig(), name: str = "cspd"):
+        self.name, self.target, self.draft, self.vae, self.config = name, target, draft, vae, config
+        self.params = asdict(config)
+
+    def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
+        from accel.models.mar import decode_tokens
+
+        out = cspd_sample_tokens(self.target, self.draft, cond, self.config, generator=generator)
+        return Sample(decode_tokens(self.vae, out.tokens).float(), out.stats)
+
+
+def build_target_only(ctx: BuildContext, **overrides) -> TargetOnlyMAR:
+    target, vae = _load(ctx.model, ctx)
+    return TargetOnlyMAR(target, vae, CSpDConfig(**{**zoo_settings(ctx.model), **overrides}))
+
+
+def build_cspd(ctx: BuildContext, name: str = "cspd", draft: str = DRAFT, **overrides) -> CSpDMAR:
+    target, vae = _load(ctx.model, ctx)
+    q, _ = _load(draft, ctx)
+    cfg = CSpDConfig(**{**zoo_settings(ctx.model), **overrides})
+    return CSpDMAR(target, q.to(ctx.device), vae, cfg, name=name)
+
+
+def _missing(model: str) -> str | None:
+    try:
+        from accel import zoo
+
+        gone = [n for n in (model, DRAFT, zoo.TOKENIZER.get(model, "fmnist-mar-vae")) if not zoo.is_available(n)]
+    except (ImportError, AttributeError, KeyError) as e:
+        return f"the zoo cannot provide {model!r} ({type(e).__name__}: {e})"
+    return f"zoo weights not trained in this copy: {', '.join(gone)}" if gone else None
+
+
+def entry(name: str, quick: bool = True, **overrides) -> MethodEntry:
+    """A CSpD grid point as a harness entry, timed against ``cspd-target-only``."""
+    params = {k: v for k, v in asdict(replace(CSpDConfig(), **overrides)).items()}
+    return MethodEntry(name, "mar", lambda ctx: build_cspd(ctx, name=name, **overrides), models=(TARGET,),
+                       baseline="cspd-target-only", experiment="cspd", params=params, quick=quick,
+                       unavailable=_missing)
+
+
+BENCH_METHODS = [
+    MethodEntry("cspd-target-only", "mar", build_target_only, models=(TARGET,), experiment="cspd",
+                params={"decode": "target MAR alone, one token per AR step"}, unavailable=_missing),
+    entry("cspd", gamma=32),
+    entry("cspd-independent", quick=False, gamma=32, verify="independent"),
+]

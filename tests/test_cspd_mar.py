@@ -1,0 +1,120 @@
+"""CSpD on (tiny, random) MARs: bookkeeping of both verification modes, alignment, pre-filling, CFG, the
+Method wrapper. Distribution preservation itself is tested on analytic heads in test_cspd_math.py."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from accel.models.mar import MAR, MARConfig
+from accel.speculative.cspd import CSpDConfig, cspd_sample_tokens
+from accel.speculative.cspd_method import CSpDMAR, TargetOnlyMAR
+from accel.types import Method
+
+CFG = MARConfig(img_size=64, vae_stride=16, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=4,
+                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4, vae_embed_dim=4, class_num=10,
+                buffer_size=2, diffloss_d=1, diffloss_w=32)  # L = 16 tokens of 4 channels
+L = CFG.seq_len
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: thread hand-off costs more than the maths on a shared CPU
+    yield
+    torch.set_num_threads(n)
+
+
+def mar(seed, base=None, scale=0.0):
+    """A random MAR, or (``base``) a copy of it with every weight perturbed by ``scale`` relative noise: a
+    close draft, so acceptance is neither 0 nor 1 (two unrelated random heads never agree)."""
+    torch.manual_seed(seed)
+    m = MAR(CFG).eval()
+    if base is not None:
+        m.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for prm in m.parameters():
+                prm.mul_(1 + scale * torch.randn_like(prm))
+    return m
+
+
+P = mar(0)
+Q = mar(1, base=P, scale=3e-4)
+LABELS = torch.tensor([1, 2, 3])
+HEAD = "ddim8"  # 8 steps, t <= 875: an untrained eps-net at t = 999 blows tokens up to O(1e4)
+
+
+def run(p=P, q=Q, seed=0, **kw):
+    c = CSpDConfig(**{"gamma": 4, "head_steps": HEAD, **kw})
+    return cspd_sample_tokens(p, q, LABELS, c, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("verify", ["left_to_right", "independent"])
+def test_bookkeeping(verify):
+    r = run(verify=verify)
+    s = r.stats
+    n_pre = math.floor(0.05 * L) + 1
+    assert r.tokens.shape == (3, CFG.vae_embed_dim, 4, 4) and torch.isfinite(r.tokens).all()
+    assert (r.tokens.abs().sum(1) > 0).all()  # every position written
+    assert s["fallbacks"] == 0
+    assert s["nfe_target"] == n_pre + s["windows"]
+    committed = s["committed_drafts"] + s["residuals"]  # summed over the 3 rows
+    assert committed == 3 * (L - n_pre)
+    if verify == "independent":
+        assert s["windows"] == math.ceil((L - n_pre) / 4) and s["nfe_draft"] == L - n_pre
+        assert s["committed_drafts"] == s["accepted"]
+    else:
+        assert s["nfe_draft"] >= L - n_pre and s["committed_drafts"] <= s["accepted"]
+    assert set(s["time_split_s"]) >= {"draft", "verify_mar", "verify_head", "residual"}
+
+
+def test_identical_models_gamma1_accept_everything_and_alignment_matters():
+    same = run(p=P, q=P, gamma=1)
+    assert same.stats["accepted"] == same.stats["drafted"] > 0 and same.stats["residuals"] == 0
+    unaligned = run(p=P, q=P, gamma=1, align=False)
+    assert unaligned.stats["accepted"] < unaligned.stats["drafted"]
+    aligned, unaligned = run(), run(align=False)  # a close draft: alignment is what makes it accept at all
+    assert aligned.stats["accepted"] > 0 and unaligned.stats["accepted"] < aligned.stats["accepted"]
+
+
+def test_prefill_zero_and_all():
+    assert run(prefill=0.0).stats["nfe_target"] == run(prefill=0.0).stats["windows"]
+    full = run(prefill=1.0)
+    assert full.stats["nfe_target"] == L and full.stats["nfe_draft"] == 0 and full.stats["windows"] == 0
+
+
+def test_cfg_linear_and_official_preset_run_without_fallbacks():
+    for c in (dict(cfg=2.0), dict(cfg=2.0, cfg_schedule="constant")):
+        assert run(**c).stats["fallbacks"] == 0
+    off = CSpDConfig.official(head_steps=HEAD)
+    r = cspd_sample_tokens(P, Q, LABELS, off, generator=torch.Generator().manual_seed(0))
+    assert r.stats["windows"] == math.ceil((L - 1) / 4)
+    relaxed = run(inner_temperature=42.0, verify="independent").stats
+    assert relaxed["accepted"] >= run(verify="independent").stats["accepted"]
+
+
+def test_seeded_determinism_and_errors():
+    assert torch.equal(run(seed=5).tokens, run(seed=5).tokens)
+    with pytest.raises(KeyError, match="valid"):
+        CSpDConfig(verify="tree")
+    with pytest.raises(ValueError):
+        CSpDConfig(gamma=0)
+    small = MARConfig(**{**CFG.__dict__, "img_size": 32})
+    with pytest.raises(ValueError, match="differ"):
+        run(q=MAR(small).eval())
+
+
+class _IdentityVAE(torch.nn.Module):
+    def decode(self, z):
+        return z[:, :3].repeat_interleave(8, -1).repeat_interleave(8, -2).tanh()
+
+
+def test_methods_follow_the_protocol():
+    vae = _IdentityVAE()
+    for m in (CSpDMAR(P, Q, vae, CSpDConfig(gamma=4, head_steps=HEAD)),
+              TargetOnlyMAR(P, vae, CSpDConfig(head_steps=HEAD))):
+        assert isinstance(m, Method)
+        s = m.generate(LABELS, generator=torch.Generator().manual_seed(0))
+        assert s.images.shape == (3, 3, 32, 32) and 0 <= s.images.min() and s.images.max() <= 1
+    assert s.stats["nfe_target"] == L
