@@ -197,9 +197,10 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
         self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.ffn_dropout_p)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
 class Attention(nn.Module):
@@ -208,6 +209,8 @@ class Attention(nn.Module):
         self.layer, self.n_head, self.n_kv, self.hd = layer, cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x: Tensor, rope: Tensor, input_pos: Tensor, cache: KVCache | None,
                 mask: Tensor | None, kv_len: int) -> Tensor:
@@ -223,8 +226,9 @@ class Attention(nn.Module):
         if self.n_kv != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.attn_dropout_p if self.training else 0.0)
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, C)))
 
 
 class TransformerBlock(nn.Module):
@@ -259,6 +263,7 @@ class Transformer(nn.Module):
         self.config = cfg
         self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout_p)  # training only, like every dropout here
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -298,7 +303,9 @@ class Transformer(nn.Module):
         dimension then sets kv_len. ``return_hidden`` also returns the final-normed hidden state
         ``(B, T, dim)`` (the input of the output head, what EAGLE drafters consume).
         """
-        x = self.embed(idx, cond_idx)
+        if self.training and self.config.drop_path_rate > 0:
+            raise NotImplementedError("drop_path_rate > 0 (stochastic depth) is not implemented for training")
+        x = self.tok_dropout(self.embed(idx, cond_idx))
         T = x.size(1)
         if input_pos.numel() != T:
             raise ValueError(f"input_pos has {input_pos.numel()} entries for {T} tokens")
