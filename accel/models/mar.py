@@ -375,6 +375,7 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
     tokens = torch.zeros(B, L, c.token_embed_dim, device=device)
     out = TokenSample(tokens, {"nfe_target": 0, "head_steps": 0, "head_rows": 0, "tokens_per_iter": []})
     cache: dict = {}
+    remaining = L  # tokens still unknown (the same for every row)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -382,15 +383,13 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
     steps = range(num_iter) if tqdm is None else tqdm(range(num_iter), disable=not progress, desc="MAR")
     for step in steps:
         z = model.condition(tokens, mask, labels, cfg=use_cfg)  # (B or 2B, L, dec)
-        mask_len = mask_len_at(step, num_iter, L, int(mask[0].sum().item()))
+        mask_len = mask_len_at(step, num_iter, L, remaining)  # host-side count: no device sync
         mask_next = torch.zeros_like(mask).scatter(-1, orders[:, :mask_len], 1.0)
         to_pred = mask.bool() if step == num_iter - 1 else mask.bool() & ~mask_next.bool()
         mask = mask_next
         rows = torch.cat([to_pred, to_pred]) if use_cfg else to_pred
         z_rows = z[rows]  # (R, dec), row-major over (sample, position)
-        cfg_iter = cfg_at(cfg, cfg_schedule, L, mask_len)
-        if isinstance(cfg_iter, torch.Tensor):
-            cfg_iter = cfg_iter.to(device)
+        cfg_iter = float(cfg_at(cfg, cfg_schedule, L, mask_len))  # float32 value, exact as a Python float
         sched = _schedule_for(head_steps, step, num_iter, c.num_sampling_steps, cache)
         kw = dict(schedule=sched, temperature=temperature, cfg=cfg_iter, generator=generator,
                   noise=None if noises is None else noises[step])
@@ -398,7 +397,7 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
             traj = model.head.sample_trajectory(z_rows, **kw)
             sampled, n = traj.sample, (len(z_rows) // 2 if use_cfg else len(z_rows))
             out.trace.append({"z": z_rows, "sampled": sampled, "x_T": traj.x_T[:n], "step_noise": traj.noise[:, :n],
-                              "cfg_iter": float(cfg_iter), "timesteps": sched.timesteps})
+                              "cfg_iter": cfg_iter, "timesteps": sched.timesteps})
         else:
             sampled = model.head.sample(z_rows, **kw)
         if use_cfg:
@@ -408,7 +407,8 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
         out.stats["nfe_target"] += 1
         out.stats["head_steps"] += sched.num_steps
         out.stats["head_rows"] += sched.num_steps * len(z_rows)
-        out.stats["tokens_per_iter"].append(int(to_pred[0].sum().item()))
+        out.stats["tokens_per_iter"].append(remaining if step == num_iter - 1 else remaining - mask_len)
+        remaining = mask_len
     out.tokens = model.unpatchify(tokens)
     return out
 

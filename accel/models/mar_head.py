@@ -141,20 +141,21 @@ class DDPMSchedule:
             steps = num_train_timesteps
         return cls.from_timesteps(space_timesteps(num_train_timesteps, steps), num_train_timesteps)
 
-    def at(self, i: int, device=None) -> dict[str, torch.Tensor]:
-        """Float32 coefficients of respaced index i (official ``_extract_into_tensor`` casts to float32)."""
-        if not 0 <= i < self.num_steps:
-            raise IndexError(f"respaced index {i} outside 0..{self.num_steps - 1}")
-        abar = self.alphas_cumprod[i]
+    def table(self, device=None) -> dict[str, torch.Tensor]:
+        """Float32 per-step coefficients (S,) on ``device``, computed in float64 then cast, like the official
+        ``_extract_into_tensor``. Built once per sampling call; index with the respaced index i."""
         vals = {
-            "sqrt_recip_abar": torch.sqrt(1.0 / abar),
-            "sqrt_recipm1_abar": torch.sqrt(1.0 / abar - 1.0),
-            "coef1": self.posterior_mean_coef1[i],
-            "coef2": self.posterior_mean_coef2[i],
-            "min_log": self.posterior_log_variance_clipped[i],
-            "max_log": torch.log(self.betas[i]),
+            "sqrt_recip_abar": torch.sqrt(1.0 / self.alphas_cumprod),
+            "sqrt_recipm1_abar": torch.sqrt(1.0 / self.alphas_cumprod - 1.0),
+            "coef1": self.posterior_mean_coef1,
+            "coef2": self.posterior_mean_coef2,
+            "min_log": self.posterior_log_variance_clipped,
+            "max_log": torch.log(self.betas),
+            "t": torch.tensor(self.timesteps, dtype=torch.float64),
         }
-        return {k: v.to(device=device, dtype=torch.float32) for k, v in vals.items()}
+        out = {k: v.to(dtype=torch.float32).to(device) for k, v in vals.items()}
+        out["t"] = out["t"].long()
+        return out
 
 
 def resolve_schedule(steps: int | str | None = None, timesteps: Sequence[int] | None = None,
@@ -305,10 +306,6 @@ class HeadTrajectory:
         return tuple(reversed(self.schedule.timesteps))
 
 
-def _is_cfg(cfg) -> bool:
-    return float(cfg) != 1.0
-
-
 class DiffLoss(nn.Module):
     """MAR's diffusion head. Holds only the net: every sampling call gets its own schedule."""
 
@@ -320,19 +317,25 @@ class DiffLoss(nn.Module):
     # -- one step -------------------------------------------------------------------------------------
     def step_stats(self, x_t: torch.Tensor, i: int, z: torch.Tensor, schedule: DDPMSchedule,
                    cfg: float | torch.Tensor = 1.0) -> StepStats:
-        """Official ``p_mean_variance`` (clip_denoised=False) at respaced index i for the given x_t (R, C)."""
+        """Official ``p_mean_variance`` (clip_denoised=False) at respaced index i for the given x_t (R, C).
+
+        One net evaluation on R rows. With ``cfg != 1`` rows are [cond; uncond] and only x_t[:R/2] is read."""
+        if not 0 <= i < schedule.num_steps:
+            raise IndexError(f"respaced index {i} outside 0..{schedule.num_steps - 1}")
+        return self._step(x_t, i, z, schedule.table(x_t.device), float(cfg))
+
+    def _step(self, x_t: torch.Tensor, i: int, z: torch.Tensor, co: dict, cfg: float) -> StepStats:
         if x_t.shape[0] != z.shape[0]:
             raise ValueError(f"x_t has {x_t.shape[0]} rows but z has {z.shape[0]}")
-        if _is_cfg(cfg) and x_t.shape[0] % 2:
+        if cfg != 1.0 and x_t.shape[0] % 2:
             raise ValueError("with cfg != 1 the rows must be [cond; uncond] (an even count)")
-        co = schedule.at(i, x_t.device)
-        t = torch.full((x_t.shape[0],), schedule.timesteps[i], dtype=torch.long, device=x_t.device)
-        out = self.net.forward_with_cfg(x_t, t, z, cfg) if _is_cfg(cfg) else self.net(x_t, t, z)
+        t = co["t"][i].expand(x_t.shape[0])  # original timesteps, what the net sees
+        out = self.net.forward_with_cfg(x_t, t, z, cfg) if cfg != 1.0 else self.net(x_t, t, z)
         eps, v = torch.split(out, self.in_channels, dim=1)
         frac = (v + 1) / 2  # learned-range interpolation (Nichol & Dhariwal eq. 15)
-        log_variance = frac * co["max_log"] + (1 - frac) * co["min_log"]
-        pred_xstart = co["sqrt_recip_abar"] * x_t - co["sqrt_recipm1_abar"] * eps  # DDPM eq. 11 inverted
-        mean = co["coef1"] * pred_xstart + co["coef2"] * x_t  # DDPM eq. 7
+        log_variance = frac * co["max_log"][i] + (1 - frac) * co["min_log"][i]
+        pred_xstart = co["sqrt_recip_abar"][i] * x_t - co["sqrt_recipm1_abar"][i] * eps  # DDPM eq. 11 inverted
+        mean = co["coef1"][i] * pred_xstart + co["coef2"][i] * x_t  # DDPM eq. 7
         return StepStats(mean, log_variance, pred_xstart, eps)
 
     # -- full loops -----------------------------------------------------------------------------------
@@ -372,15 +375,16 @@ class DiffLoss(nn.Module):
         R, S, C = z.shape[0], schedule.num_steps, self.in_channels
         if S < 2:
             raise ValueError("learned-range DDPM sampling needs at least 2 steps (official code fails at 1)")
-        use_cfg = _is_cfg(cfg)
+        cfg = float(cfg)  # a float32 tensor (linear CFG schedule) converts exactly
+        use_cfg = cfg != 1.0
         if use_cfg and R % 2:
             raise ValueError("with cfg != 1 the condition rows must be [cond; uncond] (an even count)")
         x, step_noise = self._noise(noise, generator, R, S, use_cfg, z)
         rec = {k: [] for k in ("states", "mean", "log_variance", "pred_xstart", "noise", "samples")} if record else None
-        x_T = x
+        x_T, co = x, schedule.table(z.device)
         for k in range(S):
             i = S - 1 - k
-            st = self.step_stats(x, i, z, schedule, cfg)
+            st = self._step(x, i, z, co, cfg)
             if step_noise is None:  # drawn even at i = 0, as official p_sample does
                 n = torch.randn((R, C), generator=generator, device=z.device, dtype=z.dtype)
             else:
