@@ -31,6 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", default=None, help="where finished weights go (default: package zoo)")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--export-only", action="store_true")
+    parser.add_argument("--card", action="store_true",
+                        help="after export, measure quality and batch-1 latency and write cards/RECIPE.md")
+    parser.add_argument("--card-only", action="store_true", help="only (re)write the model card")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, **overrides)
     name = ALIASES.get(args.recipe, args.recipe)
     run_dir = Path(args.run_dir or Path("runs") / name)
+    if args.card_only:
+        return _card(recipe, name, run_dir)
     if not args.export_only:
         t0 = time.time()
         summary = fit(recipe, run_dir, steps=args.steps, seed=args.seed, cpu=args.cpu,
@@ -66,6 +71,20 @@ def main(args: argparse.Namespace) -> int:
     paths = recipe.export(model, Path(args.export_dir) if args.export_dir else WEIGHTS_DIR, info)
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
+    return _card(recipe, name, run_dir) if args.card else 0
+
+
+def _card(recipe, name: str, run_dir: Path) -> int:
+    import torch
+
+    from accel.zoo.cards import forward_latency, write_card
+
+    quality = recipe.card_quality(name)
+    with_threads = torch.get_num_threads()
+    latency = forward_latency(name)
+    cmd = f"accel train {name} --card-only  # quality/latency ({with_threads} torch threads)"
+    out = write_card(name, run_dir, command=cmd, quality=quality, latency=latency, notes=recipe.card_notes())
+    print(f"wrote {out}")
     return 0
 
 

@@ -66,6 +66,14 @@ class Recipe:
     def model_config(self) -> dict:
         return dict(getattr(self, "model", {}))
 
+    def card_quality(self, name: str) -> dict | None:
+        """Quality measured for the model card from the *shipped* zoo file (None: nothing to measure)."""
+        return None
+
+    def card_notes(self) -> str:
+        """Deviations from the official recipe and other facts the card must state."""
+        return ""
+
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
         """Write the shipped fp16 zoo file(s) for the trained ``model`` (EMA weights when kept)."""
         from accel.zoo.store import save_zoo_file

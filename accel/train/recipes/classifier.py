@@ -69,6 +69,22 @@ class ClassifierRecipe(Recipe):
         _, logits = model.features_logits((x + 1) / 2)
         return {"val_acc": float((logits.argmax(-1) == y).float().mean())}
 
+    def card_quality(self, name: str) -> dict:
+        from accel import zoo
+
+        model = zoo.load(name)
+        x, y = data.load_arrays("test")
+        _, logits = model.features_logits((x + 1) / 2)
+        ref = zoo.reference_stats(name)
+        return {"test accuracy (10,000 images, shipped fp16 weights)": round(float((logits.argmax(-1) == y).float().mean()), 4),
+                "feature dim": int(ref["ref_mean"].numel()),
+                "reference statistics": f"{name}-ref.safetensors: mean, covariance, {ref['ref_bank'].shape[0]}-row "
+                                        "feature bank + labels of the test set"}
+
+    def card_notes(self) -> str:
+        return ("Features are the global-average-pooled output of the last conv stage (before dropout and the "
+                "linear classifier), computed by `features_logits(images01)` on images in [0, 1].")
+
     def export(self, model: FashionCNN, out_dir: Path, info: dict) -> list[Path]:
         """Weights in fp16, plus ``fmnist-cnn-ref.safetensors``: test-set feature statistics computed with the
         *fp16-rounded* weights that ship (so metrics at load time see exactly these features)."""

@@ -1,0 +1,149 @@
+"""Model cards: measured facts about each zoo model, written next to its weights (``cards/NAME.md``).
+
+Every number in a card is produced by ``accel train NAME --card`` (this module), which states the command
+at the top of the card: config and recipe from the run checkpoint, steps/wall time/final losses from the
+run log, quality and batch-1 latency measured here.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from accel import zoo
+
+
+def feature_reference(device="cpu"):
+    """The harness ``FeatureReference`` of the zoo classifier (test-set statistics shipped with it)."""
+    from accel.harness.quality import FeatureReference
+
+    clf = zoo.classifier(device=device)
+    ref = zoo.reference_stats()
+    return FeatureReference(
+        name="fmnist-cnn",
+        extract=lambda images: clf.features_logits(images.to(device)),
+        ref_stats=(ref["ref_mean"].double().numpy(), ref["ref_cov"].double().numpy()),
+        real_feats=ref["ref_bank"].double().numpy())
+
+
+@torch.no_grad()
+def generator_quality(name: str, *, per_class: int = 100, seed: int = 0, batch: int = 250, device="cpu",
+                      **settings) -> dict:
+    """Quality of ``per_class * 10`` samples of a zoo generator with its default (or given) settings."""
+    from accel.harness.quality import evaluate
+    from accel.zoo.sample import ZooSampler, class_grid_labels
+
+    sampler = ZooSampler(name, device, **settings)
+    ref = feature_reference(device)
+    labels = class_grid_labels(per_class)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    feats, logits = [], []
+    t0 = time.perf_counter()
+    for chunk in labels.split(batch):
+        f, lg = ref.extract(sampler(chunk, generator=gen))
+        feats.append(f.cpu())
+        logits.append(lg.cpu())
+    wall = time.perf_counter() - t0
+    q = evaluate(torch.cat(feats), torch.cat(logits), labels, ref, seed=seed, n_boot=50)
+    return {**q, "n": len(labels), "settings": sampler.settings, "seed": seed, "sampling_wall_s": round(wall, 1)}
+
+
+def median_latency(fn, *, warmup: int = 5, repeats: int = 30) -> float:
+    """Median wall seconds of ``fn()`` after warm-up (single process, CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def forward_latency(name: str, device="cpu") -> dict:
+    """Batch-1 forward latency of a zoo model: one KV-cached decode step (mid-sequence) for a GPT, one
+    decode / encode for a tokenizer, one image for the classifier."""
+    model, info = zoo.load_with_info(name, device=device)
+    kind = info["kind"]
+    out = {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    if kind == "llamagen-gpt":
+        cfg = model.config
+        cache = model.new_cache(1)
+        half = cfg.block_size // 2
+        toks = torch.zeros(1, half, dtype=torch.long, device=device)
+        model(toks, torch.zeros(1, dtype=torch.long, device=device), input_pos=torch.arange(half + 1, device=device),
+              cache=cache)
+        x, pos = toks[:, :1], torch.tensor([half + 1], device=device)
+        out["decode_step_s"] = median_latency(lambda: model(x, input_pos=pos, cache=cache))
+        out["params"] = sum(p.numel() for p in model.parameters())
+    elif kind == "llamagen-vq":
+        g = 32 // model.config.downsample
+        idx = torch.zeros(1, g, g, dtype=torch.long, device=device)
+        img = torch.zeros(1, 3, 32, 32, device=device)
+        out["decode_s"] = median_latency(lambda: model.decode_code(idx))
+        out["encode_s"] = median_latency(lambda: model.encode(img))
+        out["params"] = sum(p.numel() for p in model.parameters())
+    elif kind == "fmnist-cnn":
+        img = torch.zeros(1, 3, 32, 32, device=device)
+        out["forward_s"] = median_latency(lambda: model(img))
+        out["params"] = sum(p.numel() for p in model.parameters())
+    else:
+        raise KeyError(f"no latency probe for kind {kind!r}")
+    return out
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Steps, total wall time over sessions, last training losses and last eval, from the run log."""
+    log = [json.loads(x) for x in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    wall, prev = 0.0, 0.0
+    for r in log:
+        if r["time"] < prev:
+            wall += prev
+        prev = r["time"]
+    train = [r for r in log if "loss" in r]
+    evals = [r for r in log if "eval" in r]
+    return {"steps": train[-1]["step"] if train else 0, "wall_s": round(wall + prev, 1),
+            "last_train": {k: v for k, v in train[-1].items() if k not in ("time",)} if train else {},
+            "last_eval": evals[-1]["eval"] if evals else {}, "sessions": 1 + sum(
+                1 for a, b in zip(log, log[1:]) if b["time"] < a["time"])}
+
+
+def _fmt(d: dict) -> str:
+    return "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in d.items())
+
+
+def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, latency: dict | None,
+               notes: str = "", out_dir: Path | None = None) -> Path:
+    """Write ``cards/NAME.md`` from the run checkpoint/log plus measured quality and latency."""
+    state = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=False)
+    run = run_summary(run_dir)
+    role = zoo.ZOO[name]
+    wpath = zoo.WEIGHTS_DIR / f"{name}.safetensors"
+    lines = [f"# {name}", "", f"{role[2]} (family `{role[0]}`, role `{role[1]}`).", "",
+             "Made by (from the repository root):", "", "```", f"accel train {name}", command, "```", "",
+             f"Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
+             "padded to 32x32, 3 channels, [-1, 1].", "",
+             "## Training", "", "| field | value |", "|---|---|",
+             _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),
+                   "wall time (s, all sessions)": run["wall_s"], "sessions": run["sessions"],
+                   "machine": "shared 2-core CPU, 1 torch thread", "weights": "EMA" if state.get("ema") else "raw",
+                   "shipped file": f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16)" if wpath.is_file() else "-"}),
+             "", "Recipe (exact, from the checkpoint):", "", "```json", json.dumps(state["recipe"], indent=1), "```", "",
+             "Final training log row:", "", "```json", json.dumps(run["last_train"]), "```", "",
+             "Last evaluation:", "", "```json", json.dumps(run["last_eval"]), "```", ""]
+    if quality:
+        lines += ["## Quality", "", "| metric | value |", "|---|---|", _fmt(quality), ""]
+    if latency:
+        lines += ["## Batch-1 latency (median, warm-up excluded)", "", "| field | value |", "|---|---|",
+                  _fmt(latency), ""]
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    out = (out_dir or zoo.CARDS_DIR) / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
