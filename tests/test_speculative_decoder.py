@@ -116,3 +116,45 @@ def test_sampled_sequences_follow_the_target_joint(which):
     pv = scipy.stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
     assert pv > 1e-3, pv
     assert st.as_dict()["mean_accept_len"] > 1.05
+
+
+# ------------------------------------------------------------------------------------------- static tree
+from accel.speculative.tree import TREES, Tree, tree_generate  # noqa: E402
+
+
+def test_tree_structure_and_mask():
+    t = Tree.from_branching((2, 1))
+    assert t.parents == (0, 0, 1, 2) and t.levels == [[1, 2], [3, 4]]
+    m = t.mask(torch.tensor([3]), torch.tensor([3, 4]), 9)[0]
+    # slots <= 3 (prefix + root), then node 3 sees node 1 (slot 4) and itself (slot 6)
+    assert m[0].tolist() == [True] * 4 + [True, False, True, False, False]
+    assert m[1].tolist() == [True] * 4 + [False, True, False, True, False]
+    with pytest.raises(ValueError):
+        Tree((0, 2))
+
+
+@pytest.mark.parametrize("tree", ["b2-2-1-1", "chain4"])
+def test_greedy_tree_equals_greedy_ar(tree):
+    target = tiny(0)
+    sc = SamplingConfig(cfg_scale=3.0, sample_logits=False)
+    cond = torch.tensor([0, 1, 2, 3, 1])
+    ar = generate(target, cond, 16, sc)
+    for drafter in _drafters(target):
+        toks, st = tree_generate(target, drafter, ExactRule(), cond, sc, tree=TREES[tree], max_new_tokens=16)
+        assert torch.equal(toks, ar), drafter.name
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_tree_sampled_sequences_follow_the_target_joint(which):
+    target = tiny(0, vocab=6, block=4, scale=0.5)
+    drafter = [ModelDrafter(tiny(1, dim=16, n_layer=1, vocab=6, block=4, scale=0.5)), _drafters(target)[1]][which]
+    sc = SamplingConfig(cfg_scale=2.0, top_k=4)
+    n, N = 3, 4000
+    toks, st = tree_generate(target, drafter, ExactRule(), torch.full((N,), 2), sc, tree=Tree.from_branching((3, 2)),
+                             max_new_tokens=n, generator=torch.Generator().manual_seed(10 + which))
+    code, prob = _joint(target, 2, sc, n)
+    counts = np.bincount((toks * 6 ** torch.arange(n)).sum(1).numpy(), minlength=6**n)[code.numpy()]
+    keep = prob.numpy() * N >= 5
+    exp, obs = prob.numpy()[keep] * N, counts[keep]
+    assert scipy.stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
+    assert st.as_dict()["mean_accept_len"] > 1.05

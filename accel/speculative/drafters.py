@@ -76,35 +76,75 @@ class ModelDrafter:
         return DraftState(labels, RowCache.for_model(self.model, labels.size(0), max_len))
 
     def observe(self, state: DraftState, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None:
-        state.extra["seq"], state.extra["c"] = seq, start + n_new  # committed count (tokens seq[:, :c])
+        state.extra.update(seq=seq, start=start, n_new=n_new, width=hidden.size(1))
+
+    def _forward(self, state, idx, cond, pos, kv_len, mask=None, slots=None):
+        R = state.labels.size(0)
+        Rpos = cfg_rows(pos, R)
+        Rslots = Rpos if slots is None else cfg_rows(slots, R)
+        mask = causal_mask(Rslots, kv_len) if mask is None else cfg_rows(mask, R)
+        logits, _ = forward_rows(self.model, None if idx is None else cfg_rows(idx, R), cond, rope_pos=Rpos,
+                                 slots=Rslots, cache=state.cache, mask=mask)
+        state.forwards += 1
+        return logits
+
+    def catch_up(self, state: DraftState, kv_len: int) -> Tensor:
+        """Write the newly committed tokens; return the logits ``(R, V)`` that predict the next token.
+
+        The target read tokens at positions ``start + i``; the committed window is ``seq[start-1 : c]`` at
+        positions ``start .. c`` (c = start + n_new), fed padded to a fixed width (entries past c are
+        overwritten before any query can attend to them).
+        """
+        seq, start, n_new, W = (state.extra[k] for k in ("seq", "start", "n_new", "width"))
+        if not state.extra.get("started", False):  # class token at 0 and x_0 at 1 (all rows: c = 1)
+            state.extra["started"] = True
+            pos = torch.stack([start, start + 1], 1)
+            return self._forward(state, seq[:, :1], state.labels, pos, kv_len)[:, -1]
+        pos = start[:, None] + torch.arange(W + 1, device=start.device)
+        idx = seq.gather(1, (pos - 1).clamp(max=seq.size(1) - 1))
+        logits = self._forward(state, idx, None, pos, max(kv_len, int(pos.max()) + 1))
+        last = cfg_rows(n_new, logits.size(0))
+        return logits[torch.arange(logits.size(0), device=logits.device), last]
 
     @torch.no_grad()
     def propose(self, state: DraftState, gamma: int, sc: SamplingConfig, greedy: bool,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        seq, c = state.extra["seq"], state.extra["c"]
-        B, R = c.size(0), state.labels.size(0)
-        rows = torch.arange(B, device=c.device)
-        first = not state.extra.get("started", False)
-        if first:  # class token at 0 and x_0 at 1 (all rows have c = 1 here)
-            pos = torch.stack([c - 1, c], 1)
-            idx, cond = seq[rows, c - 1][:, None], state.labels
-        else:  # x_{c-2} at c-1 (maybe never fed), x_{c-1} at c
-            pos = torch.stack([c - 1, c], 1)
-            idx, cond = torch.stack([seq[rows, c - 2], seq[rows, c - 1]], 1), None
-        state.extra["started"] = True
+        c = state.extra["start"] + state.extra["n_new"]  # committed tokens
         kv_len = int(c.max()) + gamma + 1
+        logits = self.catch_up(state, kv_len)[:, None]
         drafts, qs = [], []
         for i in range(gamma):
-            Rpos = cfg_rows(pos, R)
-            logits, _ = forward_rows(self.model, cfg_rows(idx, R), cond, rope_pos=Rpos, slots=Rpos,
-                                     cache=state.cache, mask=causal_mask(Rpos, kv_len))
-            state.forwards += 1
+            if i:
+                logits = self._forward(state, drafts[-1][:, None], None, (c + i)[:, None], kv_len)
             q = process(logits[:, -1:], (c + i)[:, None], sc)[:, 0]  # predicts token index c + i
-            d = draw(q, greedy, generator)
-            drafts.append(d)
+            drafts.append(draw(q, greedy, generator))
             qs.append(q)
-            idx, cond, pos = d[:, None], None, (c + 1 + i)[:, None]
         return torch.stack(drafts, 1), torch.stack(qs, 1)
+
+    @torch.no_grad()
+    def propose_tree(self, state: DraftState, tree, sc: SamplingConfig, greedy: bool,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Draft a static tree: node i at slot c + i, RoPE position c + depth(i); see ``tree.py``."""
+        from accel.speculative.tree import expand_level
+
+        c = state.extra["start"] + state.extra["n_new"]
+        kv_len = int(c.max()) + tree.size + 1
+        B = c.size(0)
+        logits = self.catch_up(state, kv_len)  # root (R, V)
+        toks = torch.zeros(B, tree.size + 1, dtype=torch.long, device=c.device)
+        qs = torch.zeros(B, tree.size + 1, logits.size(-1), device=c.device)
+        parents, dist = [0], process(logits[:, None], (c)[:, None], sc)  # (B, 1, V)
+        for d, level in enumerate(tree.levels):
+            expand_level(tree, parents, dist, level, toks, qs, greedy, generator)
+            if d + 1 == len(tree.levels):
+                break
+            nodes = torch.as_tensor(level, device=c.device)
+            slots = c[:, None] + nodes
+            mask = tree.mask(c, nodes, kv_len)
+            pos = (c[:, None] + d + 1).expand(B, len(level))
+            logits = self._forward(state, toks[:, nodes], None, pos, kv_len, mask=mask, slots=slots)
+            parents, dist = level, process(logits, (c[:, None] + d + 1).expand(B, len(level)), sc)
+        return toks[:, 1:], qs[:, 1:]
 
 
 class EagleHead(nn.Module):
@@ -156,24 +196,61 @@ class EagleDrafter:
         state.forwards += 1
         return h  # (R, T, dim) predicted next hidden states
 
+    def catch_up(self, state: DraftState, kv_len: int) -> Tensor:
+        """Feed the pairs (h_s, x_s) the target just produced; return the drafter output ``(R, 1, dim)`` at
+        the last committed pair (it predicts the next token). Pairs past it are overwritten later."""
+        seq, start, hidden, n_new = (state.extra[k] for k in ("seq", "start", "hidden", "n_new"))
+        pos = start[:, None] + torch.arange(hidden.size(1), device=start.device)
+        tok = seq.gather(1, pos.clamp(max=seq.size(1) - 1))
+        h = self._step(state, tok, hidden, pos, max(kv_len, int(pos.max()) + 1))
+        last = cfg_rows(n_new - 1, h.size(0))
+        return h[torch.arange(h.size(0), device=h.device), last][:, None]
+
     @torch.no_grad()
     def propose(self, state: DraftState, gamma: int, sc: SamplingConfig, greedy: bool,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        seq, start, hidden, n_new = (state.extra[k] for k in ("seq", "start", "hidden", "n_new"))
-        B, T = start.size(0), hidden.size(1)
-        pos = start[:, None] + torch.arange(T, device=start.device)  # pairs (h_s, x_s) at positions s
-        tok = seq.gather(1, pos.clamp(max=seq.size(1) - 1))
-        c = start + n_new  # committed tokens; the last valid pair is at c - 1
+        c = state.extra["start"] + state.extra["n_new"]  # committed tokens; the last valid pair is at c - 1
         kv_len = int(c.max()) + gamma + 1
-        h = self._step(state, tok, hidden, pos, max(kv_len, int(pos.max()) + 1))
-        last = cfg_rows(n_new - 1, h.size(0))
-        h = h[torch.arange(h.size(0), device=h.device), last][:, None]  # (R, 1, dim)
+        h = self.catch_up(state, kv_len)
         drafts, qs = [], []
         for i in range(gamma):
+            if i:
+                h = self._step(state, drafts[-1][:, None], h, (c + i - 1)[:, None], kv_len)
             q = process(self.target.output(h).float(), (c + i)[:, None], sc)[:, 0]
-            d = draw(q, greedy, generator)
-            drafts.append(d)
+            drafts.append(draw(q, greedy, generator))
             qs.append(q)
-            if i + 1 < gamma:
-                h = self._step(state, d[:, None], h, (c + i)[:, None], kv_len)
         return torch.stack(drafts, 1), torch.stack(qs, 1)
+
+    @torch.no_grad()
+    def propose_tree(self, state: DraftState, tree, sc: SamplingConfig, greedy: bool,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Static tree: node i's pair (h_parent, token_i) at slot c-1+i, RoPE position c-1+depth(i)."""
+        from accel.speculative.tree import expand_level
+
+        c = state.extra["start"] + state.extra["n_new"]
+        B, base = c.size(0), c - 1
+        kv_len = int(c.max()) + tree.size + 1
+        h = self.catch_up(state, kv_len)
+        H = h.new_zeros(h.size(0), tree.size + 1, h.size(-1))
+        H[:, :1] = h
+        toks = torch.zeros(B, tree.size + 1, dtype=torch.long, device=c.device)
+        V = self.target.config.vocab_size
+        qs = torch.zeros(B, tree.size + 1, V, device=c.device)
+        parents, dist = [0], process(self.target.output(h).float(), c[:, None], sc)
+        for d, level in enumerate(tree.levels):
+            expand_level(tree, parents, dist, level, toks, qs, greedy, generator)
+            if d + 1 == len(tree.levels):
+                break
+            nodes = torch.as_tensor(level, device=c.device)
+            par = torch.as_tensor([tree.parents[i - 1] for i in level], device=c.device)
+            pos = (base[:, None] + d + 1).expand(B, len(level))
+            x = self.head.fc(torch.cat([self.target.tok_embeddings(cfg_rows(toks[:, nodes], h.size(0))), H[:, par]], -1))
+            Rpos = cfg_rows(pos, h.size(0))
+            out = block_forward(self.head.layer, x, self.table[Rpos.clamp(max=self.table.size(0) - 1)], 0,
+                                cfg_rows(base[:, None] + nodes, h.size(0)), state.cache,
+                                cfg_rows(tree.mask(base, nodes, kv_len), h.size(0)))
+            state.forwards += 1
+            H[:, nodes] = out
+            parents = level
+            dist = process(self.target.output(out).float(), (c[:, None] + d + 1).expand(B, len(level)), sc)
+        return toks[:, 1:], qs[:, 1:]

@@ -1,0 +1,236 @@
+"""Static-tree speculative decoding for LlamaGen (EAGLE-1 / LANTERN++ style), batched with per-row paths.
+
+Drafting: every node's children are drawn from the drafter's distribution q at that node WITHOUT replacement
+(Gumbel-top-k, which gives the sequential without-replacement order; greedy mode: top-k of q).
+
+Verification (recursive rejection sampling without replacement; EAGLE ``evaluate_posterior_v1``): at the
+current node with target distribution p_1 = p, try the children x_1, x_2, ... in order; x_j was drawn from
+q_j = q with x_1..x_{j-1} removed and renormalised; accept with the rule's ``accept_prob(p_j, q_j, x_j)``
+(exact: min(1, p_j/q_j); LANTERN: min(1, p~_j/q_j)); on rejection p_{j+1} = rule.residual(p_j, q_j, x_j)
+(exact: norm(max(p_j - q_j, 0))). Each step is a single-draft speculative step of target p_j with proposal
+q_j, so by induction the emitted token is distributed as p for the exact rule (tested by chi-square).
+Children with q_j(x_j) = 0 are skipped. If no child is accepted the token is drawn from the residual;
+after a leaf, the bonus token from p at the leaf.
+
+Cache layout (target and small drafter): committed token x_{c-1} at slot c, node i at slot c + i with RoPE
+position c + depth(i); a node attends to slots <= c and to its ancestors. The accepted path is compacted to
+slots c+1..c+m by one gather (``RowCache.move``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from accel.models.llamagen import Transformer
+from accel.models.llamagen_generate import SamplingConfig, cfg_batch
+from accel.speculative.decoder import SpecStats
+from accel.speculative.drafters import cfg_rows, draw, process
+from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Nodes 1..size in breadth-first order; ``parents[i-1]`` is node i's parent (0 = root)."""
+
+    parents: tuple[int, ...]
+
+    def __post_init__(self):
+        for i, par in enumerate(self.parents, start=1):
+            if not 0 <= par < i:
+                raise ValueError(f"node {i}: parent {par} must precede it (breadth-first order)")
+
+    @classmethod
+    def from_branching(cls, branching: tuple[int, ...]) -> "Tree":
+        parents, level = [], [0]
+        for b in branching:
+            nxt = []
+            for par in level:
+                for _ in range(b):
+                    parents.append(par)
+                    nxt.append(len(parents))
+            level = nxt
+        return cls(tuple(parents))
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    def depth(self, i: int) -> int:
+        return 0 if i == 0 else 1 + self.depth(self.parents[i - 1])
+
+    @property
+    def levels(self) -> list[list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in range(1, self.size + 1):
+            out.setdefault(self.depth(i), []).append(i)
+        return [out[d] for d in sorted(out)]
+
+    def children(self, i: int) -> list[int]:
+        return [j for j in range(1, self.size + 1) if self.parents[j - 1] == i]
+
+    def ancestors(self) -> Tensor:
+        """``(size+1, size+1)`` bool: [i, j] = j is i or an ancestor of i."""
+        a = torch.eye(self.size + 1, dtype=torch.bool)
+        for i in range(1, self.size + 1):
+            a[i] |= a[self.parents[i - 1]]
+        return a
+
+    def mask(self, base: Tensor, nodes: Tensor, kv_len: int) -> Tensor:
+        """``(B, len(nodes), kv_len)``: slots <= base, plus base + j for every ancestor-or-self j of the node."""
+        B, dev = base.size(0), base.device
+        slot = torch.arange(kv_len, device=dev)[None, None, :]
+        rel = slot - base[:, None, None]  # (B, 1, kv_len)
+        anc = self.ancestors().to(dev)[nodes]  # (K, size+1)
+        in_tree = (rel >= 0) & (rel <= self.size)
+        tree_ok = anc[None].expand(B, -1, -1).gather(2, rel.clamp(0, self.size).expand(B, len(nodes), kv_len))
+        return (rel <= 0) | (in_tree & tree_ok)
+
+
+TREES = {
+    "chain4": Tree.from_branching((1, 1, 1, 1)),
+    "b2-2-1-1": Tree.from_branching((2, 2, 1, 1)),
+    "b3-1-1-1": Tree.from_branching((3, 1, 1, 1)),
+    "b4-2-1": Tree.from_branching((4, 2, 1)),
+}
+
+
+def expand_level(tree: Tree, parents: list[int], dist: Tensor, level: list[int], toks: Tensor, qs: Tensor,
+                 greedy: bool, generator: torch.Generator | None) -> None:
+    """Draw the children of ``parents`` (their q: ``dist (B, len(parents), V)``) into ``toks``/``qs``."""
+    for j, par in enumerate(parents):
+        kids = tree.children(par)
+        if not kids:
+            continue
+        q = dist[:, j]
+        if greedy:
+            keys = q
+        else:  # Gumbel-top-k = sequential sampling without replacement
+            u = torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-20)
+            keys = q.clamp_min(1e-38).log().masked_fill(q <= 0, float("-inf")) - (-u.log()).log()
+        pick = keys.topk(len(kids), dim=-1).indices
+        for r, kid in enumerate(kids):
+            toks[:, kid] = pick[:, r]
+            qs[:, kid] = q
+
+
+def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy: bool,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Accepted path ``(B, D)`` of node ids (0-padded) with its length ``(B,)``, and the next token.
+
+    p: ``(B, size+1, V)`` target at each node (root = 0); q: ``(B, size+1, V)`` the q each node was drawn from;
+    toks: ``(B, size+1)`` node tokens.
+    """
+    B, dev = toks.size(0), toks.device
+    rows = torch.arange(B, device=dev)
+    D = len(tree.levels)
+    kids = [tree.children(i) for i in range(tree.size + 1)]
+    width = max(len(k) for k in kids)
+    table = torch.full((tree.size + 1, max(width, 1)), -1, dtype=torch.long, device=dev)
+    for i, k in enumerate(kids):
+        table[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+    cur = torch.zeros(B, dtype=torch.long, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    path = torch.zeros(B, D, dtype=torch.long, device=dev)
+    n = torch.zeros(B, dtype=torch.long, device=dev)
+    nxt = torch.zeros(B, dtype=torch.long, device=dev)
+    for d in range(D):
+        resid = p[rows, cur].clone()
+        chosen = torch.full((B,), -1, dtype=torch.long, device=dev)
+        qj = None
+        for j in range(width):
+            child = table[cur, j]
+            has = alive & (child >= 0) & (chosen < 0)
+            c = child.clamp_min(0)
+            x = toks[rows, c]
+            if qj is None:
+                qj = q[rows, c].clone()
+            if greedy:
+                acc = has & rule.greedy_accept(p[rows, cur], x)
+            else:
+                valid = has & (qj.gather(1, x[:, None])[:, 0] > 0)
+                r = torch.rand(B, generator=generator, device=dev)
+                acc = valid & (r < rule.accept_prob(resid, qj, x))
+                rej = valid & ~acc
+                if bool(rej.any()):
+                    resid[rej] = rule.residual(resid[rej], qj[rej], x[rej]).to(resid.dtype)
+                drop = has & ~acc  # x leaves the without-replacement pool for the next sibling
+                qj = torch.where(drop[:, None], qj.scatter(1, x[:, None], 0.0), qj)
+                qj = qj / qj.sum(-1, keepdim=True).clamp_min(1e-30)
+            chosen = torch.where(acc, child, chosen)
+        moved = chosen >= 0
+        stop = alive & ~moved
+        if greedy:
+            nxt = torch.where(stop, p[rows, cur].argmax(-1), nxt)
+        elif bool(stop.any()):
+            nxt[stop] = draw(resid[stop], False, generator)
+        path[:, d] = torch.where(moved, chosen, 0)
+        n += moved.long()
+        cur = torch.where(moved, chosen, cur)
+        alive &= moved
+    if bool(alive.any()):  # reached a leaf: bonus token from p at the leaf
+        nxt[alive] = draw(p[rows, cur][alive], greedy, generator)
+    return path, n, nxt
+
+
+@torch.no_grad()
+def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(), *,
+                  tree: Tree, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
+                  progress: bool = False) -> tuple[Tensor, SpecStats]:
+    """Tokens ``(B, n)`` and counters; same conventions as ``decoder.speculative_generate``."""
+    n = max_new_tokens or target.config.block_size
+    if n > target.config.block_size:
+        raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
+    greedy, B, dev = not sc.sample_logits, cond.size(0), cond.device
+    labels = cfg_batch(target, cond, sc.uses_cfg)
+    R, D, N = labels.size(0), len(tree.levels), tree.size
+    max_len = 1 + n + D + N + 2
+    cache = RowCache.for_model(target, R, max_len)
+    seq = torch.zeros(B, n + 2 * D + 2, dtype=torch.long, device=dev)
+    rows = torch.arange(B, device=dev)
+    st = SpecStats(D, reached=[0] * D, accepted_at=[0] * D)
+    zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
+    logits, hidden = forward_rows(target, None, labels, rope_pos=zero, slots=zero, cache=cache, mask=causal_mask(zero, 1))
+    st.nfe_target += 1
+    seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], greedy, generator)
+    c = torch.ones(B, dtype=torch.long, device=dev)
+    state = drafter.begin(labels, max_len)
+    drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
+    depth = torch.tensor([tree.depth(i) for i in range(N + 1)], device=dev)
+    nodes = torch.arange(N + 1, device=dev)
+    bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
+    while bool((c < n).any()):
+        live = c < n
+        d_toks, d_q = drafter.propose_tree(state, tree, sc, greedy, generator)  # (B, N), (B, N, V)
+        toks = torch.cat([seq[rows, c - 1][:, None], d_toks], 1)  # node 0 = x_{c-1}
+        slots = c[:, None] + nodes
+        pos = c[:, None] + depth
+        Rs = cfg_rows(slots, R)
+        logits, hidden = forward_rows(target, cfg_rows(toks, R), None, rope_pos=cfg_rows(pos, R), slots=Rs, cache=cache,
+                                      mask=cfg_rows(tree.mask(c, nodes, int(slots.max()) + 1), R))
+        st.nfe_target += 1
+        p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
+        q = torch.cat([torch.zeros_like(d_q[:, :1]), d_q], 1)
+        path, m, nxt = verify_tree(rule, tree, p, q, toks, greedy=greedy, generator=generator)
+        m = torch.where(live, m, torch.zeros_like(m))
+        ar = torch.arange(D, device=dev)
+        seq[rows[:, None], c[:, None] + ar] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], c[:, None] + ar])
+        seq[rows, c + m] = nxt
+        src = torch.cat([c[:, None], c[:, None] + torch.where(ar[None] < m[:, None], path, ar[None] + 1)], 1)
+        cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
+        keep = torch.cat([torch.zeros_like(path[:, :1]), path], 1)
+        hid = hidden.gather(1, cfg_rows(keep, R)[..., None].expand(-1, -1, hidden.size(-1)))
+        st.verify_steps += int(live.sum())
+        st.accepted += int(torch.minimum(m, n - c)[live].sum())
+        st.drafted += int(live.sum()) * D
+        for i in range(D):
+            st.reached[i] += int((live & (m >= i)).sum())
+            st.accepted_at[i] += int((live & (m >= i + 1)).sum())
+        drafter.observe(state, seq, torch.where(live, c, c - 1), hid, torch.where(live, m + 1, torch.ones_like(m)))
+        bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
+        c = torch.where(live, c + m + 1, c)
+    bar.close()
+    st.nfe_draft = state.forwards
+    return seq[:, :n], st
