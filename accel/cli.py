@@ -15,6 +15,8 @@ COMMANDS = {
     "plot": "plot results JSONL files",
     "calibrate": "calibration runs (e.g. ScaleKV budgets)",
 }
+# Sub-commands that live in their own module: ``accel train distill-data`` -> accel/commands/distill_data.py.
+NESTED = {("train", "distill-data"): ("distill_data", "teacher (noise, tokens) pairs for Distilled Decoding")}
 
 
 def _module(name: str):
@@ -36,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
+    if tuple(argv[:2]) in NESTED:
+        name, help_ = NESTED[tuple(argv[:2])]
+        mod = _module(name)
+        cmd_parser = argparse.ArgumentParser(prog=f"accel {' '.join(argv[:2])}", description=help_)
+        mod.configure(cmd_parser)
+        return int(mod.main(cmd_parser.parse_args(argv[2:])) or 0)
     mod = _module(name)
     if mod is None:
         print(f"accel {name}: not available in this version", file=sys.stderr)

@@ -41,3 +41,14 @@ def llamagen_noise_map(model: Transformer, codes: Tensor, cond: Tensor, noise: T
         return solver.tokens(noise[:, t], codes, probs.clamp_min(0).log())
 
     return generate(model, cond, n, sc, pick=pick)
+
+
+def llamagen_pair_map(teacher: Transformer, vq, sc: SamplingConfig, solver: FlowSolver):
+    """(noise_map, seq_len, token_dim, num_classes) for ``accel.distill.data.generate_pairs``."""
+    codes = llamagen_codes(vq)
+
+    def noise_map(noise: Tensor, labels: Tensor) -> Tensor:
+        return llamagen_noise_map(teacher, codes, labels, noise, sc, solver)
+
+    cfg = teacher.config
+    return noise_map, cfg.block_size, codes.size(1), cfg.num_classes

@@ -1,0 +1,111 @@
+"""DD1 student for LlamaGen (arXiv 2412.17153; research/dd_var_scalekv.md §2.3, released ``DDTransformer``).
+
+The teacher's GPT (RMSNorm, SwiGLU, 2D RoPE, class token) with continuous token inputs: slot i holds either
+the noise token eps_i or the mapped code q_i (``tok_embeddings = Linear(code_dim, dim)`` replaces the
+embedding table), ``n_d_embed = Embedding(2, dim)`` marks data (1, also the class token) vs noise (0)
+inputs, plain causal attention, and two heads read at slot i's own position: the teacher's logits head
+(``norm`` + ``output``) predicting q_i's index, and ``final_layer_conti`` (LayerNorm without affine,
+shift/scale from a learned table plus the class embedding, ``Linear(dim, code_dim)``) regressing q_i.
+
+Sampling (trajectory X_1 = all noise, X_t = (q_<t, eps_>=t)): one step predicts every q_i from X_1; two
+steps predict from X_1, keep the first ``t2`` predictions as data, put the *same* noise back at
+positions >= t2, and predict again.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from accel.models.llamagen import GPTConfig, Transformer
+
+
+class FinalLayer(nn.Module):
+    """PixArt-style final layer: LN (no affine) modulated by (table + condition), then a linear map."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim ** 0.5)
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:  # x (B, T, dim), c (B, dim)
+        shift, scale = (self.scale_shift_table[None] + c[:, None]).chunk(2, dim=1)  # (B, 1, dim) each
+        return self.linear(self.norm_final(x) * (1 + scale) + shift)
+
+
+class DDLlamaGen(Transformer):
+    """Student. ``codes`` (V, code_dim) is the token space (the VQ's l2-normalised codebook)."""
+
+    def __init__(self, cfg: GPTConfig, codes: Tensor):
+        super().__init__(cfg)
+        code_dim = codes.size(1)
+        self.tok_embeddings = nn.Linear(code_dim, cfg.dim)
+        self.n_d_embed = nn.Embedding(2, cfg.dim)
+        self.final_layer_conti = FinalLayer(cfg.dim, code_dim)
+        self.register_buffer("codes", codes.detach().clone().float())
+
+    @torch.no_grad()
+    def init_from_teacher(self, teacher: Transformer) -> "DDLlamaGen":
+        """Copy every teacher weight with the same name and shape; fit ``tok_embeddings`` by least squares so
+        that a code's vector maps to the teacher's embedding of that code; zero the noise/data embedding."""
+        own = self.state_dict()
+        for k, v in teacher.state_dict().items():
+            if k in own and own[k].shape == v.shape and not k.startswith("tok_embeddings"):
+                own[k].copy_(v)
+        A = torch.cat([self.codes, torch.ones(self.codes.size(0), 1)], 1)  # (V, d+1)
+        sol = torch.linalg.lstsq(A, teacher.tok_embeddings.weight.float()).solution  # (d+1, dim)
+        self.tok_embeddings.weight.copy_(sol[:-1].t())
+        self.tok_embeddings.bias.copy_(sol[-1])
+        self.n_d_embed.weight.zero_()
+        return self
+
+    def predict(self, x: Tensor, cond: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
+        """x (B, n, code_dim) with data in slots < n_data and noise after -> (logits (B, n, V), conti (B, n, d))."""
+        B, n, _ = x.shape
+        c = self.cls_embedding(cond)  # (B, 1, dim)
+        h = torch.cat([c, self.tok_embeddings(x)], 1)  # (B, n+1, dim)
+        is_data = (torch.arange(n + 1, device=x.device) <= n_data).long()  # class token + data slots
+        h = self.tok_dropout(h + self.n_d_embed(is_data)[None])
+        pos = torch.arange(n + 1, device=x.device)
+        rope = self.freqs_cis[pos]
+        for layer in self.layers:
+            h = layer(h, rope, pos, None, None, 0)
+        h = self.norm(h[:, 1:])
+        return self.output(h).float(), self.final_layer_conti(h, c[:, 0]).float()
+
+    def tokens_from(self, logits: Tensor, conti: Tensor, split: int) -> Tensor:
+        """Slots < split take the logits' arg-max, slots >= split the code nearest the continuous output."""
+        ids = logits.argmax(-1)
+        if split < ids.size(1):
+            near = torch.cdist(conti[:, split:].reshape(-1, conti.size(-1)), self.codes).argmin(-1)
+            ids[:, split:] = near.view(ids.size(0), -1)
+        return ids
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, noise: Tensor, t_list: tuple[int, ...] = (0,), split: int | None = None) -> Tensor:
+        """Token ids (B, n) from noise (B, n, d) in ``len(t_list)`` student calls (t_list[0] must be 0)."""
+        if not t_list or t_list[0] != 0 or list(t_list) != sorted(set(t_list)):
+            raise ValueError(f"t_list must start at 0 and increase (got {t_list})")
+        n = noise.size(1)
+        split = n if split is None else split
+        ids = None
+        for t in t_list:
+            x = noise if ids is None else torch.cat([self.codes[ids[:, :t]], noise[:, t:]], 1)
+            logits, conti = self.predict(x, cond, t)
+            new = self.tokens_from(logits, conti, split)
+            ids = new if ids is None else torch.cat([ids[:, :t], new[:, t:]], 1)
+        return ids
+
+
+def distill_loss(student: DDLlamaGen, noise: Tensor, tokens: Tensor, labels: Tensor, t: Tensor,
+                 conti_weight: float = 1.0) -> tuple[Tensor, dict]:
+    """accel's DD1 loss (the official one is unreleased): at the noise slots (>= t), cross-entropy of the
+    logits against the teacher-map token ids plus ``conti_weight`` x MSE of the continuous head against
+    the codes. One t per batch (the input layout depends on it)."""
+    t = int(t)
+    x = torch.cat([student.codes[tokens[:, :t]], noise[:, t:]], 1)
+    logits, conti = student.predict(x, labels, t)
+    ce = F.cross_entropy(logits[:, t:].reshape(-1, logits.size(-1)), tokens[:, t:].reshape(-1))
+    mse = F.mse_loss(conti[:, t:], student.codes[tokens[:, t:]])
+    return ce + conti_weight * mse, {"ce": ce.detach(), "mse": mse.detach()}
