@@ -103,3 +103,14 @@ def test_distill_loss_trains_the_student_towards_the_teacher_map():
     assert float(parts["ce"]) < 0.5 * first
     acc = (s.eval().sample(labels, noise) == target).float().mean()
     assert acc > 0.5  # fits the (noise -> tokens) map on its training pairs
+
+
+def test_marginals_are_class_position_frequencies():
+    s = DDLlamaGen(CFG, codes())
+    toks = torch.randint(0, 8, (300, 9), generator=torch.Generator().manual_seed(4))
+    labels = torch.arange(300) % 3
+    s.fit_marginals(toks, labels, smoothing=0.0)
+    want = torch.zeros(8)
+    want.index_add_(0, toks[labels == 1, 4], torch.ones(100))
+    assert torch.allclose(s.marginals[1, 4], want / 100)
+    assert torch.allclose(s.marginals.sum(-1), torch.ones(3, 9))

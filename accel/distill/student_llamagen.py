@@ -44,6 +44,10 @@ class DDLlamaGen(Transformer):
         self.n_d_embed = nn.Embedding(2, cfg.dim)
         self.final_layer_conti = FinalLayer(cfg.dim, code_dim)
         self.register_buffer("codes", codes.detach().clone().float())
+        # Per-class, per-position token frequencies of the teacher's samples (the training pairs): what the
+        # naive one-step baseline samples from (accel.distill.methods), shipped with the student.
+        self.register_buffer("marginals", torch.full((cfg.num_classes, cfg.block_size, codes.size(0)),
+                                                     1.0 / codes.size(0)))
 
     @torch.no_grad()
     def init_from_teacher(self, teacher: Transformer) -> "DDLlamaGen":
@@ -58,6 +62,16 @@ class DDLlamaGen(Transformer):
         self.tok_embeddings.weight.copy_(sol[:-1].t())
         self.tok_embeddings.bias.copy_(sol[-1])
         self.n_d_embed.weight.zero_()
+        return self
+
+    @torch.no_grad()
+    def fit_marginals(self, tokens: Tensor, labels: Tensor, smoothing: float = 0.5) -> "DDLlamaGen":
+        """Set ``marginals`` from teacher token sequences (N, n) with class labels (N,), add-``smoothing``."""
+        C, n, V = self.marginals.shape
+        counts = torch.full((C, n, V), smoothing)
+        flat = (labels.long()[:, None] * n + torch.arange(n)[None]) * V + tokens.long()  # (N, n)
+        counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel()))
+        self.marginals.copy_(counts / counts.sum(-1, keepdim=True))
         return self
 
     def predict(self, x: Tensor, cond: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
