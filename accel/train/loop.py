@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from accel.train.ema import EMA
-from accel.train.recipe import Recipe
+from accel.train.recipe import VOLATILE, Recipe
 
 CKPT = "last.pt"
 
@@ -106,7 +106,8 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
         stale.unlink()  # a save interrupted by SIGKILL; last.pt itself is intact
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["recipe"] != recipe.describe():
+        saved = {k: v for k, v in state["recipe"].items() if k not in VOLATILE}
+        if saved != recipe.describe():
             raise ValueError(f"{ckpt_path} was written by a different recipe config:\n{state['recipe']}\n"
                              f"vs now\n{recipe.describe()}\n(use another --run-dir)")
         model.load_state_dict(state["model"])
@@ -129,6 +130,9 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
     log_f = open(run_dir / "log.jsonl", "a")
     summary: dict[str, Any] = {"resumed_from": step}
     t0, last_logs = time.time(), {}
+    if step and state.get("total_steps", total) != total:
+        log_f.write(json.dumps({"step": step, "time": 0.0, "note": f"total steps changed from "
+                                f"{state.get('total_steps')} to {total} (lr schedule horizon)"}) + "\n")
 
     def save():
         if acc.is_main_process:
@@ -168,7 +172,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
                 ema.update(acc.unwrap_model(model))
             step += 1
             bar.update(1)
-            last_logs = {"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
+            last_logs = {"loss": float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in logs.items()}}
             if step % recipe.log_every == 0 or step == total:
                 log({"lr": sched.get_last_lr()[0], **last_logs})
                 bar.set_postfix(loss=f"{last_logs['loss']:.4f}")

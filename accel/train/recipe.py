@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 
-# May differ between the sessions of one run without changing what it computes.
-VOLATILE = ("log_every", "eval_every", "ckpt_every", "step_sleep")
+# May differ between the sessions of one run: cadence fields do not change what it computes; a changed
+# ``steps`` (the schedule's horizon) is allowed but recorded in the run log by the loop.
+VOLATILE = ("log_every", "eval_every", "ckpt_every", "step_sleep", "steps")
 
 
 @dataclass

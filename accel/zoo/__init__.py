@@ -51,10 +51,24 @@ def _llamagen_gpt(cfg: dict) -> nn.Module:
     return Transformer(GPTConfig.from_dict(cfg))
 
 
+def _mar_vae(cfg: dict) -> nn.Module:
+    from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
+
+    return AutoencoderKL(KLVAEConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}))
+
+
+def _mar(cfg: dict) -> nn.Module:
+    from accel.models.mar import MAR, MARConfig
+
+    return MAR(MARConfig.from_dict(cfg))
+
+
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "fmnist-cnn": _cnn,
     "llamagen-vq": _llamagen_vq,
     "llamagen-gpt": _llamagen_gpt,
+    "mar-vae": _mar_vae,
+    "mar": _mar,
 }
 
 

@@ -17,6 +17,8 @@ from accel import zoo
 DEFAULTS: dict[str, dict] = {
     "fmnist-llamagen": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
     "fmnist-llamagen-draft": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
+    "fmnist-mar": dict(num_iter=16, cfg=3.0, cfg_schedule="linear", temperature=1.0, head_steps=50),
+    "fmnist-mar-draft": dict(num_iter=16, cfg=3.0, cfg_schedule="linear", temperature=1.0, head_steps=50),
 }
 
 
@@ -44,6 +46,11 @@ class ZooSampler:
             codes = generate(self.model, labels, sc=sc, generator=generator)  # (B, h*w)
             g = self.model.config.grid_size
             x = self.tokenizer.decode_code(codes, hw=(g, g))
+        elif self.family == "mar":
+            from accel.models.mar import decode_tokens, sample_tokens
+
+            toks = sample_tokens(self.model, labels, generator=generator, **self.settings).tokens
+            return decode_tokens(self.tokenizer, toks).float()  # already in [0, 1]
         else:
             raise NotImplementedError(f"sampling for family {self.family!r} has not landed in the zoo yet")
         return ((x.float() + 1) / 2).clamp(0, 1)

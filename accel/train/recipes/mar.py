@@ -1,0 +1,229 @@
+"""Recipes ``fmnist-mar-vae`` (KL-VAE 32x32 -> 8x8x16), ``fmnist-mar`` (target) and ``fmnist-mar-draft``.
+
+KL-VAE (LDM ``AutoencoderKL``): loss = pixel MSE + ``kl_weight`` KL(q(z|x) || N(0, I)). The LDM recipe adds
+LPIPS and a PatchGAN loss (weights unavailable here; stated in the card). At export the latent is
+reparameterised (mean/log-variance channels of ``quant_conv`` scaled by k, ``post_quant_conv`` input by
+1/k) so that ``latent * LATENT_SCALE`` has unit standard deviation on the training set: MAR's official
+constant 0.2325 then applies unchanged, as it does for KL-16.
+
+MAR (``models/mar.py`` training forward of LTH14/mar): tokens = ``posterior.sample() * 0.2325``, one mask
+ratio per batch from a truncated normal on [mask_ratio_min, 1] (mean 1, std 0.25), per-sample random
+orders, label dropout to ``fake_latent``, MAE encoder/decoder, then the hybrid diffusion loss
+(``accel.train.diffusion_loss``) on the masked tokens, each repeated ``diffusion_batch_mul`` times; EMA.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from accel import data
+from accel.train.recipe import Recipe
+
+VAE_ZOO = dict(embed_dim=16, ch_mult=(1, 2, 2), ch=32, num_res_blocks=1, resolution=32,
+               encoder_attn_resolutions=(8,), decoder_attn_resolutions=())
+MAR_TARGET = dict(img_size=32, vae_stride=4, patch_size=1, encoder_embed_dim=128, encoder_depth=4,
+                  encoder_num_heads=4, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
+                  vae_embed_dim=16, class_num=10, buffer_size=8, diffloss_d=3, diffloss_w=256,
+                  num_sampling_steps="50", diffusion_batch_mul=4)
+MAR_DRAFT = dict(MAR_TARGET, encoder_embed_dim=64, encoder_depth=2, decoder_embed_dim=64, decoder_depth=2,
+                 diffloss_d=2, diffloss_w=128)
+
+
+def _vae(cfg: dict):
+    from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
+
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
+    return AutoencoderKL(KLVAEConfig(**kw))
+
+
+@dataclass
+class VAERecipe(Recipe):
+    name: str = "fmnist-mar-vae"
+    kind: str = "mar-vae"
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.5, 0.9)  # LDM autoencoder Adam betas
+    warmup: int = 100
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0
+    kl_weight: float = 1e-4
+    eval_every: int = 500
+    ckpt_every: int = 100
+    model: dict = field(default_factory=lambda: dict(VAE_ZOO))
+
+    def build(self):
+        return _vae(self.model)
+
+    def train_data(self, run_dir: Path, device):
+        return data.load_arrays("train")
+
+    def loss(self, model, batch, generator, step):
+        x, _ = batch
+        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        post = model.encode(x)
+        rec = model.decode(post.sample(generator))
+        rec_loss = F.mse_loss(rec, x)
+        kl = 0.5 * (post.mean.pow(2) + post.logvar.exp() - 1 - post.logvar).sum(dim=(1, 2, 3)).mean()
+        return rec_loss + self.kl_weight * kl, {"rec": rec_loss, "kl": kl}
+
+    def evaluate(self, model, run_dir: Path) -> dict:
+        return vae_quality(model, data.load_arrays("val")[0])
+
+    def export(self, model, out_dir: Path, info: dict):
+        from accel.models.mar import LATENT_SCALE
+
+        std = latent_std(model, data.load_arrays("train")[0][:5000])
+        k = 1.0 / (LATENT_SCALE * std)
+        rescale_latent(model, k)
+        return Recipe.export(self, model, out_dir, {**info, "latent_rescale": k, "latent_std_before": std})
+
+    def card_quality(self, name: str) -> dict:
+        from accel import zoo
+
+        vae = zoo.load(name)
+        q = vae_quality(vae, data.load_arrays("test")[0])
+        return {"reconstruction PSNR (dB, test set, posterior mean)": round(q["psnr"], 2),
+                "std of latent * 0.2325 (test set)": round(latent_std(vae, data.load_arrays("test")[0][:2000]) * 0.2325, 3)}
+
+    def card_notes(self) -> str:
+        return ("The LDM KL-VAE recipe adds LPIPS and a PatchGAN loss (pretrained weights unavailable offline); "
+                "this one uses pixel MSE + KL only. The exported latent is rescaled so that MAR's official "
+                "LATENT_SCALE = 0.2325 gives unit-variance tokens.")
+
+
+@torch.no_grad()
+def latent_std(vae, x: torch.Tensor) -> float:
+    vae.eval()
+    return float(torch.cat([vae.encode(c).mean.flatten() for c in x.split(500)]).std())
+
+
+@torch.no_grad()
+def rescale_latent(vae, k: float) -> None:
+    """z' = k z exactly: scale the mean channels of ``quant_conv`` by k, shift log-variance by 2 log k, and
+    divide ``post_quant_conv``'s input weights by k, so decode(z') is unchanged."""
+    E = vae.cfg.embed_dim
+    qc, pq = vae.quant_conv, vae.post_quant_conv
+    qc.weight[:E] *= k
+    qc.bias[:E] *= k
+    qc.bias[E:] += 2 * math.log(k)
+    pq.weight /= k
+
+
+@torch.no_grad()
+def vae_quality(vae, x: torch.Tensor) -> dict:
+    from accel.train.recipes.llamagen import psnr
+
+    vae.eval()
+    p = torch.cat([psnr(vae.decode(vae.encode(c).mean), c) for c in x.split(250)])
+    return {"psnr": float(p.mean()), "n": int(x.shape[0])}
+
+
+def truncnorm_mask_rate(lo: float, generator: torch.Generator, device) -> float:
+    """One draw of scipy ``truncnorm((lo - 1) / 0.25, 0, loc=1, scale=0.25)`` by inverse CDF."""
+    n = torch.distributions.Normal(0.0, 1.0)
+    a, b = n.cdf(torch.tensor((lo - 1.0) / 0.25)), n.cdf(torch.tensor(0.0))
+    u = a + (b - a) * torch.rand((), generator=generator, device=device).cpu()
+    return float(1.0 + 0.25 * n.icdf(u))
+
+
+class MARTraining(torch.nn.Module):
+    """MAR plus its training forward (masking, label drop, MAE passes, per-token diffusion loss)."""
+
+    def __init__(self, mar):
+        super().__init__()
+        self.mar = mar
+        from accel.train.diffusion_loss import DiffusionLoss
+
+        self._dl = DiffusionLoss()
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        m, c = self.mar, self.mar.cfg
+        B, L, C = tokens.shape
+        self._dl.to(tokens.device)
+        orders = torch.argsort(torch.rand(B, L, generator=generator, device=tokens.device), dim=1)
+        n_mask = math.ceil(L * truncnorm_mask_rate(c.mask_ratio_min, generator, tokens.device))
+        mask = torch.zeros(B, L, device=tokens.device).scatter(1, orders[:, :n_mask], 1.0)  # 1 = to predict
+        cls = m.class_emb(labels)
+        drop = (torch.rand(B, generator=generator, device=tokens.device) < c.label_drop_prob)[:, None]
+        cls = torch.where(drop, m.fake_latent.expand(B, -1), cls)
+        z = m.forward_mae_decoder(m.forward_mae_encoder(tokens, mask, cls), mask)  # (B, L, dec)
+        r = c.diffusion_batch_mul
+        x0 = tokens.reshape(B * L, C).repeat(r, 1)
+        zz = z.reshape(B * L, -1).repeat(r, 1)
+        w = mask.reshape(B * L).repeat(r)
+        loss = self._dl(m.diffloss.net, x0, zz, generator)
+        return (loss * w).sum() / w.sum()
+
+
+@dataclass
+class MARRecipe(Recipe):
+    kind: str = "mar"
+    batch_size: int = 64
+    lr: float = 8e-4
+    betas: tuple[float, float] = (0.9, 0.95)  # official AdamW betas, wd 0.02
+    weight_decay: float = 0.02
+    warmup: int = 100
+    lr_schedule: str = "cosine"
+    grad_clip: float = 3.0  # official --grad_clip 3.0
+    ema_decay: float = 0.999  # official 0.9999 over ~400 epochs; shortened for a short run
+    eval_every: int = 0
+    ckpt_every: int = 100
+
+    def build(self):
+        from accel.models.mar import MAR, MARConfig
+
+        return MARTraining(MAR(MARConfig.from_dict(self.model)))
+
+    def train_data(self, run_dir: Path, device):
+        """Latent tokens of the train split and its flips (official cached moments + flip), sampled once."""
+        cache = Path(run_dir) / "latents.pt"
+        if cache.is_file():
+            d = torch.load(cache, weights_only=True)
+            return d["tokens"], d["labels"]
+        from accel import zoo
+        from accel.models.mar import LATENT_SCALE
+
+        vae = zoo.load("fmnist-mar-vae")
+        x, y = data.load_arrays("train")
+        g = torch.Generator().manual_seed(0)
+        toks = []
+        with torch.no_grad():
+            for xx in (x, x.flip(-1)):
+                for chunk in xx.split(500):
+                    lat = vae.encode(chunk).sample(g) * LATENT_SCALE  # (b, 16, 8, 8)
+                    toks.append(lat.flatten(2).transpose(1, 2))  # (b, 64, 16), raster order (patch_size 1)
+        tokens, labels = torch.cat(toks), torch.cat([y, y])
+        torch.save({"tokens": tokens, "labels": labels}, cache)
+        return tokens, labels
+
+    def loss(self, model, batch, generator, step):
+        tokens, labels = batch
+        return model(tokens, labels, generator), {}
+
+    def export(self, model, out_dir: Path, info: dict):
+        return Recipe.export(self, model.mar, out_dir, info)
+
+    def card_quality(self, name: str) -> dict:
+        from accel.zoo.cards import generator_quality
+
+        return generator_quality(name)
+
+
+@dataclass
+class TargetMARRecipe(MARRecipe):
+    name: str = "fmnist-mar"
+    steps: int = 3000
+    model: dict = field(default_factory=lambda: dict(MAR_TARGET))
+
+
+@dataclass
+class DraftMARRecipe(MARRecipe):
+    name: str = "fmnist-mar-draft"
+    steps: int = 3000
+    model: dict = field(default_factory=lambda: dict(MAR_DRAFT))
