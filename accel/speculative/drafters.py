@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from accel.models.llamagen import GPTConfig, Transformer, TransformerBlock, rope_2d_table
 from accel.models.llamagen_generate import SamplingConfig
 from accel.sampling import logits_to_probs
+from accel.speculative.rules import sample
 from accel.speculative.rowwise import RowCache, block_forward, causal_mask, forward_rows
 
 
@@ -50,7 +51,7 @@ def process(logits: Tensor, t: Tensor, sc: SamplingConfig) -> Tensor:
 
 def draw(q: Tensor, greedy: bool, generator: torch.Generator | None) -> Tensor:
     """One draft per row from ``q (B, V)``."""
-    return q.argmax(-1) if greedy else torch.multinomial(q, 1, generator=generator)[:, 0]
+    return q.argmax(-1) if greedy else sample(q, generator)
 
 
 def cfg_rows(x: Tensor, R: int) -> Tensor:

@@ -32,6 +32,7 @@ class SpeculativeLlamaGen:
         self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, gamma, tree
         self.params = dict(params or {})
 
+    @torch.no_grad()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         if self.tree is not None:
             from accel.speculative.tree import tree_generate
