@@ -158,3 +158,22 @@ def test_tree_sampled_sequences_follow_the_target_joint(which):
     exp, obs = prob.numpy()[keep] * N, counts[keep]
     assert scipy.stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3
     assert st.as_dict()["mean_accept_len"] > 1.05
+
+
+@pytest.mark.parametrize("use_tree", [False, True])
+def test_lantern_delta_zero_is_token_identical_to_exact_on_a_model(use_tree):
+    target = tiny(0)
+    drafter = ModelDrafter(tiny(1, dim=16, n_layer=1))
+    sc = SamplingConfig(cfg_scale=2.0, top_k=8)  # top-k zeros: the official δ=0 quirk would fire here
+    cond = torch.arange(6) % 4
+    rule0 = LanternRule(neighbour_table(target.tok_embeddings.weight, 8), k=7, delta=0.0)
+
+    def run(rule):
+        g = torch.Generator().manual_seed(3)
+        if use_tree:
+            return tree_generate(target, drafter, rule, cond, sc, tree=TREES["b2-2-1-1"], generator=g)
+        return speculative_generate(target, drafter, rule, cond, sc, gamma=3, generator=g)
+
+    a, sa = run(ExactRule())
+    b, sb = run(rule0)
+    assert torch.equal(a, b) and sa.accepted == sb.accepted
