@@ -33,7 +33,7 @@ def grid(quick: bool, drafters: list[str]):
             for k in (10, 100):
                 out.append(entry(f"lantern-{d}-d0.2-k{k}", drafter=d, delta=0.2, k=k))
             out.append(entry(f"sd-{d}-g2", drafter=d, gamma=2))
-            out.append(entry(f"lantern-{d}-d0.2-g6", drafter=d, delta=0.2, gamma=6))
+            out.append(entry(f"lantern-{d}-d0.2-g5", drafter=d, delta=0.2, gamma=5))
         out.append(entry(f"sd-{d}-tree", drafter=d, tree="b2-2-1-1"))
         out.append(entry(f"lantern-{d}-d0.2-tree", drafter=d, delta=0.2, tree="b2-2-1-1"))
         if not quick:

@@ -57,6 +57,7 @@ class EagleRecipe(Recipe):
     ckpt_every: int = 200
     p_w: float = 0.1
     noise: float = 0.2
+    codes_from: str = ""  # optional codes.pt of the target's run (same sequences), to skip re-encoding
 
     def _target(self):
         from accel import zoo
@@ -74,6 +75,9 @@ class EagleRecipe(Recipe):
     def train_data(self, run_dir: Path, device):
         from accel.train.recipes.llamagen import TargetGPTRecipe
 
+        if self.codes_from:
+            d = torch.load(self.codes_from, weights_only=True)
+            return d["codes"], d["labels"]
         return TargetGPTRecipe().train_data(run_dir, device)  # codes of train + flips, labels
 
     def loss(self, model, batch, generator, step):
