@@ -63,12 +63,28 @@ def _mar(cfg: dict) -> nn.Module:
     return MAR(MARConfig.from_dict(cfg))
 
 
+def _var_vqvae(cfg: dict) -> nn.Module:
+    from accel.models.var_vqvae import VQVAE, VQVAEConfig
+
+    return VQVAE(VQVAEConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}))
+
+
+def _var(cfg: dict) -> nn.Module:
+    from accel.models.var import VAR, VARConfig
+
+    cfg = dict(cfg)
+    V, C = cfg.pop("_vocab_size"), cfg.pop("_Cvae")
+    return VAR(VARConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}), V, C)
+
+
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "fmnist-cnn": _cnn,
     "llamagen-vq": _llamagen_vq,
     "llamagen-gpt": _llamagen_gpt,
     "mar-vae": _mar_vae,
     "mar": _mar,
+    "var-vqvae": _var_vqvae,
+    "var": _var,
 }
 
 

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, dict] = {
     "fmnist-llamagen-draft": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
     "fmnist-mar": dict(num_iter=16, cfg=3.0, cfg_schedule="linear", temperature=1.0, head_steps=50),
     "fmnist-mar-draft": dict(num_iter=16, cfg=3.0, cfg_schedule="linear", temperature=1.0, head_steps=50),
+    "fmnist-var": dict(cfg=1.5, top_k=0, top_p=0.0, more_smooth=False),
 }
 
 
@@ -51,6 +52,9 @@ class ZooSampler:
 
             toks = sample_tokens(self.model, labels, generator=generator, **self.settings).tokens
             return decode_tokens(self.tokenizer, toks).float()  # already in [0, 1]
+        elif self.family == "var":
+            return self.model.autoregressive_infer_cfg(self.tokenizer, labels.shape[0], labels, generator=generator,
+                                                       **self.settings).images.float().clamp(0, 1)
         else:
             raise NotImplementedError(f"sampling for family {self.family!r} has not landed in the zoo yet")
         return ((x.float() + 1) / 2).clamp(0, 1)
