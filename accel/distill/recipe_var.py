@@ -1,0 +1,195 @@
+"""Recipe ``fmnist-var-dd``: DD1 student for the zoo VAR, trained on (noise, tokens) pairs of the teacher's
+DD1 map (accel.distill.var_map, generated in resumable shards by accel.distill.data).
+
+The official DD1 training code and loss are unreleased (research/dd_var_scalekv.md §2.1). accel's loss,
+shaped by what the released sampler reads out of the two heads (``get_final_sequence``):
+
+* timestep per row, uniform over ``t_list`` (scale indices; (0, t2) trains the 1-step and 2-step jumps):
+  input X_t = the teacher-map codes of scales < t, the pair's own noise from scale t on (``perturb_data``);
+* loss only at noise slots (data slots pass through at sampling time);
+* slots of scales < ``split`` (read from the logits at sampling time): cross-entropy against the
+  teacher-map token ids;
+* slots of scales >= ``split`` (read from the continuous head): mean squared error against the code
+  vectors, averaged over Cvae dims;
+* ``ce_weight * CE + mse_weight * MSE``, each averaged over its own slots.
+
+``split`` and ``t2`` default to the largest scale index whose earlier scales hold <= 10 % of the tokens —
+the released VAR-d16 setting (split 5 = 55 of 680 tokens); the released d20/d24 use 4.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from accel.distill.data import generate_pairs, load_pairs
+from accel.distill.flow import FlowSolver
+from accel.distill.student_var import DDVAR
+from accel.distill.var_map import tokens_before, var_pair_map, var_pair_spec
+from accel.models.var import VARConfig
+from accel.train.recipe import Recipe
+
+
+def default_split(patch_nums, frac: float = 0.1) -> int:
+    L = sum(pn * pn for pn in patch_nums)
+    return max([s for s in range(1, len(patch_nums)) if tokens_before(patch_nums, s) <= frac * L] or [1])
+
+
+def dd_var_loss(student: DDVAR, noise: Tensor, tokens: Tensor, labels: Tensor, t_B: Tensor, split: int,
+                ce_weight: float = 1.0, mse_weight: float = 1.0, net: nn.Module | None = None) -> tuple[Tensor, dict]:
+    """accel's DD1 loss for VAR (module docstring). noise (B, L, Cvae), tokens (B, L), t_B (B,) scales.
+    ``net``: the (possibly distributed-wrapped) student whose forward is called; default ``student``."""
+    B, L = tokens.shape
+    x_data = student.codes[tokens]  # (B, L, Cvae)
+    pos = torch.arange(L, device=tokens.device)
+    is_noise = pos[None] >= student.n_data(t_B, B)[:, None]  # (B, L)
+    logits, conti = (net or student)(torch.where(is_noise[..., None], noise, x_data), labels, t_B)
+    n_split = tokens_before(student.tpns, split)
+    ce_m, mse_m = is_noise & (pos[None] < n_split), is_noise & (pos[None] >= n_split)
+    zero = logits.new_zeros(())
+    ce = F.cross_entropy(logits[ce_m], tokens[ce_m]) if ce_m.any() else zero
+    mse = (conti - x_data).pow(2).mean(-1)[mse_m].mean() if mse_m.any() else zero
+    return ce_weight * ce + mse_weight * mse, {"ce": ce.detach(), "mse": mse.detach()}
+
+
+@dataclass
+class VARDistillRecipe(Recipe):
+    name: str = "fmnist-var-dd"
+    kind: str = "var-dd"
+    teacher: str = "fmnist-var"  # zoo name or path (accel.zoo.load)
+    tokenizer: str = "fmnist-var-vqvae"
+    pairs: str = "runs/fmnist-var-dd-pairs"  # folder of pair shards (make_pairs)
+    # teacher sampling that the map follows (None: the zoo's documented default for ``teacher``, else 1.5/0/0)
+    cfg: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    solver_steps: int = 32  # per-token flow ODE: Heun steps (the last one an exact-landing Euler step)
+    t2: int = -1  # second timestep (scale index); -1: default_split
+    split: int = -1  # scales < split from the logits head; -1: default_split
+    ce_weight: float = 1.0
+    mse_weight: float = 1.0
+    holdout: int = 256  # last pairs kept out of training, for evaluate()
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup: int = 200
+    lr_schedule: str = "cosine"
+    grad_clip: float | None = 2.0
+    ema_decay: float | None = 0.999
+    log_every: int = 50
+    eval_every: int = 1000
+    ckpt_every: int = 200
+
+    # -- teacher and data ----------------------------------------------------------------------------
+    def load_teacher(self):
+        """(VQVAE, VAR) teacher, eval mode."""
+        from accel import zoo
+
+        return zoo.load(self.tokenizer), zoo.load(self.teacher)
+
+    def sampling(self) -> dict:
+        from accel.zoo.sample import DEFAULTS
+
+        d = dict(DEFAULTS.get(self.teacher, {}))
+        if d.pop("more_smooth", False):
+            raise ValueError("more_smooth changes only the visuals, not the token distribution; the map cannot use it")
+        unknown = sorted(set(d) - {"cfg", "top_k", "top_p"})
+        if unknown:
+            raise ValueError(f"zoo sampling defaults of {self.teacher} have settings the VAR map does not know: {unknown}")
+        out = {"cfg": d.get("cfg", 1.5), "top_k": d.get("top_k", 0), "top_p": d.get("top_p", 0.0)}
+        for k in out:
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
+
+    def pair_meta(self) -> dict:
+        return {"teacher": self.teacher, "tokenizer": self.tokenizer, **self.sampling(),
+                "solver": {"steps": self.solver_steps, "method": "heun"}}
+
+    def make_pairs(self, n_pairs: int, shard_size: int = 256, *, seed: int = 0, rank: int = 0, world: int = 1,
+                   batch_size: int = 64, device="cpu", progress: bool = True) -> list[Path]:
+        """Write this process's missing pair shards into ``self.pairs`` (resumable; see accel.distill.data)."""
+        vae, var = (m.to(device) for m in self.load_teacher())
+        s = self.sampling()
+        noise_map = var_pair_map(var, vae, cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"],
+                                 solver=FlowSolver(self.solver_steps, "heun"))
+        return generate_pairs(noise_map, var_pair_spec(var, n_pairs, shard_size, seed), self.pairs, rank=rank,
+                              world=world, batch_size=batch_size, meta=self.pair_meta(), progress=progress)
+
+    def _pairs(self) -> dict[str, Tensor]:
+        info = json.loads((Path(self.pairs) / "spec.json").read_text())
+        if info["meta"] != json.loads(json.dumps(self.pair_meta())):
+            raise ValueError(f"{self.pairs} was made with {info['meta']}, this recipe needs {self.pair_meta()}")
+        d = load_pairs(self.pairs)
+        if len(d["index"]) <= self.holdout:
+            raise ValueError(f"{len(d['index'])} pairs, holdout {self.holdout}: nothing left to train on")
+        return d
+
+    # -- Recipe interface ----------------------------------------------------------------------------
+    def timesteps(self, student: DDVAR) -> tuple[int, int]:
+        pns = student.tpns
+        t2 = default_split(pns) if self.t2 < 0 else self.t2
+        split = default_split(pns) if self.split < 0 else self.split
+        if not (0 < t2 < len(pns) and 0 <= split <= len(pns)):
+            raise ValueError(f"t2={t2} / split={split} outside the {len(pns)} scales")
+        return t2, split
+
+    def build(self) -> nn.Module:
+        vae, var = self.load_teacher()
+        return DDVAR.from_teacher(var, vae)
+
+    def train_data(self, run_dir: Path, device) -> tuple[Tensor, ...]:
+        d = self._pairs()
+        n = len(d["index"]) - self.holdout
+        return d["noise"][:n].float(), d["tokens"][:n].long(), d["labels"][:n].long()
+
+    def loss(self, model, batch, generator, step):
+        noise, tokens, labels = batch
+        student = model.module if hasattr(model, "module") else model
+        t2, split = self.timesteps(student)
+        t_list = torch.tensor([0, t2], device=tokens.device)
+        t_B = t_list[torch.randint(0, 2, (tokens.shape[0],), generator=generator, device=tokens.device)]
+        return dd_var_loss(student, noise, tokens, labels, t_B, split, self.ce_weight, self.mse_weight, net=model)
+
+    @torch.no_grad()
+    def evaluate(self, model, run_dir: Path) -> dict:
+        """On the held-out pairs: token agreement of 1-step / 2-step samples with the teacher map's tokens
+        (overall and on the logits / continuous parts) and the continuous part's MSE."""
+        d = self._pairs()
+        dev = model.pos_1LC.device
+        sl = slice(len(d["index"]) - self.holdout, None)
+        noise, tokens, labels = d["noise"][sl].to(dev), d["tokens"][sl].long().to(dev), d["labels"][sl].to(dev)
+        t2, split = self.timesteps(model)
+        n = tokens_before(model.tpns, split)
+        out = {}
+        for tag, tl in (("1step", (0,)), ("2step", (0, t2))):
+            vec, ids = model.sample(labels, noise, tl, split)
+            out[f"agree_{tag}"] = float((ids == tokens).float().mean())
+            out[f"agree_logits_{tag}"] = float((ids[:, :n] == tokens[:, :n]).float().mean()) if n else None
+            out[f"mse_conti_{tag}"] = float((vec[:, n:] - model.codes[tokens[:, n:]]).pow(2).mean())
+        return out
+
+    def model_config(self) -> dict:
+        vae, var = self.load_teacher()
+        return {"var": json.loads(json.dumps(asdict(var.cfg))), "vocab_size": var.V, "Cvae": var.Cvae}
+
+    def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
+        from accel.zoo.store import save_zoo_file
+
+        return [save_zoo_file(Path(out_dir) / f"{self.name}.safetensors", model.state_dict(), kind=self.kind,
+                              config=student_config(model), info=info)]
+
+
+def student_config(model: DDVAR) -> dict:
+    return {"var": json.loads(json.dumps(asdict(model.teacher_cfg))), "vocab_size": model.V, "Cvae": model.Cvae}
+
+
+def build_student(cfg: dict) -> DDVAR:
+    """Zoo builder for kind ``var-dd`` (codes come with the state dict)."""
+    return DDVAR(VARConfig.from_dict(cfg["var"]), cfg["vocab_size"], cfg["Cvae"])
