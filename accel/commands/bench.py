@@ -29,6 +29,7 @@ def configure(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice; recorded)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (bench.jsonl is appended to)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per row on CPU)")
     p.add_argument("--save-samples", action="store_true", help="also write ADM-style samples.npz per method into OUT/samples/")
@@ -107,6 +108,10 @@ def main(args) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         return _err("--device cuda requested but torch.cuda.is_available() is False")
 
+    if args.threads is not None:
+        if args.threads < 1:
+            return _err("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     reg = discover(modules=args.plugin)
     for mod, err in reg.errors.items():
         print(f"accel bench: warning: could not import {mod}: {err}", file=sys.stderr)

@@ -44,7 +44,7 @@ def cpu_subprocess_peak(
 ) -> PeakMemory:
     """Max RSS of a fresh process that builds ``method`` for ``model`` and runs one batch."""
     spec = dict(method=method, model=model, modules=list(modules), batch_size=batch_size,
-                num_classes=num_classes, seed=seed, dtype=dtype)
+                num_classes=num_classes, seed=seed, dtype=dtype, threads=torch.get_num_threads())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run([sys.executable, "-m", "accel.harness.memory", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -57,6 +57,7 @@ def cpu_subprocess_peak(
 def _child(spec: dict) -> dict:
     from accel.harness.registry import BuildContext, discover  # noqa: PLC0415 - only the child needs it
 
+    torch.set_num_threads(spec["threads"])  # same as the parent run
     reg = discover(modules=spec["modules"])
     entry = reg.get(spec["method"])
     ctx = BuildContext(model=spec["model"], device=torch.device("cpu"), dtype=getattr(torch, spec["dtype"]))
