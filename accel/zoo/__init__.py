@@ -27,6 +27,7 @@ ZOO = {
     "fmnist-mar-draft": ("mar", "draft", "MAR draft with diffusion head"),
     "fmnist-var-vqvae": ("var", "tokenizer", "VAR multi-scale VQVAE, scales ending at 8x8"),
     "fmnist-var": ("var", "target", "VAR target"),
+    "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),
 }
 # Which tokenizer decodes each generator's output.
 TOKENIZER = {"fmnist-llamagen": "fmnist-llamagen-vq", "fmnist-llamagen-draft": "fmnist-llamagen-vq",
@@ -77,6 +78,13 @@ def _var(cfg: dict) -> nn.Module:
     return VAR(VARConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}), V, C)
 
 
+def _eagle(cfg: dict) -> nn.Module:
+    from accel.models.llamagen import GPTConfig
+    from accel.speculative.drafters import EagleHead
+
+    return EagleHead(GPTConfig.from_dict(cfg))
+
+
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "fmnist-cnn": _cnn,
     "llamagen-vq": _llamagen_vq,
@@ -85,6 +93,7 @@ BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "mar": _mar,
     "var-vqvae": _var_vqvae,
     "var": _var,
+    "llamagen-eagle": _eagle,
 }
 
 

@@ -158,16 +158,7 @@ class GPTRecipe(Recipe):
         return Transformer(GPTConfig(**self.model))
 
     def train_data(self, run_dir: Path, device):
-        cache = Path(run_dir) / "codes.pt"
-        if cache.is_file():
-            d = torch.load(cache, weights_only=True)
-            return d["codes"], d["labels"]
-        x, y = data.load_arrays("train")
-        vq = zoo_vq()
-        codes = torch.cat([encode_dataset(vq, x), encode_dataset(vq, x.flip(-1))])
-        labels = torch.cat([y, y])
-        torch.save({"codes": codes, "labels": labels}, cache)
-        return codes, labels
+        return _codes(run_dir, "train")
 
     def loss(self, model, batch, generator, step):
         codes, labels = batch
@@ -197,15 +188,34 @@ class GPTRecipe(Recipe):
         return {"val_nll": float(torch.cat(losses).mean())}
 
 
-def _val_codes(run_dir: Path):
-    cache = Path(run_dir) / "val_codes.pt"
+def _codes(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences (N, 64) and labels of a split, encoded once by the shipped zoo VQ and cached in
+    ``runs/_cache`` under the VQ file's hash (shared by the target and draft runs). The train split also
+    holds the codes of its horizontal flips."""
+    import hashlib
+
+    from accel import zoo
+
+    vq_file = zoo.weights_path("fmnist-llamagen-vq")
+    digest = hashlib.sha256(zoo.resolve("fmnist-llamagen-vq").read_bytes()).hexdigest()[:12]
+    cache = Path(run_dir).parent / "_cache" / f"{vq_file.stem}-{digest}-{split}.pt"
     if cache.is_file():
         d = torch.load(cache, weights_only=True)
         return d["codes"], d["labels"]
-    x, y = data.load_arrays("val")
-    codes = encode_dataset(zoo_vq(), x)
-    torch.save({"codes": codes, "labels": y}, cache)
-    return codes, y
+    x, y = data.load_arrays(split)
+    vq = zoo_vq()
+    codes, labels = encode_dataset(vq, x), y
+    if split == "train":
+        codes, labels = torch.cat([codes, encode_dataset(vq, x.flip(-1))]), torch.cat([y, y])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    from accel.train.loop import atomic_save
+
+    atomic_save({"codes": codes, "labels": labels}, cache)
+    return codes, labels
+
+
+def _val_codes(run_dir: Path):
+    return _codes(run_dir, "val")
 
 
 @dataclass

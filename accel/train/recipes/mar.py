@@ -28,7 +28,7 @@ VAE_ZOO = dict(embed_dim=16, ch_mult=(1, 2, 2), ch=32, num_res_blocks=1, resolut
 MAR_TARGET = dict(img_size=32, vae_stride=4, patch_size=1, encoder_embed_dim=128, encoder_depth=4,
                   encoder_num_heads=4, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
                   vae_embed_dim=16, class_num=10, buffer_size=8, diffloss_d=3, diffloss_w=256,
-                  num_sampling_steps="50", diffusion_batch_mul=4)
+                  num_sampling_steps="50", diffusion_batch_mul=2)
 MAR_DRAFT = dict(MAR_TARGET, encoder_embed_dim=64, encoder_depth=2, decoder_embed_dim=64, decoder_depth=2,
                  diffloss_d=2, diffloss_w=128)
 
@@ -164,7 +164,7 @@ class MARTraining(torch.nn.Module):
 @dataclass
 class MARRecipe(Recipe):
     kind: str = "mar"
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 8e-4
     betas: tuple[float, float] = (0.9, 0.95)  # official AdamW betas, wd 0.02
     weight_decay: float = 0.02
@@ -218,12 +218,12 @@ class MARRecipe(Recipe):
 @dataclass
 class TargetMARRecipe(MARRecipe):
     name: str = "fmnist-mar"
-    steps: int = 3000
+    steps: int = 2000
     model: dict = field(default_factory=lambda: dict(MAR_TARGET))
 
 
 @dataclass
 class DraftMARRecipe(MARRecipe):
     name: str = "fmnist-mar-draft"
-    steps: int = 3000
+    steps: int = 2000
     model: dict = field(default_factory=lambda: dict(MAR_DRAFT))
