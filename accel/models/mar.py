@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from accel.checkpoint import CheckpointMismatch, load_strict, read_state_dict
 from accel.models.mar_head import DiffLoss, HeadNoise, space_timesteps  # noqa: F401  (re-exported)
@@ -286,8 +287,6 @@ class MAR(nn.Module):
         return sample_tokens(self, labels, **kw)
 
 
-
-
 @dataclass
 class TokenSample:
     """Result of ``sample_tokens``: latents (B, C, seq_h*p, seq_w*p) (scaled by LATENT_SCALE, as official),
@@ -376,12 +375,7 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
     out = TokenSample(tokens, {"nfe_target": 0, "head_steps": 0, "head_rows": 0, "tokens_per_iter": []})
     cache: dict = {}
     remaining = L  # tokens still unknown (the same for every row)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    steps = range(num_iter) if tqdm is None else tqdm(range(num_iter), disable=not progress, desc="MAR")
-    for step in steps:
+    for step in tqdm(range(num_iter), disable=not progress, desc="MAR"):
         z = model.condition(tokens, mask, labels, cfg=use_cfg)  # (B or 2B, L, dec)
         mask_len = mask_len_at(step, num_iter, L, remaining)  # host-side count: no device sync
         mask_next = torch.zeros_like(mask).scatter(-1, orders[:, :mask_len], 1.0)
@@ -402,8 +396,7 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
             sampled = model.head.sample(z_rows, **kw)
         if use_cfg:
             sampled = sampled[: len(sampled) // 2]
-        tokens = tokens.clone()
-        tokens[to_pred] = sampled.to(tokens.dtype)
+        tokens[to_pred] = sampled.to(tokens.dtype)  # in place: z of this iteration is already computed
         out.stats["nfe_target"] += 1
         out.stats["head_steps"] += sched.num_steps
         out.stats["head_rows"] += sched.num_steps * len(z_rows)
