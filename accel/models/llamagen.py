@@ -293,7 +293,8 @@ class Transformer(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def forward(self, idx: Tensor | None, cond_idx: Tensor | None = None, *, input_pos: Tensor,
-                cache: KVCache | None = None, mask: Tensor | None = None, return_hidden: bool = False):
+                cache: KVCache | None = None, mask: Tensor | None = None, return_hidden: bool = False,
+                kv_len: int | None = None):
         """Logits ``(B, T, V)`` (float32) for the sequence ``[class token?, idx]`` at ``input_pos`` (T,).
 
         Without a cache the attention is causal over these T tokens (teacher forcing; row t predicts the
@@ -301,7 +302,9 @@ class Transformer(nn.Module):
         attend to cache positions ``[0, max(input_pos)]``: causally by default, or through ``mask``
         (bool, True = attend, broadcastable to ``(B, H, T, kv_len)``, e.g. a tree mask), whose last
         dimension then sets kv_len. ``return_hidden`` also returns the final-normed hidden state
-        ``(B, T, dim)`` (the input of the output head, what EAGLE drafters consume).
+        ``(B, T, dim)`` (the input of the output head, what EAGLE drafters consume). ``kv_len`` (a Python
+        int, default ``max(input_pos) + 1``) saves a device sync per call and keeps ``torch.compile`` graphs
+        unbroken.
         """
         if self.training and self.config.drop_path_rate > 0:
             raise NotImplementedError("drop_path_rate > 0 (stochastic depth) is not implemented for training")
@@ -310,12 +313,14 @@ class Transformer(nn.Module):
         if input_pos.numel() != T:
             raise ValueError(f"input_pos has {input_pos.numel()} entries for {T} tokens")
         rope = self.freqs_cis[input_pos]
-        kv_len = 0
-        if cache is not None:
+        if cache is None:
+            kv_len = 0
+        else:
             if mask is not None:
                 kv_len = mask.size(-1)
             else:
-                kv_len = int(input_pos[-1]) + 1 if T == 1 else int(input_pos.max()) + 1
+                if kv_len is None:
+                    kv_len = int(input_pos.max()) + 1
                 if T > 1:
                     mask = torch.arange(kv_len, device=x.device)[None, :] <= input_pos[:, None]  # (T, kv_len)
         for layer in self.layers:

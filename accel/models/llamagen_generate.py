@@ -77,7 +77,8 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
         if t > 0:
             x = out[:, t - 1: t]
             p = model.config.cls_token_num + t - 1
-            logits = model(torch.cat([x, x]) if sc.uses_cfg else x, input_pos=pos[p: p + 1], cache=cache)[:, -1]
+            logits = model(torch.cat([x, x]) if sc.uses_cfg else x, input_pos=pos[p: p + 1], cache=cache,
+                           kv_len=p + 1)[:, -1]
         guided = guided_logits(logits, B, sc, t)
         probs = logits_to_probs(guided, sc.temperature, sc.top_k, sc.top_p)
         out[:, t] = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits)
