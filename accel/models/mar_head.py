@@ -238,8 +238,12 @@ class SimpleMLPAdaLN(nn.Module):
         self.final_layer = FinalLayer(model_channels, out_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.forward_embedded(x, self.time_embed(t) + self.cond_embed(c))
+
+    def forward_embedded(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The net given y = time_embed(t) + cond_embed(c) (the sampler computes both once per call: the
+        condition is the same at every step and there are only S distinct timesteps)."""
         x = self.input_proj(x)
-        y = self.time_embed(t) + self.cond_embed(c)
         for block in self.res_blocks:
             x = block(x, y)
         return self.final_layer(x, y)
@@ -247,8 +251,14 @@ class SimpleMLPAdaLN(nn.Module):
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale) -> torch.Tensor:
         """Rows [cond; uncond]: the net sees x[:N/2] twice; eps = e_u + s (e_c - e_u) written to both
         halves (Ho & Salimans 2022, eq. 6 on eps); the variance channels are not guided."""
+        return self.guide(self.forward_embedded(self._dup_half(x), self.time_embed(t) + self.cond_embed(c)), cfg_scale)
+
+    @staticmethod
+    def _dup_half(x: torch.Tensor) -> torch.Tensor:
         half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, c)
+        return torch.cat([half, half], dim=0)
+
+    def guide(self, out: torch.Tensor, cfg_scale) -> torch.Tensor:
         eps, rest = out[:, : self.in_channels], out[:, self.in_channels:]
         cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
         half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
@@ -319,18 +329,29 @@ class DiffLoss(nn.Module):
                    cfg: float | torch.Tensor = 1.0) -> StepStats:
         """Official ``p_mean_variance`` (clip_denoised=False) at respaced index i for the given x_t (R, C).
 
-        One net evaluation on R rows. With ``cfg != 1`` rows are [cond; uncond] and only x_t[:R/2] is read."""
+        One net evaluation on R rows. With ``cfg != 1`` rows are [cond; uncond] and only x_t[:R/2] is read.
+        Same arithmetic as the sampling loop (up to float rounding of the one-row time embedding)."""
         if not 0 <= i < schedule.num_steps:
             raise IndexError(f"respaced index {i} outside 0..{schedule.num_steps - 1}")
-        return self._step(x_t, i, z, schedule.table(x_t.device), float(cfg))
+        co = self._prepare(z, schedule)
+        return self._step(x_t, i, co, self.net.time_embed(co["t"][i:i + 1]), float(cfg))
 
-    def _step(self, x_t: torch.Tensor, i: int, z: torch.Tensor, co: dict, cfg: float) -> StepStats:
-        if x_t.shape[0] != z.shape[0]:
-            raise ValueError(f"x_t has {x_t.shape[0]} rows but z has {z.shape[0]}")
+    def _prepare(self, z: torch.Tensor, schedule: DDPMSchedule) -> dict:
+        """Per-call constants: the float32 coefficient table and cond_embed(z) (R, w) (the same every step)."""
+        co = schedule.table(z.device)
+        co["c_emb"] = self.net.cond_embed(z)
+        return co
+
+    def _step(self, x_t: torch.Tensor, i: int, co: dict, t_emb: torch.Tensor, cfg: float) -> StepStats:
+        if x_t.shape[0] != co["c_emb"].shape[0]:
+            raise ValueError(f"x_t has {x_t.shape[0]} rows but z has {co['c_emb'].shape[0]}")
         if cfg != 1.0 and x_t.shape[0] % 2:
             raise ValueError("with cfg != 1 the rows must be [cond; uncond] (an even count)")
-        t = co["t"][i].expand(x_t.shape[0])  # original timesteps, what the net sees
-        out = self.net.forward_with_cfg(x_t, t, z, cfg) if cfg != 1.0 else self.net(x_t, t, z)
+        y = t_emb + co["c_emb"]  # time_embed(t) + cond_embed(z), t = timesteps[i] (t_emb: (1, w) or (w,))
+        if cfg != 1.0:
+            out = self.net.guide(self.net.forward_embedded(self.net._dup_half(x_t), y), cfg)
+        else:
+            out = self.net.forward_embedded(x_t, y)
         eps, v = torch.split(out, self.in_channels, dim=1)
         frac = (v + 1) / 2  # learned-range interpolation (Nichol & Dhariwal eq. 15)
         log_variance = frac * co["max_log"][i] + (1 - frac) * co["min_log"][i]
@@ -381,10 +402,11 @@ class DiffLoss(nn.Module):
             raise ValueError("with cfg != 1 the condition rows must be [cond; uncond] (an even count)")
         x, step_noise = self._noise(noise, generator, R, S, use_cfg, z)
         rec = {k: [] for k in ("states", "mean", "log_variance", "pred_xstart", "noise", "samples")} if record else None
-        x_T, co = x, schedule.table(z.device)
+        x_T, co = x, self._prepare(z, schedule)
+        t_emb = self.net.time_embed(co["t"])  # (S, w): every step's time embedding, once per call
         for k in range(S):
             i = S - 1 - k
-            st = self._step(x, i, z, co, cfg)
+            st = self._step(x, i, co, t_emb[i], cfg)
             if step_noise is None:  # drawn even at i = 0, as official p_sample does
                 n = torch.randn((R, C), generator=generator, device=z.device, dtype=z.dtype)
             else:
