@@ -31,7 +31,8 @@ conditional rows) in LOOP order k (CSpD's ``inter_noise[i]`` is indexed by i: pa
 The step-``k`` noise is still used at the last step (i = 0) only as a draw: no noise is added there.
 CFG acts on eps only (variance channels unguided); temperature scales only the added noise.
 
-Cost: ``S`` net evaluations on ``R`` rows; the net is ``depth`` AdaLN MLP blocks of width ``w``.
+Cost: ``S`` net evaluations on ``R`` rows (``depth`` AdaLN MLP blocks of width ``w``); ``cond_embed(z)``
+and the S time embeddings are computed once per call, since neither depends on x_t.
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NUM_TRAIN_TIMESTEPS = 1000  # official ``create_diffusion(diffusion_steps=1000)``
@@ -251,10 +251,10 @@ class SimpleMLPAdaLN(nn.Module):
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale) -> torch.Tensor:
         """Rows [cond; uncond]: the net sees x[:N/2] twice; eps = e_u + s (e_c - e_u) written to both
         halves (Ho & Salimans 2022, eq. 6 on eps); the variance channels are not guided."""
-        return self.guide(self.forward_embedded(self._dup_half(x), self.time_embed(t) + self.cond_embed(c)), cfg_scale)
+        return self.guide(self.forward_embedded(self.dup_half(x), self.time_embed(t) + self.cond_embed(c)), cfg_scale)
 
     @staticmethod
-    def _dup_half(x: torch.Tensor) -> torch.Tensor:
+    def dup_half(x: torch.Tensor) -> torch.Tensor:
         half = x[: len(x) // 2]
         return torch.cat([half, half], dim=0)
 
@@ -349,7 +349,7 @@ class DiffLoss(nn.Module):
             raise ValueError("with cfg != 1 the rows must be [cond; uncond] (an even count)")
         y = t_emb + co["c_emb"]  # time_embed(t) + cond_embed(z), t = timesteps[i] (t_emb: (1, w) or (w,))
         if cfg != 1.0:
-            out = self.net.guide(self.net.forward_embedded(self.net._dup_half(x_t), y), cfg)
+            out = self.net.guide(self.net.forward_embedded(self.net.dup_half(x_t), y), cfg)
         else:
             out = self.net.forward_embedded(x_t, y)
         eps, v = torch.split(out, self.in_channels, dim=1)
