@@ -127,3 +127,22 @@ def test_names_and_specs():
         make_schedule("linear:50")
     with pytest.raises(ValueError):
         AdaptiveSchedule(50, 1)
+
+
+def test_head_time_replays_the_recorded_conditions(mar):
+    from accel.annealing.cost import head_time, mar_pass_time, record_conditions
+
+    trace = record_conditions(mar, LABELS, num_iter=4, generator=_gen(0), cfg=2.0)
+    assert len(trace) == 4 and sum(len(t["z"]) for t in trace) == 2 * 3 * TINY.seq_len  # [cond; uncond] rows
+    t = head_time(mar, trace, {"mar": ConstantSchedule(10), "disa": LinearSchedule(10, 3)}, repeats=1, warmup=0)
+    assert set(t) == {"mar", "disa"} and all(len(v.times) == 1 and v.median > 0 for v in t.values())
+    assert mar_pass_time(mar, LABELS, num_iter=4, cfg=2.0, repeats=1, warmup=0).median > 0
+
+
+def test_bench_entries_are_registered():
+    from accel.harness.registry import discover
+
+    reg = discover(packages=("accel.annealing",))
+    names = [n for n in reg.entries if n.startswith("disa-")]
+    assert "disa-linear50-5" in names and not reg.errors
+    assert all(reg.get(n).baseline == "mar-default" for n in names)

@@ -186,3 +186,39 @@ def make_schedule(spec: str):
     if len(nums) != 2:
         raise ValueError(f"schedule spec {spec!r}: expected KIND:UPPER:LOWER[:noclip] or constant:STEPS")
     return disa_schedule(kind, nums[0], nums[1], clip=None if noclip else DISA_RESPACING.clip)
+
+
+# ---------------------------------------------------------------------------------------------------- bench
+def _bench_build(spec: str):
+    """Factory for ``accel bench``: the zoo MAR at its model-card settings, head steps from ``spec``."""
+
+    def build(ctx):
+        from accel import zoo
+        from accel.zoo.sample import DEFAULTS
+
+        settings = {k: v for k, v in DEFAULTS.get(ctx.model, {}).items()
+                    if k in ("num_iter", "cfg", "cfg_schedule", "temperature")}
+        model = zoo.load(ctx.model, device=ctx.device, dtype=ctx.dtype)
+        vae = zoo.load(zoo.TOKENIZER[ctx.model], device=ctx.device, dtype=ctx.dtype)
+        return AnnealedMAR(model, vae, make_schedule(spec), **settings)
+
+    return build
+
+
+def _zoo_missing(model: str) -> str | None:
+    from accel import zoo
+
+    missing = [n for n in (model, zoo.TOKENIZER.get(model, "?")) if n not in zoo.ZOO or not zoo.is_available(n)]
+    return f"zoo weights not trained in this copy: {', '.join(missing)}" if missing else None
+
+
+def _bench_entries():
+    from accel.harness.registry import MethodEntry
+
+    specs = [("linear:50:5", True), ("cosine:50:5", False), ("two-stage:50:5", False), ("adaptive:50:5", False)]
+    return [MethodEntry(f"disa-{describe(make_schedule(s))}", "mar", _bench_build(s), models=("fmnist-mar",),
+                        baseline="mar-default", experiment="disa", quick=quick, unavailable=_zoo_missing,
+                        params={"schedule": s, "iterations": "model card"}) for s, quick in specs]
+
+
+BENCH_METHODS = _bench_entries()
