@@ -7,7 +7,8 @@ features. The drafter reads ``fc([embed(x_s), h_s + noise])`` and regresses ``h_
 
     loss = SmoothL1(ĥ_{s+1}, h_{s+1}) + p_w · CE(softmax(head(h_{s+1})), log_softmax(head(ĥ_{s+1})))   p_w = 0.1
 
-with uniform input noise ``(U - 0.5) · noise · 512 / seq_len`` (official formula, noise = 0.2), AdamW
+with uniform input noise ``(U - 0.5) · noise · 512 / seq_len`` (official formula; official noise = 0.2 at LlamaGen's
+256 tokens gives ±0.2, which at the zoo's 64 tokens needs noise = 0.05), AdamW
 betas (0.9, 0.95), 3 % linear warm-up, grad clip 0.5. Labels are dropped to the null class with the target's
 ``class_dropout_prob`` so the drafter also serves the unconditional half of the CFG batch.
 The exported file holds only the drafter (``fc.*``, ``layer.*``); embedding and head stay the target's.
@@ -56,7 +57,7 @@ class EagleRecipe(Recipe):
     grad_clip: float = 0.5
     ckpt_every: int = 200
     p_w: float = 0.1
-    noise: float = 0.2
+    noise: float = 0.05  # same ±0.2 amplitude as the official 0.2 at 256 tokens (see module doc)
     codes_from: str = ""  # optional codes.pt of the target's run (same sequences), to skip re-encoding
 
     def _target(self):
