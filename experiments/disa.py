@@ -52,6 +52,37 @@ def load_models(args, device):
     return m, vae, {k: v for k, v in DEFAULTS.get(args.model, {}).items() if k in ("cfg", "cfg_schedule", "temperature")}
 
 
+def goal_lines(rows: list[dict]) -> list[str]:
+    """The issue's goal per batch size: >= 5x end-to-end with FID within 5% of the baseline's."""
+    out = []
+    for bs in sorted({r["batch_size"] for r in rows}):
+        sub = [r for r in rows if r["batch_size"] == bs]
+        base = next(r for r in sub if r["method"] == r["baseline"])
+        if base.get("fid") is None:
+            out.append(f"batch {bs}: no FID measured (speed only), goal not assessable")
+            continue
+        ok = [r for r in sub if r["speedup"] >= 5 and r["fid"] <= 1.05 * base["fid"]]
+        best = max((r for r in sub if r["fid"] <= 1.05 * base["fid"]), key=lambda r: r["speedup"])
+        out.append(f"batch {bs}: baseline FID {base['fid']:.2f}; goal (>=5x, FID <= {1.05 * base['fid']:.2f}) "
+                   + (f"MET by {', '.join(r['method'] for r in ok)}" if ok else
+                      f"MISSED: fastest within 5% FID is {best['method']} at {best['speedup']:.2f}x"))
+    return out
+
+
+def write_readme(out: Path, rows: list[dict], head_rows: list[dict]) -> None:
+    from accel.harness.plots import plot_quality_vs_speed
+    from accel.harness.summary import summary_markdown
+
+    plots = [p.name for p in plot_quality_vs_speed(rows, out)] if any(r.get("fid") is not None for r in rows) else []
+    text = summary_markdown(rows, command=current_command(), plots=plots)
+    text += "\n## Goal\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows)) + "\n"
+    text += "\n## Head only, fixed iteration count (same conditions, interleaved)\n\n"
+    text += "| iterations | method | batch | head s/gen | head-time reduction | head share of MAR+head |\n|---|---|---|---|---|---|\n"
+    text += "".join(f"| {r['params']['num_iter']} | {r['method']} | {r['batch_size']} | {r['latency_s']:.3f} | "
+                    f"{r['speedup']:.2f}x | {r['head_share']:.2f} |\n" for r in head_rows)
+    (out / "README.md").write_text(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -112,6 +143,7 @@ def main(argv=None) -> int:
                                       command=current_command(), mar_pass_s=mar_t.median,
                                       head_share=t[k].median / (t[k].median + mar_t.median)))
     path = append_rows(args.out / "disa.jsonl", rows + head_rows)
+    write_readme(args.out, rows, head_rows)
     for r in rows:
         print(f"{r['method']:<32} bs={r['batch_size']:<3} speedup={r['speedup']:.2f}x head_steps={r['head_steps']} "
               f"fid={r.get('fid')}")

@@ -146,3 +146,12 @@ def test_bench_entries_are_registered():
     names = [n for n in reg.entries if n.startswith("disa-")]
     assert "disa-linear50-5" in names and not reg.errors
     assert all(reg.get(n).baseline == "mar-default" for n in names)
+
+
+def test_ddpm_schedules_per_ar_step():
+    from accel.annealing.disa import ddpm_schedules
+
+    scheds = ddpm_schedules(LinearSchedule(50, 5), 16)
+    assert [s.num_steps for s in scheds] == steps_per_iteration(LinearSchedule(50, 5), 16)
+    assert scheds[-1] is scheds[-2] or scheds[-1].timesteps != scheds[-2].timesteps  # shared when equal
+    assert scheds[0].timesteps == LinearSchedule(50, 5).timesteps(0, 16)

@@ -161,6 +161,20 @@ def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generat
     return TokenSample(model.unpatchify(tokens), stats)
 
 
+def ddpm_schedules(schedule: StepSchedule, num_ar_steps: int) -> list:
+    """One ``DDPMSchedule`` per AR step (built once per distinct timestep list). For samplers with their own
+    loop, e.g. CSpD at one token per step (num_ar_steps = L): give draft q and target p the SAME
+    ``ddpm_schedules(schedule, L)[n]`` at AR step n, and draw the aligned noise with that step count S_n."""
+    from accel.models.mar_head import DDPMSchedule
+
+    cache: dict = {}
+    out = []
+    for k in range(num_ar_steps):
+        ts = schedule.timesteps(k, num_ar_steps)
+        out.append(cache.setdefault(ts, DDPMSchedule.from_timesteps(ts)))
+    return out
+
+
 def describe(schedule) -> str:
     """Short name, e.g. ``linear50-5``, ``const100``, ``adaptive50-5``; ``-noclip`` / ``-clip950`` marks
     the respacing when it is not the strategy's usual one (DiSA strategies clip, constant does not)."""
