@@ -95,6 +95,10 @@ def main(argv=None) -> int:
     meta = dict(model="random-mar (RANDOM weights: code exercise only)" if args.random else args.model,
                 n_images=n_images, samples_per_token=samples, head_steps=args.steps, num_iter=num_iter, cfg=cfg,
                 temperature=temperature, seed=args.seed, command=" ".join(["python", *sys.argv]))
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([r["variance"] for r in per_step], [r["probe_signal"] for r in per_step])
+    meta["spearman_variance_vs_probe"] = float(rho.statistic)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("motivation_random.json" if args.random else "motivation.json")
     path.write_text(json.dumps({"meta": meta, "per_step": per_step}, indent=1))
@@ -102,6 +106,7 @@ def main(argv=None) -> int:
     first, last = per_step[0], per_step[-1]
     print(f"variance {first['variance']:.4g} -> {last['variance']:.4g}; straightness {first['straightness']:.3f} -> "
           f"{last['straightness']:.3f}; one-step err {first['one_step_rel_err']:.3f} -> {last['one_step_rel_err']:.3f}")
+    print(f"Spearman rank correlation of the probe signal with the variance: {meta['spearman_variance_vs_probe']:.3f}")
     print(f"wrote {path} and {png}")
     return 0
 
