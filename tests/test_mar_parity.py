@@ -98,3 +98,14 @@ def test_extension_files_are_skipped_when_module_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(parity_mar, "EXTENSIONS", {"accel.parity.no_such_checker_xyz": ("disa_",)})
     r = parity_mar.run(d)
     assert r.ok and r.skipped == ["disa_schedules.json (no accel.parity.no_such_checker_xyz)"]
+
+
+def test_wrong_state_dict_is_a_failure_not_a_crash(tmp_path):
+    d = _copy(tmp_path)
+
+    def edit(t):
+        del t["diffloss.net.res_blocks.1.in_ln.weight"]
+    _edit(d / "mar_tiny_state_dict.safetensors", edit)
+    r = parity_mar.run(d)
+    bad = [c for c in r.checks if not c.ok]
+    assert not r.ok and bad[0].name == "mar.load" and "res_blocks.1.in_ln.weight" in bad[0].note

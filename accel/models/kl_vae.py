@@ -238,12 +238,16 @@ class AutoencoderKL(nn.Module):
         self.quant_conv = nn.Conv2d(2 * cfg.embed_dim, mult * cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 1)
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """Images (B, 3, H, W) in [-1, 1] -> posterior over (B, E, H/f, W/f) latents."""
+    def moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior parameters (B, 2E, h, w) = [mean | logvar] before clamping (official ``.parameters``)."""
         moments = self.quant_conv(self.encoder(x))
         if not self.cfg.use_variational:
             moments = torch.cat([moments, torch.ones_like(moments)], 1)  # official: logvar := 1
-        return DiagonalGaussian.from_moments(moments)
+        return moments
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """Images (B, 3, H, W) in [-1, 1] -> posterior over (B, E, H/f, W/f) latents."""
+        return DiagonalGaussian.from_moments(self.moments(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
