@@ -122,3 +122,20 @@ def test_bench_on_tiny_llamagen(tiny_zoo, tmp_path, capsys):
     (row,) = read_rows(tmp_path / "bench.jsonl")
     assert row["fid_feature"] == "FID[fmnist-cnn, N=12]" and row["loglik_per_token"] < 0 and row["speedup"] == 1.0
     assert row["params"]["cfg_scale"] == zoo_sample.DEFAULTS["fmnist-llamagen"]["cfg_scale"]
+
+
+def test_bf16_casts_llamagen_weights_and_autocasts_var(tiny_zoo):
+    from accel.harness.distributed import autocast
+
+    ctx = BuildContext(model="fmnist-llamagen", dtype=torch.bfloat16)
+    method = BL.LlamaGenAR(ctx)
+    cond, g = torch.tensor([3, 7]), torch.Generator().manual_seed(0)
+    with torch.no_grad(), autocast("cpu", torch.bfloat16):
+        s = method.generate(cond, generator=g)
+    _, s32 = _run(BL.LlamaGenAR, "fmnist-llamagen")
+    assert s.stats["kv_bytes"] * 2 == s32.stats["kv_bytes"] and s.images.dtype == torch.float32
+    var = BL.VARDefault(BuildContext(model="fmnist-var", dtype=torch.bfloat16))
+    assert next(var.model.parameters()).dtype == torch.float32  # fp32 weights, autocast does the rest
+    with torch.no_grad(), autocast("cpu", torch.bfloat16):
+        out = var.generate(cond, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 3, 32, 32) and torch.isfinite(out.images).all()

@@ -7,6 +7,9 @@ feature reference. Every speed-up in ``accel bench`` is measured against one of 
   (``accel.models.mar.sample_tokens``), then KL-VAE decoding.
 - ``var-default``: VAR next-scale sampling with CFG and a full KV cache (``VAR.autoregressive_infer_cfg``).
 
+Under ``--dtype bfloat16|float16`` the harness runs every ``generate`` in ``torch.autocast``; LlamaGen
+also casts its GPT weights (as its official sampler does), MAR and VAR keep fp32 weights (as theirs do).
+
 Sampling settings come from ``accel.zoo.sample.DEFAULTS`` (the settings each model card reports quality
 for), so the baseline is the model as documented. ``kv_bytes`` is the exact byte count of the KV cache:
 LlamaGen's static buffers (``2 · layers · rows · kv_heads · L_max · head_dim · element_size``, rows = 2B
@@ -56,11 +59,13 @@ def _zoo_missing(model: str) -> str | None:
     return f"zoo weights not trained in this copy: {', '.join(missing)} (see `accel train`)" if missing else None
 
 
-def _load_pair(ctx: BuildContext):
+def _load_pair(ctx: BuildContext, *, cast: bool):
+    """Generator and tokenizer on ``ctx.device``. ``cast``: weights in ``ctx.dtype`` (LlamaGen's official
+    sampling casts the GPT); otherwise fp32 weights and the harness's autocast (MAR/VAR official practice)."""
     from accel import zoo
 
-    model = zoo.load(ctx.model, device=ctx.device, dtype=ctx.dtype)
-    tokenizer = zoo.load(zoo.TOKENIZER[ctx.model], device=ctx.device, dtype=ctx.dtype)
+    model = zoo.load(ctx.model, device=ctx.device, dtype=ctx.dtype if cast else None)
+    tokenizer = zoo.load(zoo.TOKENIZER[ctx.model], device=ctx.device)
     return model, tokenizer
 
 
@@ -77,7 +82,7 @@ class LlamaGenAR:
     def __init__(self, ctx: BuildContext):
         from accel.models.llamagen_generate import SamplingConfig
 
-        self.model, self.tokenizer = _load_pair(ctx)
+        self.model, self.tokenizer = _load_pair(ctx, cast=True)
         self.sc = replace(SamplingConfig(), **_defaults(ctx.model))
         self.params = {k: getattr(self.sc, k) for k in ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p")}
 
@@ -100,7 +105,7 @@ def llamagen_scorer(ctx: BuildContext):
     from accel.models.llamagen_generate import SamplingConfig, cfg_batch, guided_logits
     from accel.sampling import logits_to_probs
 
-    model, _ = _load_pair(ctx)
+    model, _ = _load_pair(ctx, cast=True)
     sc = replace(SamplingConfig(), **_defaults(ctx.model))
     cls = model.config.cls_token_num
 
@@ -124,7 +129,7 @@ class MARDefault:
     name = "mar-default"
 
     def __init__(self, ctx: BuildContext):
-        self.model, self.vae = _load_pair(ctx)
+        self.model, self.vae = _load_pair(ctx, cast=False)
         self.settings = self.params = _defaults(ctx.model)
 
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
@@ -140,7 +145,7 @@ class VARDefault:
     name = "var-default"
 
     def __init__(self, ctx: BuildContext):
-        self.model, self.vae = _load_pair(ctx)
+        self.model, self.vae = _load_pair(ctx, cast=False)
         self.settings = self.params = _defaults(ctx.model)
 
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:

@@ -24,6 +24,13 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` for half dtypes, a no-op context for None/float32."""
+    device = torch.device(device)
+    enabled = dtype is not None and dtype != torch.float32
+    return torch.autocast(device.type, dtype=dtype if enabled else None, enabled=enabled)
+
+
 def chunk_seed(seed: int, start: int) -> int:
     """Seed of the chunk whose first global sample index is ``start`` (distinct for every (seed, start))."""
     if seed < 0 or start < 0:
@@ -63,8 +70,11 @@ def generate_indexed(
     device: torch.device | str = "cpu",
     extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     show_progress: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> IndexedSamples:
-    """Generate samples ``0..n-1`` (this rank's chunks), optionally extract features, gather everything."""
+    """Generate samples ``0..n-1`` (this rank's chunks), optionally extract features, gather everything.
+
+    ``amp_dtype`` (bf16/fp16): ``generate`` runs under ``torch.autocast``; feature extraction never does."""
     if n < 1 or chunk < 1:
         raise ValueError(f"need n >= 1 and chunk >= 1, got n={n}, chunk={chunk}")
     device = torch.device(device)
@@ -77,7 +87,8 @@ def generate_indexed(
         cond = class_cond(idx, num_classes)
         g = torch.Generator(device).manual_seed(chunk_seed(seed, c * chunk))
         with torch.no_grad():
-            sample = method.generate(cond.to(device), generator=g)
+            with autocast(device, amp_dtype):
+                sample = method.generate(cond.to(device), generator=g)
             images = sample.images.detach().float().cpu()
             if images.shape[0] != idx.numel():
                 raise ValueError(f"{method.name}: generate returned {images.shape[0]} images for a batch of {idx.numel()}")

@@ -55,7 +55,8 @@ def cpu_subprocess_peak(
 
 
 def _child(spec: dict) -> dict:
-    from accel.harness.registry import BuildContext, discover  # noqa: PLC0415 - only the child needs it
+    from accel.harness.distributed import autocast  # noqa: PLC0415 - only the child needs these
+    from accel.harness.registry import BuildContext, discover
 
     torch.set_num_threads(spec["threads"])  # same as the parent run
     reg = discover(modules=spec["modules"])
@@ -64,7 +65,7 @@ def _child(spec: dict) -> dict:
     method = entry.build(ctx)
     before = _max_rss_bytes()
     cond = torch.arange(spec["batch_size"]) % spec["num_classes"]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(ctx.device, ctx.dtype):
         method.generate(cond, generator=torch.Generator().manual_seed(spec["seed"]))
     return {"max_rss_bytes": _max_rss_bytes(), "rss_before_bytes": before}
 

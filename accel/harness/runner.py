@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from accel.harness import metrics as M
-from accel.harness.distributed import IndexedSamples, chunk_seed, class_cond, generate_indexed, rank_world
+from accel.harness.distributed import IndexedSamples, autocast, chunk_seed, class_cond, generate_indexed, rank_world
 from accel.harness.memory import cpu_subprocess_peak, cuda_peak
 from accel.harness.quality import FeatureReference, evaluate
 from accel.harness.registry import BuildContext, MethodEntry, Registry
@@ -38,7 +38,7 @@ class RunConfig:
     quality_batch: int = 64  # chunk size of the quality pass (fixed, so 1 and N processes agree)
     seed: int = 0
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # given to factories as ctx.dtype; bf16/fp16 also run every generate under autocast
     memory: bool = True
     num_classes: int = 10
     n_boot: int = 100
@@ -67,7 +67,7 @@ def _timing_call(method: Method, bs: int, cfg: RunConfig, device: torch.device) 
     def call(r: int) -> Sample:
         start = (r + cfg.warmup) * bs  # warm-up rounds first; every method sees the same seeds per round
         cond = class_cond(torch.arange(start, start + bs), cfg.num_classes).to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, getattr(torch, cfg.dtype)):
             return method.generate(cond, generator=torch.Generator(device).manual_seed(chunk_seed(cfg.seed, start)))
 
     return call
@@ -129,7 +129,7 @@ def run_group(
             say(f"{model}: {cfg.n_images} samples from {e.name}")
             outs[e.name] = generate_indexed(methods[e.name], cfg.n_images, chunk=cfg.quality_batch, seed=cfg.seed,
                                             num_classes=cfg.num_classes, device=device,
-                                            extract=reference.extract if reference else None)
+                                            extract=reference.extract if reference else None, amp_dtype=dtype)
             s = outs[e.name]
             if reference is not None:
                 quality[e.name].update(evaluate(s.feats, s.logits, s.cond, reference, seed=cfg.seed, n_boot=cfg.n_boot))
