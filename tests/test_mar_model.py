@@ -227,3 +227,22 @@ def test_unconditional_and_bad_arguments():
                         orders=torch.zeros(1, 36, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         m.sample_tokens(torch.tensor([7]), generator=torch.Generator(), num_iter=3)
+
+
+def test_head_condition_rows():
+    m = _mar()
+    tok = torch.randn(2, 36, 12)
+    mask = torch.ones(2, 36)
+    mask[:, :4] = 0
+    labels = torch.tensor([2, 4])
+    with torch.no_grad():
+        z = m.condition(tok, mask, labels, cfg=True)  # (4, 36, 16)
+        pick = torch.zeros(2, 36, dtype=torch.bool)
+        pick[0, [5, 9]] = True
+        pick[1, [7, 30]] = True
+        rows = m.head_condition(tok, mask, labels, pick, cfg=True)
+        assert torch.equal(rows, torch.stack([z[0, 5], z[0, 9], z[1, 7], z[1, 30], z[2, 5], z[2, 9], z[3, 7], z[3, 30]]))
+        idx = torch.tensor([[9, 5], [30, 7]])  # generation order, not position order
+        rows = m.head_condition(tok, mask, labels, idx)
+        z1 = m.condition(tok, mask, labels)
+        assert torch.equal(rows, torch.stack([z1[0, 9], z1[0, 5], z1[1, 30], z1[1, 7]]))

@@ -9,6 +9,7 @@ Pieces a decoding method can drive itself (CSpD drafts/verifies one token per st
 
 - ``MAR.condition(tokens, mask, labels, cfg=...) -> z``: head conditions ``(B or 2B, L, dec_dim)`` for the
   current known tokens (mask 1 = unknown). With ``cfg=True`` rows are ``[cond; uncond]``.
+- ``MAR.head_condition(tokens, mask, labels, positions, cfg=...)``: the same, as head rows for chosen positions.
 - ``MAR.head``: the diffusion head (steps chosen per call, see ``mar_head``).
 - ``sample_tokens(...)``: the official loop; ``replay`` orders / noises for parity.
 
@@ -274,6 +275,17 @@ class MAR(nn.Module):
             tokens, mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
             cls = torch.cat([cls, self.fake_latent.expand(B, -1)])
         return self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, cls), mask)
+
+    def head_condition(self, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
+                       positions: torch.Tensor, *, cfg: bool = False) -> torch.Tensor:
+        """Head conditions of chosen positions, as rows for ``DiffLoss.sample``: ``positions`` is a bool (B, L)
+        mask (rows in (sample, position) order, as ``sample_tokens``) or indices (B, n) (rows in (sample,
+        index) order, e.g. a draft's generation order). Under ``cfg`` the rows are [cond; uncond]."""
+        z = self.condition(tokens, mask, labels, cfg=cfg)  # (B or 2B, L, dec)
+        pos = torch.cat([positions, positions]) if cfg else positions
+        if pos.dtype == torch.bool:
+            return z[pos]
+        return z.gather(1, pos[..., None].expand(-1, -1, z.shape[-1])).reshape(-1, z.shape[-1])
 
     # -- generation ---------------------------------------------------------------------------------
     def sample_orders(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
