@@ -10,6 +10,9 @@ interleaved with the AR baseline in one run (batch 1 latency, batch 16 throughpu
 the zoo classifier (FID[fmnist-cnn]). Writes JSONL, the quality-vs-speed-up plot and a markdown table.
 """
 import argparse
+import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +23,63 @@ from accel.harness.registry import discover
 from accel.harness.results import append_rows, current_command
 from accel.harness.runner import RunConfig, run_group
 from accel.harness.summary import summary_markdown
-from accel.speculative.methods import TARGET, entry
+from accel.harness.registry import BuildContext
+from accel.models.llamagen_generate import generate
+from accel.speculative.methods import TARGET, build, entry
+
+
+class TimedDrafter:
+    """Wraps a drafter (composition) and accumulates the wall time spent drafting."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.seconds = inner, inner.name, 0.0
+
+    def begin(self, *a):
+        return self.inner.begin(*a)
+
+    def observe(self, *a):
+        return self.inner.observe(*a)
+
+    def _timed(self, fn, *a):
+        t = time.perf_counter()
+        out = fn(*a)
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def propose(self, *a):
+        return self._timed(self.inner.propose, *a)
+
+    def propose_tree(self, *a):
+        return self._timed(self.inner.propose_tree, *a)
+
+
+def cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
+    """Per-round cost terms of one method at batch ``bs``, in units of one AR step (same run, medians):
+    verify+loop = round time - draft time; predicted speed-up = τ / (draft + verify+loop)."""
+    m = build(BuildContext(TARGET), "costs", **kw)
+    m.drafter = TimedDrafter(m.drafter)
+    cond = torch.arange(bs) % 10
+    n = m.target.config.block_size
+    ar, rounds, draft, tau = [], [], [], []
+    for r in range(repeats + 1):
+        g = torch.Generator().manual_seed(r)
+        t = time.perf_counter()
+        generate(m.target, cond, sc=m.sc, generator=g)
+        t_ar = (time.perf_counter() - t) / n
+        m.drafter.seconds = 0.0
+        t = time.perf_counter()
+        st = m.generate(cond, generator=g).stats
+        total = time.perf_counter() - t
+        if r:  # r = 0 is warm-up
+            steps = st["nfe_target"] - 1
+            ar.append(t_ar)
+            rounds.append(total / steps)
+            draft.append(m.drafter.seconds / steps)
+            tau.append(st["mean_accept_len"])
+    t_ar, t_round, t_draft = (statistics.median(x) for x in (ar, rounds, draft))
+    return dict(params=kw, batch_size=bs, mean_accept_len=statistics.median(tau), ar_step_s=t_ar,
+                draft_per_round=t_draft / t_ar, verify_and_loop_per_round=(t_round - t_draft) / t_ar,
+                predicted_speedup=statistics.median(tau) * t_ar / t_round)
 
 
 def grid(quick: bool, drafters: list[str]):
@@ -37,6 +96,7 @@ def grid(quick: bool, drafters: list[str]):
         out.append(entry(f"sd-{d}-tree", drafter=d, tree="b2-2-1-1"))
         out.append(entry(f"lantern-{d}-d0.2-tree", drafter=d, delta=0.2, tree="b2-2-1-1"))
         if not quick:
+            out.append(entry(f"lantern-{d}-d0.2-tv", drafter=d, delta=0.2, residual="tv"))
             out.append(entry(f"lantern++-{d}-k10-l5-tree", drafter=d, k=10, lam=5.0, tree="b2-2-1-1"))
     return out
 
@@ -64,7 +124,14 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     append_rows(args.out / "lantern.jsonl", rows)
     plots = [str(p) for p in plot_all(rows, args.out)]
-    (args.out / "summary.md").write_text(summary_markdown(rows, command=command, plots=plots))
+    probe = {f"{m}-{d}{s}" for m in ("sd", "lantern") for d in ("draft", "eagle") for s in ("", "-tree")}
+    probe = {n.replace("lantern-draft", "lantern-draft-d0.2").replace("lantern-eagle", "lantern-eagle-d0.2") for n in probe}
+    costs = [cost_terms(e.params, 1) for e in entries if e.name in probe]
+    (args.out / "costs.json").write_text(json.dumps(costs, indent=1))
+    notes = [f"cost terms ({c['params']}, batch {c['batch_size']}): tau {c['mean_accept_len']:.2f}, draft "
+             f"{c['draft_per_round']:.2f} + verify/loop {c['verify_and_loop_per_round']:.2f} AR steps per round "
+             f"-> predicted {c['predicted_speedup']:.2f}x" for c in costs]
+    (args.out / "summary.md").write_text(summary_markdown(rows, command=command, plots=plots, notes=notes))
     for r in rows:
         print(f"{r['method']:<28} bs={r['batch_size']:<3} speedup={r['speedup'] or 0:5.2f} "
               f"tau={r.get('mean_accept_len') or 0:4.2f} fid={r.get('fid')}")
