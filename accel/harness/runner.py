@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed
 
 from accel.harness import metrics as M
 from accel.harness.distributed import IndexedSamples, autocast, chunk_seed, class_cond, generate_indexed, rank_world
@@ -147,6 +148,9 @@ def run_group(
                 quality[e.name].update(_fidelity(s, outs[baseline.name]))
 
     rows = []
+    _, world = rank_world()
+    if world > 1:  # other ranks wait (idle) while rank 0 times, so they do not steal its cores
+        torch.distributed.barrier()
     for bs in cfg.batch_sizes:
         calls = {e.name: _timing_call(methods[e.name], bs, cfg, device) for e in group}
         say(f"{model}: timing batch {bs}: {', '.join(calls)} ({cfg.warmup} warm-up + {cfg.repeats} interleaved rounds)")
@@ -171,4 +175,6 @@ def run_group(
                 **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,
                 **quality[e.name], env=env, command=command, run_id=run_id, dtype=cfg.dtype,
             ))
+    if world > 1:
+        torch.distributed.barrier()
     return rows
