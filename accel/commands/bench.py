@@ -88,6 +88,10 @@ def _init_distributed(device: str) -> None:
 
 
 def main(args) -> int:
+    if "numpy" not in sys.modules:
+        # numpy/scipy's OpenBLAS only serves the metrics' small (D <= a few hundred) matrices: one thread is as
+        # fast there and avoids 100x slow-downs from spinning BLAS threads when the cores are shared.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import torch
 
     from accel.harness.plots import plot_all

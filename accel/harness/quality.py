@@ -36,7 +36,8 @@ def evaluate(feats: torch.Tensor, logits: torch.Tensor, cond: torch.Tensor, ref:
     def replicate(a):  # exact same distance as M.fid, via the eigenvalue form (fast enough for n_boot replicates)
         return M.frechet_distance_eig(*M.feature_stats(a), mu_r, sigma_r, sqrt_sigma2=root_r)
 
-    ci = M.bootstrap_interval(replicate, fake, rng=rng, n_boot=n_boot) if n_boot else None
+    # normal-approximation interval centred on the estimate (FID's resampling bias shifts percentile intervals)
+    ci = M.bootstrap_interval(replicate, fake, rng=rng, n_boot=n_boot, method="normal") if n_boot else None
     real = ref.real_feats
     m = min(n, real.shape[0])
     real_n = real[rng.choice(real.shape[0], m, replace=False)]
