@@ -27,6 +27,7 @@ ZOO = {
     "fmnist-mar-draft": ("mar", "draft", "MAR draft with diffusion head"),
     "fmnist-var-vqvae": ("var", "tokenizer", "VAR multi-scale VQVAE, scales ending at 8x8"),
     "fmnist-var": ("var", "target", "VAR target"),
+    "fmnist-llamagen-dd": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen"),
     "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),
 }
 # Which tokenizer decodes each generator's output.
@@ -85,7 +86,16 @@ def _eagle(cfg: dict) -> nn.Module:
     return EagleHead(GPTConfig.from_dict(cfg))
 
 
+def _dd_llamagen(cfg: dict) -> nn.Module:
+    from accel.distill.student_llamagen import DDLlamaGen
+    from accel.models.llamagen import GPTConfig
+
+    gpt = GPTConfig.from_dict(cfg["gpt"])
+    return DDLlamaGen(gpt, torch.zeros(gpt.vocab_size, cfg["code_dim"]))  # codes come from the file
+
+
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
+    "dd-llamagen": _dd_llamagen,
     "fmnist-cnn": _cnn,
     "llamagen-vq": _llamagen_vq,
     "llamagen-gpt": _llamagen_gpt,
