@@ -121,7 +121,9 @@ def main(args) -> int:
         print(f"accel bench: warning: could not import {mod}: {err}", file=sys.stderr)
     if args.list:
         for n, e in reg.entries.items():
-            print(f"{n:<28} family={e.family:<9} baseline={e.baseline or '-':<16} models={','.join(e.models)}")
+            why = e.why_unavailable(e.models[0]) or reg.baseline_of(e).why_unavailable(e.models[0])
+            print(f"{n:<28} family={e.family:<9} baseline={e.baseline or '-':<16} preset={'yes' if e.quick else 'no ':<4}"
+                  f"models={','.join(e.models)}" + (f"  [unavailable: {why}]" if why else ""))
         return 0
     if not reg.entries:
         return _err("no benchmarkable methods are registered. The family baselines in accel/harness/baselines.py "
