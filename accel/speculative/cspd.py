@@ -21,6 +21,9 @@ encoder/decoder on the context at the window start, then its diffusion head on a
 What is preserved: the verifier conditions every drafted token on the window-start context (the single
 target pass of the paper and the official code), i.e. the target MAR predicting those positions in one
 iteration, not the one-token-per-step target chain; FID against the one-token-per-step baseline measures it.
+Consequence (tested): exact per-token verification samples the same law as the draft-free control
+``q=None``, which is cheaper; only left-to-right verification (shorter groups) or a relaxed rule (official
+inner temperature 42, drafts kept) make the draft change the output.
 """
 from __future__ import annotations
 
@@ -120,13 +123,18 @@ class _Clock:
 @torch.no_grad()
 def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Generator, batch: int | None = None,
                        progress: bool = False) -> CSpDResult:
-    """Generate MAR token latents with CSpD; p = target MAR, q = draft MAR (same tokenizer / seq_len)."""
+    """Generate MAR token latents with CSpD; p = target MAR, q = draft MAR (same tokenizer / seq_len).
+
+    ``q=None`` is the control "target-parallel": each window is sampled by the target alone from its one pass.
+    With the exact rule, ``verify="independent"`` outputs exactly this distribution (each drafted token is
+    replaced in law by p(x_j | window-start context), independently across j), at the extra cost of drafting.
+    """
     from tqdm.auto import tqdm
 
     from accel.models.mar import cfg_at, mask_len_at
 
     L, C = p.cfg.seq_len, p.cfg.token_embed_dim
-    if (q.cfg.seq_len, q.cfg.token_embed_dim) != (L, C):
+    if q is not None and (q.cfg.seq_len, q.cfg.token_embed_dim) != (L, C):
         raise ValueError(f"draft tokens ({q.cfg.seq_len}x{q.cfg.token_embed_dim}) differ from target's ({L}x{C})")
     dev = next(p.parameters()).device
     B = labels.shape[0] if labels is not None else batch
@@ -189,6 +197,14 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         pos = orders[:, n:n + g]  # (B, g)
         xT_q, steps_q = randn(B, g, C), randn(B, g, S, C)
         xT_p, steps_p = (xT_q, steps_q) if cfg.align else (randn(B, g, C), randn(B, g, S, C))
+        if q is None:  # control: the target alone samples the window from one pass (no draft)
+            hp = run_head(p, p.condition(tokens, mask, labels, cfg=use_cfg), pos, xT_p, steps_p, list(range(n, n + g)))
+            tokens[ar[:, None], pos], mask[ar[:, None], pos] = last_step(hp), 0.0
+            st["nfe_target"] += 1
+            st["windows"] += 1
+            n += g
+            bar.update(g)
+            continue
         tok_q, mask_q, drafts = tokens.clone(), mask.clone(), []
         for j in range(g):  # draft gamma tokens, one per step
             z = q.condition(tok_q, mask_q, labels, cfg=use_cfg)

@@ -57,8 +57,9 @@ class CSpDMAR:
     """Continuous speculative decoding: target p, draft q (same tokenizer), ``CSpDConfig``."""
 
     def __init__(self, target, draft, vae, config: CSpDConfig = CSpDConfig(), name: str = "cspd"):
+        """``draft=None``: the draft-free control (see ``cspd_sample_tokens``)."""
         self.name, self.target, self.draft, self.vae, self.config = name, target, draft, vae, config
-        self.params = asdict(config)
+        self.params = {**asdict(config), "draft": None if draft is None else "draft"}
 
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         from accel.models.mar import decode_tokens
@@ -73,10 +74,11 @@ def build_target_only(ctx: BuildContext, **overrides) -> TargetOnlyMAR:
 
 
 def build_cspd(ctx: BuildContext, name: str = "cspd", draft: str = DRAFT, **overrides) -> CSpDMAR:
+    """``draft=None``: the draft-free control (the target samples each window from its one pass)."""
     target, vae = _load(ctx.model, ctx)
-    q, _ = _load(draft, ctx)
+    q = None if draft is None else _load(draft, ctx)[0]
     cfg = CSpDConfig(**{**zoo_settings(ctx.model), **overrides})
-    return CSpDMAR(target, q.to(ctx.device), vae, cfg, name=name)
+    return CSpDMAR(target, q, vae, cfg, name=name)
 
 
 def _missing(model: str) -> str | None:
@@ -89,10 +91,10 @@ def _missing(model: str) -> str | None:
     return f"zoo weights not trained in this copy: {', '.join(gone)}" if gone else None
 
 
-def entry(name: str, quick: bool = True, **overrides) -> MethodEntry:
-    """A CSpD grid point as a harness entry, timed against ``cspd-target-only``."""
-    params = {k: v for k, v in asdict(replace(CSpDConfig(), **overrides)).items()}
-    return MethodEntry(name, "mar", lambda ctx: build_cspd(ctx, name=name, **overrides), models=(TARGET,),
+def entry(name: str, quick: bool = True, draft: str | None = DRAFT, **overrides) -> MethodEntry:
+    """A CSpD grid point as a harness entry, timed against ``cspd-target-only`` (``draft=None``: control)."""
+    params = {**asdict(replace(CSpDConfig(), **overrides)), "draft": draft}
+    return MethodEntry(name, "mar", lambda ctx: build_cspd(ctx, name=name, draft=draft, **overrides), models=(TARGET,),
                        baseline="cspd-target-only", experiment="cspd", params=params, quick=quick,
                        unavailable=_missing)
 

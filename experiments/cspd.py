@@ -1,0 +1,145 @@
+"""CSpD (arXiv 2411.11925) on the zoo MARs: target-only vs CSpD over gamma, alignment, pre-filling, verification.
+
+    python experiments/cspd.py --quick                 # a few minutes on 2 CPU cores
+    python experiments/cspd.py                          # the table in results/cspd/
+    python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
+
+Baseline: the target MAR alone, one token per AR step (``cspd-target-only``), timed interleaved with every
+CSpD variant in the same run (accel.harness.runner). Control ``target-parallel-g*``: the target alone samples
+each gamma-window from one pass, the law that exact per-token CSpD samples (tests/test_cspd_mar.py). After timing, one extra profiled call per method and
+batch size gives the cost split (draft, verify MAR pass, verify head, residual) as ``cost_split_s``.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from accel.harness.registry import MethodEntry, Registry
+from accel.harness.results import append_rows, current_command
+from accel.harness.runner import RunConfig, run_group
+from accel.speculative import cspd_method as CM
+
+GAMMAS = (4, 8, 16, 32)
+
+
+def grid(quick: bool, head_steps=None) -> list[tuple[str, dict]]:
+    """Per-token verification (the official code's loop, speed independent of acceptance) over gamma and the
+    ablations; the paper's left-to-right verification at small gamma (its cost grows as gamma / accepted)."""
+    ind = dict(verify="independent")
+    pts = [(f"cspd-ind-g{k}", dict(gamma=k, **ind)) for k in ((4, 32) if quick else GAMMAS)]
+    pts += [("cspd-ind-g32-noalign", dict(gamma=32, align=False, **ind)),
+            ("cspd-ind-g32-noprefill", dict(gamma=32, prefill=0.0, **ind))]
+    pts += [(f"target-parallel-g{k}", dict(gamma=k, draft=None)) for k in ((32,) if quick else GAMMAS)]
+    pts += [(f"cspd-ltr-g{k}", dict(gamma=k)) for k in ((4,) if quick else (4, 8))]
+    pts += [("cspd-ltr-g4-noalign", dict(gamma=4, align=False))]
+    if not quick:
+        pts += [("cspd-official-T42-g32", dict(gamma=32, verify="independent", std_product="official",
+                                               inner_temperature=42.0))]
+    return [(n, {**kw, **({"head_steps": head_steps} if head_steps else {})}) for n, kw in pts]
+
+
+def random_models(device, img_size=32):
+    """Small random MARs shaped like the zoo's (32x32 images -> 8x8 latents of 16 channels; ``img_size=16``:
+    4x4 latents, 16 tokens) and a tiny random KL-VAE."""
+    from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
+    from accel.models.mar import MAR, MARConfig
+
+    base = dict(img_size=img_size, vae_stride=4, vae_embed_dim=16, class_num=10, buffer_size=8, num_sampling_steps="100")
+    torch.manual_seed(0)
+    p = MAR(MARConfig(**base, encoder_embed_dim=192, encoder_depth=4, encoder_num_heads=6, decoder_embed_dim=192,
+                      decoder_depth=4, decoder_num_heads=6, diffloss_d=3, diffloss_w=256)).eval().to(device)
+    q = MAR(MARConfig(**base, encoder_embed_dim=96, encoder_depth=1, encoder_num_heads=3, decoder_embed_dim=96,
+                      decoder_depth=1, decoder_num_heads=3, diffloss_d=2, diffloss_w=128)).eval().to(device)
+    vae = AutoencoderKL(KLVAEConfig(embed_dim=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1)).eval().to(device)
+    return p, q, vae
+
+
+def registry(args) -> Registry:
+    reg = Registry()
+    if not args.random:
+        hs = {"head_steps": args.head_steps} if args.head_steps else {}
+        reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.build_target_only(ctx, **hs),
+                            models=(CM.TARGET,), experiment="cspd", params=hs, unavailable=CM._missing))
+        for name, kw in grid(args.quick, args.head_steps):
+            reg.add(CM.entry(name, **kw))
+        return reg
+    models = {}
+
+    def get(ctx):
+        if "m" not in models:
+            models["m"] = random_models(ctx.device, 16 if args.quick else 32)
+        return models["m"]
+
+    base = CM.CSpDConfig(**({"head_steps": args.head_steps} if args.head_steps else {}))
+    reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
+                        models=("random-mar",), experiment="cspd", params={"head_steps": base.head_steps}))
+    for name, kw in grid(args.quick, args.head_steps):
+        def build(ctx, n=name, k=dict(kw)):
+            p, q, vae = get(ctx)
+            return CM.CSpDMAR(p, q if k.pop("draft", "draft") else None, vae, CM.CSpDConfig(**k), name=n)
+        reg.add(MethodEntry(name, "mar", build, models=("random-mar",), baseline="cspd-target-only",
+                            experiment="cspd", params=kw))
+    return reg
+
+
+def cost_split(reg: Registry, model: str, batch: int, device) -> dict[str, dict]:
+    from accel.harness.registry import BuildContext
+
+    ctx, out = BuildContext(model=model, device=torch.device(device)), {}
+    cond = torch.arange(batch) % 10
+    for e in reg.entries.values():
+        if e.baseline is None:
+            continue
+        s = e.build(ctx).generate(cond.to(device), generator=torch.Generator(device).manual_seed(0))
+        out[e.name] = {**s.stats.get("time_split_s", {}), "fallbacks": s.stats.get("fallbacks")}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--random", action="store_true", help="small random configs instead of the zoo (speed only)")
+    ap.add_argument("--out", type=Path, default=Path("results/cspd"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+")
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--n-images", type=int)
+    ap.add_argument("--head-steps", help="DDPM steps of every head, baseline included (default: zoo card / 100)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reg = registry(args)
+    base = reg.get("cspd-target-only")
+    model = base.models[0]
+    why = base.why_unavailable(model)
+    if why:
+        print(f"zoo MARs unavailable ({why}); rerun with --random for a speed-only run on random configs")
+        return 2
+    quality = 0 if args.random else (200 if args.quick else 1000)
+    cfg = RunConfig(batch_sizes=tuple(args.batch_sizes or ((1, 16) if args.quick else (1, 64))),
+                    repeats=args.repeats or (2 if args.quick else 5), warmup=1,
+                    n_images=quality if args.n_images is None else args.n_images, device=args.device, memory=False)
+    ref = None
+    if cfg.n_images:
+        from accel.harness.baselines import load_reference
+
+        ref = load_reference(args.device)
+    entries = [e for e in reg.entries.values() if e.baseline is not None]
+    rows = run_group(reg, base, entries, model, cfg, reference=ref, command=current_command(),
+                     progress=lambda m: print(m, file=sys.stderr, flush=True))
+    splits = {bs: cost_split(reg, model, bs, args.device) for bs in cfg.batch_sizes}
+    for r in rows:
+        r["cost_split_s"] = splits[r["batch_size"]].get(r["method"])
+        r["random_weights"] = bool(args.random)
+    path = append_rows(args.out / "cspd.jsonl", rows)
+    for r in rows:
+        print(f"{r['method']:<28} bs={r['batch_size']:<3} speedup={r['speedup']:.2f}x "
+              f"accept={r.get('acceptance_rate')} fid={r.get('fid')} split={r.get('cost_split_s')}")
+    print(f"rows appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
