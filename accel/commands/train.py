@@ -82,7 +82,7 @@ def _card(recipe, name: str, run_dir: Path) -> int:
     quality = recipe.card_quality(name)
     with_threads = torch.get_num_threads()
     latency = forward_latency(name)
-    cmd = f"accel train {name} --card-only  # quality/latency ({with_threads} torch threads)"
+    cmd = f"accel train {name} --card-only  # quality and latency, torch threads: {with_threads}"
     out = write_card(name, run_dir, command=cmd, quality=quality, latency=latency, notes=recipe.card_notes())
     print(f"wrote {out}")
     return 0

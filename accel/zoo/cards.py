@@ -105,11 +105,12 @@ def run_summary(run_dir: Path) -> dict:
         if r["time"] < prev:
             wall += prev
         prev = r["time"]
+    notes = [f"step {r['step']}: {r['note']}" for r in log if "note" in r]
     train = [r for r in log if "loss" in r]
     evals = [r for r in log if "eval" in r]
     return {"steps": train[-1]["step"] if train else 0, "wall_s": round(wall + prev, 1),
             "last_train": {k: v for k, v in train[-1].items() if k not in ("time",)} if train else {},
-            "last_eval": evals[-1]["eval"] if evals else {}, "sessions": 1 + sum(
+            "last_eval": evals[-1]["eval"] if evals else {}, "notes": notes, "sessions": 1 + sum(
                 1 for a, b in zip(log, log[1:]) if b["time"] < a["time"])}
 
 
@@ -131,7 +132,8 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
              "## Training", "", "| field | value |", "|---|---|",
              _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),
                    "wall time (s, all sessions)": run["wall_s"], "sessions": run["sessions"],
-                   "machine": "shared 2-core CPU, 1 torch thread", "weights": "EMA" if state.get("ema") else "raw",
+                   "machine": "shared 2-core CPU, 1 torch thread",
+                   "run log notes": "; ".join(run["notes"]) or "-", "weights": "EMA" if state.get("ema") else "raw",
                    "shipped file": f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16)" if wpath.is_file() else "-"}),
              "", "Recipe (exact, from the checkpoint):", "", "```json", json.dumps(state["recipe"], indent=1), "```", "",
              "Final training log row:", "", "```json", json.dumps(run["last_train"]), "```", "",
