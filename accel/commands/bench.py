@@ -31,7 +31,10 @@ def configure(p):
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice; recorded)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (bench.jsonl is appended to)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per row on CPU)")
+    p.add_argument("--memory", choices=("largest", "all", "none"), default="largest",
+                   help="peak memory at the largest batch size only (default), at every batch size, or not at all "
+                        "(on CPU each measurement is a fresh subprocess)")
+    p.add_argument("--no-memory", action="store_true", help="same as --memory none")
     p.add_argument("--save-samples", action="store_true", help="also write ADM-style samples.npz per method into OUT/samples/")
     p.add_argument("--plugin", action="append", default=[],
                    help="extra module defining BENCH_METHODS (repeatable), for methods outside accel")
@@ -147,7 +150,8 @@ def main(args) -> int:
     rank = int(os.environ.get("RANK", "0"))
     cfg = RunConfig(batch_sizes=tuple(args.batch_size or PRESET["batch_sizes"]), repeats=args.repeats, warmup=args.warmup,
                     n_images=args.n_images, quality_batch=args.quality_batch, seed=args.seed, device=args.device,
-                    dtype=args.dtype, memory=not args.no_memory,
+                    dtype=args.dtype, memory=not args.no_memory and args.memory != "none",
+                    memory_all_batches=args.memory == "all",
                     samples_dir=args.out / "samples" if args.save_samples else None)
     command = current_command()
     out_jsonl = args.out / "bench.jsonl"

@@ -41,6 +41,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"  # given to factories as ctx.dtype; bf16/fp16 also run every generate under autocast
     memory: bool = True
+    memory_all_batches: bool = True  # False: peak memory only at the largest batch size (a subprocess per row on CPU)
     num_classes: int = 10
     n_boot: int = 100
     samples_dir: Path | None = None  # write ADM-style samples.npz per method here
@@ -75,7 +76,7 @@ def _timing_call(method: Method, bs: int, cfg: RunConfig, device: torch.device) 
 
 
 def _peak_memory(entry: MethodEntry, call, model: str, bs: int, cfg: RunConfig, reg: Registry, device):
-    if not cfg.memory:
+    if not cfg.memory or (not cfg.memory_all_batches and bs != max(cfg.batch_sizes)):
         return None
     if device.type == "cuda":
         return cuda_peak(lambda: call(0), device)
@@ -164,7 +165,7 @@ def run_group(
             t, c = timings[e.name], dict(counters[e.name])
             if c["kv_fraction"] is None and c["kv_bytes"] is not None and base_kv:
                 c["kv_fraction"] = c["kv_bytes"] / base_kv
-            if cfg.memory:
+            if cfg.memory and (cfg.memory_all_batches or bs == max(cfg.batch_sizes)):
                 say(f"{model}: peak memory of {e.name} at batch {bs}")
             mem = _peak_memory(e, calls[e.name], model, bs, cfg, reg, device)
             rows.append(make_row(
