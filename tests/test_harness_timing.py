@@ -75,6 +75,8 @@ def test_run_group_rows_and_counts():
     assert by[("fake-lossy", 1)]["kv_fraction"] == pytest.approx(0.5)
     assert by[("fake-lossy", 1)]["psnr"] is not None and by[("fake-lossy", 1)]["ssim"] < 1
     assert by[("fake-fast", 1)]["psnr"] is None  # fidelity only where the entry asks for it
+    assert by[("fake-fast", 1)]["counters_quality_pass"]["mean_accept_len"] == pytest.approx(3.0)
+    assert len({r["run_id"] for r in rows}) == 1
     for r in rows:
         assert r["fid_feature"] == "FID[fake-cnn, N=40]" and r["fid"] >= 0 and r["fid_floor"] >= 0
         assert r["fid_ci"][0] <= r["fid_ci"][1] and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1

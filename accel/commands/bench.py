@@ -100,7 +100,7 @@ def main(args) -> int:
     from accel.harness.plots import plot_all
     from accel.harness.registry import discover
     from accel.harness.results import append_rows, current_command, read_rows
-    from accel.harness.runner import RunConfig, run_group
+    from accel.harness.runner import RunConfig, new_run_id, run_group
     from accel.harness.summary import markdown_table, summary_markdown
 
     for name in ("n_images", "repeats", "warmup", "quality_batch"):
@@ -153,13 +153,13 @@ def main(args) -> int:
                     dtype=args.dtype, memory=not args.no_memory and args.memory != "none",
                     memory_all_batches=args.memory == "all",
                     samples_dir=args.out / "samples" if args.save_samples else None)
-    command = current_command()
+    command, run_id = current_command(), new_run_id()
     out_jsonl = args.out / "bench.jsonl"
     rows = []
     for base, entries, model in plan:
         print(f"== {model}: {base.name} vs {', '.join(e.name for e in entries if e is not base) or '(baseline only)'}",
               file=sys.stderr)
-        group_rows = run_group(reg, base, entries, model, cfg, reference=reference, command=command,
+        group_rows = run_group(reg, base, entries, model, cfg, reference=reference, command=command, run_id=run_id,
                                progress=lambda msg: print(f"   {msg}", file=sys.stderr))
         if rank == 0:
             append_rows(out_jsonl, group_rows)  # each finished group is on disk even if a later one fails

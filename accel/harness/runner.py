@@ -65,6 +65,10 @@ def aggregate_stats(stats: list[dict[str, Any]]) -> dict[str, float | int | None
     return out
 
 
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+
+
 def _timing_call(method: Method, bs: int, cfg: RunConfig, device: torch.device) -> Callable[[int], Sample]:
     def call(r: int) -> Sample:
         start = (r + cfg.warmup) * bs  # warm-up rounds first; every method sees the same seeds per round
@@ -110,8 +114,13 @@ def run_group(
     reference: FeatureReference | None = None,
     command: str = "",
     progress: Callable[[str], None] | None = None,
+    run_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for ``baseline`` and ``entries`` (all compared with it) on ``model``."""
+    """Rows for ``baseline`` and ``entries`` (all compared with it) on ``model``.
+
+    Work counters come from the timed calls at the row's batch size; when ``n_images > 0`` the same
+    counters over the whole quality pass (many more samples, batch ``quality_batch``) are added as
+    ``counters_quality_pass``. ``run_id`` ties together the rows of one invocation (default: new)."""
     say = progress or (lambda msg: None)
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
     ctx = BuildContext(model=model, device=device, dtype=dtype)
@@ -121,7 +130,7 @@ def run_group(
             raise ValueError(f"{e.name!r} is compared with {e.baseline!r}, not {baseline.name!r}")
     methods = {e.name: e.build(ctx) for e in group}
     rank, _ = rank_world()
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    run_id = run_id or new_run_id()
     env = environment(device)
 
     quality: dict[str, dict[str, Any]] = {e.name: {} for e in group}
@@ -147,6 +156,8 @@ def run_group(
                 quality[e.name]["loglik_per_token"] = float(ll.mean())
             if e.reference_fidelity:
                 quality[e.name].update(_fidelity(s, outs[baseline.name]))
+            pass_counters = {k: v for k, v in aggregate_stats(s.stats).items() if v is not None}
+            quality[e.name]["counters_quality_pass"] = pass_counters or None
 
     rows = []
     _, world = rank_world()
