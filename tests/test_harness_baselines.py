@@ -6,7 +6,7 @@ import torch
 from accel import zoo
 from accel.harness import baselines as BL
 from accel.harness.registry import BuildContext, discover
-from accel.models.classifier import ClassifierConfig, FashionCNN
+from accel.models.classifier import ClassifierConfig
 from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.zoo import sample as zoo_sample
 from accel.zoo.store import save_zoo_file
