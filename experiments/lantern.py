@@ -86,18 +86,19 @@ def grid(quick: bool, drafters: list[str]):
     out = []
     for d in drafters:
         out.append(entry(f"sd-{d}", drafter=d))
-        for delta in (0.1, 0.2) if quick else (0.05, 0.1, 0.2, 0.4):
+        deltas = ((0.1, 0.2) if d == "eagle" else (0.2,)) if quick else (0.05, 0.1, 0.2, 0.4)
+        for delta in deltas:
             out.append(entry(f"lantern-{d}-d{delta}", drafter=d, delta=delta))
         if not quick:
             for k in (10, 100):
                 out.append(entry(f"lantern-{d}-d0.2-k{k}", drafter=d, delta=0.2, k=k))
             out.append(entry(f"sd-{d}-g2", drafter=d, gamma=2))
             out.append(entry(f"lantern-{d}-d0.2-g5", drafter=d, delta=0.2, gamma=5))
-        out.append(entry(f"sd-{d}-tree", drafter=d, tree="b2-2-1-1"))
-        out.append(entry(f"lantern-{d}-d0.2-tree", drafter=d, delta=0.2, tree="b2-2-1-1"))
-        if not quick:
             out.append(entry(f"lantern-{d}-d0.2-tv", drafter=d, delta=0.2, residual="tv"))
             out.append(entry(f"lantern++-{d}-k10-l5-tree", drafter=d, k=10, lam=5.0, tree="b2-2-1-1"))
+        if d == "eagle" or not quick:
+            out.append(entry(f"sd-{d}-tree", drafter=d, tree="b2-2-1-1"))
+            out.append(entry(f"lantern-{d}-d0.2-tree", drafter=d, delta=0.2, tree="b2-2-1-1"))
     return out
 
 
@@ -116,7 +117,7 @@ def main():
         if e.name not in reg.entries:  # sd-draft etc. are also the package's BENCH_METHODS (same parameters)
             reg.add(e, "experiments/lantern.py")
     cfg = RunConfig(batch_sizes=(1, 16), repeats=3 if args.quick else 5, warmup=1,
-                    n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
+                    n_images=args.n_images if args.n_images is not None else (100 if args.quick else 1000),
                     quality_batch=50, memory=False)
     command = current_command()
     rows = run_group(reg, reg.get("llamagen-ar"), entries, TARGET, cfg, reference=load_reference(),
