@@ -246,3 +246,15 @@ def test_head_condition_rows():
         rows = m.head_condition(tok, mask, labels, idx)
         z1 = m.condition(tok, mask, labels)
         assert torch.equal(rows, torch.stack([z1[0, 9], z1[0, 5], z1[1, 30], z1[1, 7]]))
+
+
+def test_preset_sizes_match_released_models():
+    """Research note §1.1: MAR-B/L/H have 208M/479M/943M parameters (with their released heads); KL-16 VAE."""
+    for name, ref in (("mar_base", 208e6), ("mar_large", 479e6), ("mar_huge", 943e6)):
+        with torch.device("meta"):
+            n = sum(p.numel() for p in MAR(preset(name)).parameters())
+        assert abs(n - ref) / ref < 0.005, (name, n)
+    with torch.device("meta"):
+        vae = AutoencoderKL()
+    assert "encoder.down.4.attn.1.q.weight" in vae.state_dict()  # attention only at running resolution 16
+    assert not any(k.startswith("decoder.up.") and ".attn." in k for k in vae.state_dict())
