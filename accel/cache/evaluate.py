@@ -77,8 +77,11 @@ def fidelity_grid(var, vae, policies: dict, *, n_images: int, batch_size: int, s
              "ssim": float(np.mean(a["ssim"])), "token_agreement": a["agree"] / a["tokens"], "n_images": n_images,
              **a["mem"]}
         if ff is not None:
-            r["fid_vs_full"] = M.fid(torch.cat(a["feats"]).double().numpy(), ff)
             r["fid_feature"] = M.metric_name("FID", "fmnist-cnn", n_images) + " vs full cache"
+            try:  # N below the feature dimension gives singular covariances the harness refuses: recorded
+                r["fid_vs_full"] = M.fid(torch.cat(a["feats"]).double().numpy(), ff)
+            except ValueError as e:
+                r["fid_vs_full"], r["fid_error"] = None, str(e)
         budget = getattr(policies[n], "budget", None)
         r["budget_kept_fraction"] = budget.kept_fraction() if budget is not None else 1.0
         res[n] = r

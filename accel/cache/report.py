@@ -50,3 +50,23 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def goal_check(rows: list[dict], budget: float = 0.1, ours: str = "scalekv",
+               rivals: tuple[str, ...] = ("snapkv", "pyramidkv", "streamingllm")) -> str:
+    """The issue's goal at ``budget``: higher PSNR and lower FID-vs-full than each rival, kept bytes <= budget."""
+    at = {r["method"]: r for r in rows if r["experiment"] == "scalekv" and abs(r["params"]["budget"] - budget) < 1e-9}
+    if ours not in at:
+        return f"goal: no {ours} row at {budget:.0%}"
+    o, lines = at[ours], []
+    for m in rivals:
+        if m not in at:
+            continue
+        r = at[m]
+        p = o["psnr"] is not None and r["psnr"] is not None and o["psnr"] > r["psnr"]
+        f = o["fid"] is not None and r["fid"] is not None and o["fid"] < r["fid"]
+        lines.append(f"vs {m}: PSNR {_fmt(o['psnr'], '.2f')} vs {_fmt(r['psnr'], '.2f')} ({'met' if p else 'missed'}), "
+                     f"FID vs full {_fmt(o['fid'], '.3f')} vs {_fmt(r['fid'], '.3f')} ({'met' if f else 'missed'})")
+    kb = o["detail"]["kv_max_kept_ratio"]
+    lines.append(f"kept bytes at the worst compressed scale = {kb:.3f} of full ({'met' if kb <= budget else 'missed'}: <= {budget:.0%})")
+    return "\n".join(f"- {x}" for x in lines)
