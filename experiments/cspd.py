@@ -3,6 +3,7 @@
     python experiments/cspd.py --quick                 # a few minutes on 2 CPU cores
     python experiments/cspd.py                          # the table in results/cspd/
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
+    python experiments/cspd.py --acceptance --quick     # acceptance vs alignment on perturbed-copy drafts
 
 Baseline: the target MAR alone, one token per AR step (``cspd-target-only``), timed interleaved with every
 CSpD variant in the same run (accel.harness.runner). Control ``target-parallel-g*``: the target alone samples
@@ -10,6 +11,7 @@ each gamma-window from one pass, the law that exact per-token CSpD samples (test
 batch size gives the cost split (draft, verify MAR pass, verify head, residual) as ``cost_split_s``.
 """
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -83,6 +85,33 @@ def registry(args) -> Registry:
     return reg
 
 
+def acceptance_ablation(args) -> list[dict]:
+    """Acceptance only (no timing): the random target vs drafts that are copies of it with every weight
+    perturbed by relative noise ``scale``: alignment, inner temperature and std-product variants."""
+    from accel.harness.results import environment, make_row
+    from accel.speculative.cspd import cspd_sample_tokens
+
+    p, _, _ = random_models(args.device, 16 if args.quick else 32)
+    rows, labels = [], torch.arange(16) % 10
+    variants = {"aligned": {}, "unaligned": dict(align=False), "aligned-T42": dict(inner_temperature=42.0),
+                "unaligned-T42": dict(align=False, inner_temperature=42.0), "aligned-paper-std": dict(std_product="paper")}
+    for scale in (1e-4, 1e-3, 1e-2):
+        torch.manual_seed(1)
+        q = copy.deepcopy(p)
+        with torch.no_grad():
+            for prm in q.parameters():
+                prm.mul_(1 + scale * torch.randn_like(prm))
+        for name, kw in variants.items():
+            cfg = CM.CSpDConfig(gamma=4, verify="independent", head_steps=args.head_steps or "100", **kw)
+            st = cspd_sample_tokens(p, q, labels, cfg, generator=torch.Generator().manual_seed(0)).stats
+            rows.append(make_row(experiment="cspd-acceptance", family="mar", model="random-mar", method=name,
+                                 params={**kw, "draft_weight_noise": scale, "gamma": 4}, batch_size=16,
+                                 acceptance_rate=st["accepted"] / st["drafted"], seed=0,
+                                 env=environment(args.device), command=current_command(), random_weights=True))
+            print(f"draft noise {scale:g} {name:<18} acceptance {st['accepted'] / st['drafted']:.3f}")
+    return rows
+
+
 def cost_split(reg: Registry, model: str, batch: int, device) -> dict[str, dict]:
     from accel.harness.registry import BuildContext
 
@@ -107,9 +136,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--n-images", type=int)
     ap.add_argument("--head-steps", help="DDPM steps of every head, baseline included (default: zoo card / 100)")
+    ap.add_argument("--acceptance", action="store_true", help="acceptance ablation on perturbed random drafts only")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.acceptance:
+        print(f"rows appended to {append_rows(args.out / 'cspd_acceptance.jsonl', acceptance_ablation(args))}")
+        return 0
     reg = registry(args)
     base = reg.get("cspd-target-only")
     model = base.models[0]
