@@ -48,8 +48,9 @@ def load_models(args, device):
     from accel import zoo
     from accel.zoo.sample import DEFAULTS
 
-    m, vae = zoo.load(args.model, device=device), zoo.load(zoo.TOKENIZER[args.model], device=device)
-    return m, vae, {k: v for k, v in DEFAULTS.get(args.model, {}).items() if k in ("cfg", "cfg_schedule", "temperature")}
+    m, vae = zoo.load(args.model, device=device), zoo.load(args.vae or zoo.TOKENIZER[args.model], device=device)
+    card = DEFAULTS.get(args.model, DEFAULTS.get("fmnist-mar", {}))  # a user file: the zoo MAR's card settings
+    return m, vae, {k: v for k, v in card.items() if k in ("cfg", "cfg_schedule", "temperature")}
 
 
 def goal_lines(rows: list[dict]) -> list[str]:
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--random", action="store_true", help="small random MAR + VAE (speed only, no quality)")
-    ap.add_argument("--model", default="fmnist-mar")
+    ap.add_argument("--model", default="fmnist-mar", help="zoo name, or a zoo-format file / training run")
+    ap.add_argument("--vae", default=None, help="tokenizer for a --model file (default: the zoo's)")
     ap.add_argument("--out", type=Path, default=Path("results/disa"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)

@@ -37,7 +37,7 @@ def load(args):
     from accel import zoo
     from accel.zoo.sample import DEFAULTS
 
-    return zoo.load(args.model), dict(DEFAULTS.get(args.model, {}))
+    return zoo.load(args.model), dict(DEFAULTS.get(args.model, DEFAULTS.get("fmnist-mar", {})))
 
 
 @torch.no_grad()
