@@ -169,3 +169,12 @@ def test_samples_npz_export(tmp_path):
     arr = np.load(path)["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (2, 4, 5, 3)
     assert arr[0, 1, 2, 0] == 255 and arr[1, 0, 0, 2] == 128 and arr[0, 0, 0, 0] == 0
+
+
+def test_unreliable_sqrtm_falls_back_to_eigen_form(monkeypatch):
+    g = rng(16)
+    x, y = g.normal(size=(30, 5)), g.normal(size=(30, 5)) + 1
+    want = M.fid(x, y)
+    monkeypatch.setattr(M.scipy.linalg, "sqrtm", lambda a: a + 5j)  # a badly complex "square root"
+    with pytest.warns(RuntimeWarning, match="eigenvalue form"):
+        assert M.fid(x, y) == pytest.approx(want, rel=1e-8)

@@ -20,6 +20,7 @@ Randomness (KID subsets, bootstrap, floors) comes from an explicit ``numpy.rando
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -56,7 +57,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
 
     ``(Σ₁Σ₂)^{1/2}`` by ``scipy.linalg.sqrtm``. When the product is singular and sqrtm returns non-finite
     values, ``eps·I`` is added to both covariances. Imaginary parts from round-off are dropped when small
-    relative to the trace; a large imaginary part is a ``ValueError`` instead of a silently wrong number.
+    relative to the trace; with a large one (singular covariances, e.g. N <= D) the result comes from the
+    exact eigenvalue form ``frechet_distance_eig`` instead, with a ``RuntimeWarning``.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -70,7 +72,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
         scale = max(1.0, float(np.abs(np.trace(s1)) + np.abs(np.trace(s2))))
         imag = float(np.max(np.abs(covmean.imag)))
         if imag > 1e-3 * scale:
-            raise ValueError(f"sqrtm(Σ₁Σ₂) has a large imaginary component ({imag:.3g}); covariances ill-conditioned")
+            # singular/ill-conditioned covariances (e.g. N <= D): sqrtm is unreliable, the eigenvalue form is exact
+            warnings.warn(f"sqrtm(Σ₁Σ₂) has a large imaginary component ({imag:.3g}); using the eigenvalue form",
+                          RuntimeWarning, stacklevel=2)
+            return frechet_distance_eig(mu1, s1, mu2, s2)
         covmean = covmean.real
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
