@@ -5,7 +5,7 @@ import matplotlib.image
 import pytest
 
 from accel.cli import main as cli
-from accel.harness.plots import experiment_groups, pareto_front, plot_all
+from accel.harness.plots import experiment_groups, kv_series, pareto_front, plot_all
 from accel.harness.results import read_rows
 from accel.harness.summary import markdown_table, summary_markdown
 
@@ -56,3 +56,11 @@ def test_summary_table():
     assert "2.50x" in table
     md = summary_markdown(rows, command="accel bench", plots=["a.png"])
     assert "FID[fixture-cnn]" in md and "![a.png](a.png)" in md and "not comparable" in md
+
+
+def test_kv_series_keeps_every_budget_of_a_method():
+    rows = [dict(method="base", baseline="base", batch_size=4, fid=1.0, kv_fraction=None),
+            dict(method="p", baseline="base", batch_size=4, fid=3.0, kv_fraction=0.1),
+            dict(method="p", baseline="base", batch_size=4, fid=2.0, kv_fraction=0.2),
+            dict(method="p", baseline="base", batch_size=1, fid=9.0, kv_fraction=0.3)]  # other batch: ignored
+    assert kv_series(rows, "fid") == {"base": [(1.0, 1.0)], "p": [(0.1, 3.0), (0.2, 2.0)]}

@@ -108,28 +108,35 @@ def plot_quality_vs_speed(rows: list[dict], out_dir: str | Path, metric: str = "
     return paths
 
 
+def kv_series(rows: list[dict], metric: str) -> dict[str, list[tuple[float, float]]]:
+    """method -> sorted (kv_fraction, metric) points at the largest batch size; the baseline sits at 1.0."""
+    rows = [r for r in rows if r.get(metric) is not None]
+    bs = max((r["batch_size"] for r in rows), default=None)  # quality is per configuration; one batch size
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if r["batch_size"] == bs:
+            frac = 1.0 if r.get("method") == r.get("baseline") else r.get("kv_fraction")
+            if frac is not None:
+                series[r["method"]].append((frac, r[metric]))
+    return {k: sorted(v) for k, v in series.items()}
+
+
 def plot_quality_vs_kv(rows: list[dict], out_dir: str | Path, metric: str = "fid") -> list[Path]:
     lower = LOWER_IS_BETTER[metric]
     paths = []
     for (exp, model), grp in sorted(experiment_groups(rows).items()):
         if not any((r.get("kv_fraction") or 1.0) < 1.0 and r.get("method") != r.get("baseline") for r in grp):
             continue
-        grp = [r for r in grp if r.get(metric) is not None]
-        bs = max((r["batch_size"] for r in grp), default=None)  # quality is per method; one point per method
-        pts = {}
-        for r in grp:
-            if r["batch_size"] == bs:
-                frac = 1.0 if r.get("method") == r.get("baseline") else r.get("kv_fraction")
-                if frac is not None:
-                    pts[r["method"]] = (frac, r[metric])
-        if not pts:
+        series = kv_series(grp, metric)
+        if not series:
             continue
         fig = Figure(figsize=(6.4, 4.4))
         ax = fig.add_subplot()
-        xs, ys = zip(*pts.values())
-        ax.scatter(xs, ys, zorder=3)
-        for name, (x, y) in pts.items():
-            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for k, (name, pts) in enumerate(sorted(series.items())):
+            is_base = any(r["method"] == name and r.get("method") == r.get("baseline") for r in grp)
+            ax.plot(*zip(*pts), marker="*" if is_base else _MARKERS[k % len(_MARKERS)], ms=10 if is_base else 6,
+                    label=f"{name} (full cache)" if is_base else name)
+        ax.legend(fontsize=7)
         ax.set_xlabel("KV cache budget (fraction of the full cache's bytes)")
         ax.set_ylabel(f"{_label(metric, grp)} ({'lower' if lower else 'higher'} is better)")
         ax.set_title(f"{exp} on {model}: quality vs KV budget")
