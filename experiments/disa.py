@@ -121,11 +121,13 @@ def main(argv=None) -> int:
     entries = list(reg.entries.values())
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     rows = run_group(reg, entries[0], entries[1:], name, cfg, reference=ref, command=current_command(), progress=say)
-    for r in rows:  # work per image: MAR passes and head net row-evaluations (one probe call per row too)
-        sched, it = specs[r["method"]]
-        s = reg.get(r["method"]).build(None).sample_tokens(torch.zeros(1, dtype=torch.long, device=device),
-                                                             generator=torch.Generator(device).manual_seed(0)).stats
-        r.update(head_rows_per_image=s["head_rows"], random_weights=bool(args.random))
+    work = {}  # head net row-evaluations per image (probes included), from one batch-1 call per method
+    for r in rows:
+        if r["method"] not in work:
+            s = reg.get(r["method"]).build(None).sample_tokens(torch.zeros(1, dtype=torch.long, device=device),
+                                                                 generator=torch.Generator(device).manual_seed(0))
+            work[r["method"]] = s.stats["head_rows"]
+        r.update(head_rows_per_image=work[r["method"]], random_weights=bool(args.random))
     # the head alone at fixed iteration counts: MAR's 100 steps vs the annealed schedules, same conditions
     head_rows = []
     for it in sorted({it for _, it in specs.values()}):
