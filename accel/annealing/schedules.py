@@ -24,9 +24,10 @@ so a head that accepts a timestep list reproduces both.
 
 Schedules are pure frozen dataclasses, callable as ``schedule(ar_step, num_ar_steps) -> steps`` (the
 ``StepSchedule`` protocol of DESIGN.md), with ``timesteps(...)`` for the respaced original timesteps.
-Any sampler that runs a diffusion head per AR step can use them (e.g. both heads inside CSpD: call
-``schedule.timesteps(k, N)`` once per AR step and give the same list to draft and target, which keeps
-their trajectories aligned because they then share timesteps and noise shapes).
+Any sampler that runs a diffusion head per AR step can use them. CSpD (one token per AR step, N = L):
+at AR step n give draft q and target p the SAME ``schedule.timesteps(n, L)`` (or the prebuilt
+``accel.annealing.disa.ddpm_schedules(schedule, L)[n]``) and draw the shared x_T / per-step noise with that
+step count; trajectory alignment needs identical timesteps and noise shapes in both heads.
 """
 from __future__ import annotations
 
