@@ -25,7 +25,9 @@ def configure(p):
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--topk-fraction", type=float, default=0.1, help="K' = ceil(this * history) in the ASI")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.04, 0.1, 0.2])
-    p.add_argument("--window", type=int, default=16, help="observation window (a square number: g x g centroids)")
+    p.add_argument("--window", type=int, default=0,
+                   help="observation window, a square number (g x g centroids); 0 = per fraction, "
+                        "accel.cache.evaluate.choose_window (16 for large models)")
     p.add_argument("--drafter-fraction", type=float, default=0.125)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
@@ -43,13 +45,15 @@ def load_var_pair(model: str, vae: str | None, device: str):
 
 
 def budgets_for(calib: dict, fractions, window: int, drafter_fraction: float) -> dict:
+    from accel.cache.evaluate import choose_window
     from accel.cache.scalekv import ScaleKV
 
     out = {}
     for f in fractions:
-        row = {}
+        w = window or choose_window(calib["maps"], calib["depth"], f)
+        row = {"window": w}
         for split in ("paper", "code"):
-            pol = ScaleKV.from_calibration(calib, f, split=split, window=window, drafter_fraction=drafter_fraction)
+            pol = ScaleKV.from_calibration(calib, f, split=split, window=w, drafter_fraction=drafter_fraction)
             row[split] = {**pol.budget.to_dict(), "drafters": [list(r) for r in pol.drafters],
                           "kept_fraction": pol.budget.kept_fraction()}
         out[f"{f:g}"] = row
