@@ -77,9 +77,10 @@ def registry(args) -> Registry:
     reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
                         models=("random-mar",), experiment="cspd", params={"head_steps": base.head_steps}))
     for name, kw in grid(args.quick, args.head_steps):
-        def build(ctx, n=name, k=dict(kw)):
+        def build(ctx, n=name, kw=kw):
             p, q, vae = get(ctx)
-            return CM.CSpDMAR(p, q if k.pop("draft", "draft") else None, vae, CM.CSpDConfig(**k), name=n)
+            k = {a: b for a, b in kw.items() if a != "draft"}
+            return CM.CSpDMAR(p, q if kw.get("draft", "draft") else None, vae, CM.CSpDConfig(**k), name=n)
         reg.add(MethodEntry(name, "mar", build, models=("random-mar",), baseline="cspd-target-only",
                             experiment="cspd", params=kw))
     return reg
@@ -112,6 +113,34 @@ def acceptance_ablation(args) -> list[dict]:
     return rows
 
 
+def plot(out: Path) -> Path:
+    """Speed-up per method and batch size of the latest run in ``out/cspd.jsonl`` (reads JSONL only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from accel.harness.results import read_rows
+
+    rows = read_rows(out / "cspd.jsonl")
+    rows = [r for r in rows if r.get("run_id") == rows[-1].get("run_id")]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    batches = sorted({r["batch_size"] for r in rows})
+    fig, ax = plt.subplots(figsize=(9, 4))
+    w = 0.8 / len(batches)
+    for i, bs in enumerate(batches):
+        val = {r["method"]: r["speedup"] for r in rows if r["batch_size"] == bs}
+        ax.bar([m + i * w for m in range(len(methods))], [val.get(m, 0) for m in methods], w, label=f"batch {bs}")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([m + w * (len(batches) - 1) / 2 for m in range(len(methods))], methods, rotation=30, ha="right")
+    ax.set_ylabel("speed-up vs target alone (1 token/step)")
+    ax.set_title("CSpD" + (" (RANDOM weights: speed only)" if rows[-1].get("random_weights") else ""))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "cspd_speedup.png", dpi=120)
+    return out / "cspd_speedup.png"
+
+
 def cost_split(reg: Registry, model: str, batch: int, device) -> dict[str, dict]:
     from accel.harness.registry import BuildContext
 
@@ -137,9 +166,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n-images", type=int)
     ap.add_argument("--head-steps", help="DDPM steps of every head, baseline included (default: zoo card / 100)")
     ap.add_argument("--acceptance", action="store_true", help="acceptance ablation on perturbed random drafts only")
+    ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plot:
+        print(f"plot written to {plot(args.out)}")
+        return 0
     if args.acceptance:
         print(f"rows appended to {append_rows(args.out / 'cspd_acceptance.jsonl', acceptance_ablation(args))}")
         return 0
@@ -170,7 +203,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['method']:<28} bs={r['batch_size']:<3} speedup={r['speedup']:.2f}x "
               f"accept={r.get('acceptance_rate')} fid={r.get('fid')} split={r.get('cost_split_s')}")
-    print(f"rows appended to {path}")
+    print(f"rows appended to {path}; plot {plot(args.out)}")
     return 0
 
 
