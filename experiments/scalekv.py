@@ -53,7 +53,10 @@ def load(args):
         return "random-init-var-d6", var.eval(), vae.eval()
     from accel import zoo
 
-    return args.model, zoo.load(args.model), zoo.load(zoo.TOKENIZER[args.model])
+    vae = args.vae or zoo.TOKENIZER.get(args.model)
+    if vae is None:
+        raise SystemExit(f"--vae is required for {args.model!r} (not a zoo generator)")
+    return Path(args.model).stem, zoo.load(args.model), zoo.load(vae)
 
 
 def peak_rss_child(spec: dict) -> None:
@@ -73,6 +76,7 @@ def peak_rss_child(spec: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="fmnist-var")
+    p.add_argument("--vae", default=None, help="VQVAE of --model (default: its zoo tokenizer)")
     p.add_argument("--random-init", action="store_true")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--n-images", type=int, default=None)
@@ -125,7 +129,7 @@ def main() -> int:
                              token_agreement=r["token_agreement"], fid=r.get("fid_vs_full"),
                              fid_feature=r.get("fid_feature"), env=env, command=cmd, detail=r))
     for pn in ("full", "snapkv", "scalekv"):
-        spec = {"random_init": args.random_init, "model": args.model, "calib_path": str(calib_path), "policy": pn,
+        spec = {"random_init": args.random_init, "model": args.model, "vae": args.vae, "calib_path": str(calib_path), "policy": pn,
                 "window": windows[0.1], "batch_size": args.batch_size, "cfg": args.cfg}
         out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--peak-child", json.dumps(spec)],
                              capture_output=True, text=True)
