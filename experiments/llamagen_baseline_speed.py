@@ -38,10 +38,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cfg-scale", type=float, default=2.0)
+    ap.add_argument("--model", default=None, help="a zoo model (e.g. fmnist-llamagen) instead of the random 3.7M config")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Transformer(CFG_3M).eval()
+    if args.model:
+        from accel import zoo
+
+        model = zoo.load(args.model).eval()
+    else:
+        model = Transformer(CFG_3M).eval()
     timed = ForwardTimer(model)
     sc = SamplingConfig(cfg_scale=args.cfg_scale)
     rows = []
@@ -58,7 +64,8 @@ def main():
             totals.append(total)
             shares.append(1 - timed.inside / total)
         med = statistics.median(totals)
-        rows.append(dict(batch=batch, params=model.num_params(), tokens_per_s=batch * CFG_3M.block_size / med,
+        rows.append(dict(model=args.model or "random-3.7M", batch=batch, params=model.num_params(),
+                         tokens_per_s=batch * model.config.block_size / med,
                          latency_s=med, outside_forward_share=statistics.median(shares),
                          threads=torch.get_num_threads(), cfg_scale=args.cfg_scale))
         print(json.dumps(rows[-1]))
