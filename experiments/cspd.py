@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-steps", help="DDPM steps of every head, baseline included (default: zoo card / 100)")
     ap.add_argument("--acceptance", action="store_true", help="acceptance ablation on perturbed random drafts only")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
+    ap.add_argument("--methods", nargs="+", help="run only these grid entries (the baseline always runs)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,7 +193,10 @@ def main(argv=None) -> int:
         from accel.harness.baselines import load_reference
 
         ref = load_reference(args.device)
-    entries = [e for e in reg.entries.values() if e.baseline is not None]
+    entries = [e for e in reg.entries.values() if e.baseline is not None and (not args.methods or e.name in args.methods)]
+    for name in set(args.methods or ()) - set(reg.entries):
+        raise KeyError(f"unknown method {name!r}; valid: {sorted(reg.entries)}")
+    reg = Registry({e.name: e for e in [base, *entries]}, modules=reg.modules)
     rows = run_group(reg, base, entries, model, cfg, reference=ref, command=current_command(),
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     splits = {bs: cost_split(reg, model, bs, args.device) for bs in cfg.batch_sizes}

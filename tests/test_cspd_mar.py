@@ -146,3 +146,19 @@ def test_exact_independent_verification_samples_the_draft_free_control():
     broken, s2 = toks(mar(5), 2, inner_temperature=1e6)  # relaxed into "accept every draft"
     assert s2["accepted"] == s2["drafted"]
     assert min_p(broken, ctrl) * L * CFG.vae_embed_dim < 1e-6
+
+
+def test_row_cfg_adapter_equals_head_with_one_scale():
+    from accel.models.mar_head import DDPMSchedule, HeadNoise
+    from accel.speculative.cspd import head_stats, row_cfg_head_stats
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, CFG.decoder_embed_dim, generator=g)  # [cond; uncond], N = 3
+    sched = DDPMSchedule.respaced(HEAD)
+    noise = HeadNoise(torch.randn(3, 4, generator=g), torch.randn(sched.num_steps, 3, 4, generator=g))
+    want = head_stats(P.head, z, sched, noise, 0.9, 2.5)
+    got = row_cfg_head_stats(P.head, z, sched, noise, 0.9, torch.full((3,), 2.5))
+    for f in ("final_mean", "final_std", "log_std_sum", "sample"):
+        torch.testing.assert_close(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-5)
+    other = row_cfg_head_stats(P.head, z, sched, noise, 0.9, torch.tensor([2.5, 1.0, 2.5]))
+    assert torch.equal(other.sample[0], got.sample[0]) and not torch.equal(other.sample[1], got.sample[1])

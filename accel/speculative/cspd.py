@@ -99,6 +99,30 @@ def aligned_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, x_T, inter_noi
     return head_stats(head, z, schedule, HeadNoise(x_T, inter_noise.flip(0)), temperature, cfg, all_rows=True)
 
 
+def row_cfg_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, noise: HeadNoise, temperature, scale) -> HeadStats:
+    """``head_stats`` with a CFG scale per conditional row (N,), rows z = [cond; uncond] (2N, D).
+
+    Adapter: ``DiffLoss.step_stats`` takes one scalar scale per call; the DDPM step below is the same
+    (official p_mean_variance, learned-range variance, eps guided, variance channels not) on the head's net.
+    """
+    N, C, net = z.shape[0] // 2, head.in_channels, head.net
+    x, steps = torch.cat([noise.x_T, noise.x_T]), torch.cat([noise.steps, noise.steps], 1)
+    co = schedule.table(z.device)
+    c_emb, lsum = net.cond_embed(z), torch.zeros(N, C, device=z.device)
+    for k in range(schedule.num_steps):
+        i = schedule.num_steps - 1 - k
+        y = net.time_embed(co["t"][i:i + 1]) + c_emb
+        eps, v = net.guide(net.forward_embedded(net.dup_half(x), y), scale[:, None]).split(C, dim=1)
+        frac = (v + 1) / 2  # learned-range variance (Nichol & Dhariwal eq. 15)
+        logvar = frac * co["max_log"][i] + (1 - frac) * co["min_log"][i]
+        x0 = co["sqrt_recip_abar"][i] * x - co["sqrt_recipm1_abar"][i] * eps  # DDPM eq. 11 inverted
+        mean = co["coef1"][i] * x0 + co["coef2"][i] * x  # DDPM eq. 7
+        if i != 0:
+            lsum = lsum + 0.5 * logvar[:N]
+        x = mean + float(i != 0) * torch.exp(0.5 * logvar) * steps[k] * temperature
+    return HeadStats(mean[:N], (0.5 * logvar[:N]).exp() * temperature, lsum, x[:N])
+
+
 @dataclass
 class CSpDResult:
     tokens: torch.Tensor  # (B, C, h, w) latents, as MAR's sample_tokens
@@ -159,22 +183,20 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         return s.to(dev) if isinstance(s, torch.Tensor) else s
 
     def run_head(model, z, pos, noise_xT, noise_steps, steps_n):
-        """Head stats at positions pos (B, g) from conditions z (B or 2B, L, D); one call per distinct CFG
-        value (a window's positions have different linear-schedule scales)."""
+        """Head stats at positions pos (B, g) from conditions z (B or 2B, L, D): ONE head call for the window;
+        under CFG each position gets its own one-token-per-step scale (rows [cond; uncond])."""
         g = pos.shape[1]
-        groups = [list(range(g))] if not use_cfg or cfg.cfg_schedule == "constant" else [[j] for j in range(g)]
-        out = {}
-        for js in groups:
-            bi, pj = ar[:, None].expand(B, len(js)).reshape(-1), pos[:, js].reshape(-1)
-            rows = torch.cat([z[bi, pj], z[B + bi, pj]]) if use_cfg else z[bi, pj]
-            xT = noise_xT[:, js].reshape(-1, C)
-            steps = noise_steps[:, js].permute(2, 0, 1, 3).reshape(S, -1, C)
-            out[tuple(js)] = head_stats(model.head, rows, sched, HeadNoise(xT, steps), cfg.temperature,
-                                        cfg_scale(steps_n[js[0]]))
-            st["head_steps"] += S
-            st["head_rows"] += S * len(rows)
-        cat = lambda f: torch.cat([getattr(out[k], f).reshape(B, len(k), C) for k in out], 1)  # noqa: E731
-        return HeadStats(cat("final_mean"), cat("final_std"), cat("log_std_sum"), cat("sample"))
+        bi, pj = ar[:, None].expand(B, g).reshape(-1), pos.reshape(-1)
+        rows = torch.cat([z[bi, pj], z[B + bi, pj]]) if use_cfg else z[bi, pj]
+        noise = HeadNoise(noise_xT.reshape(-1, C), noise_steps.permute(2, 0, 1, 3).reshape(S, -1, C))
+        if use_cfg:
+            scale = torch.tensor([float(cfg_scale(k)) for k in steps_n], device=dev).repeat(B)  # (B*g,)
+            hs = row_cfg_head_stats(model.head, rows, sched, noise, cfg.temperature, scale)
+        else:
+            hs = head_stats(model.head, rows, sched, noise, cfg.temperature)
+        st["head_steps"] += S
+        st["head_rows"] += S * len(rows)
+        return HeadStats(*(getattr(hs, f).reshape(B, g, C) for f in ("final_mean", "final_std", "log_std_sum", "sample")))
 
     def last_step(hs: HeadStats):  # the token: the last Gaussian step with the model's own noise
         return hs.final_mean + hs.final_std * randn(*hs.final_mean.shape)
