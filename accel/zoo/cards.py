@@ -92,6 +92,24 @@ def forward_latency(name: str, device="cpu") -> dict:
         img = torch.zeros(1, 3, 32, 32, device=device)
         out["forward_s"] = median_latency(lambda: model(img))
         out["params"] = sum(p.numel() for p in model.parameters())
+    elif kind == "mar-vae":
+        img = torch.zeros(1, 3, 32, 32, device=device)
+        z = model.encode(img).mean
+        out["decode_s"] = median_latency(lambda: model.decode(z))
+        out["encode_s"] = median_latency(lambda: model.encode(img))
+        out["params"] = sum(p.numel() for p in model.parameters())
+    elif kind == "mar":
+        c = model.cfg
+        toks = torch.zeros(1, c.seq_len, c.token_embed_dim, device=device)
+        mask = torch.zeros(1, c.seq_len, device=device)
+        mask[:, c.seq_len // 2:] = 1  # half known
+        lab = torch.zeros(1, dtype=torch.long, device=device)
+        z = model.condition(toks, mask, lab)
+        t = torch.tensor([500], device=device)
+        x = torch.zeros(1, c.token_embed_dim, device=device)
+        out["condition_s"] = median_latency(lambda: model.condition(toks, mask, lab))  # encoder + decoder pass
+        out["head_net_s"] = median_latency(lambda: model.diffloss.net(x, t, z[0, :1]))  # one diffusion step, 1 token
+        out["params"] = sum(p.numel() for p in model.parameters())
     else:
         out["note"] = f"no latency probe for kind {kind!r}"
     return out
