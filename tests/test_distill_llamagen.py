@@ -50,6 +50,14 @@ def test_pair_generation_resumes_and_splits_across_processes(tmp_path):
     assert len(w0) == 2 and len(w1) == 1
     split = load_pairs(two)
     assert all(torch.equal(full[k], split[k]) for k in full)
+    # growing the set keeps the existing shards and adds the new ones; another teacher config is refused
+    from dataclasses import replace
+    assert generate_pairs(nm, replace(spec, n_pairs=14), one, progress=False) == [shard_path(one, 2), shard_path(one, 3)]
+    grown = load_pairs(one)
+    assert len(grown["labels"]) == 14 and torch.equal(grown["tokens"][:8], full["tokens"][:8])
+    import pytest
+    with pytest.raises(ValueError, match="another spec"):
+        generate_pairs(nm, replace(spec, seed=6), one, progress=False)
 
 
 def test_student_init_reproduces_teacher_on_data_inputs():

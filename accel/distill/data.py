@@ -5,7 +5,8 @@ The paper's data-generation code is unreleased (research/dd_var_scalekv.md §2.1
 - noise for pair ``i`` is drawn from a generator seeded by ``(seed, i)``, the class label is ``i % C``,
   so any shard can be (re)made by any process and 1 or N processes write identical files;
 - shard ``s`` holds pairs ``[s*S, (s+1)*S)`` and is written atomically (temp file + ``os.replace``); a
-  shard already on disk is skipped, so an interrupted run resumes where it stopped;
+  shard already on disk is skipped, so an interrupted run resumes where it stopped, and rerunning with a
+  larger ``n_pairs`` extends the set (a partial last shard is remade);
 - with several processes (``accelerate launch``), shard ``s`` belongs to process ``s % world``.
 
 Each shard is a dict ``{"noise": (S, n, d) fp32, "tokens": (S, n) int16/32, "labels": (S,) long,
@@ -55,6 +56,15 @@ def shard_path(out_dir: Path, s: int) -> Path:
     return Path(out_dir) / f"shard_{s:05d}.pt"
 
 
+def _complete(out_dir: Path, s: int, spec: PairSpec) -> bool:
+    """Shard ``s`` is on disk with every pair it should hold (a last shard grows with ``n_pairs``)."""
+    path = shard_path(out_dir, s)
+    if not path.exists():
+        return False
+    want = min((s + 1) * spec.shard_size, spec.n_pairs) - s * spec.shard_size
+    return len(torch.load(path, weights_only=True)["index"]) == want
+
+
 def generate_pairs(noise_map: NoiseMap, spec: PairSpec, out_dir: str | Path, *, rank: int = 0, world: int = 1,
                    batch_size: int = 64, meta: dict | None = None, progress: bool = True) -> list[Path]:
     """Write this process's missing shards; returns the shard paths it wrote."""
@@ -63,11 +73,14 @@ def generate_pairs(noise_map: NoiseMap, spec: PairSpec, out_dir: str | Path, *, 
     spec_file = out_dir / "spec.json"
     info = {"spec": asdict(spec), "meta": meta or {}}
     if spec_file.exists():
-        if json.loads(spec_file.read_text())["spec"] != info["spec"]:
-            raise ValueError(f"{out_dir} holds pairs of another spec ({spec_file}); use a new folder")
-    elif rank == 0:
+        # Shard contents depend on everything but n_pairs: a run may grow (or shrink) the pair count.
+        old = json.loads(spec_file.read_text())
+        strip = lambda d: {k: v for k, v in d["spec"].items() if k != "n_pairs"}  # noqa: E731
+        if strip(old) != strip(info) or old.get("meta", {}) != info["meta"]:
+            raise ValueError(f"{out_dir} holds pairs of another spec or teacher ({spec_file}); use a new folder")
+    if rank == 0:
         spec_file.write_text(json.dumps(info, indent=1))
-    mine = [s for s in range(spec.n_shards) if s % world == rank and not shard_path(out_dir, s).exists()]
+    mine = [s for s in range(spec.n_shards) if s % world == rank and not _complete(out_dir, s, spec)]
     written = []
     for s in tqdm(mine, desc=f"distill pairs (rank {rank})", disable=not progress):
         index = torch.arange(s * spec.shard_size, min((s + 1) * spec.shard_size, spec.n_pairs))
