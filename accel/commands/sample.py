@@ -37,14 +37,19 @@ def main(args: argparse.Namespace) -> int:
               else class_grid_labels(args.per_class))
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
-    if args.method is None:
-        images = ZooSampler(args.model, args.device, **overrides)(labels, generator=gen)
-    else:
-        from accel.harness.registry import BuildContext, discover
+    if overrides and args.method is not None:
+        print("accel sample: --set changes plain sampling only; a method's settings come from its registry "
+              "entry (accel bench --list)", file=sys.stderr)
+        return 2
+    with torch.no_grad():
+        if args.method is None:
+            images = ZooSampler(args.model, args.device, **overrides)(labels, generator=gen)
+        else:
+            from accel.harness.registry import BuildContext, discover
 
-        reg = discover()
-        method = reg.get(args.method).build(BuildContext(model=args.model, device=torch.device(args.device)))
-        images = method.generate(labels.to(args.device), generator=gen).images
+            reg = discover()
+            method = reg.get(args.method).build(BuildContext(model=args.model, device=torch.device(args.device)))
+            images = method.generate(labels.to(args.device), generator=gen).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_png(to_grid(images.cpu(), ncol=args.per_class), args.out)
     print(f"wrote {args.out} ({len(labels)} images of {args.model}"

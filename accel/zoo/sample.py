@@ -84,4 +84,4 @@ def save_png(img: Tensor, path) -> None:
     """Write a (3, H, W) [0, 1] image as PNG (matplotlib, no extra dependency)."""
     import matplotlib.image
 
-    matplotlib.image.imsave(str(path), img.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    matplotlib.image.imsave(str(path), img.detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
