@@ -44,7 +44,7 @@ def _vae(cfg: dict):
 class VAERecipe(Recipe):
     name: str = "fmnist-mar-vae"
     kind: str = "mar-vae"
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 4e-4
     betas: tuple[float, float] = (0.5, 0.9)  # LDM autoencoder Adam betas
