@@ -104,3 +104,4 @@ def test_cpu_peak_memory_subprocess():
     assert rows[0]["peak_mem_bytes"] is None  # only the largest batch is measured here
     assert rows[1]["peak_mem_kind"] == "cpu_subprocess_max_rss"
     assert rows[1]["peak_mem_bytes"] > 10 * 2**20  # a Python process with torch imported is far above 10 MiB
+    assert 0 < rows[1]["peak_mem_before_generate_bytes"] <= rows[1]["peak_mem_bytes"]

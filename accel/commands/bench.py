@@ -29,7 +29,9 @@ def configure(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice; recorded)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (recorded). Default on CPU: 1, because on shared cores more threads "
+                        "can be 10x slower and noisy; on CUDA: torch's choice")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (bench.jsonl is appended to)")
     p.add_argument("--memory", choices=("largest", "all", "none"), default="largest",
                    help="peak memory at the largest batch size only (default), at every batch size, or not at all "
@@ -115,10 +117,11 @@ def main(args) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         return _err("--device cuda requested but torch.cuda.is_available() is False")
 
-    if args.threads is not None:
-        if args.threads < 1:
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
+    if threads is not None:
+        if threads < 1:
             return _err("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     reg = discover(modules=args.plugin)
     for mod, err in reg.errors.items():
         print(f"accel bench: warning: could not import {mod}: {err}", file=sys.stderr)

@@ -67,11 +67,14 @@ class Registry:
     entries: dict[str, MethodEntry] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # module -> import error
     modules: tuple[str, ...] = ()  # where the entries came from (so a subprocess can rediscover them)
+    sources: dict[str, str] = field(default_factory=dict)  # method name -> module defining its BENCH_METHODS
 
     def add(self, entry: MethodEntry, source: str = "") -> None:
         if entry.name in self.entries:
             raise ValueError(f"method {entry.name!r} registered twice (again in {source or '?'})")
         self.entries[entry.name] = entry
+        if source:
+            self.sources[entry.name] = source
 
     def get(self, name: str) -> MethodEntry:
         try:

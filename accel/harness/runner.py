@@ -85,7 +85,8 @@ def _peak_memory(entry: MethodEntry, call, model: str, bs: int, cfg: RunConfig, 
     if device.type == "cuda":
         return cuda_peak(lambda: call(0), device)
     if device.type == "cpu":
-        return cpu_subprocess_peak(method=entry.name, model=model, modules=reg.modules, batch_size=bs,
+        need = tuple(dict.fromkeys(reg.sources[n] for n in (entry.name, reg.baseline_of(entry).name) if n in reg.sources))
+        return cpu_subprocess_peak(method=entry.name, model=model, modules=need or reg.modules, batch_size=bs,
                                    num_classes=cfg.num_classes, seed=cfg.seed, dtype=cfg.dtype)
     return None
 
@@ -185,6 +186,7 @@ def run_group(
                 n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
                 images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name, repeats=cfg.repeats,
                 **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,
+                peak_mem_before_generate_bytes=mem.baseline_bytes if mem else None,
                 **quality[e.name], env=env, command=command, run_id=run_id, dtype=cfg.dtype,
             ))
     if world > 1:

@@ -20,6 +20,7 @@ COLUMNS = (  # (header, field, format)
     ("KV bytes", "kv_bytes", "{:,}"),
     ("KV frac", "kv_fraction", "{:.2f}"),
     ("peak mem MiB", "peak_mem_bytes", "mib"),
+    ("of which before generate", "peak_mem_before_generate_bytes", "mib"),
     ("FID", "fid", "{:.2f}"),
     ("FID 95% CI", "fid_ci", "ci"),
     ("floor", "fid_floor", "{:.2f}"),
