@@ -26,7 +26,7 @@ def test_bench_end_to_end(tmp_path, fake_reference, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith("| experiment") and "fake-lossy" in out
     summary = (tmp_path / "summary.md").read_text()
-    assert "fake-fast" in summary and "FID[fake-cnn]" in summary
+    assert "fake-fast" in summary and "classifier fake-cnn," in summary
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["fakecache_fake-model_fid_vs_kv.png", "fakecache_fake-model_fid_vs_speedup.png",
                     "fakespec_fake-model_fid_vs_speedup.png"]

@@ -55,7 +55,7 @@ def test_summary_table():
     assert "speed-up" in lines[0] and "peak mem" not in lines[0]  # empty columns dropped
     assert "2.50x" in table
     md = summary_markdown(rows, command="accel bench", plots=["a.png"])
-    assert "FID[fixture-cnn]" in md and "![a.png](a.png)" in md and "not comparable" in md
+    assert "classifier fixture-cnn," in md and "![a.png](a.png)" in md and "not comparable" in md
 
 
 def test_kv_series_keeps_every_budget_of_a_method():

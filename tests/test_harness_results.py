@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from accel.harness.results import FIELDS, append_rows, environment, make_row, read_rows
+from accel.harness.results import FIELDS, append_rows, current_command, environment, make_row, read_rows
 
 REQUIRED = ("experiment family model method params batch_size n_images seed latency_s images_per_s speedup baseline "
             "nfe_target nfe_draft mean_accept_len acceptance_rate head_steps kv_bytes kv_fraction fid fid_feature kid "
@@ -23,6 +23,13 @@ def test_row_has_all_design_fields_and_nulls():
     assert row["psnr"] is None and row["nonfinite"] == ["psnr=inf"]
     with pytest.raises(TypeError):
         make_row(params={"x": object()})
+
+
+def test_current_command(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/x/accel/__main__.py", "bench", "--out", "a b"])
+    assert current_command() == "python -m accel bench --out 'a b'"
+    monkeypatch.setattr("sys.argv", ["/usr/bin/accel", "plot", "r.jsonl"])
+    assert current_command() == "accel plot r.jsonl"
 
 
 def test_environment_fields():

@@ -61,7 +61,10 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def current_command() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command line of this process (``python -m accel ...`` when run as a module)."""
+    prog = Path(sys.argv[0])
+    head = f"python -m {prog.parent.name}" if prog.name == "__main__.py" else shlex.quote(prog.name)
+    return " ".join([head, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def _clean(value: Any, key: str, nonfinite: list[str]) -> Any:

@@ -56,7 +56,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def summary_markdown(rows: list[dict[str, Any]], *, command: str, plots: list[str] = (), notes: list[str] = ()) -> str:
     """summary.md: the command, the environment, the quality metric's honest name, the table, the plots."""
     env = rows[0].get("env", {}) if rows else {}
-    feats = sorted({r["fid_feature"].split(",")[0] + "]" for r in rows if r.get("fid_feature")})
+    feats = sorted({r["fid_feature"].split("[", 1)[1].split(",")[0] for r in rows if "[" in (r.get("fid_feature") or "")})
     parts = [
         "# accel bench results",
         "",
@@ -69,9 +69,9 @@ def summary_markdown(rows: list[dict[str, Any]], *, command: str, plots: list[st
         + ", ".join(sorted({r["peak_mem_kind"] for r in rows if r.get("peak_mem_kind")}) or ["not measured"]) + ".",
     ]
     if feats:
-        parts += ["", f"FID/KID/precision/recall use the features of {', '.join(feats)} (the zoo classifier), not "
-                      "Inception: they are not comparable with published ImageNet numbers. `floor` is the FID of "
-                      "the same number of real images."]
+        parts += ["", f"FID/KID/precision/recall use the penultimate features of the classifier {', '.join(feats)}, "
+                      "not Inception: they are not comparable with published ImageNet numbers. `floor` is the FID of "
+                      "the same number of real images; the FID interval is a normal bootstrap interval."]
     parts += ["", markdown_table(rows)]
     if notes:
         parts += ["", "Not run:", "", *[f"- {n}" for n in notes]]
