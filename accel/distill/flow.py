@@ -27,7 +27,9 @@ from torch import Tensor
 def posterior_weights(x: Tensor, t: float, codes: Tensor, logp: Tensor) -> Tensor:
     """w_i(x, t) (..., V), computed in float32 log space."""
     x, codes, logp = x.float(), codes.float(), logp.float()
-    d2 = (x.unsqueeze(-2) - t * codes).pow(2).sum(-1)  # (..., V)
+    # ||x - t c_i||^2 = ||x||^2 - 2t x.c_i + t^2 ||c_i||^2; the first term is the same for every i and
+    # cancels in the softmax, so only a (..., d) @ (d, V) product is needed (no (..., V, d) tensor).
+    d2 = t * t * codes.pow(2).sum(-1) - 2 * t * (x @ codes.t())  # (..., V)
     return torch.softmax(logp - d2 / (2 * (1 - t) ** 2), dim=-1)
 
 
