@@ -11,16 +11,24 @@ from __future__ import annotations
 import os
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
-PRESET = dict(batch_sizes=(1, 16), repeats=3, warmup=1, n_images=200, quality_batch=50)  # fits < 10 min on 2 cores
+# The quick preset. Quality N per family, sized by measured zoo throughput on 2 shared CPU cores (LlamaGen AR:
+# ~3.5 img/s at batch 16 with 1 thread under load; MAR with its card's 16 iterations x 50 head steps is ~10x
+# slower), so the whole preset stays near 10 minutes; every FID label carries its N. --n-images overrides.
+PRESET = dict(batch_sizes=(1, 8), repeats=3, warmup=1, quality_batch=50)
+PRESET_N = {"llamagen": 200, "var": 200, "mar": 50}
+DEFAULT_N = 200
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def configure(p):
     p.add_argument("--method", action="append", default=None, help="method to run (repeatable); default: the quick preset")
     p.add_argument("--model", action="append", default=None, help="zoo model (repeatable); default: each method's first model")
-    p.add_argument("--n-images", type=int, default=PRESET["n_images"], help="samples per method for quality (0: speed only)")
+    p.add_argument("--n-images", type=int, default=None,
+                   help=f"samples per method for quality (0: speed only; default per family: "
+                        f"{', '.join(f'{k} {v}' for k, v in PRESET_N.items())}, others {DEFAULT_N})")
     p.add_argument("--batch-size", type=int, action="append", default=None,
                    help=f"timing batch size (repeatable; default {' '.join(map(str, PRESET['batch_sizes']))}: latency and throughput)")
     p.add_argument("--quality-batch", type=int, default=PRESET["quality_batch"], help="chunk size of the quality pass")
@@ -106,7 +114,7 @@ def main(args) -> int:
     from accel.harness.summary import markdown_table, summary_markdown
 
     for name in ("n_images", "repeats", "warmup", "quality_batch"):
-        if getattr(args, name) < (1 if name in ("repeats", "quality_batch") else 0):
+        if getattr(args, name) is not None and getattr(args, name) < (1 if name in ("repeats", "quality_batch") else 0):
             return _err(f"--{name.replace('_', '-')} must be >= {1 if name in ('repeats', 'quality_batch') else 0}")
     if any(b < 1 for b in args.batch_size or []):
         return _err("--batch-size must be >= 1")
@@ -143,7 +151,7 @@ def main(args) -> int:
         print(f"accel bench: {note}", file=sys.stderr)
 
     reference = None
-    if args.n_images > 0:
+    if args.n_images is None or args.n_images > 0:
         try:
             reference = _load_reference(device)
         except (FileNotFoundError, ImportError, KeyError, AttributeError) as e:
@@ -152,7 +160,7 @@ def main(args) -> int:
     _init_distributed(args.device)
     rank = int(os.environ.get("RANK", "0"))
     cfg = RunConfig(batch_sizes=tuple(args.batch_size or PRESET["batch_sizes"]), repeats=args.repeats, warmup=args.warmup,
-                    n_images=args.n_images, quality_batch=args.quality_batch, seed=args.seed, device=args.device,
+                    n_images=args.n_images or 0, quality_batch=args.quality_batch, seed=args.seed, device=args.device,
                     dtype=args.dtype, memory=not args.no_memory and args.memory != "none",
                     memory_all_batches=args.memory == "all",
                     samples_dir=args.out / "samples" if args.save_samples else None)
@@ -162,7 +170,8 @@ def main(args) -> int:
     for base, entries, model in plan:
         print(f"== {model}: {base.name} vs {', '.join(e.name for e in entries if e is not base) or '(baseline only)'}",
               file=sys.stderr)
-        group_rows = run_group(reg, base, entries, model, cfg, reference=reference, command=command, run_id=run_id,
+        n = args.n_images if args.n_images is not None else PRESET_N.get(base.family, DEFAULT_N)
+        group_rows = run_group(reg, base, entries, model, replace(cfg, n_images=n), reference=reference, command=command, run_id=run_id,
                                progress=lambda msg: print(f"   {msg}", file=sys.stderr))
         if rank == 0:
             append_rows(out_jsonl, group_rows)  # each finished group is on disk even if a later one fails
