@@ -28,6 +28,7 @@ ZOO = {
     "fmnist-var-vqvae": ("var", "tokenizer", "VAR multi-scale VQVAE, scales ending at 8x8"),
     "fmnist-var": ("var", "target", "VAR target"),
     "fmnist-llamagen-dd": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen"),
+    "fmnist-var-dd": ("var", "distilled", "DD1 one/two-step student of fmnist-var"),
     "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),
 }
 # Which tokenizer decodes each generator's output.
@@ -94,8 +95,15 @@ def _dd_llamagen(cfg: dict) -> nn.Module:
     return DDLlamaGen(gpt, torch.zeros(gpt.vocab_size, cfg["code_dim"]))  # codes come from the file
 
 
+def _dd_var(cfg: dict) -> nn.Module:
+    from accel.distill.recipe_var import build_student
+
+    return build_student(cfg)
+
+
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "dd-llamagen": _dd_llamagen,
+    "var-dd": _dd_var,
     "fmnist-cnn": _cnn,
     "llamagen-vq": _llamagen_vq,
     "llamagen-gpt": _llamagen_gpt,
