@@ -10,10 +10,9 @@ from accel.annealing.schedules import (DISA_RESPACING, MAR_RESPACING, ConstantSc
                                        LinearSchedule, Respacing, StepSchedule, TwoStageSchedule, disa_schedule,
                                        space_timesteps, steps_per_iteration)
 from accel.parity.report import Report
+from paths import fixtures
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mar"
-if not FIXTURES.exists():
-    FIXTURES = Path("/work/shared/fixtures/mar")
+FIXTURES = fixtures("mar")
 needs_fixture = pytest.mark.skipif(not (FIXTURES / "disa_schedules.json").exists(), reason="no DiSA fixture")
 
 

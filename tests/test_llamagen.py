@@ -13,10 +13,9 @@ from accel.models.llamagen import GPTConfig, Transformer, gpt_config, load_gpt, 
 from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.models.llamagen_vq import VQConfig, VQModel, load_vq
 from accel.sampling import logits_to_probs, top_k_top_p_filter
+from paths import fixtures
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "llamagen"
-if not FIX.exists():
-    FIX = Path("/work/shared/fixtures/llamagen")
+FIX = fixtures("llamagen")
 needs_fixture = pytest.mark.skipif(not FIX.exists(), reason="shared/fixtures/llamagen not found")
 
 # Another config than the public fixture: other head dim, vocab, grid, rope base, class count, and GQA.

@@ -8,10 +8,9 @@ from safetensors.torch import load_file, save_file
 
 from accel.cli import main
 from accel.parity import mar as parity_mar
+from paths import fixtures
 
-FIX = Path("/work/shared/fixtures/mar")
-if not FIX.is_dir():
-    FIX = Path(__file__).resolve().parents[2] / "shared/fixtures/mar"
+FIX = fixtures("mar")
 pytestmark = pytest.mark.skipif(not (FIX / "mar_tiny_io.safetensors").exists(), reason="MAR fixture absent")
 MAR_VAE_FILES = ("README.md", "_manifest_mar.json", "mar_tiny_config.json", "mar_tiny_state_dict.safetensors",
                  "mar_tiny_io.safetensors", "vae_tiny_config.json", "vae_tiny_state_dict.safetensors",

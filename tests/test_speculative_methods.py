@@ -18,11 +18,12 @@ from accel.speculative.rules import ExactRule
 from accel.speculative.tree import TREES
 from accel.train.drafter import EagleRecipe, EagleTraining, load_eagle
 from accel.types import Method
+from paths import fixtures
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_speculative_decoder import tiny  # noqa: E402
 
-FIX = Path("/work/shared/fixtures/llamagen/vq_config.json")
+FIX = fixtures("llamagen") / "vq_config.json"
 
 
 def tiny_vq(vocab=16):

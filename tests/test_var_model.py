@@ -16,8 +16,9 @@ from accel.models.var import (PATCH_NUMS, VAR, VARConfig, build_var, configs_fro
                               mask_top_k_top_p, sample_from_logits, teacher_forced_logits, var_config)
 from accel.models.var_calc import var_cost
 from accel.models.var_vqvae import VQVAEConfig, phi_index
+from paths import fixtures
 
-FIXTURE = Path("/work/shared/fixtures/var")
+FIXTURE = fixtures("var")
 PNS = (1, 2, 3, 4, 5, 6)  # another scale list than the public fixture
 VAE_CFG = VQVAEConfig(vocab_size=16, z_channels=4, ch=32, ch_mult=(1, 1), num_res_blocks=1, v_patch_nums=PNS)
 VAR_CFG = VARConfig(num_classes=5, depth=2, embed_dim=32, num_heads=2, patch_nums=PNS, drop_path_rate=0.0)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from accel.cli import main
 from accel.parity import var as parity_var
+from paths import fixtures
 
-FIXTURE = Path("/work/shared/fixtures/var")
+FIXTURE = fixtures("var")
 pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared VAR fixture not present")
 
 
