@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from accel.checkpoint import CheckpointMismatch, load_strict, read_state_dict
+from accel.models import conv_blocks as blocks
 
 LOGVAR_RANGE = (-30.0, 20.0)  # DiagonalGaussianDistribution clamps the log-variance to this range
 
@@ -71,55 +72,15 @@ def _norm(c: int, cfg: KLVAEConfig) -> nn.GroupNorm:
     return nn.GroupNorm(cfg.num_groups, c, eps=cfg.norm_eps, affine=True)
 
 
-class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, cfg: KLVAEConfig):
-        super().__init__()
-        self.norm1, self.conv1 = _norm(cin, cfg), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = _norm(cout, cfg), nn.Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+def ResnetBlock(cin: int, cout: int, cfg: KLVAEConfig) -> nn.Module:
+    return blocks.ResnetBlock(cin, cout, groups=cfg.num_groups, eps=cfg.norm_eps)
 
 
-class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with 1x1-conv q/k/v (LDM)."""
-
-    def __init__(self, c: int, cfg: KLVAEConfig):
-        super().__init__()
-        self.norm = _norm(c, cfg)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        B, C, H, W = h.shape
-        q = self.q(h).reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
-        k = self.k(h).reshape(B, C, H * W)  # (B, C, HW)
-        v = self.v(h).reshape(B, C, H * W)
-        w = torch.softmax(torch.bmm(q, k) * C ** -0.5, dim=2)  # (B, HWq, HWk)
-        h = torch.bmm(v, w.transpose(1, 2)).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+def AttnBlock(c: int, cfg: KLVAEConfig) -> nn.Module:
+    return blocks.AttnBlock(c, groups=cfg.num_groups, eps=cfg.norm_eps)
 
 
-class Downsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as LDM
-
-
-class Upsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+Downsample, Upsample = blocks.Downsample, blocks.Upsample
 
 
 def _mid(c: int, cfg: KLVAEConfig) -> nn.Module:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from accel.models.conv_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+
 
 @dataclass(frozen=True)
 class VQConfig:
@@ -67,68 +69,7 @@ def vq_config(name: str, **overrides) -> VQConfig:
 
 
 def Normalize(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-6, affine=True)
-
-
-def swish(x: Tensor) -> Tensor:
-    return x * torch.sigmoid(x)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, dropout: float):
-        super().__init__()
-        self.norm1, self.conv1 = Normalize(cin), nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2, self.conv2 = Normalize(cout), nn.Conv2d(cout, cout, 3, 1, 1)
-        self.dropout = nn.Dropout(dropout)
-        if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(self.dropout(swish(self.norm2(h))))
-        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with 1x1 convs, scale c^-1/2, residual."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.norm = Normalize(c)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.norm(x)
-        B, C, H, W = x.shape
-        q = self.q(h).reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
-        k = self.k(h).reshape(B, C, H * W)  # (B, C, HW)
-        v = self.v(h).reshape(B, C, H * W)
-        w = torch.softmax(torch.bmm(q, k) * C ** -0.5, dim=2)  # (B, HWq, HWk)
-        out = torch.bmm(v, w.transpose(1, 2)).reshape(B, C, H, W)
-        return x + self.proj_out(out)
-
-
-class Downsample(nn.Module):
-    def __init__(self, c: int, with_conv: bool):
-        super().__init__()
-        if with_conv:
-            self.conv = nn.Conv2d(c, c, 3, 2, 0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if hasattr(self, "conv"):
-            return self.conv(F.pad(x, (0, 1, 0, 1)))  # right/bottom only
-        return F.avg_pool2d(x, 2, 2)
-
-
-class Upsample(nn.Module):
-    def __init__(self, c: int, with_conv: bool):
-        super().__init__()
-        if with_conv:
-            self.conv = nn.Conv2d(c, c, 3, 1, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
-        return self.conv(x) if hasattr(self, "conv") else x
+    return group_norm(c)
 
 
 def _level(res: list, attn: list, resample: nn.Module | None) -> nn.Module:
@@ -170,7 +111,7 @@ class Encoder(nn.Module):
                 h = block.downsample(h)
         for m in self.mid:
             h = m(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -205,7 +146,7 @@ class Decoder(nn.Module):
                     h = block.attn[j](h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class VectorQuantizer(nn.Module):

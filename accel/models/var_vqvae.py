@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from accel.models.conv_blocks import Downsample, ResnetBlock, Upsample
+
 
 @dataclass(frozen=True)
 class VQVAEConfig:
@@ -74,36 +76,7 @@ def Normalize(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=c, eps=1e-6, affine=True)
 
 
-class Upsample2x(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 1, 1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-class Downsample2x(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 2, 0)
-
-    def forward(self, x):
-        return self.conv(F.pad(x, pad=(0, 1, 0, 1), mode="constant", value=0))
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, dropout: float):
-        super().__init__()
-        self.norm1, self.conv1 = Normalize(c_in), nn.Conv2d(c_in, c_out, 3, 1, 1)
-        self.norm2, self.conv2 = Normalize(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1)
-        self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
-        self.nin_shortcut = nn.Conv2d(c_in, c_out, 1, 1, 0) if c_in != c_out else nn.Identity()
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+Upsample2x, Downsample2x = Upsample, Downsample
 
 
 class AttnBlock(nn.Module):
