@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from accel.annealing.schedules import DISA_RESPACING, ConstantSchedule, Respacing, StepSchedule, disa_schedule
+from accel.harness.baselines import zoo_missing
 from accel.types import Sample
 
 
@@ -219,19 +220,12 @@ def _bench_build(spec: str):
     return build
 
 
-def _zoo_missing(model: str) -> str | None:
-    from accel import zoo
-
-    missing = [n for n in (model, zoo.TOKENIZER.get(model, "?")) if n not in zoo.ZOO or not zoo.is_available(n)]
-    return f"zoo weights not trained in this copy: {', '.join(missing)}" if missing else None
-
-
 def _bench_entries():
     from accel.harness.registry import MethodEntry
 
     specs = [("linear:50:5", True), ("cosine:50:5", False), ("two-stage:50:5", False), ("adaptive:50:5", False)]
     return [MethodEntry(f"disa-{describe(make_schedule(s))}", "mar", _bench_build(s), models=("fmnist-mar",),
-                        baseline="mar-default", experiment="disa", quick=quick, unavailable=_zoo_missing,
+                        baseline="mar-default", experiment="disa", quick=quick, unavailable=zoo_missing,
                         params={"schedule": s, "iterations": "model card"}) for s, quick in specs]
 
 

@@ -39,9 +39,9 @@ def _build(policy_name: str):
 
 
 def _missing(model: str) -> str | None:
-    from accel.harness.baselines import _zoo_missing
+    from accel.harness.baselines import zoo_missing
 
-    return _zoo_missing(model)
+    return zoo_missing(model)
 
 
 BENCH_METHODS = [

@@ -21,14 +21,9 @@ STUDENT = "fmnist-llamagen-dd"
 
 
 def _missing(model: str) -> str | None:
-    from accel import zoo
+    from accel.harness.baselines import zoo_missing
 
-    need = [model, zoo.TOKENIZER.get(model, ""), STUDENT]
-    try:
-        missing = [n for n in need if not zoo.is_available(n)]
-    except KeyError as e:
-        return f"the zoo cannot provide {e}"
-    return f"zoo weights not trained in this copy: {', '.join(missing)} (see `accel train`)" if missing else None
+    return zoo_missing(model, STUDENT)
 
 
 class _Base:

@@ -48,11 +48,13 @@ def _defaults(model: str) -> dict:
     return dict(DEFAULTS.get(model, {}))
 
 
-def _zoo_missing(model: str) -> str | None:
+def zoo_missing(model: str, *extra: str) -> str | None:
+    """Why ``model`` cannot run from the zoo here (its weights, its tokenizer's, or ``extra`` zoo names are not
+    trained in this copy), or None. Every bench entry's ``unavailable`` builds on this."""
     try:
         from accel import zoo
 
-        need = [model, zoo.TOKENIZER[model]]
+        need = [model, zoo.TOKENIZER[model], *extra]
         missing = [n for n in need if not zoo.is_available(n)]
     except (ImportError, AttributeError, KeyError) as e:
         return f"the zoo cannot provide {model!r} ({type(e).__name__}: {e})"
@@ -157,9 +159,9 @@ class VARDefault:
 
 BENCH_METHODS = [
     MethodEntry("llamagen-ar", "llamagen", LlamaGenAR, models=("fmnist-llamagen",), token_scorer=llamagen_scorer,
-                unavailable=_zoo_missing, params={"decode": "AR, static KV cache, batched CFG"}),
-    MethodEntry("mar-default", "mar", MARDefault, models=("fmnist-mar",), unavailable=_zoo_missing,
+                unavailable=zoo_missing, params={"decode": "AR, static KV cache, batched CFG"}),
+    MethodEntry("mar-default", "mar", MARDefault, models=("fmnist-mar",), unavailable=zoo_missing,
                 params={"decode": "masked AR + diffusion head, model-card steps"}),
-    MethodEntry("var-default", "var", VARDefault, models=("fmnist-var",), unavailable=_zoo_missing,
+    MethodEntry("var-default", "var", VARDefault, models=("fmnist-var",), unavailable=zoo_missing,
                 params={"decode": "next-scale, full KV cache, CFG"}),
 ]

@@ -82,13 +82,9 @@ def build_cspd(ctx: BuildContext, name: str = "cspd", draft: str = DRAFT, **over
 
 
 def _missing(model: str) -> str | None:
-    try:
-        from accel import zoo
+    from accel.harness.baselines import zoo_missing
 
-        gone = [n for n in (model, DRAFT, zoo.TOKENIZER.get(model, "fmnist-mar-vae")) if not zoo.is_available(n)]
-    except (ImportError, AttributeError, KeyError) as e:
-        return f"the zoo cannot provide {model!r} ({type(e).__name__}: {e})"
-    return f"zoo weights not trained in this copy: {', '.join(gone)}" if gone else None
+    return zoo_missing(model, DRAFT)
 
 
 def entry(name: str, quick: bool = True, draft: str | None = DRAFT, **overrides) -> MethodEntry:
