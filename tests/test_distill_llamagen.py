@@ -122,3 +122,48 @@ def test_marginals_are_class_position_frequencies():
     want.index_add_(0, toks[labels == 1, 4], torch.ones(100))
     assert torch.allclose(s.marginals[1, 4], want / 100)
     assert torch.allclose(s.marginals.sum(-1), torch.ones(3, 9))
+
+
+def test_generate_with_prefix_continues_the_given_tokens():
+    from accel.models.llamagen_generate import generate
+
+    t = teacher()
+    cond = torch.tensor([0, 2])
+    for sc in (SamplingConfig(sample_logits=False), SamplingConfig(sample_logits=False, cfg_scale=2.0)):
+        full = generate(t, cond, sc=sc)
+        for P in (1, 4, 8):
+            assert torch.equal(generate(t, cond, sc=sc, prefix=full[:, :P]), full)  # greedy: identical continuation
+    other = torch.randint(0, 8, (2, 3), generator=torch.Generator().manual_seed(3))
+    sc = SamplingConfig(cfg_scale=2.0)
+    out = generate(t, cond, sc=sc, prefix=other, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :3], other)
+    trace = {}  # step 3's distribution is the teacher-forced one after the prefix
+    generate(t, cond, 4, sc=sc, prefix=other, generator=torch.Generator().manual_seed(0), trace=trace)
+    with torch.no_grad():
+        raw = t(torch.cat([other, other]), torch.cat([cond, torch.full_like(cond, CFG.num_classes)]),
+                input_pos=torch.arange(4))[:, -1]
+    assert torch.allclose(trace["raw"][0], raw, atol=1e-5)
+    for bad in (other[:1], torch.zeros(2, 9, dtype=torch.long)):
+        try:
+            generate(t, cond, sc=sc, prefix=bad, generator=torch.Generator())
+        except ValueError:
+            continue
+        raise AssertionError("bad prefix accepted")
+
+
+def test_teacher_involved_method_keeps_dd_prefix_and_teacher_segment():
+    from accel import zoo
+    from accel.distill.methods import DDTeacherInvolved, STUDENT
+    from accel.harness.registry import BuildContext
+
+    assert STUDENT in zoo.available() and "fmnist-llamagen" in zoo.available()  # shipped in the package
+    m = DDTeacherInvolved(BuildContext("fmnist-llamagen"), 16, 48)
+    cond = torch.tensor([3, 7])
+    a = m.generate(cond, generator=torch.Generator().manual_seed(0))
+    b = m.generate(cond, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.stats["tokens"], b.stats["tokens"]) and a.images.shape == (2, 3, 32, 32)
+    noise = torch.randn(2, 64, m.student.codes.size(1), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        one = m.student.sample(cond, noise, (0,))
+    assert torch.equal(a.stats["tokens"][:, :16], one[:, :16])
+    assert a.stats["nfe_target"] == 33 and a.stats["nfe_student"] == 2

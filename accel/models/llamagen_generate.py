@@ -56,8 +56,11 @@ def guided_logits(logits: Tensor, batch: int, sc: SamplingConfig, t: int) -> Ten
 @torch.no_grad()
 def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None, sc: SamplingConfig = SamplingConfig(),
              *, generator: torch.Generator | None = None, trace: dict | None = None,
-             pick: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
+             pick: Callable[[Tensor, int], Tensor] | None = None, prefix: Tensor | None = None) -> Tensor:
     """Sample ``(B, max_new_tokens)`` token ids (long) for class labels ``cond`` (B,).
+
+    ``prefix`` ``(B, P)``: the first P tokens are given (e.g. Distilled Decoding's teacher-involved variant);
+    they are pre-filled in one forward through the cache and sampling starts at position P.
 
     ``pick(probs, t) -> (B,) ids`` replaces the sampler (e.g. Distilled Decoding's deterministic flow map
     from a noise token to a code); by default tokens are drawn from ``probs`` with ``generator`` (or
@@ -72,9 +75,17 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
     cache = model.new_cache(labels.size(0), model.config.cls_token_num + n)
     out = torch.empty(B, n, dtype=torch.long, device=cond.device)
     pos = torch.arange(model.config.cls_token_num + n, device=cond.device)
-    logits = model(None, labels, input_pos=pos[: model.config.cls_token_num], cache=cache)[:, -1]
-    for t in range(n):
-        if t > 0:
+    c = model.config.cls_token_num
+    logits = model(None, labels, input_pos=pos[:c], cache=cache)[:, -1]
+    P = 0 if prefix is None else prefix.size(1)
+    if P:
+        if prefix.size(0) != B or P >= n:
+            raise ValueError(f"prefix must be (B={B}, P < {n}); got {tuple(prefix.shape)}")
+        out[:, :P] = prefix
+        x = torch.cat([prefix, prefix]) if sc.uses_cfg else prefix
+        logits = model(x, input_pos=pos[c: c + P], cache=cache, kv_len=c + P)[:, -1]
+    for t in range(P, n):
+        if t > P:
             x = out[:, t - 1: t]
             p = model.config.cls_token_num + t - 1
             logits = model(torch.cat([x, x]) if sc.uses_cfg else x, input_pos=pos[p: p + 1], cache=cache,
