@@ -13,6 +13,10 @@ Contract (DESIGN.md §3, shared by ScaleKV 2505.19602 and its baselines SnapKV, 
   scales attend to. It returns the tensors to keep, shape ``(B, H, L', D)`` with ``L' <= L`` (same B, H, D;
   a scored gather, DESIGN.md habit 6). It must be a pure function of its inputs and its own fields.
 
+DESIGN.md writes the last argument as ``attn``; accel passes the queries instead, because every policy here
+scores keys from ``q @ k^T`` of its observation window only, and the fused attention kernel never forms the
+full attention matrix (materialising it for the policy would cost more than the cache it saves).
+
 ``KeepAll`` is the identity policy; decoding with it must be bitwise equal to decoding without a policy.
 ``KVCache`` is the object the decode loop threads through the blocks: it appends once per scale, applies
 the policy, and records the exact bytes it holds per layer and scale.
