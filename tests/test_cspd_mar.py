@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from accel.annealing.schedules import ConstantSchedule, LinearSchedule, Respacing, steps_per_iteration
 from accel.models.mar import MAR, MARConfig
 from accel.speculative.cspd import CSpDConfig, cspd_sample_tokens
 from accel.speculative.cspd_method import CSpDMAR, TargetOnlyMAR
@@ -43,6 +44,8 @@ P = mar(0)
 Q = mar(1, base=P, scale=3e-4)
 LABELS = torch.tensor([1, 2, 3])
 HEAD = "ddim8"  # 8 steps, t <= 875: an untrained eps-net at t = 999 blows tokens up to O(1e4)
+# a DiSA schedule for the same reason kept at t <= 875 (clip): 8 -> 2 steps over the L = 16 AR positions
+VARYING = LinearSchedule(8, 2, Respacing(clip=875))
 
 
 def run(p=P, q=Q, seed=0, **kw):
@@ -120,17 +123,21 @@ def test_methods_follow_the_protocol():
     assert s.stats["nfe_target"] == L
 
 
-def test_exact_independent_verification_samples_the_draft_free_control():
+@pytest.mark.parametrize("schedule", [None, VARYING], ids=["head_steps", "disa_schedule"])
+def test_exact_independent_verification_samples_the_draft_free_control(schedule):
     """Per-token verification with the exact rule outputs p(x_j | window-start context) independently over j:
-    the law of the draft-free control q=None. Two-sample KS per (position, channel), Bonferroni over 64;
-    the same test at the same N rejects accept-everything with an unrelated draft."""
+    the law of the draft-free control q=None (under a DiSA schedule: p's head with S_j steps at position j).
+    Two-sample KS per (position, channel), Bonferroni over 64; the same test at the same N rejects
+    accept-everything with an unrelated draft. (It cannot tell 8 from 2 head steps on these random heads:
+    min p ~ 0.02, measured; that the scheduled count reaches both heads is tested exactly below.)"""
     from scipy import stats
 
     B = 300
     lab = torch.full((B,), 3)
+    sched = {} if schedule is None else {"schedule": schedule}
 
     def toks(q, seed, **kw):
-        c = CSpDConfig(gamma=L, prefill=0.0, head_steps=HEAD, verify="independent", **kw)
+        c = CSpDConfig(**{"gamma": L, "prefill": 0.0, "head_steps": HEAD, "verify": "independent", **sched, **kw})
         r = cspd_sample_tokens(P, q, lab, c, generator=torch.Generator().manual_seed(seed))
         return r.tokens.flatten(2).transpose(1, 2), r.stats  # (B, L, C)
 
@@ -146,6 +153,39 @@ def test_exact_independent_verification_samples_the_draft_free_control():
     broken, s2 = toks(mar(5), 2, inner_temperature=1e6)  # relaxed into "accept every draft"
     assert s2["accepted"] == s2["drafted"]
     assert min_p(broken, ctrl) * L * CFG.vae_embed_dim < 1e-6
+    if schedule is not None:  # the step count really varies within the one window (both heads: next test)
+        assert len(set(s1["steps_per_iter"])) > 3 and s1["steps_per_iter"] == s0["steps_per_iter"]
+
+
+def test_constant_schedule_is_bitwise_head_steps():
+    """``schedule=ConstantSchedule(S)`` is the default (``head_steps=S``) draw for draw, in every mode."""
+    for kw in (dict(), dict(verify="independent", cfg=2.0), dict(align=False), dict(gamma=16, prefill=0.0)):
+        a, b = run(head_steps=8, **kw), run(schedule=ConstantSchedule(8), **kw)
+        assert torch.equal(a.tokens, b.tokens)
+        assert a.stats["steps_per_iter"] == b.stats["steps_per_iter"] == [8] * L
+        drop = ("time_split_s",)
+        assert {k: v for k, v in a.stats.items() if k not in drop} == {k: v for k, v in b.stats.items() if k not in drop}
+    c = run(p=P, q=None, head_steps=8)
+    assert torch.equal(c.tokens, run(p=P, q=None, schedule=ConstantSchedule(8)).tokens)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_schedule_reaches_draft_and_target_heads(cfg):
+    """Both heads run S_n = schedule(n, L) steps at AR position n: the head work is exact, and an identical
+    draft (same head, same aligned noise, same S_n) is accepted everywhere although S_n varies."""
+    want = steps_per_iteration(VARYING, L)
+    assert len(set(want)) > 3
+    r = run(schedule=VARYING, verify="independent", cfg=cfg)
+    s, rows = r.stats, 3 * (2 if cfg != 1.0 else 1)  # head rows per token: [cond; uncond] under CFG
+    n_pre = math.floor(0.05 * L) + 1
+    assert s["steps_per_iter"] == want and s["fallbacks"] == 0 and torch.isfinite(r.tokens).all()
+    # target: prefill + every window position; draft: every position after the prefill
+    assert s["head_rows"] == rows * (sum(want) + sum(want[n_pre:]))
+    same = run(p=P, q=P, gamma=1, schedule=VARYING, cfg=cfg)
+    assert same.stats["accepted"] == same.stats["drafted"] > 0 and same.stats["residuals"] == 0
+    assert not torch.equal(r.tokens, run(verify="independent", cfg=cfg).tokens)
+    with pytest.raises(TypeError, match="StepSchedule"):
+        CSpDConfig(schedule=8)
 
 
 def test_row_cfg_adapter_equals_head_with_one_scale():

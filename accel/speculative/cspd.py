@@ -24,6 +24,14 @@ iteration, not the one-token-per-step target chain; FID against the one-token-pe
 Consequence (tested): exact per-token verification samples the same law as the draft-free control
 ``q=None``, which is cheaper; only left-to-right verification (shorter groups) or a relaxed rule (official
 inner temperature 42, drafts kept) make the draft change the output.
+
+Composition with DiSA (arXiv 2505.20297, issue 9): ``CSpDConfig.schedule`` is a ``StepSchedule`` of
+``accel.annealing`` read at one token per AR step (num_ar_steps = L): the token at AR position n (its index in
+the shared order) is drawn by BOTH heads with ``schedule.timesteps(n, L)``, and its aligned x_T / per-step
+noise has that step count S_n (a window draws (B, g, max S_n, C) step noise; position n uses its first S_n
+loop steps, so a constant schedule draws exactly what ``head_steps`` draws). The exactness argument of
+cspd_math then holds per token with p = the target head run with S_n steps. ``schedule=None``: ``head_steps``
+everywhere. Positions of a verify window that share a step count share one head call.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from accel.annealing.schedules import StepSchedule
 from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise
 from accel.speculative import cspd_math as M
 
@@ -52,8 +61,12 @@ class CSpDConfig:
     cfg: float = 1.0
     cfg_schedule: str = "linear"
     max_residual_tries: int = 100  # official cap; rows still open fall back to a target sample (counted)
+    schedule: StepSchedule | None = None  # DiSA step schedule per AR position (replaces head_steps); None: constant
 
     def __post_init__(self):
+        if self.schedule is not None and not isinstance(self.schedule, StepSchedule):
+            raise TypeError(f"schedule must be a StepSchedule (schedule(k, N), timesteps(k, N)), got "
+                            f"{type(self.schedule).__name__}")
         if self.gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {self.gamma}")
         if not 0.0 <= self.prefill <= 1.0:
@@ -123,6 +136,16 @@ def row_cfg_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, noise: HeadNoi
     return HeadStats(mean[:N], (0.5 * logvar[:N]).exp() * temperature, lsum, x[:N])
 
 
+def step_schedules(cfg: CSpDConfig, L: int) -> list[DDPMSchedule]:
+    """The DDPM schedule at each AR position n = 0..L-1 (one token per step): ``cfg.schedule.timesteps(n, L)``,
+    one object per distinct timestep list, or ``head_steps`` everywhere when ``cfg.schedule`` is None."""
+    if cfg.schedule is None:
+        return [DDPMSchedule.respaced(cfg.head_steps)] * L
+    from accel.annealing.disa import ddpm_schedules
+
+    return ddpm_schedules(cfg.schedule, L)
+
+
 @dataclass
 class CSpDResult:
     tokens: torch.Tensor  # (B, C, h, w) latents, as MAR's sample_tokens
@@ -165,8 +188,8 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     if B is None:
         raise ValueError("give labels or batch")
     labels = None if labels is None else labels.to(dev)
-    sched = DDPMSchedule.respaced(cfg.head_steps)
-    S, use_cfg = sched.num_steps, float(cfg.cfg) != 1.0
+    scheds = step_schedules(cfg, L)  # DDPM schedule of the token at each AR position (shared by p and q)
+    use_cfg = float(cfg.cfg) != 1.0
     orders = p.sample_orders(B, generator, dev)  # shared random order (B, L)
     tokens = torch.zeros(B, L, C, device=dev)
     mask = torch.ones(B, L, device=dev)
@@ -182,10 +205,31 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         s = cfg_at(cfg.cfg, cfg.cfg_schedule, L, mask_len_at(n, L, L, L - n))
         return s.to(dev) if isinstance(s, torch.Tensor) else s
 
+    def max_steps(ns):  # step noise is drawn for the longest head of a window
+        return max(scheds[k].num_steps for k in ns)
+
     def run_head(model, z, pos, noise_xT, noise_steps, steps_n):
-        """Head stats at positions pos (B, g) from conditions z (B or 2B, L, D): ONE head call for the window;
-        under CFG each position gets its own one-token-per-step scale (rows [cond; uncond])."""
+        """Head stats at positions pos (B, g) (AR indices steps_n) from conditions z (B or 2B, L, D), noise
+        (B, g, C) / (B, g, S_max, C): one head call per distinct schedule in the window (constant: ONE)."""
+        groups: dict[int, list[int]] = {}
+        for j, k in enumerate(steps_n):
+            groups.setdefault(id(scheds[k]), []).append(j)
+        if len(groups) == 1:
+            return head_call(model, z, pos, noise_xT, noise_steps, steps_n)
         g = pos.shape[1]
+        out = HeadStats(*(torch.empty(B, g, C, device=dev) for _ in range(4)))
+        for js in groups.values():
+            hs = head_call(model, z, pos[:, js], noise_xT[:, js], noise_steps[:, js], [steps_n[j] for j in js])
+            for f in ("final_mean", "final_std", "log_std_sum", "sample"):
+                getattr(out, f)[:, js] = getattr(hs, f)
+        return out
+
+    def head_call(model, z, pos, noise_xT, noise_steps, steps_n):
+        """ONE head call, all positions on schedule scheds[steps_n[0]] (the first S of the step noise); under
+        CFG each position gets its own one-token-per-step scale (rows [cond; uncond])."""
+        g, sched = pos.shape[1], scheds[steps_n[0]]
+        S = sched.num_steps
+        noise_steps = noise_steps[:, :, :S]
         bi, pj = ar[:, None].expand(B, g).reshape(-1), pos.reshape(-1)
         rows = torch.cat([z[bi, pj], z[B + bi, pj]]) if use_cfg else z[bi, pj]
         noise = HeadNoise(noise_xT.reshape(-1, C), noise_steps.permute(2, 0, 1, 3).reshape(S, -1, C))
@@ -208,7 +252,7 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     while n < n_prefill:  # token pre-filling by the target alone
         z = p.condition(tokens, mask, labels, cfg=use_cfg)
         pos = orders[:, n:n + 1]
-        hs = run_head(p, z, pos, randn(B, 1, C), randn(B, 1, S, C), [n])
+        hs = run_head(p, z, pos, randn(B, 1, C), randn(B, 1, max_steps([n]), C), [n])
         tokens[ar, pos[:, 0]], mask[ar, pos[:, 0]] = last_step(hs)[:, 0], 0.0
         st["nfe_target"] += 1
         n += 1
@@ -217,6 +261,7 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     while n < L:
         g = min(cfg.gamma, L - n)
         pos = orders[:, n:n + g]  # (B, g)
+        S = max_steps(range(n, n + g))
         xT_q, steps_q = randn(B, g, C), randn(B, g, S, C)
         xT_p, steps_p = (xT_q, steps_q) if cfg.align else (randn(B, g, C), randn(B, g, S, C))
         if q is None:  # control: the target alone samples the window from one pass (no draft)
@@ -274,4 +319,5 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         bar.update(n_commit)
     bar.close()
     st["time_split_s"] = clock.parts
+    st["steps_per_iter"] = [s.num_steps for s in scheds]
     return CSpDResult(p.unpatchify(tokens), st)
