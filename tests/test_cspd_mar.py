@@ -202,3 +202,32 @@ def test_row_cfg_adapter_equals_head_with_one_scale():
         torch.testing.assert_close(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-5)
     other = row_cfg_head_stats(P.head, z, sched, noise, 0.9, torch.tensor([2.5, 1.0, 2.5]))
     assert torch.equal(other.sample[0], got.sample[0]) and not torch.equal(other.sample[1], got.sample[1])
+
+
+def test_disa_composition_methods_and_registration():
+    """``cspd-disa`` / ``cspd-disa-target-only`` are registered with JSON params; the target-only method with a
+    schedule is DiSA at num_iter = L (AnnealedMAR) draw for draw, and a constant schedule is head_steps."""
+    import json
+
+    from accel.annealing.disa import AnnealedMAR
+    from accel.harness.registry import discover
+    from accel.speculative import cspd_method as CM
+
+    reg = discover(packages=("accel.speculative",))
+    assert not reg.errors
+    for name in ("cspd-disa", "cspd-disa-target-only"):
+        e = reg.get(name)
+        assert e.baseline == "cspd-target-only" and e.experiment == "cspd"
+        json.dumps(e.params)
+    assert reg.get("cspd-disa").params["schedule"] == "linear50-5"
+    assert CM.config(schedule="linear:50:5").schedule == LinearSchedule(50, 5)
+    vae, gen = _IdentityVAE(), lambda: torch.Generator().manual_seed(4)
+    only = TargetOnlyMAR(P, vae, CM.config(head_steps=HEAD, schedule=VARYING)).generate(LABELS, generator=gen())
+    disa = AnnealedMAR(P, vae, VARYING, num_iter=L).generate(LABELS, generator=gen())
+    assert torch.equal(only.images, disa.images) and only.stats["head_steps"] == sum(steps_per_iteration(VARYING, L))
+    const = TargetOnlyMAR(P, vae, CM.config(schedule=ConstantSchedule(8))).generate(LABELS, generator=gen())
+    assert torch.equal(const.images, TargetOnlyMAR(P, vae, CM.config(head_steps=8)).generate(LABELS, generator=gen()).images)
+    m = CSpDMAR(P, Q, vae, CM.config(gamma=4, schedule=VARYING))
+    json.dumps(m.params)
+    s = m.generate(LABELS, generator=gen())
+    assert s.stats["steps_per_iter"] == steps_per_iteration(VARYING, L) and s.images.shape == (3, 3, 32, 32)
