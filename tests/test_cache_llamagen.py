@@ -205,3 +205,24 @@ def test_chunk_maps_cover_all_steps():
     for n, e in [(16, 4), (64, 8), (15, 4), (1, 8)]:
         maps = chunk_maps(n, e)
         assert history_lengths(maps)[-1] == n and all(w <= e and h == 1 for h, w in maps)
+
+
+class CodesAsImage(torch.nn.Module):
+    """Test tokenizer: codes (B, g*g) -> (B, 3, g, g) in [-1, 1]."""
+
+    def decode_code(self, codes, hw):
+        x = codes.float().reshape(codes.shape[0], 1, *hw) / (CFG.vocab_size - 1) * 2 - 1
+        return x.expand(-1, 3, -1, -1)
+
+
+def test_method_reports_tokens_images_and_exact_bytes(model):
+    from accel.cache.llamagen import CompressedLlamaGen
+
+    pol = build_raster_policy("pyramidkv", model, 0.5, window=WIN)
+    s = CompressedLlamaGen(model, CodesAsImage(), pol, SC).generate(COND, generator=torch.Generator().manual_seed(1))
+    out = decode(model, pol)
+    assert torch.equal(s.stats["tokens"], out.tokens) and s.images.shape == (3, 3, 4, 4)
+    torch.testing.assert_close(s.images[:, 0].flatten(1), out.tokens.float() / (CFG.vocab_size - 1))
+    st = out.cache.store
+    assert s.stats["kv_bytes"] == st.peak_attended_bytes() and s.stats["kv_kept_table"] == st.kept_bytes
+    assert s.stats["kv_kept_bytes"][2] == CFG.n_layer * 8 * token_bytes(model)  # b = 8 after the 3rd row chunk

@@ -187,3 +187,34 @@ def generate_compressed(model: Transformer, cond: Tensor, policy: CachePolicy | 
             if trace is not None:
                 trace.setdefault("raw", []).append(logits.clone())
     return RasterDecode(out, cache)
+
+
+@dataclass
+class CompressedLlamaGen:
+    """A harness ``Method``: LlamaGen raster decode with a cache policy (``None``/``KeepAll``: full cache).
+
+    ``Sample.stats``: ``tokens``; ``kv_bytes`` = the peak k+v bytes the attention held (kept history + the current
+    chunk, all layers; the full cache holds exactly its positions, where ``llamagen-ar`` reports its static
+    buffer rounded up to a multiple of 8 positions); ``kv_kept_bytes`` / ``kv_attended_bytes`` per chunk (summed
+    over layers) and the per-(chunk, layer) tables.
+    """
+
+    model: Transformer
+    tokenizer: torch.nn.Module  # accel.models.llamagen_vq.VQModel
+    policy: CachePolicy | None = None
+    sc: SamplingConfig = SamplingConfig()
+    every: int | None = None
+    name: str = "llamagen"
+
+    def generate(self, cond: Tensor, *, generator: torch.Generator) -> "Sample":
+        from accel.types import Sample
+
+        r = generate_compressed(self.model, cond, self.policy, sc=self.sc, every=self.every, generator=generator)
+        g, st = self.model.config.grid_size, r.cache.store
+        x = self.tokenizer.decode_code(r.tokens, hw=(g, g))
+        stats = {"nfe_target": r.tokens.shape[1], "tokens": r.tokens, "kv_bytes": st.peak_attended_bytes(),
+                 "kv_kept_bytes": [sum(row) for row in st.kept_bytes],
+                 "kv_attended_bytes": [sum(row) for row in st.attended_bytes],
+                 "kv_kept_table": [list(row) for row in st.kept_bytes],
+                 "kv_attended_table": [list(row) for row in st.attended_bytes]}
+        return Sample(((x.float() + 1) / 2).clamp(0, 1), stats)
