@@ -4,11 +4,14 @@
     python experiments/cspd.py                          # the table in results/cspd/
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
     python experiments/cspd.py --acceptance --quick     # acceptance vs alignment on perturbed-copy drafts
+    python experiments/cspd.py --quick --disa linear:50:5   # + CSpD composed with a DiSA step schedule
 
 Baseline: the target MAR alone, one token per AR step (``cspd-target-only``), timed interleaved with every
 CSpD variant in the same run (accel.harness.runner). Control ``target-parallel-g*``: the target alone samples
 each gamma-window from one pass, the law that exact per-token CSpD samples (tests/test_cspd_mar.py). After timing, one extra profiled call per method and
 batch size gives the cost split (draft, verify MAR pass, verify head, residual) as ``cost_split_s``.
+``--disa SPEC`` (issue 9): per schedule, CSpD with both heads on the DiSA schedule (``cspd-disa-*``) and the
+target alone on it (``target-only-disa-*``, DiSA without CSpD), against the same constant-step baseline.
 """
 import argparse
 import copy
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from accel.annealing.disa import describe, make_schedule
 from accel.harness.registry import MethodEntry, Registry
 from accel.harness.results import append_rows, current_command
 from accel.harness.runner import RunConfig, run_group
@@ -25,9 +29,10 @@ from accel.speculative import cspd_method as CM
 GAMMAS = (4, 8, 16, 32)
 
 
-def grid(quick: bool, head_steps=None) -> list[tuple[str, dict]]:
+def grid(quick: bool, head_steps=None, disa=()) -> list[tuple[str, dict]]:
     """Per-token verification (the official code's loop, speed independent of acceptance) over gamma and the
-    ablations; the paper's left-to-right verification at small gamma (its cost grows as gamma / accepted)."""
+    ablations; the paper's left-to-right verification at small gamma (its cost grows as gamma / accepted);
+    per DiSA schedule spec the composition (``draft="target-only"``: the target alone on the schedule)."""
     ind = dict(verify="independent")
     pts = [(f"cspd-ind-g{k}", dict(gamma=k, **ind)) for k in ((4, 32) if quick else GAMMAS)]
     pts += [("cspd-ind-g32-noalign", dict(gamma=32, align=False, **ind)),
@@ -38,6 +43,12 @@ def grid(quick: bool, head_steps=None) -> list[tuple[str, dict]]:
     if not quick:
         pts += [("cspd-official-T42-g32", dict(gamma=32, verify="independent", std_product="official",
                                                inner_temperature=42.0))]
+    for spec in disa:
+        d = describe(make_schedule(spec))
+        pts += [(f"cspd-disa-{d}-ind-g32", dict(gamma=32, schedule=spec, **ind)),
+                (f"target-only-disa-{d}", dict(schedule=spec, draft="target-only"))]
+        if not quick:
+            pts += [(f"cspd-disa-{d}-ltr-g4", dict(gamma=4, schedule=spec))]
     return [(n, {**kw, **({"head_steps": head_steps} if head_steps else {})}) for n, kw in pts]
 
 
@@ -63,8 +74,11 @@ def registry(args) -> Registry:
         hs = {"head_steps": args.head_steps} if args.head_steps else {}
         reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.build_target_only(ctx, **hs),
                             models=(CM.TARGET,), experiment="cspd", params=hs, unavailable=CM._missing))
-        for name, kw in grid(args.quick, args.head_steps):
-            reg.add(CM.entry(name, **kw))
+        for name, kw in grid(args.quick, args.head_steps, args.disa):
+            if kw.get("draft") == "target-only":
+                reg.add(CM.target_only_entry(name, **{k: v for k, v in kw.items() if k != "draft"}))
+            else:
+                reg.add(CM.entry(name, **kw))
         return reg
     models = {}
 
@@ -76,11 +90,13 @@ def registry(args) -> Registry:
     base = CM.CSpDConfig(**({"head_steps": args.head_steps} if args.head_steps else {}))
     reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
                         models=("random-mar",), experiment="cspd", params={"head_steps": base.head_steps}))
-    for name, kw in grid(args.quick, args.head_steps):
+    for name, kw in grid(args.quick, args.head_steps, args.disa):
         def build(ctx, n=name, kw=kw):
             p, q, vae = get(ctx)
-            k = {a: b for a, b in kw.items() if a != "draft"}
-            return CM.CSpDMAR(p, q if kw.get("draft", "draft") else None, vae, CM.CSpDConfig(**k), name=n)
+            k = CM.config(**{a: b for a, b in kw.items() if a != "draft"})
+            if kw.get("draft") == "target-only":
+                return CM.TargetOnlyMAR(p, vae, k, name=n)
+            return CM.CSpDMAR(p, q if kw.get("draft", "draft") else None, vae, k, name=n)
         reg.add(MethodEntry(name, "mar", build, models=("random-mar",), baseline="cspd-target-only",
                             experiment="cspd", params=kw))
     return reg
@@ -168,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--acceptance", action="store_true", help="acceptance ablation on perturbed random drafts only")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
     ap.add_argument("--methods", nargs="+", help="run only these grid entries (the baseline always runs)")
+    ap.add_argument("--disa", nargs="+", default=(), metavar="SPEC",
+                    help="add CSpD composed with these DiSA schedules, e.g. linear:50:5 (annealing.disa.make_schedule)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

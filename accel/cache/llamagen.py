@@ -32,6 +32,7 @@ Mapping of the per-scale contract ``policy.compress(layer, scale, k, v, q)`` ont
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -128,24 +129,20 @@ class RasterKVCache:
         return k_all, v_all  # this step attends to the whole history; only later steps see the compressed one
 
 
-class capture_queries:
-    """Context manager: forward hooks copying every layer's ``wqkv`` output into ``cache.qkv[layer]``."""
+@contextmanager
+def capture_queries(model: Transformer, cache: RasterKVCache):
+    """Forward hooks copying every layer's ``wqkv`` output into ``cache.qkv[layer]``, removed on exit."""
+    def hook(i):
+        def write(_mod, _inp, out):
+            cache.qkv[i] = out
+        return write
 
-    def __init__(self, model: Transformer, cache: RasterKVCache):
-        self.model, self.cache, self.handles = model, cache, []
-
-    def __enter__(self):
-        for i, block in enumerate(self.model.layers):
-            def hook(_mod, _inp, out, i=i):
-                self.cache.qkv[i] = out
-            self.handles.append(block.attention.wqkv.register_forward_hook(hook))
-        return self.cache
-
-    def __exit__(self, *exc):
-        for h in self.handles:
+    handles = [blk.attention.wqkv.register_forward_hook(hook(i)) for i, blk in enumerate(model.layers)]
+    try:
+        yield cache
+    finally:
+        for h in handles:
             h.remove()
-        self.handles = []
-        return False
 
 
 @dataclass
