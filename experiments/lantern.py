@@ -2,6 +2,7 @@
 
     python experiments/lantern.py --quick            # a few minutes on 2 CPU cores
     python experiments/lantern.py --out results/     # the full grid (README table)
+    python experiments/lantern.py --quick --costs-only --out results/lantern-costs   # per-round cost split only
 
 Grid: AR baseline (``llamagen-ar``); exact speculative sampling with each drafter (small LlamaGen ``draft``,
 EAGLE head ``eagle``); LANTERN δ ∈ {0.05, 0.1, 0.2, 0.4} at k = 1000 (capped at the codebook size - 1) and a
@@ -10,6 +11,7 @@ interleaved with the AR baseline in one run (batch 1 latency, batch 16 throughpu
 the zoo classifier (FID[fmnist-cnn]). Writes JSONL, the quality-vs-speed-up plot and a markdown table.
 """
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -53,33 +55,70 @@ class TimedDrafter:
         return self._timed(self.inner.propose_tree, *a)
 
 
+@contextlib.contextmanager
+def timed_target_forward():
+    """Accumulate the wall time of the target's ``forward_rows`` calls made by the chain and tree decode loops
+    (the drafters call their own binding, timed by ``TimedDrafter``). Yields a one-element list of seconds."""
+    from accel.speculative import decoder, rowwise, tree
+
+    acc = [0.0]
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = rowwise.forward_rows(*a, **k)
+        acc[0] += time.perf_counter() - t
+        return out
+
+    decoder.forward_rows = tree.forward_rows = timed
+    try:
+        yield acc
+    finally:
+        decoder.forward_rows = tree.forward_rows = rowwise.forward_rows
+
+
 def cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
     """Per-round cost terms of one method at batch ``bs``, in units of one AR step (same run, medians):
-    verify+loop = round time - draft time; predicted speed-up = τ / (draft + verify+loop)."""
+    draft (drafter calls), verify (the target's forward over the gamma+1 / tree tokens, prefill included),
+    loop (the rest: acceptance rule, sampling, cache and drafter bookkeeping). Predicted speed-up =
+    τ / (draft + verify + loop); ``speedup_if_verify_1_step`` replaces verify by one AR step (what a
+    memory-bound accelerator approaches, where a few more tokens per forward are nearly free)."""
     m = build(BuildContext(TARGET), "costs", **kw)
     m.drafter = TimedDrafter(m.drafter)
     cond = torch.arange(bs) % 10
     n = m.target.config.block_size
-    ar, rounds, draft, tau = [], [], [], []
+    ar, rounds, draft, verify, tau = [], [], [], [], []
     for r in range(repeats + 1):
         g = torch.Generator().manual_seed(r)
         t = time.perf_counter()
         generate(m.target, cond, sc=m.sc, generator=g)
         t_ar = (time.perf_counter() - t) / n
         m.drafter.seconds = 0.0
-        t = time.perf_counter()
-        st = m.generate(cond, generator=g).stats
-        total = time.perf_counter() - t
+        with timed_target_forward() as fwd:
+            t = time.perf_counter()
+            st = m.generate(cond, generator=g).stats
+            total = time.perf_counter() - t
         if r:  # r = 0 is warm-up
             steps = st["nfe_target"] - 1
             ar.append(t_ar)
             rounds.append(total / steps)
             draft.append(m.drafter.seconds / steps)
+            verify.append(fwd[0] / steps)
             tau.append(st["mean_accept_len"])
-    t_ar, t_round, t_draft = (statistics.median(x) for x in (ar, rounds, draft))
-    return dict(params=kw, batch_size=bs, mean_accept_len=statistics.median(tau), ar_step_s=t_ar,
+    t_ar, t_round, t_draft, t_verify = (statistics.median(x) for x in (ar, rounds, draft, verify))
+    tau = statistics.median(tau)
+    loop = max(t_round - t_draft - t_verify, 0.0) / t_ar
+    return dict(params=kw, batch_size=bs, mean_accept_len=tau, ar_step_s=t_ar,
                 draft_per_round=t_draft / t_ar, verify_and_loop_per_round=(t_round - t_draft) / t_ar,
-                predicted_speedup=statistics.median(tau) * t_ar / t_round)
+                verify_per_round=t_verify / t_ar, loop_per_round=loop,
+                predicted_speedup=tau * t_ar / t_round,
+                speedup_if_verify_1_step=tau / (t_draft / t_ar + 1.0 + loop))
+
+
+def cost_lines(costs: list[dict]) -> list[str]:
+    return [f"- cost terms ({c['params']}, batch {c['batch_size']}): tau {c['mean_accept_len']:.2f}, draft "
+            f"{c['draft_per_round']:.2f} + verify {c['verify_per_round']:.2f} + loop {c['loop_per_round']:.2f} AR "
+            f"steps per round -> predicted {c['predicted_speedup']:.2f}x ({c['speedup_if_verify_1_step']:.2f}x if "
+            "verify cost one AR step)" for c in costs]
 
 
 def grid(quick: bool, drafters: list[str]):
@@ -112,12 +151,23 @@ def main():
     ap.add_argument("--methods", default="", help="comma-separated subset of the grid (baseline always runs)")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--threads", type=int, default=1)  # the shared 2-core box is oversubscribed
+    ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = discover()
     entries = [e for e in grid(args.quick, args.drafter or ["draft", "eagle"]) if not e.why_unavailable(TARGET)]
     if args.methods:
         entries = [e for e in entries if e.name in args.methods.split(",")]
+    probe = {f"{m}-{d}{s}" for m in ("sd", "lantern") for d in ("draft", "eagle") for s in ("", "-tree")}
+    probe = {n.replace("lantern-draft", "lantern-draft-d0.2").replace("lantern-eagle", "lantern-eagle-d0.2") for n in probe}
+    if args.costs_only:
+        costs = [cost_terms(e.params, 1, repeats=5) for e in entries if e.name in probe]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "costs.json").write_text(json.dumps(costs, indent=1))
+        text = f"# Per-round cost split (batch 1, AR-step units)\n\nCommand: `{current_command()}`\n\n"
+        (args.out / "costs.md").write_text(text + "\n".join(cost_lines(costs)) + "\n")
+        print("\n".join(cost_lines(costs)))
+        return
     for e in entries:
         if e.name not in reg.entries:  # sd-draft etc. are also the package's BENCH_METHODS (same parameters)
             reg.add(e, "experiments/lantern.py")
@@ -130,13 +180,9 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     append_rows(args.out / "lantern.jsonl", rows)
     plots = [str(p) for p in plot_all(rows, args.out)]
-    probe = {f"{m}-{d}{s}" for m in ("sd", "lantern") for d in ("draft", "eagle") for s in ("", "-tree")}
-    probe = {n.replace("lantern-draft", "lantern-draft-d0.2").replace("lantern-eagle", "lantern-eagle-d0.2") for n in probe}
     costs = [cost_terms(e.params, 1) for e in entries if e.name in probe]
     (args.out / "costs.json").write_text(json.dumps(costs, indent=1))
-    lines = [f"- cost terms ({c['params']}, batch {c['batch_size']}): tau {c['mean_accept_len']:.2f}, draft "
-             f"{c['draft_per_round']:.2f} + verify/loop {c['verify_and_loop_per_round']:.2f} AR steps per round "
-             f"-> predicted {c['predicted_speedup']:.2f}x" for c in costs]
+    lines = cost_lines(costs)
     text = summary_markdown(rows, command=command, plots=plots)
     text += "\n## Cost terms per round (batch 1, in AR steps, timed in this run)\n\n" + "\n".join(lines) + "\n"
     (args.out / "summary.md").write_text(text)

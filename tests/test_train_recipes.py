@@ -32,6 +32,32 @@ def test_hybrid_diffusion_loss_vanishes_for_the_oracle_when_t_positive():
     assert wrong[t > 0].mean() > 0.5
 
 
+class _RecordT:
+    def __init__(self):
+        self.t = None
+
+    def __call__(self, x, t, c):
+        self.t = t
+        return torch.zeros(x.shape[0], 2 * x.shape[1])
+
+
+def test_diffusion_loss_tail_oversampling():
+    x0 = torch.zeros(20000, 2)
+    uni, tail = _RecordT(), _RecordT()
+    DiffusionLoss()(uni, x0, x0, torch.Generator().manual_seed(0))
+    DiffusionLoss(tail_frac=0.1, tail=20)(tail, x0, x0, torch.Generator().manual_seed(0))
+    # uniform: ~2% of rows in the last 20 steps; with the tail: 0.1 + 0.9 * 0.02 = 11.8%
+    assert abs(float((uni.t >= 980).float().mean()) - 0.02) < 0.005
+    assert abs(float((tail.t >= 980).float().mean()) - 0.118) < 0.01
+    assert int(tail.t.min()) == 0 and int(tail.t.max()) == 999
+    for bad in (dict(tail_frac=1.0), dict(tail_frac=-0.1), dict(tail_frac=0.1, tail=0)):
+        try:
+            DiffusionLoss(**bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+
+
 def test_truncnorm_mask_rate_range():
     g = torch.Generator().manual_seed(0)
     r = [truncnorm_mask_rate(0.7, g, "cpu") for _ in range(300)]
