@@ -75,6 +75,9 @@ def main() -> int:
         lines.append(f"| {pn} | {f:.0%} | {agree:.3f} | {psnr:.2f} | {ssim:.3f} | {m['kv_kept_ratio']:.1%} | "
                      f"{m['kv_peak_attended_bytes'] / 1e6:.2f} MB ({m['kv_peak_attended_ratio']:.1%}) |")
     append_rows(args.out / "llamagen.jsonl", rows)
+    head = (f"# Cache policies on LlamaGen's raster decode ({args.model}, N={args.n_images}, fidelity vs the full cache)"
+            f"\n\nCommand: `{cmd}`\n\nEnvironment: {env}\n\n")
+    (args.out / "llamagen.md").write_text(head + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
