@@ -67,6 +67,11 @@ class Recipe:
     def model_config(self) -> dict:
         return dict(getattr(self, "model", {}))
 
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """The inference module inside the trained one (what is exported and what ``zoo.load`` of a run
+        gives); recipes that wrap their model for training (``MARTraining``, ``VQTraining``) unwrap it."""
+        return model
+
     def card_quality(self, name: str) -> dict | None:
         """Quality measured for the model card from the *shipped* zoo file (None: nothing to measure)."""
         return None
@@ -79,5 +84,6 @@ class Recipe:
         """Write the shipped fp16 zoo file(s) for the trained ``model`` (EMA weights when kept)."""
         from accel.zoo.store import save_zoo_file
 
+        model = self.deployable(model)
         return [save_zoo_file(Path(out_dir) / f"{self.name}.safetensors", model.state_dict(), kind=self.kind,
                               config=self.model_config(), info=info)]

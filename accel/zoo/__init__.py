@@ -184,9 +184,7 @@ def _from_run(path: Path) -> tuple[nn.Module, dict]:
                          "through the family loaders (accel.models.*.load_*)")
     recipe = get_recipe(rec["name"], **{k: v for k, v in rec.items() if k != "name"})
     model, info = trained_model(recipe, path.parent)
-    if hasattr(model, "vq") and type(model).__name__ == "VQTraining":
-        model = model.vq
-    return model, {**info, "kind": recipe.kind, "config": recipe.model_config(), "path": str(path)}
+    return recipe.deployable(model), {**info, "kind": recipe.kind, "config": recipe.model_config(), "path": str(path)}
 
 
 def classifier(device=None) -> nn.Module:

@@ -77,8 +77,8 @@ class VQRecipe(Recipe):
         used = idx.unique().numel() / e.new_tensor(float(self.model["codebook_size"]))
         return rec_loss + codebook + commit, {"rec": rec_loss, "vq": codebook, "commit": commit, "usage_batch": used}
 
-    def export(self, model, out_dir: Path, info: dict):
-        return Recipe.export(self, model.vq, out_dir, info)
+    def deployable(self, model):
+        return model.vq
 
     def card_quality(self, name: str) -> dict:
         from accel import zoo

@@ -225,8 +225,8 @@ class MARRecipe(Recipe):
         tokens, labels = batch
         return model(tokens, labels, generator), {}
 
-    def export(self, model, out_dir: Path, info: dict):
-        return Recipe.export(self, model.mar, out_dir, info)
+    def deployable(self, model):
+        return model.mar
 
     CARD_PER_CLASS = 50  # MAR sampling is ~10x the cost of LlamaGen's on CPU: N = 500 in the card
 

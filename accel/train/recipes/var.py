@@ -107,8 +107,8 @@ class VQVAERecipe(Recipe):
     def model_config(self) -> dict:
         return {**self.model, "test_mode": True}  # the shipped tokenizer loads frozen, in eval mode
 
-    def export(self, model, out_dir: Path, info: dict):
-        return Recipe.export(self, model.vae, out_dir, info)
+    def deployable(self, model):
+        return model.vae
 
 
 @dataclass
