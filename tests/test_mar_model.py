@@ -258,3 +258,31 @@ def test_preset_sizes_match_released_models():
         vae = AutoencoderKL()
     assert "encoder.down.4.attn.1.q.weight" in vae.state_dict()  # attention only at running resolution 16
     assert not any(k.startswith("decoder.up.") and ".attn." in k for k in vae.state_dict())
+
+
+def test_max_timestep_clips_every_head_schedule():
+    """MARConfig.max_timestep = DiSA's clip: the same tokens as passing the clipped timesteps explicitly."""
+    from dataclasses import replace
+
+    from accel.models.mar_head import DDPMSchedule, clip_schedule
+
+    s = DDPMSchedule.respaced("50")
+    c = clip_schedule(s, 950)
+    assert max(s.timesteps) == 999 and max(c.timesteps) == 950 and c.num_steps == 48
+    assert clip_schedule(s, None) is s and clip_schedule(c, 950) is c
+    clipped = sorted({min(t, 950) for t in space_timesteps(1000, 5)})
+    m, mc = _mar(), _mar(replace(SMALL, max_timestep=950))
+    want = _gen(m, 3, head_steps=clipped)
+    for hs in (5, "5", space_timesteps(1000, 5), lambda step, n: 5):
+        got = _gen(mc, 3, head_steps=hs)
+        assert torch.equal(got.tokens, want.tokens) and got.stats["head_steps"] == 4 * len(clipped)
+    assert not torch.equal(_gen(m, 3, head_steps=5).tokens, want.tokens)  # unclipped (999) differs
+
+
+def test_cspd_step_schedules_clip_at_the_target_max_timestep():
+    from accel.annealing.disa import make_schedule
+    from accel.speculative.cspd import CSpDConfig, step_schedules
+
+    for cfg in (CSpDConfig(head_steps=50), CSpDConfig(schedule=make_schedule("linear:50:5:noclip"))):
+        raw, cl = step_schedules(cfg, 16), step_schedules(cfg, 16, 950)
+        assert max(raw[0].timesteps) == 999 and all(max(s.timesteps) <= 950 for s in cl)

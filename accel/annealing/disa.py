@@ -145,6 +145,8 @@ def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generat
         signal = float(x0_spread(model.head, z_cond, t_probe, schedule.probes, generator).mean())
         reference = signal if reference is None else reference
         ts = schedule.timesteps(signal, reference)
+        if model.cfg.max_timestep is not None:
+            ts = tuple(sorted({min(t, model.cfg.max_timestep) for t in ts}))
         cfg_iter = cfg_at(cfg, cfg_schedule, L, mask_len)
         cfg_iter = cfg_iter.to(device) if isinstance(cfg_iter, torch.Tensor) else cfg_iter
         sampled = model.head.sample(z_rows, timesteps=ts, temperature=temperature, cfg=cfg_iter, generator=generator)

@@ -62,6 +62,12 @@ class MARConfig:
     diffloss_d: int = 3
     diffloss_w: int = 1024
     num_sampling_steps: str = "100"  # default head steps of the generation loop (a call may override)
+    # accel extension (None = official MAR): every head timestep t > max_timestep becomes max_timestep, then
+    # duplicates are dropped, as DiSA's official ``clip_timesteps=950``. The zoo MARs set 950: the clipped
+    # cosine beta makes abar(999) = 2.4e-9, so the first step multiplies the eps error at t = 999 by
+    # sqrt(abar(979) / abar(999)) ~ 670 in the sampled mean; heads trained for minutes on a CPU are not
+    # accurate enough there and their samples diverge (mar_head.clip_schedule).
+    max_timestep: int | None = None
     diffusion_batch_mul: int = 4  # training only
     grad_checkpointing: bool = False  # training only; accepted for config compatibility
     norm_eps: float = 1e-6  # mar_base/large/huge pass LayerNorm(eps=1e-6) as norm_layer
@@ -332,14 +338,16 @@ def cfg_at(cfg: float, schedule: str, seq_len: int, mask_len: int) -> float | to
     raise ValueError(f"unknown cfg_schedule {schedule!r}; valid: ['constant', 'linear']")
 
 
-def _schedule_for(head_steps: HeadSteps, step: int, num_iter: int, default: str, cache: dict):
-    from accel.models.mar_head import DDPMSchedule
+def _schedule_for(head_steps: HeadSteps, step: int, num_iter: int, default: str, cache: dict,
+                  max_timestep: int | None = None):
+    from accel.models.mar_head import DDPMSchedule, clip_schedule
 
     spec = head_steps(step, num_iter) if callable(head_steps) else head_steps
     spec = default if spec is None else spec
     key = tuple(int(t) for t in spec) if isinstance(spec, (list, tuple, torch.Tensor)) else spec
     if key not in cache:
-        cache[key] = DDPMSchedule.from_timesteps(key) if isinstance(key, tuple) else DDPMSchedule.respaced(key)
+        s = DDPMSchedule.from_timesteps(key) if isinstance(key, tuple) else DDPMSchedule.respaced(key)
+        cache[key] = clip_schedule(s, max_timestep)
     return cache[key]
 
 
@@ -396,7 +404,7 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
         rows = torch.cat([to_pred, to_pred]) if use_cfg else to_pred
         z_rows = z[rows]  # (R, dec), row-major over (sample, position)
         cfg_iter = float(cfg_at(cfg, cfg_schedule, L, mask_len))  # float32 value, exact as a Python float
-        sched = _schedule_for(head_steps, step, num_iter, c.num_sampling_steps, cache)
+        sched = _schedule_for(head_steps, step, num_iter, c.num_sampling_steps, cache, c.max_timestep)
         kw = dict(schedule=sched, temperature=temperature, cfg=cfg_iter, generator=generator,
                   noise=None if noises is None else noises[step])
         if record:

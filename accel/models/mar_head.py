@@ -158,6 +158,16 @@ class DDPMSchedule:
         return out
 
 
+def clip_schedule(schedule: "DDPMSchedule", max_timestep: int | None) -> "DDPMSchedule":
+    """``schedule`` with every timestep t > max_timestep replaced by max_timestep and duplicates dropped
+    (DiSA's ``clip_timesteps``); the same object when nothing changes (None, or already below)."""
+    if max_timestep is None or max(schedule.timesteps) <= max_timestep:
+        return schedule
+    if max_timestep < 1:
+        raise ValueError(f"max_timestep must be >= 1, got {max_timestep}")
+    return DDPMSchedule.from_timesteps(sorted({min(t, max_timestep) for t in schedule.timesteps}))
+
+
 def resolve_schedule(steps: int | str | None = None, timesteps: Sequence[int] | None = None,
                      schedule: DDPMSchedule | None = None) -> DDPMSchedule:
     """Exactly one of ``steps`` / ``timesteps`` / ``schedule`` -> a DDPMSchedule."""

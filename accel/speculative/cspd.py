@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from accel.annealing.schedules import StepSchedule
-from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise
+from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, clip_schedule
 from accel.speculative import cspd_math as M
 
 VERIFY = ("left_to_right", "independent")
@@ -136,14 +136,16 @@ def row_cfg_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, noise: HeadNoi
     return HeadStats(mean[:N], (0.5 * logvar[:N]).exp() * temperature, lsum, x[:N])
 
 
-def step_schedules(cfg: CSpDConfig, L: int) -> list[DDPMSchedule]:
+def step_schedules(cfg: CSpDConfig, L: int, max_timestep: int | None = None) -> list[DDPMSchedule]:
     """The DDPM schedule at each AR position n = 0..L-1 (one token per step): ``cfg.schedule.timesteps(n, L)``,
-    one object per distinct timestep list, or ``head_steps`` everywhere when ``cfg.schedule`` is None."""
+    one object per distinct timestep list, or ``head_steps`` everywhere when ``cfg.schedule`` is None; clipped
+    at the target's ``max_timestep`` (``MARConfig.max_timestep``)."""
     if cfg.schedule is None:
-        return [DDPMSchedule.respaced(cfg.head_steps)] * L
+        return [clip_schedule(DDPMSchedule.respaced(cfg.head_steps), max_timestep)] * L
     from accel.annealing.disa import ddpm_schedules
 
-    return ddpm_schedules(cfg.schedule, L)
+    cache: dict = {}
+    return [cache.setdefault(id(s), clip_schedule(s, max_timestep)) for s in ddpm_schedules(cfg.schedule, L)]
 
 
 @dataclass
@@ -188,7 +190,7 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     if B is None:
         raise ValueError("give labels or batch")
     labels = None if labels is None else labels.to(dev)
-    scheds = step_schedules(cfg, L)  # DDPM schedule of the token at each AR position (shared by p and q)
+    scheds = step_schedules(cfg, L, p.cfg.max_timestep)  # DDPM schedule of the token at each AR position (shared by p and q)
     use_cfg = float(cfg.cfg) != 1.0
     orders = p.sample_orders(B, generator, dev)  # shared random order (B, L)
     tokens = torch.zeros(B, L, C, device=dev)

@@ -17,8 +17,8 @@ from accel import zoo
 DEFAULTS: dict[str, dict] = {
     "fmnist-llamagen": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
     "fmnist-llamagen-draft": dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0),
-    "fmnist-mar": dict(num_iter=16, cfg=3.0, cfg_schedule="linear", temperature=1.0, head_steps=50),
-    "fmnist-mar-draft": dict(num_iter=16, cfg=3.0, cfg_schedule="linear", temperature=1.0, head_steps=50),
+    "fmnist-mar": dict(num_iter=16, cfg=5.0, cfg_schedule="constant", temperature=1.0, head_steps=50),
+    "fmnist-mar-draft": dict(num_iter=16, cfg=5.0, cfg_schedule="constant", temperature=1.0, head_steps=50),
     "fmnist-var": dict(cfg=1.5, top_k=0, top_p=0.0, more_smooth=False),
 }
 

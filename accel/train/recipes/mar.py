@@ -28,7 +28,7 @@ VAE_ZOO = dict(embed_dim=16, ch_mult=(1, 2, 2), ch=32, num_res_blocks=1, resolut
 MAR_TARGET = dict(img_size=32, vae_stride=4, patch_size=1, encoder_embed_dim=128, encoder_depth=4,
                   encoder_num_heads=4, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
                   vae_embed_dim=16, class_num=10, buffer_size=8, diffloss_d=3, diffloss_w=256,
-                  num_sampling_steps="50", diffusion_batch_mul=2)
+                  num_sampling_steps="50", diffusion_batch_mul=2, max_timestep=950)
 MAR_DRAFT = dict(MAR_TARGET, encoder_embed_dim=64, encoder_depth=2, decoder_embed_dim=64, decoder_depth=2,
                  diffloss_d=2, diffloss_w=128)
 
