@@ -93,22 +93,34 @@ class VQVAERecipe(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model, run_dir: Path) -> dict:
-        from accel.train.recipes.llamagen import psnr
+        return vqvae_quality(model.vae, data.load_arrays("val")[0])
 
-        x = data.load_arrays("val")[0]
-        vae = model.vae.eval()
-        p = torch.cat([psnr(vae.img_to_reconstructed_img(c), c) for c in x.split(250)])
-        used = torch.zeros(vae.vocab_size, dtype=torch.bool)
-        for c in x.split(250):
-            for idx in vae.img_to_idxBl(c):
-                used[idx.flatten()] = True
-        return {"psnr": float(p.mean()), "usage": float(used.float().mean())}
+    def card_quality(self, name: str) -> dict:
+        from accel import zoo
+
+        q = vqvae_quality(zoo.load(name), data.load_arrays("test")[0])
+        return {"reconstruction PSNR (dB, test set)": round(q["psnr"], 2),
+                "codebook usage (test set, all scales)": round(q["usage"], 3), "n": 10000}
 
     def model_config(self) -> dict:
         return {**self.model, "test_mode": True}  # the shipped tokenizer loads frozen, in eval mode
 
     def deployable(self, model):
         return model.vae
+
+
+@torch.no_grad()
+def vqvae_quality(vae, x: torch.Tensor) -> dict:
+    """Reconstruction PSNR and the fraction of codes used over every scale's indices of ``x``."""
+    from accel.train.recipes.llamagen import psnr
+
+    vae.eval()
+    p = torch.cat([psnr(vae.img_to_reconstructed_img(c), c) for c in x.split(250)])
+    used = torch.zeros(vae.vocab_size, dtype=torch.bool)
+    for c in x.split(250):
+        for idx in vae.img_to_idxBl(c):
+            used[idx.flatten()] = True
+    return {"psnr": float(p.mean()), "usage": float(used.float().mean())}
 
 
 @dataclass
