@@ -28,6 +28,7 @@ import torch
 
 from accel.annealing.schedules import DISA_RESPACING, ConstantSchedule, Respacing, StepSchedule, disa_schedule
 from accel.harness.baselines import zoo_missing
+from accel.models.mar_head import clip_timesteps
 from accel.types import Sample
 
 
@@ -144,9 +145,7 @@ def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generat
         z_cond = z_rows[: len(z_rows) // 2] if use_cfg else z_rows
         signal = float(x0_spread(model.head, z_cond, t_probe, schedule.probes, generator).mean())
         reference = signal if reference is None else reference
-        ts = schedule.timesteps(signal, reference)
-        if model.cfg.max_timestep is not None:
-            ts = tuple(sorted({min(t, model.cfg.max_timestep) for t in ts}))
+        ts = clip_timesteps(schedule.timesteps(signal, reference), model.cfg.max_timestep)
         cfg_iter = cfg_at(cfg, cfg_schedule, L, mask_len)
         cfg_iter = cfg_iter.to(device) if isinstance(cfg_iter, torch.Tensor) else cfg_iter
         sampled = model.head.sample(z_rows, timesteps=ts, temperature=temperature, cfg=cfg_iter, generator=generator)
@@ -164,7 +163,7 @@ def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generat
     return TokenSample(model.unpatchify(tokens), stats)
 
 
-def ddpm_schedules(schedule: StepSchedule, num_ar_steps: int) -> list:
+def ddpm_schedules(schedule: StepSchedule, num_ar_steps: int, max_timestep: int | None = None) -> list:
     """One ``DDPMSchedule`` per AR step (built once per distinct timestep list). For samplers with their own
     loop, e.g. CSpD at one token per step (num_ar_steps = L): give draft q and target p the SAME
     ``ddpm_schedules(schedule, L)[n]`` at AR step n, and draw the aligned noise with that step count S_n."""
@@ -173,8 +172,10 @@ def ddpm_schedules(schedule: StepSchedule, num_ar_steps: int) -> list:
     cache: dict = {}
     out = []
     for k in range(num_ar_steps):
-        ts = schedule.timesteps(k, num_ar_steps)
-        out.append(cache.setdefault(ts, DDPMSchedule.from_timesteps(ts)))
+        ts = clip_timesteps(schedule.timesteps(k, num_ar_steps), max_timestep)  # MARConfig.max_timestep
+        if ts not in cache:
+            cache[ts] = DDPMSchedule.from_timesteps(ts)
+        out.append(cache[ts])
     return out
 
 

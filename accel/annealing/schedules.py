@@ -70,10 +70,9 @@ class Respacing:
 
     def timesteps(self, steps: int) -> tuple[int, ...]:
         """Sorted original timesteps (ascending, like the official ``timestep_map``)."""
-        ts = space_timesteps(self.num_train_timesteps, int(steps))
-        if self.clip is not None:
-            ts = tuple(sorted({min(t, self.clip) for t in ts}))
-        return ts
+        from accel.models.mar_head import clip_timesteps
+
+        return clip_timesteps(space_timesteps(self.num_train_timesteps, int(steps)), self.clip)
 
 
 MAR_RESPACING = Respacing(clip=None)

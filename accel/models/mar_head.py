@@ -158,14 +158,23 @@ class DDPMSchedule:
         return out
 
 
+def clip_timesteps(timesteps: Sequence[int], max_timestep: int | None) -> tuple[int, ...]:
+    """DiSA's ``clip_timesteps``: every t > max_timestep becomes max_timestep, duplicates dropped, ascending.
+    ``None`` keeps the timesteps (sorted)."""
+    if max_timestep is None:
+        return tuple(sorted(timesteps))
+    if max_timestep < 0:
+        raise ValueError(f"max_timestep must be >= 0, got {max_timestep}")
+    return tuple(sorted({min(int(t), max_timestep) for t in timesteps}))
+
+
 def clip_schedule(schedule: "DDPMSchedule", max_timestep: int | None) -> "DDPMSchedule":
-    """``schedule`` with every timestep t > max_timestep replaced by max_timestep and duplicates dropped
-    (DiSA's ``clip_timesteps``); the same object when nothing changes (None, or already below)."""
+    """``schedule`` with its timesteps clipped (``clip_timesteps``); the same object when nothing changes."""
     if max_timestep is None or max(schedule.timesteps) <= max_timestep:
         return schedule
     if max_timestep < 1:
         raise ValueError(f"max_timestep must be >= 1, got {max_timestep}")
-    return DDPMSchedule.from_timesteps(sorted({min(t, max_timestep) for t in schedule.timesteps}))
+    return DDPMSchedule.from_timesteps(clip_timesteps(schedule.timesteps, max_timestep))
 
 
 def resolve_schedule(steps: int | str | None = None, timesteps: Sequence[int] | None = None,

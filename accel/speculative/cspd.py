@@ -144,8 +144,7 @@ def step_schedules(cfg: CSpDConfig, L: int, max_timestep: int | None = None) -> 
         return [clip_schedule(DDPMSchedule.respaced(cfg.head_steps), max_timestep)] * L
     from accel.annealing.disa import ddpm_schedules
 
-    cache: dict = {}
-    return [cache.setdefault(id(s), clip_schedule(s, max_timestep)) for s in ddpm_schedules(cfg.schedule, L)]
+    return ddpm_schedules(cfg.schedule, L, max_timestep)
 
 
 @dataclass
