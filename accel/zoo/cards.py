@@ -80,37 +80,34 @@ def forward_latency(name: str, device="cpu") -> dict:
               cache=cache)
         x, pos = toks[:, :1], torch.tensor([half + 1], device=device)
         out["decode_step_s"] = median_latency(lambda: model(x, input_pos=pos, cache=cache))
-        out["params"] = sum(p.numel() for p in model.parameters())
     elif kind == "llamagen-vq":
         g = 32 // model.config.downsample
         idx = torch.zeros(1, g, g, dtype=torch.long, device=device)
         img = torch.zeros(1, 3, 32, 32, device=device)
         out["decode_s"] = median_latency(lambda: model.decode_code(idx))
         out["encode_s"] = median_latency(lambda: model.encode(img))
-        out["params"] = sum(p.numel() for p in model.parameters())
     elif kind == "fmnist-cnn":
         img = torch.zeros(1, 3, 32, 32, device=device)
         out["forward_s"] = median_latency(lambda: model(img))
-        out["params"] = sum(p.numel() for p in model.parameters())
     elif kind == "mar-vae":
         img = torch.zeros(1, 3, 32, 32, device=device)
         z = model.encode(img).mean
         out["decode_s"] = median_latency(lambda: model.decode(z))
         out["encode_s"] = median_latency(lambda: model.encode(img))
-        out["params"] = sum(p.numel() for p in model.parameters())
     elif kind == "var":
+        from accel.zoo.sample import DEFAULTS
+
         vae = zoo.load(zoo.TOKENIZER[name], device=device)
         lab = torch.zeros(1, dtype=torch.long, device=device)
         g = torch.Generator(device=device).manual_seed(0)
-        out["generate_s"] = median_latency(lambda: model.autoregressive_infer_cfg(vae, 1, lab, generator=g, cfg=1.5),
+        kw = DEFAULTS.get(name, {})  # the card's sampling settings (cfg, top-k/p)
+        out["generate_s"] = median_latency(lambda: model.autoregressive_infer_cfg(vae, 1, lab, generator=g, **kw),
                                            warmup=2, repeats=10)  # every scale, batched CFG, VQVAE decode included
-        out["params"] = sum(p.numel() for p in model.parameters())
     elif kind == "var-vqvae":
         img = torch.zeros(1, 3, 32, 32, device=device)
         idx = model.img_to_idxBl(img)
         out["decode_s"] = median_latency(lambda: model.idxBl_to_img(idx))
         out["encode_s"] = median_latency(lambda: model.img_to_idxBl(img))
-        out["params"] = sum(p.numel() for p in model.parameters())
     elif kind == "mar":
         c = model.cfg
         toks = torch.zeros(1, c.seq_len, c.token_embed_dim, device=device)
@@ -122,9 +119,10 @@ def forward_latency(name: str, device="cpu") -> dict:
         x = torch.zeros(1, c.token_embed_dim, device=device)
         out["condition_s"] = median_latency(lambda: model.condition(toks, mask, lab))  # encoder + decoder pass
         out["head_net_s"] = median_latency(lambda: model.diffloss.net(x, t, z[0, :1]))  # one diffusion step, 1 token
-        out["params"] = sum(p.numel() for p in model.parameters())
     else:
         out["note"] = f"no latency probe for kind {kind!r}"
+        return out
+    out["params"] = sum(p.numel() for p in model.parameters())
     return out
 
 
