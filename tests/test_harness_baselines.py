@@ -9,7 +9,7 @@ from accel.harness.registry import BuildContext, discover
 from accel.models.classifier import ClassifierConfig
 from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.zoo import sample as zoo_sample
-from accel.zoo.store import save_zoo_file
+from accel.zoo.store import save_zoo_file, zoo_file
 
 TINY_VQ = dict(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
                decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
@@ -32,7 +32,7 @@ def weights(tmp_path_factory):
 
     def put(name, kind, cfg, module=None):
         module = module if module is not None else zoo.BUILDERS[kind](cfg)
-        save_zoo_file(d / f"{name}.safetensors", module.state_dict(), kind=kind, config=cfg, dtype=None)
+        save_zoo_file(zoo_file(d, name), module.state_dict(), kind=kind, config=cfg, dtype=None)
         return module
 
     put("fmnist-llamagen-vq", "llamagen-vq", TINY_VQ)
@@ -45,7 +45,7 @@ def weights(tmp_path_factory):
     put("fmnist-var", "var", VAR_GEN, var)
     cnn = put("fmnist-cnn", "fmnist-cnn", ClassifierConfig().to_dict()).eval()
     f = cnn.features_logits(torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(1)))[0].double()
-    save_zoo_file(d / "fmnist-cnn-ref.safetensors", {"ref_mean": f.mean(0).float(), "ref_cov": torch.cov(f.T).float(),
+    save_zoo_file(zoo_file(d, "fmnist-cnn-ref"), {"ref_mean": f.mean(0).float(), "ref_cov": torch.cov(f.T).float(),
                   "ref_bank": f.float(), "ref_labels": torch.arange(300) % 10}, kind="feature-stats", config={}, dtype=None)
     return d
 

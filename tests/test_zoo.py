@@ -1,6 +1,8 @@
 """Zoo loading (names, zoo files, training runs), sampling shapes and determinism, zoo file format."""
 from __future__ import annotations
 
+import lzma
+
 import pytest
 import torch
 
@@ -26,11 +28,16 @@ def tiny_files(tmp_path_factory):
     return d, vq, gpt
 
 
-def test_zoo_file_roundtrip_is_fp16_exact(tiny_files):
+@pytest.mark.parametrize("suffix", [".safetensors", ".safetensors.xz"])
+def test_zoo_file_roundtrip_is_fp16_exact(tiny_files, tmp_path, suffix):
     d, _, gpt = tiny_files
-    kind, cfg, info, tensors = read_zoo_file(d / "gpt.safetensors")
+    path = tmp_path / f"gpt{suffix}"
+    save_zoo_file(path, gpt.state_dict(), kind="llamagen-gpt", config=TINY_GPT, info={"step": 3})
+    if suffix.endswith(".xz"):
+        assert lzma.decompress(path.read_bytes())[8:].lstrip(b" ").startswith(b"{")  # xz around safetensors
+    kind, cfg, info, tensors = read_zoo_file(path)
     assert kind == "llamagen-gpt" and cfg == TINY_GPT and info == {"step": 3}
-    loaded = zoo.load(d / "gpt.safetensors")
+    loaded = zoo.load(path)
     for k, v in gpt.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v.half().float()), k
     assert not loaded.training
@@ -81,7 +88,7 @@ def test_shipped_models_load_and_run(name):
     if name not in zoo.ZOO:
         pytest.skip("no zoo weights shipped in this checkout")
     model, info = zoo.load_with_info(name)
-    assert info["path"].endswith(f"{name}.safetensors")
+    assert info["path"].endswith(f"{name}.safetensors.xz")
     assert (zoo.CARDS_DIR / f"{name}.md").is_file(), f"{name} ships without a model card"
     if name == "fmnist-cnn":
         f, logits = model.features_logits(torch.rand(2, 3, 32, 32))
@@ -96,7 +103,7 @@ def test_shipped_models_load_and_run(name):
 
 
 def test_zoo_under_size_budget():
-    total = sum(p.stat().st_size for p in zoo.WEIGHTS_DIR.glob("*.safetensors")) if zoo.WEIGHTS_DIR.is_dir() else 0
+    total = sum(p.stat().st_size for p in zoo.WEIGHTS_DIR.iterdir() if p.is_file()) if zoo.WEIGHTS_DIR.is_dir() else 0
     assert total < 40e6, f"zoo weights take {total / 1e6:.1f} MB (budget 40 MB)"
 
 

@@ -91,11 +91,11 @@ class LlamaGenDistillRecipe(Recipe):
 
     def export(self, model, out_dir: Path, info: dict):
         from accel.distill.data import load_pairs
-        from accel.zoo.store import save_zoo_file
+        from accel.zoo.store import save_zoo_file, zoo_file
 
         pairs = load_pairs(self.pairs_dir)
         model.fit_marginals(pairs["tokens"], pairs["labels"])
 
         cfg = {"gpt": dict(self.model), "code_dim": int(model.codes.size(1)), "t_list": list(self.t_list)}
-        return [save_zoo_file(Path(out_dir) / f"{self.name}.safetensors", model.state_dict(), kind=self.kind,
+        return [save_zoo_file(zoo_file(out_dir, self.name), model.state_dict(), kind=self.kind,
                               config=cfg, info=info)]

@@ -187,9 +187,9 @@ class VARDistillRecipe(Recipe):
         return {"var": json.loads(json.dumps(asdict(var.cfg))), "vocab_size": var.V, "Cvae": var.Cvae}
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
-        from accel.zoo.store import save_zoo_file
+        from accel.zoo.store import save_zoo_file, zoo_file
 
-        return [save_zoo_file(Path(out_dir) / f"{self.name}.safetensors", model.state_dict(), kind=self.kind,
+        return [save_zoo_file(zoo_file(out_dir, self.name), model.state_dict(), kind=self.kind,
                               config=student_config(model), info=info)]
 
 

@@ -8,7 +8,6 @@ Sampling settings are the target's zoo defaults (``accel.zoo.sample.DEFAULTS``),
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -56,7 +55,7 @@ def load_drafter(kind: str, target, device, dtype):
     if kind == "eagle":
         from accel.train.drafter import load_eagle
 
-        head, _ = load_eagle(zoo.WEIGHTS_DIR / f"{EAGLE}.safetensors", device=device, dtype=dtype)
+        head, _ = load_eagle(zoo.weights_path(EAGLE), device=device, dtype=dtype)
         return EagleDrafter(head, target)
     raise KeyError(f"unknown drafter {kind!r}; valid: ['draft', 'eagle']")
 
@@ -95,7 +94,7 @@ def _missing(drafter: str):
 
         need = [model, zoo.TOKENIZER.get(model, "fmnist-llamagen-vq")] + ([DRAFT] if drafter == "draft" else [])
         gone = [n for n in need if not zoo.is_available(n)]
-        if drafter == "eagle" and not (zoo.WEIGHTS_DIR / f"{EAGLE}.safetensors").is_file():
+        if drafter == "eagle" and not zoo.weights_path(EAGLE).is_file():
             gone.append(EAGLE)
         return f"zoo weights not trained in this copy: {', '.join(gone)}" if gone else None
 

@@ -101,9 +101,9 @@ class EagleRecipe(Recipe):
         return reg + self.p_w * ce, {"smooth_l1": reg, "ce": ce, "top1": top1}
 
     def export(self, model, out_dir: Path, info: dict) -> list[Path]:
-        from accel.zoo.store import save_zoo_file
+        from accel.zoo.store import save_zoo_file, zoo_file
 
-        return [save_zoo_file(Path(out_dir) / f"{self.name}.safetensors", model.head.state_dict(), kind=self.kind,
+        return [save_zoo_file(zoo_file(out_dir, self.name), model.head.state_dict(), kind=self.kind,
                               config=self.model_config(), info={**info, "target": self.target})]
 
 

@@ -82,8 +82,8 @@ class Recipe:
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
         """Write the shipped fp16 zoo file(s) for the trained ``model`` (EMA weights when kept)."""
-        from accel.zoo.store import save_zoo_file
+        from accel.zoo.store import save_zoo_file, zoo_file
 
         model = self.deployable(model)
-        return [save_zoo_file(Path(out_dir) / f"{self.name}.safetensors", model.state_dict(), kind=self.kind,
+        return [save_zoo_file(zoo_file(out_dir, self.name), model.state_dict(), kind=self.kind,
                               config=self.model_config(), info=info)]

@@ -1,7 +1,7 @@
 """The bundled model zoo: small models trained by accel on Fashion-MNIST (DESIGN.md §2).
 
 ``load(name_or_path)`` resolves, in this order: a zoo name (``fmnist-llamagen``, ...; the fp16 file under
-``accel/zoo/weights/``), a path to a zoo ``.safetensors`` file, or a training run (its folder or its
+``accel/zoo/weights/``, xz-compressed), a path to a zoo ``.safetensors[.xz]`` file, or a training run (its folder or its
 ``last.pt``; EMA weights when the recipe keeps an EMA). Each zoo file names the builder (``kind``) and its
 config, so loading needs nothing else. Missing weights raise with the command that trains them.
 """
@@ -122,7 +122,9 @@ def names() -> list[str]:
 def weights_path(name: str) -> Path:
     if name not in ZOO:
         raise KeyError(f"unknown zoo model {name!r}; valid: {names()}")
-    return WEIGHTS_DIR / f"{name}.safetensors"
+    from accel.zoo.store import zoo_file
+
+    return zoo_file(WEIGHTS_DIR, name)
 
 
 def is_available(name: str) -> bool:
@@ -158,10 +160,10 @@ def load(name_or_path: str | Path, *, device: torch.device | str | None = None,
 
 def load_with_info(name_or_path: str | Path, *, device=None, dtype=None) -> tuple[nn.Module, dict]:
     from accel.checkpoint import load_strict
-    from accel.zoo.store import read_zoo_file
+    from accel.zoo.store import is_zoo_path, read_zoo_file
 
     path = resolve(name_or_path)
-    if path.suffix == ".safetensors":
+    if is_zoo_path(path):
         kind, cfg, info, tensors = read_zoo_file(path)
         if kind not in BUILDERS:
             raise KeyError(f"{path}: unknown zoo kind {kind!r}; valid: {sorted(BUILDERS)}")
@@ -195,9 +197,9 @@ def classifier(device=None) -> nn.Module:
 def reference_stats(name: str = "fmnist-cnn") -> dict[str, torch.Tensor]:
     """Real test-set feature statistics shipped with the classifier: ``ref_mean`` (D,), ``ref_cov`` (D, D),
     ``ref_bank`` (N, D) and ``ref_labels`` (N,), float32/long."""
-    from accel.zoo.store import read_zoo_file
+    from accel.zoo.store import read_zoo_file, zoo_file
 
-    p = WEIGHTS_DIR / f"{name}-ref.safetensors"
+    p = zoo_file(WEIGHTS_DIR, f"{name}-ref")
     if not p.is_file():
         raise FileNotFoundError(f"{p} missing; it is written by `accel train {name}` when training finishes")
     _, _, _, tensors = read_zoo_file(p)

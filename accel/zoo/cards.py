@@ -153,7 +153,7 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
     folder (``runs/`` is not versioned), the training facts come from the shipped file's ``info`` and the
     card says that the log is not available."""
     role = zoo.ZOO[name]
-    wpath = zoo.WEIGHTS_DIR / f"{name}.safetensors"
+    wpath = zoo.weights_path(name)
     if (Path(run_dir) / "last.pt").is_file():
         state = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=False)
         run = run_summary(run_dir)
@@ -167,14 +167,14 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
                "last_train": {"note": missing}, "last_eval": {"note": missing}}
     lines = [f"# {name}", "", f"{role[2]} (family `{role[0]}`, role `{role[1]}`).", "",
              "Made by (from the repository root):", "", "```", f"accel train {name}", command, "```", "",
-             f"Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
+             "Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
              "padded to 32x32, 3 channels, [-1, 1].", "",
              "## Training", "", "| field | value |", "|---|---|",
              _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),
                    "wall time (s, all sessions)": run["wall_s"], "sessions": run["sessions"],
                    "machine": "shared 2-core CPU, 1 torch thread",
                    "run log notes": "; ".join(run["notes"]) or "-", "weights": "EMA" if state.get("ema") else "raw",
-                   "shipped file": f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16)" if wpath.is_file() else "-"}),
+                   "shipped file": f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)" if wpath.is_file() else "-"}),
              "", "Recipe (exact, from the checkpoint):", "", "```json", json.dumps(state["recipe"], indent=1), "```", "",
              "Final training log row:", "", "```json", json.dumps(run["last_train"]), "```", "",
              "Last evaluation:", "", "```json", json.dumps(run["last_eval"]), "```", ""]

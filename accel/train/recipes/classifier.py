@@ -78,7 +78,7 @@ class ClassifierRecipe(Recipe):
         ref = zoo.reference_stats(name)
         return {"test accuracy (10,000 images, shipped fp16 weights)": round(float((logits.argmax(-1) == y).float().mean()), 4),
                 "feature dim": int(ref["ref_mean"].numel()),
-                "reference statistics": f"{name}-ref.safetensors: mean, covariance, {ref['ref_bank'].shape[0]}-row "
+                "reference statistics": f"{name}-ref.safetensors.xz: mean, covariance, {ref['ref_bank'].shape[0]}-row "
                                         "feature bank + labels of the test set"}
 
     def card_notes(self) -> str:
@@ -86,9 +86,9 @@ class ClassifierRecipe(Recipe):
                 "linear classifier), computed by `features_logits(images01)` on images in [0, 1].")
 
     def export(self, model: FashionCNN, out_dir: Path, info: dict) -> list[Path]:
-        """Weights in fp16, plus ``fmnist-cnn-ref.safetensors``: test-set feature statistics computed with the
+        """Weights in fp16, plus ``fmnist-cnn-ref.safetensors.xz``: test-set feature statistics computed with the
         *fp16-rounded* weights that ship (so metrics at load time see exactly these features)."""
-        from accel.zoo.store import save_zoo_file
+        from accel.zoo.store import save_zoo_file, zoo_file
 
         paths = Recipe.export(self, model, out_dir, info)
         shipped = FashionCNN(self.cfg())
@@ -98,7 +98,7 @@ class ClassifierRecipe(Recipe):
         acc = float(ref.pop("accuracy"))
         tensors = {"ref_mean": ref["ref_mean"], "ref_cov": ref["ref_cov"], "ref_bank": ref["ref_bank"].half(),
                    "ref_labels": ref["ref_labels"]}
-        paths.append(save_zoo_file(Path(out_dir) / f"{self.name}-ref.safetensors", tensors, kind="feature-stats",
+        paths.append(save_zoo_file(zoo_file(out_dir, f"{self.name}-ref"), tensors, kind="feature-stats",
                                    config={"split": "test", "n": int(ref["ref_labels"].numel()),
                                            "feature_dim": int(ref["ref_mean"].numel())},
                                    info={**info, "test_accuracy": acc}, dtype=None))
