@@ -41,8 +41,8 @@ def grid(quick: bool, head_steps=None, disa=()) -> list[tuple[str, dict]]:
     pts += [(f"cspd-ltr-g{k}", dict(gamma=k)) for k in ((4,) if quick else (4, 8))]
     pts += [("cspd-ltr-g4-noalign", dict(gamma=4, align=False))]
     if not quick:
-        pts += [("cspd-official-T42-g32", dict(gamma=32, verify="independent", std_product="official",
-                                               inner_temperature=42.0))]
+        t42 = dict(gamma=32, verify="independent", std_product="official", inner_temperature=42.0)
+        pts += [("cspd-official-T42-g32", t42), ("cspd-official-T42-g32-noalign", dict(t42, align=False))]
     for spec in disa:
         d = describe(make_schedule(spec))
         pts += [(f"cspd-disa-{d}-ind-g32", dict(gamma=32, schedule=spec, **ind)),

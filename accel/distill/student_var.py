@@ -217,7 +217,12 @@ def _block_with_nd(b, x: Tensor, cond, attn_bias: Tensor, nd: Tensor) -> Tensor:
 def decode_vectors(vae: VQVAE, vec_BLCv: Tensor, patch_nums) -> Tensor:
     """Images (B, 3, H, W) in [0, 1] from per-slot token vectors (codes or continuous): f_hat accumulated
     scale by scale (bicubic up + phi) as VAR does with looked-up codes, then decoded."""
+    return vae.fhat_to_img(vectors_to_fhat(vae, vec_BLCv, patch_nums)).add(1).mul(0.5)
+
+
+def vectors_to_fhat(vae: VQVAE, vec_BLCv: Tensor, patch_nums) -> Tensor:
+    """f_hat (B, Cvae, H, W) accumulated scale by scale from per-slot token vectors (B, L, Cvae)."""
     B, L, Cvae = vec_BLCv.shape
     hs = [v.transpose(1, 2).reshape(B, Cvae, pn, pn)
           for v, pn in zip(vec_BLCv.split([pn * pn for pn in patch_nums], 1), patch_nums)]
-    return vae.fhat_to_img(vae.quantize.embed_to_fhat(hs, last_one=True)).add(1).mul(0.5)
+    return vae.quantize.embed_to_fhat(hs, last_one=True)
