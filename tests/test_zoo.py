@@ -83,6 +83,25 @@ def test_run_folder_loads_like_a_zoo_name(tmp_path):
     assert m(torch.zeros(2, 8)).shape == (2, 1)
 
 
+def test_trained_model_exports_ema_or_raw_weights_on_request(tmp_path):
+    from accel.train.loop import CKPT, fit, trained_model
+    from accel.train.recipes import get_recipe
+
+    recipe = get_recipe("toy")
+    fit(recipe, tmp_path, steps=3, progress=False)
+    state = torch.load(tmp_path / CKPT, map_location="cpu", weights_only=False)
+    ema, info_e = trained_model(recipe, tmp_path)
+    raw, info_r = trained_model(recipe, tmp_path, weights="raw")
+    assert (info_e["weights"], info_r["weights"]) == ("ema", "raw")
+    for k, v in state["model"].items():
+        assert torch.equal(raw.state_dict()[k], v), k
+        if v.is_floating_point():
+            assert torch.equal(ema.state_dict()[k], state["ema"]["shadow"][k].to(v.dtype)), k
+    assert any(not torch.equal(raw.state_dict()[k], ema.state_dict()[k]) for k in state["model"])
+    with pytest.raises(ValueError, match="ema"):
+        trained_model(recipe, tmp_path, weights="best")
+
+
 @pytest.mark.parametrize("name", zoo.available() or ["(none shipped)"])
 def test_shipped_models_load_and_run(name):
     if name not in zoo.ZOO:

@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", default=None, help="where finished weights go (default: package zoo)")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--export-only", action="store_true")
+    parser.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                        help="which weights to export when the recipe keeps an EMA (default: ema)")
     parser.add_argument("--card", action="store_true",
                         help="after export, measure quality and batch-1 latency and write cards/RECIPE.md")
     parser.add_argument("--card-only", action="store_true", help="only (re)write the model card")
@@ -66,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from accel.zoo import WEIGHTS_DIR
 
-    model, info = trained_model(recipe, run_dir)
+    model, info = trained_model(recipe, run_dir, weights=args.weights)
     info["wall_s"] = _wall_time(run_dir)
     paths = recipe.export(model, Path(args.export_dir) if args.export_dir else WEIGHTS_DIR, info)
     for p in paths:

@@ -204,18 +204,22 @@ def evaluate(recipe: Recipe, model: torch.nn.Module, ema: EMA | None, run_dir: P
         return recipe.evaluate(model, run_dir)
 
 
-def trained_model(recipe: Recipe, run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The model of ``run_dir/last.pt`` with its EMA weights when the recipe keeps an EMA, plus info."""
+def trained_model(recipe: Recipe, run_dir: str | Path, weights: str = "ema") -> tuple[torch.nn.Module, dict]:
+    """The model of ``run_dir/last.pt`` plus info. ``weights="ema"``: the EMA weights when the recipe keeps an
+    EMA (else the raw ones); ``"raw"``: the optimised weights even when an EMA exists."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     ckpt_path = Path(run_dir) / CKPT
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"no checkpoint {ckpt_path}; train first with `accel train {recipe.name}`")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model = recipe.build()
     model.load_state_dict(state["model"])
-    if state.get("ema") is not None:
+    use_ema = weights == "ema" and state.get("ema") is not None
+    if use_ema:
         ema = EMA(model, state["ema"]["decay"])
         ema.load_state_dict(state["ema"])
         ema.copy_to(model)
     model.eval()
-    return model, {"step": int(state["step"]), "weights": "ema" if state.get("ema") else "raw",
+    return model, {"step": int(state["step"]), "weights": "ema" if use_ema else "raw",
                    "recipe": state["recipe"]}

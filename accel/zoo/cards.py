@@ -147,6 +147,17 @@ def _fmt(d: dict) -> str:
     return "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in d.items())
 
 
+def _weights_kind(wpath: Path, state: dict) -> str:
+    """"EMA" or "raw": what the shipped file records (export may pick either), else what the run keeps."""
+    if wpath.is_file():
+        from accel.zoo.store import read_zoo_file
+
+        kind = read_zoo_file(wpath)[2].get("weights")
+        if kind in ("ema", "raw"):
+            return {"ema": "EMA", "raw": "raw"}[kind]
+    return "EMA" if state.get("ema") else "raw"
+
+
 def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, latency: dict | None,
                notes: str = "", out_dir: Path | None = None) -> Path:
     """Write ``cards/NAME.md`` from the run checkpoint/log plus measured quality and latency. Without the run
@@ -173,7 +184,7 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
              _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),
                    "wall time (s, all sessions)": run["wall_s"], "sessions": run["sessions"],
                    "machine": "shared 2-core CPU, 1 torch thread",
-                   "run log notes": "; ".join(run["notes"]) or "-", "weights": "EMA" if state.get("ema") else "raw",
+                   "run log notes": "; ".join(run["notes"]) or "-", "weights": _weights_kind(wpath, state),
                    "shipped file": f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)" if wpath.is_file() else "-"}),
              "", "Recipe (exact, from the checkpoint):", "", "```json", json.dumps(state["recipe"], indent=1), "```", "",
              "Final training log row:", "", "```json", json.dumps(run["last_train"]), "```", "",
