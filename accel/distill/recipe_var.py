@@ -198,7 +198,7 @@ class VARDistillRecipe(Recipe):
         return ("Data: not Fashion-MNIST images but (noise, token-sequence) pairs of the teacher's DD1 map (teacher "
                 f"{self.teacher} at its card settings; {self.solver_steps} Heun steps per token), made by "
                 "`accel train distill-data --family var --n-pairs 8192`; the last "
-                f"{self.holdout} pairs are held out. Shipped student: `accel train fmnist-var-dd --steps 2000 "
+                f"{self.holdout} pairs are held out. Shipped student: `accel train fmnist-var-dd --steps 1500 "
                 "--threads 1`, exported with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
                 "0.999^n of the teacher-initialised weights after n steps, and its held-out agreement trailed the "
                 "raw weights' (0.10 vs 0.45 at 400 steps). Loss and read-out: the module docstring of "
