@@ -217,11 +217,15 @@ def main(argv=None) -> int:
     reg = Registry({e.name: e for e in [base, *entries]}, modules=reg.modules)
     rows = run_group(reg, base, entries, model, cfg, reference=ref, command=current_command(),
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
+    for r in rows:
+        r["random_weights"] = bool(args.random)
+    path = append_rows(args.out / "cspd.jsonl", rows)  # saved before the cost split: nothing lost if it fails
     splits = {bs: cost_split(reg, model, bs, args.device) for bs in cfg.batch_sizes}
     for r in rows:
         r["cost_split_s"] = splits[r["batch_size"]].get(r["method"])
-        r["random_weights"] = bool(args.random)
-    path = append_rows(args.out / "cspd.jsonl", rows)
+    append_rows(args.out / "cspd_cost_split.jsonl",
+                [{"run_id": r.get("run_id"), "method": r["method"], "batch_size": r["batch_size"],
+                  "cost_split_s": r["cost_split_s"]} for r in rows])
     for r in rows:
         print(f"{r['method']:<28} bs={r['batch_size']:<3} speedup={r['speedup']:.2f}x "
               f"accept={r.get('acceptance_rate')} fid={r.get('fid')} split={r.get('cost_split_s')}")
