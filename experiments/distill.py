@@ -143,7 +143,8 @@ def main():
     if not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
         split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats)]
         text += "\n## VAR time split (tokens vs image decode, interleaved, medians)\n\n"
-        text += "Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include the f_hat build.\n\n"
+        text += ("Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include "
+                 "the f_hat build.\n\n")
         text += "\n".join(f"- {s}" for s in split) + "\n"
     (args.out / "summary.md").write_text(text)
     print(text)

@@ -194,7 +194,8 @@ class VARDistillRecipe(Recipe):
     def card_notes(self) -> str:
         pns = self.load_teacher()[1].patch_nums
         t2 = default_split(pns) if self.t2 < 0 else self.t2
-        read = {-2: "every scale from the logits head", -1: "the released split rule"}.get(self.split, f"split {self.split}")
+        read = {-2: "every scale from the logits head", -1: "the released split rule"}.get(
+            self.split, f"split {self.split}")
         return ("Data: not Fashion-MNIST images but (noise, token-sequence) pairs of the teacher's DD1 map (teacher "
                 f"{self.teacher} at its card settings; {self.solver_steps} Heun steps per token), made by "
                 "`accel train distill-data --family var --n-pairs 8192`; the last "
@@ -202,8 +203,8 @@ class VARDistillRecipe(Recipe):
                 "--threads 1`, exported with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
                 "0.999^n of the teacher-initialised weights after n steps, and its held-out agreement trailed the "
                 "raw weights' (0.10 vs 0.45 at 400 steps, 0.44 vs 0.49 at 1500). Loss and read-out: the "
-                f"module docstring of accel/distill/recipe_var.py ({read}; the 2-step jump re-noises from scale t2 = {t2} of "
-                f"{len(pns)}). "
+                f"module docstring of accel/distill/recipe_var.py ({read}; the 2-step jump re-noises from "
+                f"scale t2 = {t2} of {len(pns)}). "
                 "Speed and FID against the teacher and the naive one-step baseline: results/distill/summary.md.")
 
     def model_config(self) -> dict:
