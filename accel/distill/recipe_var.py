@@ -200,9 +200,10 @@ class VARDistillRecipe(Recipe):
                 f"{self.teacher} at its card settings; {self.solver_steps} Heun steps per token), made by "
                 "`accel train distill-data --family var --n-pairs 8192`; the last "
                 f"{self.holdout} pairs are held out. Shipped student: `accel train fmnist-var-dd --steps 1500 "
-                "--threads 1`, exported with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
+                "--threads 1`, then resumed with `--steps 2700` (a cosine warm restart at step 1500), exported "
+                "with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
                 "0.999^n of the teacher-initialised weights after n steps, and its held-out agreement trailed the "
-                "raw weights' (0.10 vs 0.45 at 400 steps, 0.44 vs 0.49 at 1500). Loss and read-out: the "
+                "raw weights' (0.10 vs 0.45 at 400 steps, 0.44 vs 0.49 at 1500, 0.49 vs 0.50 at 2700). Loss and read-out: the "
                 f"module docstring of accel/distill/recipe_var.py ({read}; the 2-step jump re-noises from "
                 f"scale t2 = {t2} of {len(pns)}). "
                 "Speed and FID against the teacher and the naive one-step baseline: results/distill/summary.md.")
