@@ -147,35 +147,31 @@ def _fmt(d: dict) -> str:
     return "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in d.items())
 
 
-def _weights_kind(wpath: Path, state: dict) -> str:
-    """"EMA" or "raw": what the shipped file records (export may pick either), else what the run keeps."""
-    if wpath.is_file():
-        from accel.zoo.store import read_zoo_file
-
-        kind = read_zoo_file(wpath)[2].get("weights")
-        if kind in ("ema", "raw"):
-            return {"ema": "EMA", "raw": "raw"}[kind]
-    return "EMA" if state.get("ema") else "raw"
-
-
 def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, latency: dict | None,
                notes: str = "", out_dir: Path | None = None) -> Path:
     """Write ``cards/NAME.md`` from the run checkpoint/log plus measured quality and latency. Without the run
     folder (``runs/`` is not versioned), the training facts come from the shipped file's ``info`` and the
     card says that the log is not available."""
+    from accel.zoo.store import read_zoo_file
+
     role = zoo.ZOO[name]
     wpath = zoo.weights_path(name)
+    info = read_zoo_file(wpath)[2] if wpath.is_file() else None  # read (decompressed) once
     if (Path(run_dir) / "last.pt").is_file():
         state = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=False)
         run = run_summary(run_dir)
     else:
-        from accel.zoo.store import read_zoo_file
-
-        info = read_zoo_file(wpath)[2]
+        if info is None:
+            raise FileNotFoundError(f"neither the run folder {run_dir} nor the shipped file {wpath} exists")
         state = {"recipe": info.get("recipe", {}), "ema": info.get("weights") == "ema"}
         missing = f"the run folder {run_dir} is not in this checkout; facts from the shipped file's info"
         run = {"steps": info.get("step"), "wall_s": info.get("wall_s"), "sessions": "-", "notes": [missing],
                "last_train": {"note": missing}, "last_eval": {"note": missing}}
+    # the export may ship either weight set: the file's record wins over what the run keeps
+    kept = (info or {}).get("weights")
+    kept = kept if kept in ("ema", "raw") else ("ema" if state.get("ema") else "raw")
+    weights = {"ema": "EMA", "raw": "raw"}[kept]
+    shipped = f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)" if info is not None else "-"
     lines = [f"# {name}", "", f"{role[2]} (family `{role[0]}`, role `{role[1]}`).", "",
              "Made by (from the repository root):", "", "```", f"accel train {name}", command, "```", "",
              "Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
@@ -184,8 +180,8 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
              _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),
                    "wall time (s, all sessions)": run["wall_s"], "sessions": run["sessions"],
                    "machine": "shared 2-core CPU, 1 torch thread",
-                   "run log notes": "; ".join(run["notes"]) or "-", "weights": _weights_kind(wpath, state),
-                   "shipped file": f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)" if wpath.is_file() else "-"}),
+                   "run log notes": "; ".join(run["notes"]) or "-", "weights": weights,
+                   "shipped file": shipped}),
              "", "Recipe (exact, from the checkpoint):", "", "```json", json.dumps(state["recipe"], indent=1), "```", "",
              "Final training log row:", "", "```json", json.dumps(run["last_train"]), "```", "",
              "Last evaluation:", "", "```json", json.dumps(run["last_eval"]), "```", ""]
