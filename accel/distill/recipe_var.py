@@ -203,9 +203,9 @@ class VARDistillRecipe(Recipe):
                 "--threads 1`, then resumed with `--steps 2700` (a cosine warm restart at step 1500), exported "
                 "with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
                 "0.999^n of the teacher-initialised weights after n steps, and its held-out agreement trailed the "
-                "raw weights' (0.10 vs 0.45 at 400 steps, 0.44 vs 0.49 at 1500, 0.49 vs 0.50 at 2700). Loss and read-out: the "
-                f"module docstring of accel/distill/recipe_var.py ({read}; the 2-step jump re-noises from "
-                f"scale t2 = {t2} of {len(pns)}). "
+                "raw weights' (0.10 vs 0.45 at 400 steps, 0.44 vs 0.49 at 1500, 0.49 vs 0.50 at 2700). "
+                f"Loss and read-out: the module docstring of accel/distill/recipe_var.py ({read}; the 2-step "
+                f"jump re-noises from scale t2 = {t2} of {len(pns)}). "
                 "Speed and FID against the teacher and the naive one-step baseline: results/distill/summary.md.")
 
     def model_config(self) -> dict:

@@ -189,7 +189,8 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     if B is None:
         raise ValueError("give labels or batch")
     labels = None if labels is None else labels.to(dev)
-    scheds = step_schedules(cfg, L, p.cfg.max_timestep)  # DDPM schedule of the token at each AR position (shared by p and q)
+    # DDPM schedule of the token at each AR position (shared by p and q), clipped at the target's max_timestep
+    scheds = step_schedules(cfg, L, p.cfg.max_timestep)
     use_cfg = float(cfg.cfg) != 1.0
     orders = p.sample_orders(B, generator, dev)  # shared random order (B, L)
     tokens = torch.zeros(B, L, C, device=dev)

@@ -42,9 +42,10 @@ class DiffusionLoss:
     ``tail_frac`` > 0 is accel's one deviation from the official uniform t: that fraction of rows draws t
     uniformly from the last ``tail`` steps instead. Why: the cosine schedule clips beta at 0.999, so
     abar(999) = 2.4e-9 and the first respaced sampling step multiplies the eps error at t = 999 by
-    sqrt(abar(979) / abar(999)) ~ 670 in the sampled mean (``MARConfig.max_timestep``); a small head trained for a few thousand steps on uniform t (1 row in 1000 near t = 999)
-    leaves an eps error there that makes samples diverge (token std ~1e3 measured at 3,100 steps of the
-    zoo target). The objective per t is unchanged; only how often each t is visited.
+    sqrt(abar(979) / abar(999)) ~ 670 in the sampled mean (``MARConfig.max_timestep``); a small head trained
+    for a few thousand steps on uniform t (1 row in 1000 near t = 999) leaves an eps error there that makes
+    samples diverge (token std ~1e3 measured at 3,100 steps of the zoo target). The objective per t is
+    unchanged; only how often each t is visited.
     """
 
     def __init__(self, device=None, tail_frac: float = 0.0, tail: int = 20):

@@ -1,8 +1,8 @@
 """The bundled model zoo: small models trained by accel on Fashion-MNIST (DESIGN.md §2).
 
 ``load(name_or_path)`` resolves, in this order: a zoo name (``fmnist-llamagen``, ...; the fp16 file under
-``accel/zoo/weights/``, xz-compressed), a path to a zoo ``.safetensors[.xz]`` file, or a training run (its folder or its
-``last.pt``; EMA weights when the recipe keeps an EMA). Each zoo file names the builder (``kind``) and its
+``accel/zoo/weights/``, xz-compressed), a path to a zoo ``.safetensors[.xz]`` file, or a training run (its
+folder or its ``last.pt``; EMA weights when the recipe keeps an EMA). Each zoo file names the builder (``kind``) and its
 config, so loading needs nothing else. Missing weights raise with the command that trains them.
 """
 from __future__ import annotations

@@ -171,7 +171,7 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
     kept = (info or {}).get("weights")
     kept = kept if kept in ("ema", "raw") else ("ema" if state.get("ema") else "raw")
     weights = {"ema": "EMA", "raw": "raw"}[kept]
-    shipped = f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)" if info is not None else "-"
+    shipped = "-" if info is None else f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)"
     lines = [f"# {name}", "", f"{role[2]} (family `{role[0]}`, role `{role[1]}`).", "",
              "Made by (from the repository root):", "", "```", f"accel train {name}", command, "```", "",
              "Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
