@@ -33,16 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from accel.distill.data import generate_pairs, load_pairs
+from accel.distill.decode import default_split
 from accel.distill.flow import FlowSolver
 from accel.distill.student_var import DDVAR
 from accel.distill.var_map import tokens_before, var_pair_map, var_pair_spec
 from accel.models.var import VARConfig
 from accel.train.recipe import Recipe
-
-
-def default_split(patch_nums, frac: float = 0.1) -> int:
-    L = sum(pn * pn for pn in patch_nums)
-    return max([s for s in range(1, len(patch_nums)) if tokens_before(patch_nums, s) <= frac * L] or [1])
 
 
 def dd_var_loss(student: DDVAR, noise: Tensor, tokens: Tensor, labels: Tensor, t_B: Tensor, split: int,

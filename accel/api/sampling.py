@@ -1,0 +1,95 @@
+"""One sampling convention for the three families: ``cfg_scale``, ``temperature``, ``top_k``, ``top_p``.
+
+The families' own functions keep their official argument names (LlamaGen ``SamplingConfig.cfg_scale``, MAR
+``cfg``, VAR ``cfg`` with ``top_p=0.0`` meaning "off"); :class:`Sampling` is what a user writes, with one meaning
+everywhere, and the ``*_kwargs`` functions translate it. A setting a family cannot honour raises instead of
+being dropped: MAR samples continuous tokens (no top-k/top-p, no arg-max), VAR's sampler has no temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are drawn.
+
+    - ``cfg_scale``: classifier-free guidance scale, ``>= 1`` (1 = no guidance; the unconditional pass is skipped).
+    - ``temperature``: ``> 0``; divides the logits (LlamaGen) or scales the head's noise (MAR).
+    - ``top_k``: keep the k most likely tokens, ``0`` = off.
+    - ``top_p``: nucleus mass in ``(0, 1]``, ``1.0`` = off.
+    - ``greedy``: arg-max instead of sampling (LlamaGen only); an explicit choice, never a side effect.
+    """
+
+    cfg_scale: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if not self.cfg_scale >= 1.0:  # `not >=` also catches NaN
+            raise ValueError(f"cfg_scale={self.cfg_scale}: must be >= 1 (1 = no guidance)")
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature={self.temperature}: must be > 0 (for arg-max decoding pass greedy=True)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r}: must be an int >= 0 (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1] (1.0 = off)")
+        if not isinstance(self.greedy, bool):
+            raise ValueError(f"greedy={self.greedy!r}: must be True or False")
+
+    def replace(self, **changes) -> "Sampling":
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown sampling settings {unknown}; valid: {[f.name for f in fields(self)]}")
+        return replace(self, **changes)
+
+
+def llamagen_config(s: Sampling, *, cfg_interval: int = -1):
+    """LlamaGen's ``SamplingConfig`` for ``s``."""
+    from accel.models.llamagen_generate import SamplingConfig
+
+    return SamplingConfig(cfg_scale=s.cfg_scale, cfg_interval=cfg_interval, temperature=s.temperature,
+                          top_k=s.top_k, top_p=s.top_p, sample_logits=not s.greedy)
+
+
+def mar_kwargs(s: Sampling) -> dict:
+    """``accel.models.mar.sample_tokens`` keyword arguments for ``s`` (``cfg``, ``temperature``)."""
+    _refuse(s, "MAR samples continuous tokens with a diffusion head", top_k=0, top_p=1.0, greedy=False)
+    return {"cfg": s.cfg_scale, "temperature": s.temperature}
+
+
+def var_kwargs(s: Sampling) -> dict:
+    """``VAR.autoregressive_infer_cfg`` keyword arguments for ``s`` (official ``top_p=0.0`` means off)."""
+    _refuse(s, "VAR's sampler has no temperature or arg-max", temperature=1.0, greedy=False)
+    return {"cfg": s.cfg_scale, "top_k": s.top_k, "top_p": 0.0 if s.top_p >= 1.0 else s.top_p}
+
+
+def from_family(family: str, settings: dict) -> tuple[Sampling, dict]:
+    """Split a family's own settings (a zoo card's defaults) into a :class:`Sampling` and the family extras."""
+    d = dict(settings)
+    s = {}
+    if family == "llamagen":
+        for k in ("cfg_scale", "temperature", "top_k", "top_p"):
+            if k in d:
+                s[k] = d.pop(k)
+        if "sample_logits" in d:
+            s["greedy"] = not d.pop("sample_logits")
+    else:
+        if "cfg" in d:
+            s["cfg_scale"] = d.pop("cfg")
+        for k in ("temperature", "top_k"):
+            if k in d:
+                s[k] = d.pop(k)
+        if "top_p" in d:
+            p = d.pop("top_p")
+            s["top_p"] = 1.0 if (family == "var" and p <= 0.0) else p
+    return Sampling(**s), d
+
+
+def _refuse(s: Sampling, why: str, **neutral) -> None:
+    bad = {k: getattr(s, k) for k, v in neutral.items() if getattr(s, k) != v}
+    if bad:
+        raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in bad.items())}: not supported ({why}); "
+                         f"leave {', '.join(f'{k}={neutral[k]!r}' for k in bad)}")

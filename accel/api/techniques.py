@@ -1,0 +1,274 @@
+"""One constructor per technique. Each takes family generators (``accel.load(...)``) or networks, never a
+zoo context, and returns a Method: ``generate(cond, *, generator) -> Sample`` with images in [0, 1], the
+work counters in ``stats`` and the tokens in ``stats["tokens"]``.
+
+Sampling settings are the wrapped generator's (``accel.Sampling``): the baseline and the accelerated method
+sample the same distribution unless the technique is lossy by design (LANTERN, DiSA, DD, cache compression).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from accel.annealing.disa import AdaptiveSchedule, AnnealedMAR
+from accel.annealing.schedules import ConstantSchedule, Respacing, disa_schedule
+from accel.api.generators import LlamaGenGenerator, MARGenerator, VARGenerator
+from accel.cache.calibrate import calibrate_var
+from accel.cache.llamagen import CompressedLlamaGen, build_raster_policy
+from accel.cache.method import CompressedVAR
+from accel.cache.registry import build_policy
+from accel.cache.evaluate import choose_window
+from accel.distill.decode import DistilledLlamaGen, DistilledVAR
+from accel.distill.student_llamagen import DDLlamaGen
+from accel.distill.student_var import DDVAR
+from accel.speculative.cspd import CSpDConfig
+from accel.speculative.cspd_method import CSpDMAR
+from accel.speculative.drafters import EagleDrafter, EagleHead, ModelDrafter
+from accel.speculative.lantern import LanternRule, neighbour_table
+from accel.speculative.methods import SpeculativeLlamaGen
+from accel.speculative.rules import ExactRule
+from accel.speculative.tree import TREES, Tree
+
+
+# ------------------------------------------------------------------------------------ speculative decoding
+def exact() -> ExactRule:
+    """Exact speculative sampling (Leviathan et al. 2023, Alg. 1): accept x ~ q with min(1, p(x)/q(x)),
+    resample from norm(max(0, p - q)); the output law is the target's."""
+    return ExactRule()
+
+
+@dataclass(frozen=True)
+class Lantern:
+    """LANTERN relaxed acceptance (arXiv 2410.03355, Eq. 5-7): p̃ moves up to ``delta`` of total variation from
+    the ``k`` latent neighbours of the draft token onto it; ``lam`` instead gives LANTERN++'s static bound."""
+
+    delta: float | None = 0.1
+    k: int = 1000
+    lam: float | None = None
+    residual: str = "official"
+
+    def rule(self, codebook: torch.Tensor) -> LanternRule:
+        k = min(self.k, codebook.size(0) - 1)
+        table = neighbour_table(codebook, k + 1).to(codebook.device)  # raw codebook, research §3.2
+        return LanternRule(table, k=k, delta=self.delta, lam=self.lam, residual_kind=self.residual)
+
+
+def lantern(delta: float | None = 0.1, *, k: int = 1000, lam: float | None = None,
+            residual: str = "official") -> Lantern:
+    """LANTERN's rule; the neighbour table is built from the target tokenizer's codebook by ``speculative``.
+    ``k`` is capped at the codebook size - 1 (paper default 1000 of 16,384 codes)."""
+    if lam is not None:
+        delta = None
+    if delta is not None and not 0.0 <= delta <= 1.0:
+        raise ValueError(f"delta={delta}: must be in [0, 1]")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r}: must be an int >= 1")
+    return Lantern(delta, k, lam, residual)
+
+
+def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, tree: str | Tree | None = None,
+                name: str | None = None) -> SpeculativeLlamaGen:
+    """Speculative decoding of a LlamaGen ``target``.
+
+    ``draft``: a smaller LlamaGen generator (same tokenizer), an EAGLE head (``EagleHead``) trained on this
+    target, or a drafter object. ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
+    drafts per round (chain); ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain.
+    """
+    if not isinstance(target, LlamaGenGenerator):
+        raise TypeError(f"target: speculative decoding runs on a LlamaGen generator (accel.load(...)), got "
+                        f"{type(target).__name__}")
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma={gamma!r}: must be an int >= 1")
+    tcfg = target.model.config
+    if isinstance(draft, LlamaGenGenerator):
+        dcfg = draft.model.config
+        if (dcfg.vocab_size, dcfg.block_size, dcfg.num_classes) != (tcfg.vocab_size, tcfg.block_size, tcfg.num_classes):
+            raise ValueError(f"draft: vocab/grid/classes {dcfg.vocab_size}/{dcfg.block_size}/{dcfg.num_classes} differ "
+                             f"from the target's {tcfg.vocab_size}/{tcfg.block_size}/{tcfg.num_classes}")
+        drafter = ModelDrafter(draft.model)
+    elif isinstance(draft, EagleHead):
+        if draft.config.dim != tcfg.dim or draft.config.vocab_size != tcfg.vocab_size:
+            raise ValueError(f"draft: EAGLE head of dim {draft.config.dim} / vocab {draft.config.vocab_size} does not "
+                             f"fit the target (dim {tcfg.dim}, vocab {tcfg.vocab_size})")
+        drafter = EagleDrafter(draft, target.model)
+    elif hasattr(draft, "propose") and hasattr(draft, "begin"):
+        drafter = draft
+    else:
+        raise TypeError(f"draft: expected a LlamaGen generator, an EagleHead or a drafter, got {type(draft).__name__}")
+    rule = exact() if rule is None else rule
+    if isinstance(rule, Lantern):
+        rule = rule.rule(target.tokenizer.quantize.embedding.weight)
+    spec = TREES[tree] if isinstance(tree, str) else tree
+    if isinstance(tree, str) and tree not in TREES:
+        raise KeyError(f"tree={tree!r}; valid: {sorted(TREES)}")
+    params = {"rule": getattr(rule, "name", type(rule).__name__), "gamma": gamma, "tree": tree if isinstance(tree, str) else None,
+              "drafter": getattr(drafter, "name", type(drafter).__name__)}
+    for k in ("delta", "k", "lam"):
+        if hasattr(rule, k):
+            params[k] = getattr(rule, k)
+    return SpeculativeLlamaGen(name or f"speculative-{params['rule']}", target.model, drafter, rule, target.tokenizer,
+                               target.config, gamma, spec, params)
+
+
+# ------------------------------------------------------------------------------------------------- CSpD
+def cspd(target: MARGenerator, draft: MARGenerator | None, *, gamma: int = 32, verify: str = "left_to_right",
+         prefill: float = 0.05, align: bool = True, schedule=None, relaxed: bool = False,
+         name: str | None = None) -> CSpDMAR:
+    """Continuous speculative decoding of a MAR ``target`` with a smaller MAR ``draft`` (arXiv 2411.11925):
+    accept with min(1, p(x)/q(x)) on the diffusion heads' last-step densities (Eq. 3-5), residual by rejection
+    sampling. ``verify``: ``"left_to_right"`` or the released code's ``"independent"``; ``schedule``: a DiSA
+    step schedule for both heads (``accel.linear(50, 5)``; composition with DiSA); ``relaxed=True``: the released
+    code's inner temperature 42 and reciprocal std product (not distribution-preserving). ``draft=None`` is the
+    draft-free control (the target decodes each window from one pass)."""
+    for g, what in ((target, "target"), (draft, "draft")):
+        if g is not None and not isinstance(g, MARGenerator):
+            raise TypeError(f"{what}: CSpD needs MAR generators (accel.load(...)), got {type(g).__name__}")
+    if draft is not None and draft.model.cfg.token_embed_dim != target.model.cfg.token_embed_dim:
+        raise ValueError("draft: its token size differs from the target's; CSpD needs the same tokenizer")
+    kw = dict(gamma=gamma, verify=verify, prefill=prefill, align=align, schedule=schedule,
+              head_steps=target.kwargs.get("head_steps", target.model.cfg.num_sampling_steps),
+              temperature=target.sampling.temperature, cfg=target.sampling.cfg_scale,
+              cfg_schedule=target.cfg_schedule)
+    config = CSpDConfig.official(**kw) if relaxed else CSpDConfig(**kw)
+    return CSpDMAR(target.model, None if draft is None else draft.model, target.tokenizer, config,
+                   name=name or "cspd")
+
+
+# ------------------------------------------------------------------------------------------------- DiSA
+def linear(upper: int = 50, lower: int = 5, *, clip: int | None = 950):
+    """DiSA's linear annealing of the head's diffusion steps over AR steps, ``upper`` -> ``lower``
+    (arXiv 2505.20297, Eq. 6), timesteps clipped at ``clip`` as the released code does (None: unclipped)."""
+    return disa_schedule("linear", upper, lower, clip=clip)
+
+
+def cosine(upper: int = 50, lower: int = 5, *, clip: int | None = 950):
+    """DiSA's cosine annealing ``upper`` -> ``lower``."""
+    return disa_schedule("cosine", upper, lower, clip=clip)
+
+
+def two_stage(upper: int = 50, lower: int = 5, *, clip: int | None = 950):
+    """DiSA's two-stage schedule: ``upper`` steps early, ``lower`` late."""
+    return disa_schedule("two-stage", upper, lower, clip=clip)
+
+
+def constant(steps: int = 100):
+    """Plain MAR: ``steps`` head steps at every AR step (MAR's respacing, no clip)."""
+    return ConstantSchedule(steps)
+
+
+def adaptive(upper: int = 50, lower: int = 5, *, clip: int | None = 950):
+    """Adaptive DiSA: the steps follow the spread of the head's x0 predictions at each AR step."""
+    return AdaptiveSchedule(upper, lower, respacing=Respacing(clip=clip))
+
+
+def disa(mar: MARGenerator, schedule, *, name: str | None = None) -> AnnealedMAR:
+    """Diffusion step annealing of a MAR generator's head (``schedule``: ``accel.linear(50, 5)`` ...), at the
+    generator's iterations and sampling settings."""
+    if not isinstance(mar, MARGenerator):
+        raise TypeError(f"mar: DiSA runs on a MAR generator (accel.load(...)), got {type(mar).__name__}")
+    return AnnealedMAR(mar.model, mar.tokenizer, schedule, num_iter=mar.num_iter, cfg=mar.sampling.cfg_scale,
+                       cfg_schedule=mar.cfg_schedule, temperature=mar.sampling.temperature, name=name)
+
+
+# -------------------------------------------------------------------------------------- Distilled Decoding
+def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module, *, steps: int = 1,
+              t2: int | None = None, split: int | None = None, teacher_involved: tuple[int, int] | bool | None = None,
+              name: str | None = None):
+    """Distilled Decoding (DD1, arXiv 2412.17153): a student that maps noise to the teacher's tokens in one
+    (``steps=1``) or two (``steps=2``, second jump at ``t2``) passes, Eq. 9-10.
+
+    LlamaGen: ``t2`` defaults to n/2 tokens; ``teacher_involved=(a, b)`` keeps the student's first ``a`` tokens,
+    lets the teacher sample tokens ``a..b-1`` and finishes with one student jump from ``b`` (released
+    ``combine_sample``). VAR: ``t2`` and the read-out ``split`` are scale indices (defaults: the released
+    10 %-of-tokens rule for ``t2``, every scale from the logits for ``split``); ``teacher_involved=True``
+    lets the teacher sample scales 1..t2-1.
+    """
+    if steps not in (1, 2):
+        raise ValueError(f"steps={steps!r}: must be 1 or 2")
+    if isinstance(teacher, LlamaGenGenerator):
+        if not isinstance(student, DDLlamaGen):
+            raise TypeError(f"student: a LlamaGen teacher needs a DDLlamaGen student, got {type(student).__name__}")
+        return DistilledLlamaGen(student, teacher.tokenizer, steps=steps, t2=t2, teacher=teacher.model,
+                                 sc=teacher.config, teacher_involved=teacher_involved or None, name=name)
+    if isinstance(teacher, VARGenerator):
+        if not isinstance(student, DDVAR):
+            raise TypeError(f"student: a VAR teacher needs a DDVAR student, got {type(student).__name__}")
+        return DistilledVAR(student, teacher.model, teacher.tokenizer, steps=steps, t2=t2, split=split,
+                            teacher_involved=bool(teacher_involved), settings=teacher.kwargs, name=name)
+    raise TypeError(f"teacher: Distilled Decoding runs on LlamaGen or VAR generators, got {type(teacher).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- KV cache
+@dataclass(frozen=True)
+class CachePolicySpec:
+    """A cache policy by name and budget, made concrete for a model by ``kv_compress``."""
+
+    name: str
+    budget: float
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"budget={self.budget}: must be in (0, 1] (fraction of the full cache)")
+
+
+def scalekv(budget: float = 0.1, *, variant: str = "paper", calibration_images: int = 16, seed: int = 10_000,
+            window: int | None = None) -> CachePolicySpec:
+    """ScaleKV (arXiv 2505.19602): drafter/refiner layers from the Attention Selectivity Index, calibrated on
+    ``calibration_images`` full-cache decodes (seeded) when ``kv_compress`` builds it. ``variant``: ``"paper"``
+    or the released code's ``"code"``. VAR only."""
+    if variant not in ("paper", "code"):
+        raise ValueError(f"variant={variant!r}: must be 'paper' or 'code'")
+    return CachePolicySpec("scalekv" if variant == "paper" else "scalekv-code", budget,
+                           {"calibration_images": calibration_images, "seed": seed, "window": window})
+
+
+def snapkv(budget: float = 0.1, *, window: int | None = None) -> CachePolicySpec:
+    """SnapKV: keep the keys the last ``window`` queries attend to most."""
+    return CachePolicySpec("snapkv", budget, {"window": window})
+
+
+def pyramidkv(budget: float = 0.1, *, window: int | None = None) -> CachePolicySpec:
+    """PyramidKV: SnapKV scoring with budgets decreasing with depth."""
+    return CachePolicySpec("pyramidkv", budget, {"window": window})
+
+
+def streamingllm(budget: float = 0.1, *, sinks: int = 4) -> CachePolicySpec:
+    """StreamingLLM: ``sinks`` first positions plus the most recent ones."""
+    return CachePolicySpec("streamingllm", budget, {"sinks": sinks})
+
+
+def sliding(budget: float = 0.1) -> CachePolicySpec:
+    """A sliding window over the most recent positions."""
+    return CachePolicySpec("sliding", budget)
+
+
+def kv_compress(model: VARGenerator | LlamaGenGenerator, policy: CachePolicySpec, *, name: str | None = None):
+    """Decode ``model`` with its KV cache compressed by ``policy`` (``accel.scalekv(budget=0.1)`` ...).
+    ``Sample.stats["kv_bytes"]`` is the peak cache the attention held."""
+    if not isinstance(policy, CachePolicySpec):
+        raise TypeError(f"policy: expected accel.scalekv(...)/snapkv(...)/..., got {type(policy).__name__}")
+    o = policy.options
+    if isinstance(model, VARGenerator):
+        var, vae, s = model.model, model.tokenizer, model.kwargs
+        w = o.get("window") or choose_window(var.patch_nums, var.depth, policy.budget)
+        calib = None
+        if policy.name.startswith("scalekv"):
+            n = o["calibration_images"]
+            calib = calibrate_var(var, vae, n_images=n, batch_size=n, seed=o["seed"], cfg=s["cfg"], top_k=s["top_k"],
+                                  top_p=s["top_p"])
+        extra = {"sinks": o["sinks"]} if "sinks" in o else {}
+        pol = build_policy(policy.name, var.patch_nums, var.depth, policy.budget, window=w, calib=calib, **extra)
+        m = CompressedVAR(var, vae, pol, name=name or f"var-{policy.name}", cfg=s["cfg"], top_k=s["top_k"],
+                          top_p=s["top_p"])
+        m.params = {"budget": policy.budget, "window": w, "policy": policy.name}
+        return m
+    if isinstance(model, LlamaGenGenerator):
+        kw = {k: v for k, v in o.items() if k in ("window", "sinks") and v is not None}
+        pol = build_raster_policy(policy.name, model.model, policy.budget, **kw)
+        m = CompressedLlamaGen(model.model, model.tokenizer, pol, sc=model.config, name=name or f"llamagen-{policy.name}")
+        m.params = {"budget": policy.budget, "policy": policy.name, **kw}
+        return m
+    raise TypeError(f"model: KV compression runs on VAR or LlamaGen generators, got {type(model).__name__}")
