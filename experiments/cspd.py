@@ -24,7 +24,9 @@ from accel.annealing.disa import describe, make_schedule
 from accel.harness.registry import MethodEntry, Registry
 from accel.harness.results import append_rows, current_command
 from accel.harness.runner import RunConfig, run_group
-from accel.speculative import cspd_method as CM
+from accel.presets import cspd as CM
+from accel.speculative.cspd import CSpDConfig
+from accel.speculative.cspd_method import CSpDMAR, TargetOnlyMAR
 
 GAMMAS = (4, 8, 16, 32)
 
@@ -73,7 +75,7 @@ def registry(args) -> Registry:
     if not args.random:
         hs = {"head_steps": args.head_steps} if args.head_steps else {}
         reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.build_target_only(ctx, **hs),
-                            models=(CM.TARGET,), experiment="cspd", params=hs, unavailable=CM._missing))
+                            models=(CM.TARGET,), experiment="cspd", params=hs, unavailable=CM.missing_with(CM.DRAFT)))
         for name, kw in grid(args.quick, args.head_steps, args.disa):
             if kw.get("draft") == "target-only":
                 reg.add(CM.target_only_entry(name, **{k: v for k, v in kw.items() if k != "draft"}))
@@ -87,16 +89,16 @@ def registry(args) -> Registry:
             models["m"] = random_models(ctx.device, 16 if args.quick else 32)
         return models["m"]
 
-    base = CM.CSpDConfig(**({"head_steps": args.head_steps} if args.head_steps else {}))
-    reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
+    base = CSpDConfig(**({"head_steps": args.head_steps} if args.head_steps else {}))
+    reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
                         models=("random-mar",), experiment="cspd", params={"head_steps": base.head_steps}))
     for name, kw in grid(args.quick, args.head_steps, args.disa):
         def build(ctx, n=name, kw=kw):
             p, q, vae = get(ctx)
             k = CM.config(**{a: b for a, b in kw.items() if a != "draft"})
             if kw.get("draft") == "target-only":
-                return CM.TargetOnlyMAR(p, vae, k, name=n)
-            return CM.CSpDMAR(p, q if kw.get("draft", "draft") else None, vae, k, name=n)
+                return TargetOnlyMAR(p, vae, k, name=n)
+            return CSpDMAR(p, q if kw.get("draft", "draft") else None, vae, k, name=n)
         reg.add(MethodEntry(name, "mar", build, models=("random-mar",), baseline="cspd-target-only",
                             experiment="cspd", params=kw))
     return reg
@@ -119,7 +121,7 @@ def acceptance_ablation(args) -> list[dict]:
             for prm in q.parameters():
                 prm.mul_(1 + scale * torch.randn_like(prm))
         for name, kw in variants.items():
-            cfg = CM.CSpDConfig(gamma=4, verify="independent", head_steps=args.head_steps or "100", **kw)
+            cfg = CSpDConfig(gamma=4, verify="independent", head_steps=args.head_steps or "100", **kw)
             st = cspd_sample_tokens(p, q, labels, cfg, generator=torch.Generator().manual_seed(0)).stats
             rows.append(make_row(experiment="cspd-acceptance", family="mar", model="random-mar", method=name,
                                  params={**kw, "draft_weight_noise": scale, "gamma": 4}, batch_size=16,
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
                     n_images=quality if args.n_images is None else args.n_images, device=args.device, memory=False)
     ref = None
     if cfg.n_images:
-        from accel.harness.baselines import load_reference
+        from accel.presets.zoo_models import load_reference
 
         ref = load_reference(args.device)
     entries = [e for e in reg.entries.values() if e.baseline is not None and (not args.methods or e.name in args.methods)]

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                     repeats=args.repeats or (2 if args.quick else 5), n_images=n_images, device=args.device, memory=False)
     ref = None
     if n_images:
-        from accel.harness.baselines import load_reference
+        from accel.presets.zoo_models import load_reference
 
         ref = load_reference(args.device)
     entries = list(reg.entries.values())

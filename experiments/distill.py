@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from accel.harness.baselines import load_reference
+from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
-from accel.harness.registry import discover
+from accel.presets import registry
 from accel.harness.results import append_rows, current_command
 from accel.harness.runner import RunConfig, run_group
 from accel.harness.summary import summary_markdown
@@ -76,7 +76,7 @@ def var_split(batch: int, repeats: int) -> list[str]:
     is its passes plus the f_hat build from its vectors (``embed_to_fhat``, which the teacher does inside its
     loop). The shared decode is ``fhat_to_img``."""
     from accel import zoo
-    from accel.distill.methods_var import STUDENT
+    from accel.presets.distill import VAR_STUDENT as STUDENT
     from accel.distill.student_var import vectors_to_fhat
     from accel.train.recipes import get_recipe
 
@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    reg = discover()
+    reg = registry()
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3 if args.quick else 7,
                     warmup=1, n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
                     quality_batch=64, memory=False)

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from accel.harness.baselines import load_reference
+from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
-from accel.harness.registry import discover
+from accel.presets import registry
 from accel.harness.results import append_rows, current_command
 from accel.harness.runner import RunConfig, run_group
 from accel.harness.summary import summary_markdown
 from accel.harness.registry import BuildContext
 from accel.models.llamagen_generate import generate
-from accel.speculative.methods import TARGET, build, entry
+from accel.presets.speculative import TARGET, build, entry
 
 
 class TimedDrafter:
@@ -154,7 +154,7 @@ def main():
     ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    reg = discover()
+    reg = registry()
     entries = [e for e in grid(args.quick, args.drafter or ["draft", "eagle"]) if not e.why_unavailable(TARGET)]
     if args.methods:
         entries = [e for e in entries if e.name in args.methods.split(",")]

@@ -108,7 +108,7 @@ def main() -> int:
     calib_path = args.out / f"calibration_{name}.json"
     calib_path.write_text(json.dumps(calib, indent=1))
     try:
-        from accel.harness.baselines import load_reference
+        from accel.presets.zoo_models import load_reference
 
         extract = load_reference().extract
     except Exception as e:  # noqa: BLE001 - stated in the output, FID then omitted

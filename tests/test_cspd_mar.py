@@ -210,10 +210,10 @@ def test_disa_composition_methods_and_registration():
     import json
 
     from accel.annealing.disa import AnnealedMAR
-    from accel.harness.registry import discover
-    from accel.speculative import cspd_method as CM
+    from accel.presets import cspd as CM
+    from accel.presets import registry
 
-    reg = discover(packages=("accel.speculative",))
+    reg = registry()
     assert not reg.errors
     for name in ("cspd-disa", "cspd-disa-target-only"):
         e = reg.get(name)

@@ -140,9 +140,9 @@ def test_head_time_replays_the_recorded_conditions(mar):
 
 
 def test_bench_entries_are_registered():
-    from accel.harness.registry import discover
+    from accel.presets import registry
 
-    reg = discover(packages=("accel.annealing",))
+    reg = registry()
     names = [n for n in reg.entries if n.startswith("disa-")]
     assert "disa-linear50-5" in names and not reg.errors
     assert all(reg.get(n).baseline == "mar-default" for n in names)

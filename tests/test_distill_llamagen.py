@@ -153,11 +153,11 @@ def test_generate_with_prefix_continues_the_given_tokens():
 
 def test_teacher_involved_method_keeps_dd_prefix_and_teacher_segment():
     from accel import zoo
-    from accel.distill.methods import DDTeacherInvolved, STUDENT
     from accel.harness.registry import BuildContext
+    from accel.presets.distill import STUDENT, dd_llamagen
 
     assert STUDENT in zoo.available() and "fmnist-llamagen" in zoo.available()  # shipped in the package
-    m = DDTeacherInvolved(BuildContext("fmnist-llamagen"), 16, 48)
+    m = dd_llamagen(teacher_involved=(16, 48))(BuildContext("fmnist-llamagen"))
     cond = torch.tensor([3, 7])
     a = m.generate(cond, generator=torch.Generator().manual_seed(0))
     b = m.generate(cond, generator=torch.Generator().manual_seed(0))

@@ -1,9 +1,9 @@
-"""The VAR DD bench entries (accel.distill.methods_var) on random-weight stand-ins for the zoo models."""
+"""The VAR DD bench entries (accel.presets.distill) on random-weight stand-ins for the zoo models."""
 import pytest
 import torch
 
 from accel import zoo
-from accel.distill import methods_var
+from accel.presets import distill as methods_var
 from accel.distill.student_var import DDVAR
 from accel.harness.registry import BuildContext
 from accel.models.var import VARConfig, build_var
@@ -16,7 +16,7 @@ def stand_ins():
     torch.manual_seed(0)
     vae, var = build_var(VARConfig(**{**VAR_ZOO, "depth": 2}), VQVAEConfig(**VQVAE_ZOO))
     var.init_weights(generator=torch.Generator().manual_seed(0))
-    return {"fmnist-var": var, "fmnist-var-vqvae": vae.eval(), methods_var.STUDENT: DDVAR.from_teacher(var, vae).eval()}
+    return {"fmnist-var": var, "fmnist-var-vqvae": vae.eval(), methods_var.VAR_STUDENT: DDVAR.from_teacher(var, vae).eval()}
 
 
 @pytest.fixture
@@ -26,9 +26,9 @@ def fake_zoo(stand_ins, monkeypatch):
     return stand_ins
 
 
-@pytest.mark.parametrize("name", [e.name for e in methods_var.BENCH_METHODS])
+@pytest.mark.parametrize("name", [e.name for e in methods_var.ENTRIES if e.family == "var"])
 def test_entries_generate_deterministic_images_with_counted_passes(fake_zoo, name):
-    entry = next(e for e in methods_var.BENCH_METHODS if e.name == name)
+    entry = next(e for e in methods_var.ENTRIES if e.name == name)
     m = entry.build(BuildContext("fmnist-var"))
     cond = torch.tensor([1, 4])
     a = m.generate(cond, generator=torch.Generator().manual_seed(0))
@@ -44,17 +44,17 @@ def test_entries_generate_deterministic_images_with_counted_passes(fake_zoo, nam
         nfe, ns = expected[name]
         assert a.stats["nfe_target"] == nfe and a.stats.get("nfe_student") == ns
     else:  # teacher-involved: the teacher runs scales 0..t2-1 (its KV cache needs every one), two student calls
-        t2, _ = m.recipe.timesteps(m.student)
+        t2 = m.t2
         assert a.stats["nfe_target"] == t2 and a.stats["nfe_student"] == 2
 
 
 def test_dd_one_step_images_are_the_decoded_student_vectors(fake_zoo):
     from accel.distill.student_var import decode_vectors
 
-    m = methods_var.VARStudent(BuildContext("fmnist-var"), "1step")
+    m = methods_var.dd_var(1)(BuildContext("fmnist-var"))
     cond = torch.tensor([2])
     out = m.generate(cond, generator=torch.Generator().manual_seed(5))
-    s = fake_zoo[methods_var.STUDENT]
+    s = fake_zoo[methods_var.VAR_STUDENT]
     noise = torch.randn(1, s.L_out, s.Cvae, generator=torch.Generator().manual_seed(5))
     vec, ids = s.sample(cond, noise, (0,), split=m.split)
     assert torch.equal(out.stats["tokens"], ids)

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from accel import zoo
-from accel.harness import baselines as BL
-from accel.harness.registry import BuildContext, discover
+from accel.presets import baselines as BL
+from accel.presets import registry
+from accel.presets.zoo_models import load_reference
+from accel.harness.registry import BuildContext
 from accel.models.classifier import ClassifierConfig
 from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.zoo import sample as zoo_sample
@@ -63,10 +65,10 @@ def _run(cls, model, cond=(3, 7), seed=0):
 
 
 def test_llamagen_ar_images_stats_and_exact_kv_bytes(tiny_zoo):
-    method, s = _run(BL.LlamaGenAR, "fmnist-llamagen")
+    method, s = _run(BL.llamagen_ar, "fmnist-llamagen")
     assert s.images.shape == (2, 3, 32, 32) and 0 <= s.images.min() and s.images.max() <= 1
     assert s.stats["nfe_target"] == 64 and s.stats["tokens"].shape == (2, 64)
-    rows = 4 if method.sc.uses_cfg else 2
+    rows = 4 if method.config.uses_cfg else 2
     assert s.stats["kv_bytes"] == method.model.new_cache(rows, method.model.config.cls_token_num + 64).nbytes()
     again = method.generate(torch.tensor([3, 7]), generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.images, s.images)
@@ -85,7 +87,7 @@ def test_llamagen_scorer_matches_the_sampling_distribution(tiny_zoo):
     assert torch.allclose(got, want, atol=1e-4)
 
 
-@pytest.mark.parametrize("cls,model", [(BL.MARDefault, "fmnist-mar"), (BL.VARDefault, "fmnist-var")])
+@pytest.mark.parametrize("cls,model", [(BL.mar_default, "fmnist-mar"), (BL.var_default, "fmnist-var")])
 def test_mar_and_var_baselines(tiny_zoo, cls, model):
     method, s = _run(cls, model)
     assert s.images.shape == (2, 3, 32, 32) and 0 <= s.images.min() and s.images.max() <= 1
@@ -98,11 +100,11 @@ def test_mar_and_var_baselines(tiny_zoo, cls, model):
 
 
 def test_reference_and_registry(tiny_zoo):
-    ref = BL.load_reference("cpu")
+    ref = load_reference("cpu")
     feats, logits = ref.extract(torch.rand(5, 3, 32, 32))
     assert feats.shape == (5, ref.real_feats.shape[1]) and logits.shape == (5, 10)
     assert ref.name == "fmnist-cnn" and np.allclose(ref.ref_stats[0], ref.real_feats.mean(0), atol=1e-3)
-    reg = discover()
+    reg = registry()
     for name in ("llamagen-ar", "mar-default", "var-default"):
         e = reg.get(name)
         assert e.baseline is None and e.why_unavailable(e.models[0]) is None
@@ -110,7 +112,7 @@ def test_reference_and_registry(tiny_zoo):
 
 def test_untrained_zoo_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
-    assert "not trained" in discover().get("var-default").why_unavailable("fmnist-var")
+    assert "not trained" in registry().get("var-default").why_unavailable("fmnist-var")
 
 
 def test_bench_on_tiny_llamagen(tiny_zoo, tmp_path, capsys):
@@ -128,13 +130,13 @@ def test_bf16_casts_llamagen_weights_and_autocasts_var(tiny_zoo):
     from accel.harness.distributed import autocast
 
     ctx = BuildContext(model="fmnist-llamagen", dtype=torch.bfloat16)
-    method = BL.LlamaGenAR(ctx)
+    method = BL.llamagen_ar(ctx)
     cond, g = torch.tensor([3, 7]), torch.Generator().manual_seed(0)
     with torch.no_grad(), autocast("cpu", torch.bfloat16):
         s = method.generate(cond, generator=g)
-    _, s32 = _run(BL.LlamaGenAR, "fmnist-llamagen")
+    _, s32 = _run(BL.llamagen_ar, "fmnist-llamagen")
     assert s.stats["kv_bytes"] * 2 == s32.stats["kv_bytes"] and s.images.dtype == torch.float32
-    var = BL.VARDefault(BuildContext(model="fmnist-var", dtype=torch.bfloat16))
+    var = BL.var_default(BuildContext(model="fmnist-var", dtype=torch.bfloat16))
     assert next(var.model.parameters()).dtype == torch.float32  # fp32 weights, autocast does the rest
     with torch.no_grad(), autocast("cpu", torch.bfloat16):
         out = var.generate(cond, generator=torch.Generator().manual_seed(0))

@@ -63,7 +63,7 @@ def _fake_reference():
 
 
 def test_run_group_rows_and_counts():
-    reg = discover(packages=(), modules=["test_harness_fake"])
+    reg = discover(["test_harness_fake"])
     base, fast, lossy = (reg.get(n) for n in ("fake-base", "fake-fast", "fake-lossy"))
     cfg = RunConfig(batch_sizes=(1, 4), repeats=3, warmup=1, n_images=40, quality_batch=16, memory=False, n_boot=5)
     rows = run_group(reg, base, [fast, lossy], "fake-model", cfg, reference=_fake_reference(), command="pytest")
@@ -85,7 +85,7 @@ def test_run_group_rows_and_counts():
 
 
 def test_run_group_same_seeds_for_every_method():
-    reg = discover(packages=(), modules=["test_harness_fake"])
+    reg = discover(["test_harness_fake"])
     built = {}
     entries = []
     for name in ("fake-base", "fake-fast"):
@@ -98,7 +98,7 @@ def test_run_group_same_seeds_for_every_method():
 
 
 def test_cpu_peak_memory_subprocess():
-    reg = discover(packages=(), modules=["test_harness_fake"])
+    reg = discover(["test_harness_fake"])
     cfg = RunConfig(batch_sizes=(1, 2), repeats=1, warmup=0, memory=True, memory_all_batches=False)
     rows = run_group(reg, reg.get("fake-base"), [], "fake-model", cfg)
     assert rows[0]["peak_mem_bytes"] is None  # only the largest batch is measured here

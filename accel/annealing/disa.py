@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 
 from accel.annealing.schedules import DISA_RESPACING, ConstantSchedule, Respacing, StepSchedule, disa_schedule
-from accel.harness.baselines import zoo_missing
 from accel.models.mar_head import clip_timesteps
 from accel.types import Sample
 
@@ -204,32 +203,3 @@ def make_schedule(spec: str):
     if len(nums) != 2:
         raise ValueError(f"schedule spec {spec!r}: expected KIND:UPPER:LOWER[:noclip] or constant:STEPS")
     return disa_schedule(kind, nums[0], nums[1], clip=None if noclip else DISA_RESPACING.clip)
-
-
-# ---------------------------------------------------------------------------------------------------- bench
-def _bench_build(spec: str):
-    """Factory for ``accel bench``: the zoo MAR at its model-card settings, head steps from ``spec``."""
-
-    def build(ctx):
-        from accel import zoo
-        from accel.zoo.sample import DEFAULTS
-
-        settings = {k: v for k, v in DEFAULTS.get(ctx.model, {}).items()
-                    if k in ("num_iter", "cfg", "cfg_schedule", "temperature")}
-        model = zoo.load(ctx.model, device=ctx.device, dtype=ctx.dtype)
-        vae = zoo.load(zoo.TOKENIZER[ctx.model], device=ctx.device, dtype=ctx.dtype)
-        return AnnealedMAR(model, vae, make_schedule(spec), **settings)
-
-    return build
-
-
-def _bench_entries():
-    from accel.harness.registry import MethodEntry
-
-    specs = [("linear:50:5", True), ("cosine:50:5", False), ("two-stage:50:5", False), ("adaptive:50:5", False)]
-    return [MethodEntry(f"disa-{describe(make_schedule(s))}", "mar", _bench_build(s), models=("fmnist-mar",),
-                        baseline="mar-default", experiment="disa", quick=quick, unavailable=zoo_missing,
-                        params={"schedule": s, "iterations": "model card"}) for s, quick in specs]
-
-
-BENCH_METHODS = _bench_entries()

@@ -55,8 +55,6 @@ def wrap(model: nn.Module, tokenizer: nn.Module, *, family: str | None = None, n
     sampling = base.replace(**{k: v for k, v in settings.items() if k in SAMPLING_KEYS})
     extras = {**{k: v for k, v in extras.items() if k in EXTRAS[family]},
               **{k: v for k, v in settings.items() if k in EXTRAS[family]}}
-    if family == "mar" and "head_steps" in extras and isinstance(extras["head_steps"], int):
-        extras["head_steps"] = str(extras["head_steps"])
     kw = dict(sampling=sampling, defaults_from=defaults_from, **extras)
     if name:
         kw["name"] = name

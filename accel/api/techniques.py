@@ -50,15 +50,14 @@ class Lantern:
     residual: str = "official"
 
     def rule(self, codebook: torch.Tensor) -> LanternRule:
-        k = min(self.k, codebook.size(0) - 1)
-        table = neighbour_table(codebook, k + 1).to(codebook.device)  # raw codebook, research §3.2
-        return LanternRule(table, k=k, delta=self.delta, lam=self.lam, residual_kind=self.residual)
+        table = neighbour_table(codebook, self.k + 1).to(codebook.device)  # raw codebook (research §3.2), capped at V-1
+        return LanternRule(table, k=self.k, delta=self.delta, lam=self.lam, residual_kind=self.residual)
 
 
 def lantern(delta: float | None = 0.1, *, k: int = 1000, lam: float | None = None,
             residual: str = "official") -> Lantern:
     """LANTERN's rule; the neighbour table is built from the target tokenizer's codebook by ``speculative``.
-    ``k`` is capped at the codebook size - 1 (paper default 1000 of 16,384 codes)."""
+    ``k`` neighbours (paper default 1000 of 16,384 codes) are capped at the codebook size - 1."""
     if lam is not None:
         delta = None
     if delta is not None and not 0.0 <= delta <= 1.0:

@@ -88,7 +88,7 @@ def _select(reg, args):
 
 
 def _load_reference(device):
-    from accel.harness.baselines import load_reference
+    from accel.presets.zoo_models import load_reference
 
     return load_reference(device)
 
@@ -108,7 +108,7 @@ def main(args) -> int:
     import torch
 
     from accel.harness.plots import plot_all
-    from accel.harness.registry import discover
+    from accel.presets import registry
     from accel.harness.results import append_rows, current_command, read_rows
     from accel.harness.runner import RunConfig, new_run_id, run_group
     from accel.harness.summary import markdown_table, summary_markdown
@@ -130,7 +130,7 @@ def main(args) -> int:
         if threads < 1:
             return _err("--threads must be >= 1")
         torch.set_num_threads(threads)
-    reg = discover(modules=args.plugin)
+    reg = registry(args.plugin)
     for mod, err in reg.errors.items():
         print(f"accel bench: warning: could not import {mod}: {err}", file=sys.stderr)
     if args.list:
@@ -140,7 +140,7 @@ def main(args) -> int:
                   f"models={','.join(e.models)}" + (f"  [unavailable: {why}]" if why else ""))
         return 0
     if not reg.entries:
-        return _err("no benchmarkable methods are registered. The family baselines in accel/harness/baselines.py "
+        return _err("no benchmarkable methods are registered. The family baselines in accel/presets/baselines.py "
                     "need the bundled zoo (accel.zoo.load) and the families' generate functions; "
                     + (f"import errors: {'; '.join(f'{k}: {v}' for k, v in reg.errors.items())}" if reg.errors else ""))
     selected = _select(reg, args)

@@ -45,9 +45,10 @@ def main(args: argparse.Namespace) -> int:
         if args.method is None:
             images = ZooSampler(args.model, args.device, **overrides)(labels, generator=gen)
         else:
-            from accel.harness.registry import BuildContext, discover
+            from accel.harness.registry import BuildContext
+            from accel.presets import registry
 
-            reg = discover()
+            reg = registry()
             method = reg.get(args.method).build(BuildContext(model=args.model, device=torch.device(args.device)))
             images = method.generate(labels.to(args.device), generator=gen).images
     args.out.parent.mkdir(parents=True, exist_ok=True)

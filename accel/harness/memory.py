@@ -85,7 +85,7 @@ def _child(spec: dict) -> dict:
     from accel.harness.registry import BuildContext, discover
 
     torch.set_num_threads(spec["threads"])  # same as the parent run
-    reg = discover(packages=(), modules=spec["modules"])  # only the modules it needs: a leaner process
+    reg = discover(spec["modules"])  # the modules the parent registry came from
     entry = reg.get(spec["method"])
     ctx = BuildContext(model=spec["model"], device=torch.device("cpu"), dtype=getattr(torch, spec["dtype"]))
     method = entry.build(ctx)

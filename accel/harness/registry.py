@@ -1,9 +1,10 @@
-"""Which methods ``accel bench`` can run, discovered by convention (no ``isinstance`` dispatch).
+"""Which methods ``accel bench`` can run (no ``isinstance`` dispatch).
 
-A module that offers benchmarkable methods defines ``BENCH_METHODS: list[MethodEntry]``. Discovery imports
-every module of the packages in ``DEFAULT_PACKAGES`` and collects those lists; the harness only ever calls
-``entry.build(ctx) -> Method`` and ``Method.generate``. A module that fails to import is reported in
-``Registry.errors`` (and by ``accel bench``), never skipped silently.
+A module that offers benchmarkable methods defines ``BENCH_METHODS: list[MethodEntry]``; ``discover(modules)``
+imports exactly the modules it is given (``accel.presets`` holds the zoo's explicit list; users add their
+own) and collects those lists; the harness only ever calls ``entry.build(ctx) -> Method`` and
+``Method.generate``. A module that fails to import is reported in ``Registry.errors`` (and by
+``accel bench``), never skipped silently.
 
 A technique entry names the baseline it is timed against (``baseline=``, the name of a baseline entry of
 the same family); a baseline entry has ``baseline=None``.
@@ -11,7 +12,6 @@ the same family); a baseline entry has ``baseline=None``.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -19,9 +19,6 @@ from typing import Any, Callable, Iterable
 import torch
 
 from accel.types import Method
-
-DEFAULT_PACKAGES = ("accel.harness.baselines", "accel.speculative", "accel.distill", "accel.annealing", "accel.cache")
-
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -94,29 +91,14 @@ class Registry:
         return base
 
 
-def _submodules(package: str) -> list[str]:
-    mod = importlib.import_module(package)
-    names = [package]
-    if hasattr(mod, "__path__"):
-        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules(mod.__path__) if not m.name.startswith("_")]
-    return names
-
-
-def discover(packages: Iterable[str] = DEFAULT_PACKAGES, modules: Iterable[str] = ()) -> Registry:
-    """Collect ``BENCH_METHODS`` from every module of ``packages`` and from the extra ``modules``."""
+def discover(modules: Iterable[str]) -> Registry:
+    """Collect ``BENCH_METHODS`` from each of ``modules`` (import paths), in order."""
     reg = Registry()
-    names: list[str] = []
-    for pkg in packages:
-        try:
-            names += _submodules(pkg)
-        except Exception:  # noqa: BLE001 - reported, not swallowed
-            reg.errors[pkg] = traceback.format_exc(limit=2).strip().splitlines()[-1]
-    names += list(modules)
     used = []
-    for name in dict.fromkeys(names):
+    for name in dict.fromkeys(modules):
         try:
             mod = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a half-written technique must not hide the others; reported
+        except Exception:  # noqa: BLE001 - a half-written plugin must not hide the others; reported
             reg.errors[name] = traceback.format_exc(limit=2).strip().splitlines()[-1]
             continue
         entries = getattr(mod, "BENCH_METHODS", None)
