@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from accel.distill.baselines_var import onestep_sample, skip_sample, teacher_nll, token_marginals
 from accel.distill.data import load_pairs
-from accel.distill.recipe_var import VARDistillRecipe
+from accel.train.recipes.dd_var import VARDistillRecipe
 from accel.models.var import VARConfig, build_var
 from accel.models.var_vqvae import VQVAEConfig
 from accel.train.loop import fit, trained_model

@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from accel.distill.recipe_var import VARDistillRecipe, build_student, dd_var_loss, default_split, student_config
+from accel.train.recipes.dd_var import VARDistillRecipe, build_student, dd_var_loss, default_split, student_config
 from accel.distill.student_var import DDVAR, decode_vectors
 from accel.models.var import teacher_forced_logits
 from accel.train.loop import fit, trained_model

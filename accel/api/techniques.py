@@ -8,10 +8,12 @@ sample the same distribution unless the technique is lossy by design (LANTERN, D
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from accel import zoo
 from accel.annealing.disa import AdaptiveSchedule, AnnealedMAR
 from accel.annealing.schedules import ConstantSchedule, Respacing, disa_schedule
 from accel.api.generators import LlamaGenGenerator, MARGenerator, VARGenerator
@@ -172,11 +174,12 @@ def disa(mar: MARGenerator, schedule, *, name: str | None = None) -> AnnealedMAR
 
 
 # -------------------------------------------------------------------------------------- Distilled Decoding
-def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module, *, steps: int = 1,
+def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | str, *, steps: int = 1,
               t2: int | None = None, split: int | None = None, teacher_involved: tuple[int, int] | bool | None = None,
               name: str | None = None):
     """Distilled Decoding (DD1, arXiv 2412.17153): a student that maps noise to the teacher's tokens in one
-    (``steps=1``) or two (``steps=2``, second jump at ``t2``) passes, Eq. 9-10.
+    (``steps=1``) or two (``steps=2``, second jump at ``t2``) passes, Eq. 9-10. ``student``: the network, or a
+    zoo name / student file (``"fmnist-llamagen-dd"``).
 
     LlamaGen: ``t2`` defaults to n/2 tokens; ``teacher_involved=(a, b)`` keeps the student's first ``a`` tokens,
     lets the teacher sample tokens ``a..b-1`` and finishes with one student jump from ``b`` (released
@@ -186,6 +189,8 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module, *, 
     """
     if steps not in (1, 2):
         raise ValueError(f"steps={steps!r}: must be 1 or 2")
+    if isinstance(student, (str, Path)):
+        student = zoo.load(student, device=_device(teacher.model))
     if isinstance(teacher, LlamaGenGenerator):
         if not isinstance(student, DDLlamaGen):
             raise TypeError(f"student: a LlamaGen teacher needs a DDLlamaGen student, got {type(student).__name__}")
@@ -197,6 +202,10 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module, *, 
         return DistilledVAR(student, teacher.model, teacher.tokenizer, steps=steps, t2=t2, split=split,
                             teacher_involved=bool(teacher_involved), settings=teacher.kwargs, name=name)
     raise TypeError(f"teacher: Distilled Decoding runs on LlamaGen or VAR generators, got {type(teacher).__name__}")
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 # ----------------------------------------------------------------------------------------------- KV cache

@@ -77,7 +77,7 @@ def _llamagen(args, state):
 
 
 def _var(args, state):
-    from accel.distill.recipe_var import VARDistillRecipe
+    from accel.train.recipes.dd_var import VARDistillRecipe
 
     if args.solver != "heun":
         raise SystemExit("--solver: the VAR recipe integrates the flow with Heun steps")

@@ -96,9 +96,10 @@ def _dd_llamagen(cfg: dict) -> nn.Module:
 
 
 def _dd_var(cfg: dict) -> nn.Module:
-    from accel.distill.recipe_var import build_student
+    from accel.distill.student_var import DDVAR
+    from accel.models.var import VARConfig
 
-    return build_student(cfg)
+    return DDVAR(VARConfig.from_dict(cfg["var"]), cfg["vocab_size"], cfg["Cvae"])  # codes come from the file
 
 
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {

@@ -15,10 +15,10 @@ RECIPES = {
     "fmnist-mar-draft": "accel.train.recipes.mar:DraftMARRecipe",
     "fmnist-var-vqvae": "accel.train.recipes.var:VQVAERecipe",
     "fmnist-var": "accel.train.recipes.var:VARRecipe",
-    # recipes owned by the technique areas, registered here so `accel train NAME` finds them
+    # the technique-specific students and drafters
     "fmnist-llamagen-eagle": "accel.train.drafter:EagleRecipe",
-    "fmnist-llamagen-dd": "accel.distill.recipe_llamagen:LlamaGenDistillRecipe",
-    "fmnist-var-dd": "accel.distill.recipe_var:VARDistillRecipe",
+    "fmnist-llamagen-dd": "accel.train.recipes.dd_llamagen:LlamaGenDistillRecipe",
+    "fmnist-var-dd": "accel.train.recipes.dd_var:VARDistillRecipe",
     "toy": "accel.train.recipes.toy:ToyRecipe",
 }
 ALIASES = {"classifier": "fmnist-cnn"}

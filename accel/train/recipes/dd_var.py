@@ -200,7 +200,7 @@ class VARDistillRecipe(Recipe):
                 "with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
                 "0.999^n of the teacher-initialised weights after n steps, and its held-out agreement trailed the "
                 "raw weights' (0.10 vs 0.45 at 400 steps, 0.44 vs 0.49 at 1500, 0.49 vs 0.50 at 2700). "
-                f"Loss and read-out: the module docstring of accel/distill/recipe_var.py ({read}; the 2-step "
+                f"Loss and read-out: the module docstring of accel/train/recipes/dd_var.py ({read}; the 2-step "
                 f"jump re-noises from scale t2 = {t2} of {len(pns)}). "
                 "Speed and FID against the teacher and the naive one-step baseline: results/distill/summary.md.")
 
@@ -220,5 +220,6 @@ def student_config(model: DDVAR) -> dict:
 
 
 def build_student(cfg: dict) -> DDVAR:
-    """Zoo builder for kind ``var-dd`` (codes come with the state dict)."""
+    """The student of a ``student_config`` (what the zoo's ``var-dd`` builder makes; codes come with the
+    state dict)."""
     return DDVAR(VARConfig.from_dict(cfg["var"]), cfg["vocab_size"], cfg["Cvae"])

@@ -1,0 +1,92 @@
+"""The README's "Use it on your own model" snippets run as written: on the bundled zoo, and on random-config
+models saved under the zoo's names (so nothing in them depends on the zoo's trained weights)."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from accel import zoo
+from accel.distill.student_llamagen import DDLlamaGen
+from accel.distill.student_var import DDVAR
+from accel.models.llamagen import GPTConfig
+from accel.models.var import VARConfig
+from accel.zoo import sample as zoo_sample
+from accel.zoo.store import save_zoo_file, zoo_file
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+VQ = dict(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
+          decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
+GPT = dict(dim=32, n_layer=2, n_head=2, vocab_size=16, block_size=64, num_classes=10, multiple_of=32,
+           class_dropout_prob=0.1)
+MAR_VAE = dict(embed_dim=4, ch_mult=(1, 2, 2), ch=32, num_res_blocks=1, resolution=32,
+               encoder_attn_resolutions=(), decoder_attn_resolutions=())
+MAR = dict(img_size=32, vae_stride=4, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
+           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, vae_embed_dim=4, class_num=10,
+           buffer_size=2, diffloss_d=1, diffloss_w=32, max_timestep=950)
+VAR_VAE = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4, 8),
+               test_mode=True)
+VAR = dict(num_classes=10, depth=1, embed_dim=32, num_heads=2, patch_nums=(1, 2, 4, 8), _vocab_size=32, _Cvae=8)
+
+
+def snippets() -> list[str]:
+    text = README.read_text()
+    section = text.split("## Use it on your own model", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def random_zoo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    torch.manual_seed(0)
+
+    def put(name, kind, cfg, module=None):
+        module = module if module is not None else zoo.BUILDERS[kind](cfg)
+        save_zoo_file(zoo_file(d, name), module.state_dict(), kind=kind, config=cfg, dtype=None)
+        return module
+
+    vq = put("fmnist-llamagen-vq", "llamagen-vq", VQ)
+    put("fmnist-llamagen", "llamagen-gpt", GPT)
+    put("fmnist-llamagen-draft", "llamagen-gpt", {**GPT, "n_layer": 1})
+    codes = torch.nn.functional.normalize(vq.quantize.embedding.weight.detach(), dim=-1)
+    put("fmnist-llamagen-dd", "dd-llamagen", {"gpt": GPT, "code_dim": 4}, DDLlamaGen(GPTConfig(**GPT), codes))
+    put("fmnist-mar-vae", "mar-vae", MAR_VAE)
+    put("fmnist-mar", "mar", MAR)
+    put("fmnist-mar-draft", "mar", {**MAR, "diffloss_w": 16})
+    vae = put("fmnist-var-vqvae", "var-vqvae", VAR_VAE)
+    var = zoo.BUILDERS["var"](VAR)
+    var.init_weights(generator=torch.Generator().manual_seed(0))
+    put("fmnist-var", "var", VAR, var)
+    student = DDVAR.from_teacher(var, vae)
+    cfg = {"var": {k: (list(v) if isinstance(v, tuple) else v) for k, v in VAR.items() if not k.startswith("_")},
+           "vocab_size": 32, "Cvae": 8}
+    put("fmnist-var-dd", "var-dd", cfg, student)
+    return d
+
+
+def run_all():
+    scope: dict = {}
+    blocks = snippets()
+    assert len(blocks) >= 6, "the README lost its technique snippets"
+    for code in blocks:
+        assert len(code.strip().splitlines()) <= 6, f"a README snippet is longer than six lines:\n{code}"
+        exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - the README's own code
+        s = scope["s"]
+        assert s.images.shape[:2] == (2, 3) and 0 <= float(s.images.min()) and float(s.images.max()) <= 1
+        assert not s.images.requires_grad, "generate must not build an autograd graph"
+        scope.pop("s")
+    return scope
+
+
+def test_snippets_on_random_config_models(random_zoo, monkeypatch):
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", random_zoo)
+    monkeypatch.setitem(zoo_sample.DEFAULTS, "fmnist-mar", dict(num_iter=4, cfg=2.0, head_steps=5))
+    monkeypatch.setitem(zoo_sample.DEFAULTS, "fmnist-mar-draft", dict(num_iter=4, cfg=2.0, head_steps=5))
+    run_all()
+
+
+@pytest.mark.slow
+def test_snippets_on_the_zoo(monkeypatch):
+    # the card's 50 head steps, fewer iterations: the snippets' code paths, not the card's quality
+    monkeypatch.setitem(zoo_sample.DEFAULTS, "fmnist-mar", {**zoo_sample.DEFAULTS["fmnist-mar"], "head_steps": 10})
+    run_all()
