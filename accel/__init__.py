@@ -26,20 +26,11 @@ Compositions: ``cspd(..., schedule=linear(50, 5))`` (DiSA inside CSpD), ``distil
 
 __version__ = "0.1.0"
 
+# Imported eagerly: the API's ``speculative`` function must shadow the ``accel.speculative`` package here.
+from accel.api import (LlamaGenGenerator, MARGenerator, Sampling, VARGenerator, adaptive, constant, cosine, cspd,  # noqa: E402
+                       disa, distilled, exact, kv_compress, lantern, linear, load, pyramidkv, scalekv, sliding, snapkv,
+                       speculative, streamingllm, two_stage, wrap)
+
 __all__ = ["load", "wrap", "Sampling", "LlamaGenGenerator", "MARGenerator", "VARGenerator", "speculative", "exact",
            "lantern", "cspd", "disa", "linear", "cosine", "two_stage", "constant", "adaptive", "distilled",
            "kv_compress", "scalekv", "snapkv", "pyramidkv", "streamingllm", "sliding"]
-
-
-def __getattr__(name: str):
-    # The API is imported on first use, so that ``import accel.models.llamagen`` or ``accel --help`` do not
-    # load every technique (PEP 562); ``help(accel)`` and ``dir(accel)`` still list it.
-    if name in __all__:
-        import accel.api  # noqa: PLC0415 - deferred on purpose, see above
-
-        return getattr(accel.api, name)
-    raise AttributeError(f"module 'accel' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
