@@ -100,6 +100,12 @@ class LlamaGenAR:
         stats = {"nfe_target": codes.shape[1], "kv_bytes": llamagen_kv_bytes(cfg, rows, codes.shape[1], elt), "tokens": codes}
         return Sample(((x.float() + 1) / 2).clamp(0, 1), stats)
 
+    def work_model(self, batch_size: int, bytes_per_element: int):
+        from accel.harness.floor import llamagen_work
+
+        return llamagen_work(self.model.config, batch_size, cfg_guidance=self.sc.uses_cfg,
+                             bytes_per_element=bytes_per_element)
+
 
 def llamagen_scorer(ctx: BuildContext):
     """Mean per-token log-likelihood of token sequences under the target's own sampling distribution
@@ -141,6 +147,13 @@ class MARDefault:
         stats = {k: v for k, v in out.stats.items() if k in ("nfe_target", "head_steps", "head_rows")}
         return Sample(decode_tokens(self.vae, out.tokens).float(), stats)
 
+    def work_model(self, batch_size: int, bytes_per_element: int):
+        from accel.harness.floor import mar_work
+
+        s = self.settings
+        return mar_work(self.model.cfg, batch_size, num_iter=s.get("num_iter", 64), head_steps=s.get("head_steps"),
+                        cfg_guidance=float(s.get("cfg", 1.0)) != 1.0, bytes_per_element=bytes_per_element)
+
 
 # ---------------------------------------------------------------------------------------------------- VAR
 class VARDefault:
@@ -155,6 +168,12 @@ class VARDefault:
         stats = {"nfe_target": len(out.idx_Bl), "kv_bytes": out.cache.peak_attended_bytes(),
                  "tokens": torch.cat(out.idx_Bl, dim=1)}
         return Sample(out.images.float(), stats)
+
+    def work_model(self, batch_size: int, bytes_per_element: int):
+        from accel.harness.floor import var_work
+
+        return var_work(self.model.cfg, batch_size, vocab_size=self.model.V, Cvae=self.model.Cvae,
+                        bytes_per_element=bytes_per_element)
 
 
 BENCH_METHODS = [
