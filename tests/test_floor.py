@@ -188,3 +188,8 @@ def test_gpu_preset_tiny_on_cpu(tmp_path, monkeypatch):
     assert len(one) == 1 and one[0]["relative_cost"] == 1.0
     summary = (tmp_path / "summary.md").read_text()
     assert "fraction of floor" in summary and "weights: random" in summary and "--preset gpu" in summary
+
+
+def test_tiny_needs_the_gpu_preset(tmp_path, capsys):
+    assert cli(["bench", "--tiny", "--out", str(tmp_path)]) == 2
+    assert "--tiny only applies to --preset gpu" in capsys.readouterr().err

@@ -152,6 +152,8 @@ def main(args) -> int:
         if threads < 1:
             return _err("--threads must be >= 1")
         torch.set_num_threads(threads)
+    if args.tiny and args.preset != "gpu":
+        return _err("--tiny only applies to --preset gpu")
     if args.preset == "gpu":
         return _gpu_preset(args, device)
     reg = discover(modules=args.plugin)
