@@ -84,7 +84,8 @@ class Work:
     def memory_bound_fraction(self, peak: DevicePeak) -> float:
         """Share of the floor spent in steps whose memory time exceeds their compute time."""
         total = self.floor_s(peak)
-        mem = sum(w.floor_s(peak) * n for _, w, n in self.steps if w.bytes / peak.bytes_per_s >= w.flops / peak.flops_per_s)
+        mem = sum(w.floor_s(peak) * n for _, w, n in self.steps
+                  if w.bytes / peak.bytes_per_s >= w.flops / peak.flops_per_s)
         return mem / total if total else 0.0
 
 
@@ -156,7 +157,8 @@ def _vit_block_params(dim: int, mlp_ratio: float) -> int:
 def mar_pass_params(cfg: MARConfig) -> int:
     """Parameters read by one encoder + decoder pass (blocks, norms, z_proj, decoder_embed)."""
     e, d = cfg.encoder_embed_dim, cfg.decoder_embed_dim
-    return (cfg.encoder_depth * _vit_block_params(e, cfg.mlp_ratio) + cfg.decoder_depth * _vit_block_params(d, cfg.mlp_ratio)
+    return (cfg.encoder_depth * _vit_block_params(e, cfg.mlp_ratio)
+            + cfg.decoder_depth * _vit_block_params(d, cfg.mlp_ratio)
             + cfg.token_embed_dim * e + e + 4 * e + e * d + d + 2 * d)
 
 
@@ -164,7 +166,8 @@ def mar_head_params(cfg: MARConfig) -> int:
     """Parameters of the diffusion MLP read by every head step (input_proj, res blocks, final layer;
     ``cond_embed`` and the time embedding run once per call)."""
     w, c = cfg.diffloss_w, cfg.token_embed_dim
-    return c * w + w + cfg.diffloss_d * (2 * w * w + 2 * w + 3 * w * w + 3 * w + 2 * w) + 2 * w * w + 2 * w + w * 2 * c + 2 * c
+    res_block = 2 * w * w + 2 * w + 3 * w * w + 3 * w + 2 * w  # mlp (two w x w), adaLN (w -> 3w), in_ln
+    return c * w + w + cfg.diffloss_d * res_block + 2 * w * w + 2 * w + w * 2 * c + 2 * c
 
 
 def mar_pass(cfg: MARConfig, rows: int, known: int, elt: int) -> StepWork:
@@ -182,7 +185,8 @@ def mar_head_step(cfg: MARConfig, head_rows: int, elt: int) -> StepWork:
     w, c = cfg.diffloss_w, cfg.token_embed_dim
     block = _linear(head_rows, w, 3 * w, elt) + _linear(head_rows, w, w, elt) + _linear(head_rows, w, w, elt)
     final = _linear(head_rows, w, 2 * w, elt) + _linear(head_rows, w, 2 * c, elt)
-    return StepWork(0.0, mar_head_params(cfg) * elt) + _linear(head_rows, c, w, elt) + _scale(block, cfg.diffloss_d) + final
+    weights = StepWork(0.0, mar_head_params(cfg) * elt)
+    return weights + _linear(head_rows, c, w, elt) + _scale(block, cfg.diffloss_d) + final
 
 
 def mar_work(cfg: MARConfig, batch_size: int, *, num_iter: int, head_steps: int | str | None = None,
@@ -205,7 +209,8 @@ def mar_work(cfg: MARConfig, batch_size: int, *, num_iter: int, head_steps: int 
         hr = rows * predicted
         cond = _linear(hr, cfg.decoder_embed_dim, cfg.diffloss_w, bytes_per_element)
         steps.append((f"head {k}", mar_head_step(cfg, hr, bytes_per_element), S))
-        steps.append((f"head cond {k}", cond + StepWork(0.0, cfg.decoder_embed_dim * cfg.diffloss_w * bytes_per_element), 1))
+        cond_w = StepWork(0.0, cfg.decoder_embed_dim * cfg.diffloss_w * bytes_per_element)
+        steps.append((f"head cond {k}", cond + cond_w, 1))
         remaining = mask_len
     return Work("mar", batch_size, tuple(steps))
 
