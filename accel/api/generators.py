@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from accel.api.sampling import Sampling, llamagen_config, mar_kwargs, var_kwargs
+from accel.harness.floor import Work, llamagen_work, mar_work, var_work
 from accel.models.llamagen_generate import generate as llamagen_generate
 from accel.models.mar import decode_tokens, sample_tokens
 from accel.types import Sample
@@ -77,6 +78,11 @@ class LlamaGenGenerator:
         kv = llamagen_kv_bytes(self.model.config, rows, codes.size(1), elt)
         return Sample(self.decode(codes), {"nfe_target": codes.size(1), "kv_bytes": kv, "tokens": codes})
 
+    def work_model(self, batch_size: int, bytes_per_element: int) -> Work:
+        """FLOPs and bytes of one ``tokens`` call (the harness's hardware floor, accel/harness/README.md)."""
+        return llamagen_work(self.model.config, batch_size, cfg_guidance=self.config.uses_cfg,
+                             bytes_per_element=bytes_per_element)
+
 
 @dataclass
 class MARGenerator:
@@ -127,6 +133,11 @@ class MARGenerator:
         stats = {k: v for k, v in out.stats.items() if k in ("nfe_target", "head_steps", "head_rows")}
         return Sample(self.decode(out.tokens), {**stats, "tokens": out.tokens})
 
+    def work_model(self, batch_size: int, bytes_per_element: int) -> Work:
+        """FLOPs and bytes of one ``sample`` call (the harness's hardware floor)."""
+        return mar_work(self.model.cfg, batch_size, num_iter=self.num_iter, head_steps=self.head_steps,
+                        cfg_guidance=self.sampling.cfg_scale != 1.0, bytes_per_element=bytes_per_element)
+
 
 @dataclass
 class VARGenerator:
@@ -175,6 +186,11 @@ class VARGenerator:
         stats = {"nfe_target": len(out.idx_Bl), "kv_bytes": out.cache.peak_attended_bytes(),
                  "tokens": torch.cat(out.idx_Bl, dim=1)}
         return Sample(out.images.float(), stats)
+
+    def work_model(self, batch_size: int, bytes_per_element: int) -> Work:
+        """FLOPs and bytes of one ``sample`` call (the harness's hardware floor)."""
+        return var_work(self.model.cfg, batch_size, vocab_size=self.model.V, Cvae=self.model.Cvae,
+                        bytes_per_element=bytes_per_element)
 
 
 GENERATORS = {"llamagen": LlamaGenGenerator, "mar": MARGenerator, "var": VARGenerator}

@@ -49,6 +49,10 @@ def configure(p):
     p.add_argument("--plugin", action="append", default=[],
                    help="extra module defining BENCH_METHODS (repeatable), for methods outside accel")
     p.add_argument("--list", action="store_true", help="list registered methods and models, then exit")
+    p.add_argument("--preset", choices=("quick", "gpu"), default="quick",
+                   help="quick: the zoo methods (default); gpu: cost structure at full-size shapes with random weights "
+                        "(accel.harness.costs)")
+    p.add_argument("--tiny", action="store_true", help="with --preset gpu: tiny configs (runs in seconds on a CPU)")
 
 
 def _err(msg: str) -> int:
@@ -93,6 +97,24 @@ def _load_reference(device):
     return load_reference(device)
 
 
+def _gpu_preset(args, device) -> int:
+    """``--preset gpu``: ``accel.harness.costs`` rows into OUT/bench.jsonl, OUT/summary.md (and the table)."""
+    import torch
+
+    from accel.harness import costs
+    from accel.harness.results import append_rows, current_command
+
+    command = current_command()
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)  # None: bf16 on CUDA, fp32 on CPU
+    rows = costs.run_preset(costs.tiny_preset() if args.tiny else costs.full_preset(), device, dtype, command=command,
+                            progress=lambda msg: print(f"   {msg}", file=sys.stderr))
+    append_rows(args.out / "bench.jsonl", rows)
+    summary = costs.summary_markdown(rows, command=command)
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
+    return 0
+
+
 def _init_distributed(device: str) -> None:
     import torch.distributed as dist
 
@@ -130,6 +152,10 @@ def main(args) -> int:
         if threads < 1:
             return _err("--threads must be >= 1")
         torch.set_num_threads(threads)
+    if args.tiny and args.preset != "gpu":
+        return _err("--tiny only applies to --preset gpu")
+    if args.preset == "gpu":
+        return _gpu_preset(args, device)
     reg = registry(args.plugin)
     for mod, err in reg.errors.items():
         print(f"accel bench: warning: could not import {mod}: {err}", file=sys.stderr)

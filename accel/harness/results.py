@@ -21,7 +21,7 @@ import torch
 
 FIELDS = (
     "experiment", "family", "model", "method", "params", "batch_size", "n_images", "seed",
-    "latency_s", "latency_spread_s", "images_per_s", "speedup", "baseline", "repeats",
+    "latency_s", "latency_spread_s", "floor_s", "frac_floor", "images_per_s", "speedup", "baseline", "repeats",
     "nfe_target", "nfe_draft", "mean_accept_len", "acceptance_rate", "head_steps", "kv_bytes", "kv_fraction",
     "peak_mem_bytes", "peak_mem_kind",
     "fid", "fid_ci", "fid_floor", "fid_feature", "kid", "precision", "recall", "class_acc",

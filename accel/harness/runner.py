@@ -20,6 +20,7 @@ import torch.distributed
 
 from accel.harness import metrics as M
 from accel.harness.distributed import IndexedSamples, autocast, chunk_seed, class_cond, generate_indexed, rank_world
+from accel.harness.floor import floor_fields
 from accel.harness.memory import cpu_subprocess_peak, cuda_peak
 from accel.harness.quality import FeatureReference, evaluate
 from accel.harness.registry import BuildContext, MethodEntry, Registry
@@ -185,6 +186,7 @@ def run_group(
                 params={**e.params, **getattr(methods[e.name], 'params', {})}, batch_size=bs,
                 n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
                 images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name, repeats=cfg.repeats,
+                **floor_fields(methods[e.name], bs, t.median, device, dtype),
                 **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,
                 peak_mem_before_generate_bytes=mem.baseline_bytes if mem else None,
                 **quality[e.name], env=env, command=command, run_id=run_id, dtype=cfg.dtype,

@@ -10,6 +10,8 @@ COLUMNS = (  # (header, field, format)
     ("batch", "batch_size", "{}"),
     ("latency s", "latency_s", "{:.4g}"),
     ("± (IQR/2)", "latency_spread_s", "{:.2g}"),
+    ("floor s", "floor_s", "{:.3g}"),
+    ("fraction of floor", "frac_floor", "{:.3g}"),
     ("img/s", "images_per_s", "{:.3g}"),
     ("speed-up", "speedup", "{:.2f}x"),
     ("NFE target", "nfe_target", "{:.4g}"),
@@ -68,6 +70,10 @@ def summary_markdown(rows: list[dict[str, Any]], *, command: str, plots: list[st
         "interleaved, warm-up excluded. Peak memory kind: "
         + ", ".join(sorted({r["peak_mem_kind"] for r in rows if r.get("peak_mem_kind")}) or ["not measured"]) + ".",
     ]
+    if any(r.get("frac_floor") is not None for r in rows):
+        parts += ["", "`floor s` = the roofline floor of the generator's steps, max(FLOPs / matmul peak, bytes / "
+                      "bandwidth) per step with the device's measured peak (accel/harness/README.md, \"Limit model\"); "
+                      "`fraction of floor` = floor / median latency (1 = at the hardware limit)."]
     if feats:
         parts += ["", f"FID/KID/precision/recall use the penultimate features of the classifier {', '.join(feats)}, "
                       "not Inception: they are not comparable with published ImageNet numbers. `floor` is the FID of "
