@@ -27,6 +27,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from accel.cache.base import CachePolicy, KVCache
 from accel.distill.var_map import split_scales, tokens_before
 from accel.models.var import VAR, VARConfig, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE
@@ -177,15 +178,17 @@ class DDVAR(VAR):
     @torch.no_grad()
     def sample_teacher_involved(self, teacher: VAR, vae: VQVAE, label_B: Tensor, noise: Tensor, *, t_mid: int,
                                 teacher_start: int, generator: torch.Generator | None, split: int = 0,
-                                cfg: float = 2.0, top_k: int = 0, top_p: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+                                cfg: float = 2.0, top_k: int = 0, top_p: float = 0.0,
+                                policy: CachePolicy | None = None) -> tuple[Tensor, Tensor, dict]:
         """Released ``combine_sample``: a DD step from X_0, its scales < ``teacher_start`` snapped to codes,
         the teacher samples scales ``teacher_start..t_mid-1`` (its own sampling settings), the original
-        noise for scales >= ``t_mid``, and a DD step from X_{t_mid}. Returns vectors, ids and pass counts."""
+        noise for scales >= ``t_mid``, and a DD step from X_{t_mid}. Returns vectors, ids and pass counts.
+        ``policy`` compresses the teacher's KV cache (its scale steps), as in ``CompressedVAR``."""
         if not 0 < teacher_start <= t_mid < len(self.tpns):
             raise ValueError(f"need 0 < teacher_start <= t_mid < {len(self.tpns)}; got {teacher_start}, {t_mid}")
         ids = self.nearest(self.dd_step(noise, label_B, 0, noise, split))
         teacher.check_vae(vae)
-        st = teacher.begin(label_B)
+        st = teacher.begin(label_B, KVCache(teacher.depth, policy))
         per = split_scales(ids, self.tpns)
         for si in range(t_mid):
             logits = teacher.step(st, cfg)  # the teacher's pass over scale si (fills its KV cache)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from accel.cache.base import CachePolicy, KVCache
+from accel.checkpoint import load_strict, read_state_dict
 from accel.models.var_vqvae import VQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
@@ -536,8 +537,6 @@ def build_var(var_cfg: VARConfig, vae_cfg: VQVAEConfig, device: torch.device | s
 def load_var_checkpoints(vae: VQVAE, var: VAR, vae_path, var_path, key: str | None = None) -> tuple[VQVAE, VAR]:
     """Strictly load official files (``vae_ch160v4096z32.pth``, ``var_d16.pth``, ``.safetensors``, or a
     ``{"model": ...}``-style wrapper; ``key`` picks a nested entry of the VAR file)."""
-    from accel.checkpoint import load_strict, read_state_dict
-
     vae_sd = read_state_dict(vae_path)
     hit, want = vae_sd.get("quantize.ema_vocab_hit_SV"), vae.quantize.ema_vocab_hit_SV
     if hit is not None and hit.dim() == 2 and hit.shape[1] == want.shape[1] and hit.shape[0] != want.shape[0]:
