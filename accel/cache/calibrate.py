@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from accel.cache.budgets import map_sizes
 from accel.cache.select import check_inputs
 
 
@@ -93,8 +95,6 @@ def calibrate_var(var, vae, *, n_images: int = 16, batch_size: int = 8, seed: in
                   top_k: int = 0, top_p: float = 0.0, topk_fraction: float = 0.1, progress: bool = False) -> dict:
     """ASI of a VAR model from full-cache decodes of ``n_images`` (labels ``i % num_classes``; batch j seeded
     ``seed + j``). Deterministic for fixed inputs on a fixed device (no other randomness)."""
-    from tqdm import tqdm
-
     if n_images < 1 or batch_size < 1:
         raise ValueError(f"n_images and batch_size must be >= 1, got {n_images}, {batch_size}")
     dev = next(var.parameters()).device
@@ -105,7 +105,5 @@ def calibrate_var(var, vae, *, n_images: int = 16, batch_size: int = 8, seed: in
         g = torch.Generator(device=dev).manual_seed(seed + j)
         var.autoregressive_infer_cfg(vae, labels.shape[0], labels, generator=g, cfg=cfg, top_k=top_k, top_p=top_p,
                                      policy=rec)
-    from accel.cache.budgets import map_sizes
-
     return calibration_dict(rec, map_sizes(var.patch_nums), var.depth, n_images=n_images, batch_size=batch_size,
                             seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)

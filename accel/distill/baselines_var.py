@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from accel.distill.var_map import ScaleDecoder, split_scales
-from accel.models.var import VAR, sample_from_logits
+from accel.distill.var_map import split_scales
+from accel.models.var import VAR, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE
 
 
@@ -59,42 +59,38 @@ def skip_sample(var: VAR, vae: VQVAE, label_B: Tensor, k: int, *, generator: tor
                 marginals: Tensor | None = None) -> tuple[Tensor, dict]:
     """Token ids (B, L) of skip-k sampling (module docstring) and ``{"teacher_passes": SN - k}``;
     ``marginals`` (num_classes, L, V) selects ``source="marginals"``."""
-    dec = ScaleDecoder(var, vae, label_B, cfg=cfg, top_k=top_k, top_p=top_p)
-    SN, pns = dec.SN, dec.pns
+    var.check_vae(vae)
+    st, SN, pns = var.begin(label_B), len(var.patch_nums), var.patch_nums
     if not 0 <= k < SN:
         raise ValueError(f"k must lie in 0..{SN - 1} for {SN} scales; got {k}")
     s0 = SN - 1 - k
     out = []
     for _ in range(s0 + (marginals is not None)):
-        idx = sample_from_logits(dec.logits(), generator)
+        idx = sample_from_logits(mask_top_k_top_p(var.step(st, cfg), top_k, top_p), generator)
         out.append(idx)
-        dec.advance(idx)
+        var.advance(st, vae, idx)
     if marginals is not None:
         if marginals.shape[1:] != (var.L, var.V):
             raise ValueError(f"marginals must be (num_classes, {var.L}, {var.V}); got {tuple(marginals.shape)}")
         if k:
-            tail = onestep_sample(marginals[:, dec.cur_L:], label_B, generator).to(dec.x.device)
-            out.append(tail)
-        return torch.cat(out, 1), {"teacher_passes": dec.passes}
-    # one pass over scales s0..SN-1; scale s0's input is exact, later ones see f_hat of scales < s0 only
-    xs, scales = [dec.x], [torch.full((pns[s0] ** 2,), s0)]
-    L0 = dec.cur_L + pns[s0] ** 2
+            out.append(onestep_sample(marginals[:, st.cur_L:], label_B, generator).to(st.x_BlC.device))
+        return torch.cat(out, 1), {"teacher_passes": st.passes}
+    # one step over scales s0..SN-1; scale s0's input is exact, later ones see f_hat of scales < s0 only
+    xs, scales = [st.x_BlC], [torch.full((pns[s0] ** 2,), s0)]
+    L0 = st.cur_L + pns[s0] ** 2
     for s in range(s0 + 1, SN):
-        nxt = F.interpolate(dec.f_hat, size=(pns[s], pns[s]), mode="area") if s < SN - 1 else dec.f_hat
-        nxt = nxt.reshape(dec.B, var.Cvae, -1).transpose(1, 2)
-        xs.append((var.word_embed(nxt) + dec.lvl_pos[:, L0:L0 + pns[s] ** 2]).repeat(2, 1, 1))
+        nxt = F.interpolate(st.f_hat, size=(pns[s], pns[s]), mode="area") if s < SN - 1 else st.f_hat
+        nxt = nxt.reshape(st.B, var.Cvae, -1).transpose(1, 2)
+        xs.append((var.word_embed(nxt) + st.lvl_pos[:, L0:L0 + pns[s] ** 2]).repeat(2, 1, 1))
         scales.append(torch.full((pns[s] ** 2,), s))
         L0 += pns[s] ** 2
-    x, lv = torch.cat(xs, 1), torch.cat(scales).to(dec.x.device)
-    hist = dec.cur_L
+    st.x_BlC, lv = torch.cat(xs, 1), torch.cat(scales).to(st.x_BlC.device)
+    hist = st.cur_L
     ok = torch.cat((torch.ones(lv.numel(), hist, dtype=torch.bool, device=lv.device), lv[:, None] >= lv[None]), 1)
     bias = torch.where(ok, 0.0, -torch.inf).view(1, 1, lv.numel(), hist + lv.numel())
-    for b in var.blocks:
-        x = b(x, dec.cond, bias, dec.cache, s0)
-    dec.passes += 1
-    masked = dec.guide(var.get_logits(x, dec.cond_BD), lv)
+    masked = mask_top_k_top_p(var.step(st, cfg, attn_bias=bias, token_scales=lv), top_k, top_p)
     out.append(sample_from_logits(masked, generator))
-    return torch.cat(out, 1), {"teacher_passes": dec.passes}
+    return torch.cat(out, 1), {"teacher_passes": st.passes}
 
 
 def teacher_sample(var: VAR, vae: VQVAE, label_B: Tensor, *, generator: torch.Generator | None, cfg: float = 1.5,
@@ -108,10 +104,11 @@ def teacher_nll(var: VAR, vae: VQVAE, label_B: Tensor, tokens_BL: Tensor, *, cfg
                 top_p: float = 0.0) -> Tensor:
     """Per-sample negative log-likelihood (B,) in nats/token of ``tokens`` under the teacher's sampling
     distribution (guided + masked per token given the earlier scales); +inf where a token is masked out."""
-    dec = ScaleDecoder(var, vae, label_B, cfg=cfg, top_k=top_k, top_p=top_p)
-    total = torch.zeros(dec.B, device=tokens_BL.device)
-    for idx in split_scales(tokens_BL, dec.pns):
-        logp = dec.logits().float().log_softmax(-1)
+    var.check_vae(vae)
+    st = var.begin(label_B)
+    total = torch.zeros(st.B, device=tokens_BL.device)
+    for idx in split_scales(tokens_BL, var.patch_nums):
+        logp = mask_top_k_top_p(var.step(st, cfg), top_k, top_p).float().log_softmax(-1)
         total -= logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
-        dec.advance(idx)
+        var.advance(st, vae, idx)
     return total / tokens_BL.shape[1]

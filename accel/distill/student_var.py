@@ -27,8 +27,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from accel.distill.var_map import ScaleDecoder, split_scales, tokens_before
-from accel.models.var import VAR, VARConfig, sample_from_logits
+from accel.cache.base import CachePolicy, KVCache
+from accel.distill.var_map import split_scales, tokens_before
+from accel.models.var import VAR, VARConfig, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE
 
 
@@ -126,9 +127,8 @@ class DDVAR(VAR):
         is_data = (pos[None] < 1 + self.n_data(t, B)[:, None]).long()  # (B, L+1): sos and data slots
         nd = self.n_d_embed(is_data)  # (B, L+1, C)
         h = h + nd
-        cond = self.shared_ada_lin(cond_BD)
-        for b, lin in zip(self.blocks, self.layerwise_n_d_embed):
-            h = _block_with_nd(b, h, cond, self.attn_bias_for_masking, lin(nd))
+        mids = [lin(nd) for lin in self.layerwise_n_d_embed[:-1]]  # block i adds mids[i] between attn and FFN
+        h = self.run_blocks(h, self.shared_ada_lin(cond_BD), self.attn_bias_for_masking, mids=mids)
         return h + self.layerwise_n_d_embed[-1](nd), cond_BD
 
     def predict(self, x_BLCv: Tensor, label_B: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
@@ -157,7 +157,7 @@ class DDVAR(VAR):
         return torch.cdist(vec_BLCv.reshape(-1, d).float(), self.codes).argmin(-1).view(B, L)
 
     @torch.no_grad()
-    def step(self, x: Tensor, label_B: Tensor, t: int, noise: Tensor, split: int) -> Tensor:
+    def dd_step(self, x: Tensor, label_B: Tensor, t: int, noise: Tensor, split: int) -> Tensor:
         """One DD call from X_t built out of ``x`` (data part) and ``noise``; data slots pass through."""
         xt = self.perturb(x, t, noise)
         logits, conti = self.predict(xt, label_B, t)
@@ -172,46 +172,37 @@ class DDVAR(VAR):
         _check_t_list(t_list, len(self.tpns))
         x = noise
         for t in t_list:
-            x = self.step(x, label_B, t, noise, split)
+            x = self.dd_step(x, label_B, t, noise, split)
         return x, self.nearest(x)
 
     @torch.no_grad()
     def sample_teacher_involved(self, teacher: VAR, vae: VQVAE, label_B: Tensor, noise: Tensor, *, t_mid: int,
                                 teacher_start: int, generator: torch.Generator | None, split: int = 0,
-                                cfg: float = 2.0, top_k: int = 0, top_p: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+                                cfg: float = 2.0, top_k: int = 0, top_p: float = 0.0,
+                                policy: CachePolicy | None = None) -> tuple[Tensor, Tensor, dict]:
         """Released ``combine_sample``: a DD step from X_0, its scales < ``teacher_start`` snapped to codes,
         the teacher samples scales ``teacher_start..t_mid-1`` (its own sampling settings), the original
-        noise for scales >= ``t_mid``, and a DD step from X_{t_mid}. Returns vectors, ids and pass counts."""
+        noise for scales >= ``t_mid``, and a DD step from X_{t_mid}. Returns vectors, ids and pass counts.
+        ``policy`` compresses the teacher's KV cache (its scale steps), as in ``CompressedVAR``."""
         if not 0 < teacher_start <= t_mid < len(self.tpns):
             raise ValueError(f"need 0 < teacher_start <= t_mid < {len(self.tpns)}; got {teacher_start}, {t_mid}")
-        ids = self.nearest(self.step(noise, label_B, 0, noise, split))
-        dec = ScaleDecoder(teacher, vae, label_B, cfg=cfg, top_k=top_k, top_p=top_p)
+        ids = self.nearest(self.dd_step(noise, label_B, 0, noise, split))
+        teacher.check_vae(vae)
+        st = teacher.begin(label_B, KVCache(teacher.depth, policy))
         per = split_scales(ids, self.tpns)
         for si in range(t_mid):
-            logits = dec.logits()  # the teacher's pass over scale si (fills its KV cache)
+            logits = teacher.step(st, cfg)  # the teacher's pass over scale si (fills its KV cache)
             if si >= teacher_start:
-                per[si] = sample_from_logits(logits, generator)
-            dec.advance(per[si])
+                per[si] = sample_from_logits(mask_top_k_top_p(logits, top_k, top_p), generator)
+            teacher.advance(st, vae, per[si])
         x = self.codes[torch.cat(per[:t_mid] + [ids[:, tokens_before(self.tpns, t_mid):]], 1)]
-        out = self.step(x, label_B, t_mid, noise, split)
-        return out, self.nearest(out), {"student_passes": 2, "teacher_passes": dec.passes}
+        out = self.dd_step(x, label_B, t_mid, noise, split)
+        return out, self.nearest(out), {"student_passes": 2, "teacher_passes": st.passes}
 
 
 def _check_t_list(t_list, SN: int) -> None:
     if not t_list or t_list[0] != 0 or list(t_list) != sorted(set(t_list)) or t_list[-1] >= SN:
         raise ValueError(f"t_list must start at 0 and increase below {SN} (got {tuple(t_list)})")
-
-
-def _block_with_nd(b, x: Tensor, cond, attn_bias: Tensor, nd: Tensor) -> Tensor:
-    """``AdaLNSelfAttn.forward`` with the layer-wise noise/data embedding added between the attention and
-    FFN residual branches (released ``AdaLNSelfAttn.forward(..., n_d_emb)``)."""
-    if b.shared_aln:
-        g1, g2, s1, s2, sh1, sh2 = (b.ada_gss + cond).unbind(2)
-    else:
-        g1, g2, s1, s2, sh1, sh2 = b.ada_lin(cond).view(-1, 1, 6, b.C).unbind(2)
-    x = x + b.drop_path(b.attn(b.ln_wo_grad(x).mul(s1.add(1)).add_(sh1), attn_bias).mul_(g1))
-    x = x + nd
-    return x + b.drop_path(b.ffn(b.ln_wo_grad(x).mul(s2.add(1)).add_(sh2)).mul(g2))
 
 
 def decode_vectors(vae: VQVAE, vec_BLCv: Tensor, patch_nums) -> Tensor:

@@ -9,9 +9,13 @@ V vocab, Cvae codebook width, SN number of scales, si scale index.
 
 * Teacher forcing (paper Eq. 6, training): all scales at once under the block-causal mask
   (a token sees its own scale and all earlier ones). Label dropout only when asked (``cond_drop_rate``).
-* Inference (``autoregressive_infer_cfg``): one pass per scale over that scale's tokens only, attending to an
-  explicit ``KVCache`` (accel/cache/base.py) appended once per scale, with a pluggable ``CachePolicy``.
-  Linearly ramped classifier-free guidance ``t = cfg * si/(SN-1)``, ``logits = (1+t) l_cond - t l_uncond``.
+* The scale step, the one decode path every sampler drives (``autoregressive_infer_cfg``, the DD teacher map
+  and teacher-involved sampler, the skip-k baselines, the KV-cache policies): ``state = begin(labels, cache)``,
+  then per scale ``logits = step(state, cfg)`` (one pass over that scale's tokens only, attending to an explicit
+  ``KVCache`` (accel/cache/base.py) appended once per scale and compressed by its ``CachePolicy``, then
+  linearly ramped classifier-free guidance ``t = cfg * si/(SN-1)``, ``logits = (1+t) l_cond - t l_uncond``),
+  the caller's choice of tokens, and ``advance(state, vae, idx)`` (f_hat update, next scale's input).
+* ``run_blocks`` is the one block loop (teacher forcing, the scale step, the DD student's parallel pass).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from accel.cache.base import CachePolicy, KVCache
+from accel.checkpoint import load_strict, read_state_dict
 from accel.models.var_vqvae import VQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
@@ -216,12 +221,17 @@ class AdaLNSelfAttn(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
-    def forward(self, x, cond_BD, attn_bias=None, cache: KVCache | None = None, scale: int = -1):
+    def forward(self, x, cond_BD, attn_bias=None, cache: KVCache | None = None, scale: int = -1,
+                mid: Tensor | None = None):
+        """``mid`` (broadcastable to x) is added to the residual stream between the attention and FFN branches:
+        DD1's layer-wise noise/data embedding (released ``AdaLNSelfAttn.forward(..., n_d_emb)``); None = VAR."""
         if self.shared_aln:  # cond_BD is already SharedAdaLin(cond), shape (B, 1, 6, C)
             g1, g2, s1, s2, sh1, sh2 = (self.ada_gss + cond_BD).unbind(2)
         else:
             g1, g2, s1, s2, sh1, sh2 = self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)
         x = x + self.drop_path(self.attn(self.ln_wo_grad(x).mul(s1.add(1)).add_(sh1), attn_bias, cache, scale).mul_(g1))
+        if mid is not None:
+            x = x + mid
         return x + self.drop_path(self.ffn(self.ln_wo_grad(x).mul(s2.add(1)).add_(sh2)).mul(g2))
 
 
@@ -264,6 +274,21 @@ def mask_top_k_top_p(logits_BlV: Tensor, top_k: int = 0, top_p: float = 0.0) -> 
     return out
 
 
+def ramped_cfg(logits_2BlV: Tensor, si: int | Tensor, num_scales: int, cfg: float) -> Tensor:
+    """VAR's linearly ramped classifier-free guidance, ``t = cfg * si / (SN - 1)``,
+    ``logits = (1 + t) l_cond - t l_uncond`` on (2B, l, V) logits (rows B.. unconditional) -> (B, l, V).
+    ``si`` is the scale index (an int, as the official sampler) or a (l,) tensor of per-token scale indices;
+    both compute t and 1 + t in float64 and round them once to the logits' dtype (as a Python scalar is)."""
+    B = logits_2BlV.shape[0] // 2
+    if isinstance(si, Tensor):
+        t = cfg * (si.to(device=logits_2BlV.device, dtype=torch.float64) / (num_scales - 1))
+        w_cond, w_uncond = (1 + t).to(logits_2BlV.dtype).view(-1, 1), t.to(logits_2BlV.dtype).view(-1, 1)
+    else:
+        w_uncond = cfg * (si / (num_scales - 1))
+        w_cond = 1 + w_uncond
+    return w_cond * logits_2BlV[:B] - w_uncond * logits_2BlV[B:]
+
+
 def sample_from_logits(masked_BlV: Tensor, generator: torch.Generator | None) -> Tensor:
     """One ``torch.multinomial`` call over all B*l rows (the official generator consumption); (B, l)."""
     B, l, V = masked_BlV.shape
@@ -284,6 +309,29 @@ class VARSample:
     f_hat: Tensor  # (B, Cvae, pn_max, pn_max)
     cache: KVCache
     logits_BlV: list[Tensor] = field(default_factory=list)  # guided logits before masking (if kept)
+
+
+@dataclass
+class ScaleState:
+    """The running state of one KV-cached next-scale decode with CFG (``VAR.begin``, ``step``, ``advance``).
+
+    Rows 0..B-1 of ``x_BlC`` / ``cond_BD`` are conditional, rows B..2B-1 the null class. ``si`` is the scale the
+    next ``step`` decodes, ``cur_L`` the number of tokens before it, ``x_BlC`` (2B, pn_si^2, C) its block input
+    and ``f_hat`` (B, Cvae, pn_max, pn_max) the accumulated codes of scales < si. ``passes`` counts steps run."""
+
+    cond_BD: Tensor  # (2B, C) class embeddings
+    cond: Tensor  # shared_ada_lin(cond_BD): what the blocks take
+    lvl_pos: Tensor  # (1, L, C) level + position embeddings of every token
+    x_BlC: Tensor
+    f_hat: Tensor
+    cache: KVCache
+    si: int = 0
+    cur_L: int = 0
+    passes: int = 0
+
+    @property
+    def B(self) -> int:
+        return self.f_hat.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -363,29 +411,91 @@ class VAR(nn.Module):
             u = torch.rand(label_B.shape[0], device=label_B.device, generator=generator)
             label_B = torch.where(u < cond_drop_rate, self.num_classes, label_B)
         x_BLC, cond_BD = self.embed(label_B, x_BLCv_wo_first_l)
-        cond = self.shared_ada_lin(cond_BD)
-        for b in self.blocks:
-            x_BLC = b(x_BLC, cond, self.attn_bias_for_masking)
-        return self.get_logits(x_BLC, cond_BD)
+        h_BLC = self.run_blocks(x_BLC, self.shared_ada_lin(cond_BD), self.attn_bias_for_masking)
+        return self.get_logits(h_BLC, cond_BD)
+
+    def run_blocks(self, x_BLC: Tensor, cond: Tensor, attn_bias: Tensor | None = None, cache: KVCache | None = None,
+                   scale: int = -1, mids: Sequence[Tensor] | None = None) -> Tensor:
+        """All blocks on ``x_BLC``: the one block loop of teacher forcing, the scale step and the DD student.
+        ``cond`` = ``shared_ada_lin(cond_BD)``; ``cache``/``scale``: the KV cache and the scale it appends as;
+        ``mids[i]``: optional addend of block i between its attention and FFN (``AdaLNSelfAttn.forward``)."""
+        if mids is not None and len(mids) != len(self.blocks):
+            raise ValueError(f"mids needs one tensor per block ({len(self.blocks)}); got {len(mids)}")
+        for i, b in enumerate(self.blocks):
+            x_BLC = b(x_BLC, cond, attn_bias, cache, scale, None if mids is None else mids[i])
+        return x_BLC
 
     def check_vae(self, vae: VQVAE) -> None:
         if (vae.vocab_size, vae.Cvae, tuple(vae.v_patch_nums)) != (self.V, self.Cvae, tuple(self.patch_nums)):
             raise ValueError(f"VQVAE (V={vae.vocab_size}, Cvae={vae.Cvae}, patch_nums={vae.v_patch_nums}) does not "
                              f"match VAR (V={self.V}, Cvae={self.Cvae}, patch_nums={self.patch_nums})")
 
+    def begin(self, label_B: Tensor, cache: KVCache | None = None) -> ScaleState:
+        """The state before scale 0 for class labels ``label_B`` (B,) (``num_classes`` = the null class):
+        sos = class embedding + pos_start + level/position embedding; ``cache`` defaults to a full KV cache."""
+        label_B = torch.as_tensor(label_B, device=self.pos_1LC.device).long()
+        if label_B.dim() != 1:
+            raise ValueError(f"label_B must be (B,); got {tuple(label_B.shape)}")
+        B = label_B.shape[0]
+        sos = cond_BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
+        lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
+        x = (sos.unsqueeze(1).expand(2 * B, self.first_l, -1) + self.pos_start.expand(2 * B, self.first_l, -1)
+             + lvl_pos[:, :self.first_l])  # (2B, first_l, C)
+        f_hat = sos.new_zeros(B, self.Cvae, self.patch_nums[-1], self.patch_nums[-1])
+        cache = KVCache(self.depth) if cache is None else cache
+        return ScaleState(cond_BD, self.shared_ada_lin(cond_BD), lvl_pos, x, f_hat, cache)
+
+    def step(self, state: ScaleState, cfg: float, *, attn_bias: Tensor | None = None,
+             token_scales: Tensor | None = None) -> Tensor:
+        """Guided logits (B, l, V) of scale ``state.si``: one pass of the blocks over ``state.x_BlC`` attending to
+        (and appending to, then compressing by its policy) ``state.cache``, then ramped CFG (``ramped_cfg``).
+
+        Default: the l = pn_si^2 tokens of scale si, no mask (they see the cache and each other). A caller that
+        decodes several scales in one pass sets ``state.x_BlC`` to their inputs and passes the block-causal
+        ``attn_bias`` (l, L_hist + l) and ``token_scales`` (l,) for the per-token guidance ramp."""
+        if state.si >= len(self.patch_nums):
+            raise RuntimeError(f"all {len(self.patch_nums)} scales are decoded")
+        x = self.run_blocks(state.x_BlC, state.cond, attn_bias, state.cache, state.si)
+        state.passes += 1
+        si = state.si if token_scales is None else token_scales
+        return ramped_cfg(self.get_logits(x, state.cond_BD), si, len(self.patch_nums), cfg)
+
+    def advance(self, state: ScaleState, vae: VQVAE, idx_Bl: Tensor | None = None, *,
+                h_BlC: Tensor | None = None) -> None:
+        """Add scale ``state.si``'s codes to f_hat (VQVAE ``get_next_autoregressive_input``: phi of the upsampled
+        codes) and build the next scale's input ``word_embed(area-down(f_hat)) + lvl_pos``, repeated for CFG.
+        Codes are indices ``idx_Bl`` (B, pn^2) or code vectors ``h_BlC`` (B, pn^2, Cvae) (soft codes)."""
+        si, pns, B = state.si, self.patch_nums, state.B
+        pn = pns[si]
+        if (idx_Bl is None) == (h_BlC is None):
+            raise ValueError("advance needs exactly one of idx_Bl and h_BlC")
+        if idx_Bl is not None:
+            if idx_Bl.shape != (B, pn * pn):
+                raise ValueError(f"scale {si} needs indices of shape ({B}, {pn * pn}); got {tuple(idx_Bl.shape)}")
+            h_BlC = vae.quantize.embedding(idx_Bl)
+        h_BChw = h_BlC.transpose(1, 2).reshape(B, self.Cvae, pn, pn)
+        state.f_hat, nxt = vae.quantize.get_next_autoregressive_input(si, state.f_hat, h_BChw)
+        state.cur_L += pn * pn
+        state.si += 1
+        if state.si < len(pns):
+            nxt = nxt.view(B, self.Cvae, -1).transpose(1, 2)  # (B, pn_next^2, Cvae)
+            lvl_pos = state.lvl_pos[:, state.cur_L:state.cur_L + pns[state.si] ** 2]
+            state.x_BlC = (self.word_embed(nxt) + lvl_pos).repeat(2, 1, 1)
+
     @torch.no_grad()
     def autoregressive_infer_cfg(self, vae: VQVAE, B: int, label_B: Tensor | int | None = None, *,
                                  generator: torch.Generator | None = None, cfg: float = 1.5, top_k: int = 0,
                                  top_p: float = 0.0, more_smooth: bool = False, policy: CachePolicy | None = None,
                                  keep_logits: bool = False, progress: bool = False) -> VARSample:
-        """Next-scale sampling with CFG (rows 0..B-1 conditional, B..2B-1 null class), KV-cached.
+        """Next-scale sampling with CFG (rows 0..B-1 conditional, B..2B-1 null class), KV-cached:
+        ``begin``, then per scale ``step`` -> top-k/top-p mask -> sample -> ``advance``.
 
         ``generator`` is consumed as the official code does: labels (if ``label_B`` is None), then one
         multinomial over all B*l tokens per scale (then the Gumbel noise when ``more_smooth``).
         ``policy`` compresses each layer's cache after each scale (``KeepAll`` = no compression).
         """
         self.check_vae(vae)
-        dev, SN, pns = self.pos_1LC.device, len(self.patch_nums), self.patch_nums
+        dev, SN = self.pos_1LC.device, len(self.patch_nums)
         if label_B is None:
             uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=dev)
             label_B = torch.multinomial(uniform, num_samples=B, replacement=True, generator=generator).reshape(B)
@@ -394,39 +504,25 @@ class VAR(nn.Module):
         label_B = torch.as_tensor(label_B, device=dev).long()
         if label_B.shape != (B,):
             raise ValueError(f"label_B must have shape ({B},); got {tuple(label_B.shape)}")
-        sos = cond_BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
-        lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
-        x = (sos.unsqueeze(1).expand(2 * B, self.first_l, -1) + self.pos_start.expand(2 * B, self.first_l, -1)
-             + lvl_pos[:, :self.first_l])
-        f_hat = sos.new_zeros(B, self.Cvae, pns[-1], pns[-1])
-        cache = KVCache(self.depth, policy)
-        cond = self.shared_ada_lin(cond_BD)
-        idx_list, logits_list, cur_L = [], [], 0
-        for si, pn in enumerate(tqdm(pns, desc="VAR scales", disable=not progress, leave=False)):
-            ratio = si / (SN - 1)
-            cur_L += pn * pn
-            for b in self.blocks:
-                x = b(x, cond, None, cache, si)
-            logits_BlV = self.get_logits(x, cond_BD)  # (2B, l, V)
-            t = cfg * ratio  # linearly ramped guidance (0 at the first scale)
-            logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+        state = self.begin(label_B, KVCache(self.depth, policy))
+        idx_list, logits_list = [], []
+        for si in tqdm(range(SN), desc="VAR scales", disable=not progress, leave=False):
+            logits_BlV = self.step(state, cfg)  # (B, l, V)
             if keep_logits:
                 logits_list.append(logits_BlV)
             masked = mask_top_k_top_p(logits_BlV, top_k, top_p)
             idx_Bl = sample_from_logits(masked, generator)
             idx_list.append(idx_Bl)
             if more_smooth:  # soft codes for visuals only (the sampled idx_Bl are still returned)
+                ratio = si / (SN - 1)
                 tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-                h_BlC = gumbel_softmax(masked.mul(1 + ratio), tau, generator) @ vae.quantize.embedding.weight.unsqueeze(0)
+                soft_BlV = gumbel_softmax(masked.mul(1 + ratio), tau, generator)
+                h_BlC = soft_BlV @ vae.quantize.embedding.weight.unsqueeze(0)
+                self.advance(state, vae, h_BlC=h_BlC)
             else:
-                h_BlC = vae.quantize.embedding(idx_Bl)
-            h_BChw = h_BlC.transpose(1, 2).reshape(B, self.Cvae, pn, pn)
-            f_hat, nxt = vae.quantize.get_next_autoregressive_input(si, f_hat, h_BChw)
-            if si != SN - 1:
-                nxt = nxt.view(B, self.Cvae, -1).transpose(1, 2)  # (B, pn_next^2, Cvae)
-                x = (self.word_embed(nxt) + lvl_pos[:, cur_L:cur_L + pns[si + 1] ** 2]).repeat(2, 1, 1)
-        images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
-        return VARSample(images, idx_list, f_hat, cache, logits_list)
+                self.advance(state, vae, idx_Bl)
+        images = vae.fhat_to_img(state.f_hat).add_(1).mul_(0.5)
+        return VARSample(images, idx_list, state.f_hat, state.cache, logits_list)
 
 
 def build_var(var_cfg: VARConfig, vae_cfg: VQVAEConfig, device: torch.device | str = "cpu") -> tuple[VQVAE, VAR]:
@@ -441,8 +537,6 @@ def build_var(var_cfg: VARConfig, vae_cfg: VQVAEConfig, device: torch.device | s
 def load_var_checkpoints(vae: VQVAE, var: VAR, vae_path, var_path, key: str | None = None) -> tuple[VQVAE, VAR]:
     """Strictly load official files (``vae_ch160v4096z32.pth``, ``var_d16.pth``, ``.safetensors``, or a
     ``{"model": ...}``-style wrapper; ``key`` picks a nested entry of the VAR file)."""
-    from accel.checkpoint import load_strict, read_state_dict
-
     vae_sd = read_state_dict(vae_path)
     hit, want = vae_sd.get("quantize.ema_vocab_hit_SV"), vae.quantize.ema_vocab_hit_SV
     if hit is not None and hit.dim() == 2 and hit.shape[1] == want.shape[1] and hit.shape[0] != want.shape[0]:
