@@ -73,7 +73,7 @@ def run_all():
         exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - the README's own code
         s = scope["s"]
         assert s.images.shape[:2] == (2, 3) and 0 <= float(s.images.min()) and float(s.images.max()) <= 1
-        assert not s.images.requires_grad, "generate must not build an autograd graph"
+        assert not s.images.requires_grad, f"generate must not build an autograd graph:\n{code}"
         scope.pop("s")
     return scope
 
