@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 
 @dataclass
@@ -26,3 +27,11 @@ class Method(Protocol):
     name: str
 
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample: ...
+
+
+@runtime_checkable
+class CachePolicy(Protocol):
+    """Decides which cached keys/values a layer keeps after a scale or chunk (``accel/models/kv_cache.py``):
+    ``compress(layer, scale, k, v, q) -> (k, v)`` with the history ``(B, H, L, D)`` and that step's queries."""
+
+    def compress(self, layer: int, scale: int, k: Tensor, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor]: ...

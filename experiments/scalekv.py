@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from accel.cache.calibrate import calibrate_var
-from accel.cache.evaluate import choose_window, fidelity_grid
+from accel.cache.budgets import choose_window
+from accel.harness.cache_fidelity import fidelity_grid
 from accel.cache.memory_table import markdown, memory_rows
 from accel.cache.registry import POLICIES, build_policy
 from accel.cache.report import fidelity_table, goal_check, peak_table, plot

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from accel.cache.base import KeepAll
+from accel.models.kv_cache import KeepAll
 from accel.cache.budgets import history_lengths
 from accel.cache.llamagen import (RASTER_POLICIES, RasterKVCache, build_raster_policy, chunk_maps,
                                   generate_compressed)

@@ -1,7 +1,7 @@
 """On-paper memory table and the small-model window rule."""
 import pytest
 
-from accel.cache.evaluate import choose_window
+from accel.cache.budgets import choose_window
 from accel.cache.memory_table import configs, memory_rows
 from accel.models.var_calc import var_cost
 

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from accel.cache.base import KeepAll
+from accel.models.kv_cache import KeepAll
 from accel.cache.budgets import history_lengths, map_sizes
 from accel.cache.registry import POLICIES, build_policy
 from accel.cache.calibrate import znormalise

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from accel.cache.base import KeepAll
+from accel.models.kv_cache import KeepAll
 from accel.cache.budgets import map_sizes
 from accel.cache.calibrate import calibrate_var
 from accel.cache.method import CompressedVAR
@@ -96,7 +96,7 @@ def test_kept_bytes_are_exactly_the_budget(model, calib, reference, name):
 def test_fidelity_grid_same_noise(model, calib):
     """A full-budget policy reproduces the full cache exactly (same noise): PSNR inf, agreement 1, FID 0;
     a compressed one is measured against the same decodes."""
-    from accel.cache.evaluate import fidelity_grid
+    from accel.harness.cache_fidelity import fidelity_grid
     from accel.cache.report import fidelity_table, goal_check
 
     vae, var = model

@@ -2,7 +2,7 @@
 policy-compressed cache (the same ``VAR.begin``/``step`` path as ``CompressedVAR``)."""
 import torch
 
-from accel.cache.base import KeepAll
+from accel.models.kv_cache import KeepAll
 from accel.cache.budgets import uniform
 from accel.cache.window import SlidingWindow
 from test_distill_var import PNS, noise

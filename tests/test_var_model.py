@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from accel.cache.base import KeepAll, KVCache
+from accel.models.kv_cache import KeepAll, KVCache
 from accel.checkpoint import CheckpointMismatch, load_strict, read_state_dict
 from accel.models.var import (PATCH_NUMS, VAR, VARConfig, build_var, configs_from_official_json, load_var_checkpoints,
                               mask_top_k_top_p, sample_from_logits, teacher_forced_logits, var_config)

@@ -14,7 +14,7 @@ import torch
 
 from accel import zoo
 from accel.cache.calibrate import calibrate_var
-from accel.cache.evaluate import choose_window
+from accel.cache.budgets import choose_window
 from accel.cache.method import CompressedVAR
 from accel.cache.registry import build_policy
 from accel.distill.baselines_var import skip_sample, teacher_nll

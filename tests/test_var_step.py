@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from accel.cache.base import KVCache
+from accel.models.kv_cache import KVCache
 from accel.cache.budgets import uniform
 from accel.cache.snapkv import SnapKV
 from accel.models.var import VARConfig, build_var, mask_top_k_top_p, ramped_cfg, sample_from_logits

@@ -21,7 +21,7 @@ from accel.cache.calibrate import calibrate_var
 from accel.cache.llamagen import CompressedLlamaGen, build_raster_policy
 from accel.cache.method import CompressedVAR
 from accel.cache.registry import build_policy
-from accel.cache.evaluate import choose_window
+from accel.cache.budgets import choose_window
 from accel.distill.decode import DistilledLlamaGen, DistilledVAR
 from accel.distill.student_llamagen import DDLlamaGen
 from accel.distill.student_var import DDVAR

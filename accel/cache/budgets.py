@@ -216,3 +216,12 @@ def scalekv(base: Budget, z: Sequence[Sequence[float] | None], *, drafter_fracti
         rows[k] = tuple(allocate(targets, total, max(window, 1), hist[k]))
     return Budget(base.maps, tuple(rows)), mask
 
+
+def choose_window(patch_nums, depth: int, fraction: float, max_window: int = 16) -> int:
+    """Observation window (a square number, ScaleKV's g x g centroids) for a small model: the largest square
+    <= ``max_window`` and <= half the uniform budget at the last compressed-before-final scale
+    (the paper's 16 tokens assume 650-token budgets; the zoo VAR keeps only a few tokens)."""
+    b = uniform(patch_nums, depth, fraction, min_keep=1).tokens[len(patch_nums) - 2][0]
+    if b is None:
+        return 1
+    return max(1, min(int(math.isqrt(max_window)), int(math.isqrt(max(b // 2, 1))))) ** 2

@@ -1,4 +1,4 @@
-"""The VAR cache policies (``CachePolicy``, base.py) applied to LlamaGen's raster next-token decoding.
+"""The VAR cache policies (``CachePolicy``, accel/types.py) applied to LlamaGen's raster next-token decoding.
 
 Mapping of the per-scale contract ``policy.compress(layer, scale, k, v, q)`` onto raster decoding:
 
@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from accel.cache.base import CachePolicy, KVCache, KeepAll
+from accel.models.kv_cache import KVCache, KeepAll
+from accel.types import CachePolicy
 from accel.cache.budgets import Budget, history_lengths
 from accel.cache.pyramidkv import PyramidKV
 from accel.cache.snapkv import SnapKV

@@ -1,4 +1,4 @@
-"""Summaries of the exact cache bytes recorded by ``KVCache`` (base.py), full cache vs compressed.
+"""Summaries of the exact cache bytes recorded by ``KVCache`` (accel/models/kv_cache.py), full cache vs compressed.
 
 Budget % (tokens) and memory (bytes) are reported separately. For one decode:
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from accel.cache.base import CachePolicy
+from accel.types import CachePolicy
 from accel.types import Sample
 
 

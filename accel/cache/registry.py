@@ -1,7 +1,7 @@
 """Build any cache policy by name at a budget fraction (what the experiment and CLI use)."""
 from __future__ import annotations
 
-from accel.cache.base import KeepAll
+from accel.models.kv_cache import KeepAll
 from accel.cache.budgets import uniform
 from accel.cache.pyramidkv import PyramidKV
 from accel.cache.scalekv import ScaleKV

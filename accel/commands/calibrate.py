@@ -27,7 +27,7 @@ def configure(p):
     p.add_argument("--fractions", type=float, nargs="+", default=[0.04, 0.1, 0.2])
     p.add_argument("--window", type=int, default=0,
                    help="observation window, a square number (g x g centroids); 0 = per fraction, "
-                        "accel.cache.evaluate.choose_window (16 for large models)")
+                        "accel.cache.budgets.choose_window (16 for large models)")
     p.add_argument("--drafter-fraction", type=float, default=0.125)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
@@ -45,7 +45,7 @@ def load_var_pair(model: str, vae: str | None, device: str):
 
 
 def budgets_for(calib: dict, fractions, window: int, drafter_fraction: float) -> dict:
-    from accel.cache.evaluate import choose_window
+    from accel.cache.budgets import choose_window
     from accel.cache.scalekv import ScaleKV
 
     out = {}

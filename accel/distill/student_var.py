@@ -27,7 +27,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from accel.cache.base import CachePolicy, KVCache
+from accel.models.kv_cache import KVCache
+from accel.types import CachePolicy
 from accel.distill.var_map import split_scales, tokens_before
 from accel.models.var import VAR, VARConfig, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE

@@ -12,7 +12,7 @@ V vocab, Cvae codebook width, SN number of scales, si scale index.
 * The scale step, the one decode path every sampler drives (``autoregressive_infer_cfg``, the DD teacher map
   and teacher-involved sampler, the skip-k baselines, the KV-cache policies): ``state = begin(labels, cache)``,
   then per scale ``logits = step(state, cfg)`` (one pass over that scale's tokens only, attending to an explicit
-  ``KVCache`` (accel/cache/base.py) appended once per scale and compressed by its ``CachePolicy``, then
+  ``KVCache`` (accel/models/kv_cache.py) appended once per scale and compressed by its ``CachePolicy``, then
   linearly ramped classifier-free guidance ``t = cfg * si/(SN-1)``, ``logits = (1+t) l_cond - t l_uncond``),
   the caller's choice of tokens, and ``advance(state, vae, idx)`` (f_hat update, next scale's input).
 * ``run_blocks`` is the one block loop (teacher forcing, the scale step, the DD student's parallel pass).
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from accel.cache.base import CachePolicy, KVCache
+from accel.models.kv_cache import KVCache
+from accel.types import CachePolicy
 from accel.checkpoint import load_strict, read_state_dict
 from accel.models.var_vqvae import VQVAE, VQVAEConfig
 

@@ -1,4 +1,5 @@
-"""The KV-cache policy contract and the explicit per-layer KV cache of scale-wise (VAR-style) decoding.
+"""The explicit per-layer KV cache of scale-wise (VAR-style) decoding, and the KV-cache policy contract
+(the protocol itself, ``CachePolicy``, lives with the central types in ``accel/types.py``).
 
 Contract (DESIGN.md §3, shared by ScaleKV 2505.19602 and its baselines SnapKV, PyramidKV, StreamingLLM, ...)::
 
@@ -24,17 +25,11 @@ the policy, and records the exact bytes it holds per layer and scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-
-@runtime_checkable
-class CachePolicy(Protocol):
-    """Decides which cached keys/values a layer keeps after a scale (see the module docstring)."""
-
-    def compress(self, layer: int, scale: int, k: Tensor, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor]: ...
+from accel.types import CachePolicy
 
 
 @dataclass(frozen=True)
