@@ -3,8 +3,8 @@
 Leviathan et al. 2023 (arXiv 2211.17192) Alg. 1 with any acceptance rule of ``rules.py``/``lantern.py``
 (p = target, q = draft). Classifier-free guidance runs in both models on the batch [cond; null] and is applied
 to the logits before temperature/top-k/top-p, as LlamaGen's ``generate`` does; cfg_interval is honoured per
-token. Batches > 1 keep per-row positions (rows accept different numbers of drafts), which is why the target
-runs through ``rowwise.forward_rows``.
+token. Batches > 1 keep per-row positions (rows accept different numbers of drafts): the target runs LlamaGen's
+one forward (``Transformer.forward``) with ``input_pos (B, γ+1)`` and its static cache written at per-row slots.
 
 Positions: the class token sits at 0 and image token t at 1 + t; ``c`` (per row) counts committed tokens, so
 the target cache is valid for positions < c and token c - 1 is fed next.
@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.drafters import cfg_rows, draw, process
-from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
 from accel.speculative.rules import verify_chain
 
 
@@ -60,14 +59,13 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R = labels.size(0)
     max_len = 1 + n + 2 * gamma + 2  # finished rows keep running (frozen) until every row is done
-    cache = RowCache.for_model(target, R, max_len)
+    cache = target.new_cache(R, max_len)
     seq = torch.zeros(B, n + 2 * gamma + 2, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)
     st = SpecStats(gamma, reached=[0] * gamma, accepted_at=[0] * gamma)
 
     zero = torch.zeros(R, 1, dtype=torch.long, device=dev)  # prefill: class token at position 0
-    logits, hidden = forward_rows(target, None, labels, rope_pos=zero, slots=zero, cache=cache,
-                                  mask=causal_mask(zero, 1))
+    logits, hidden = target(None, labels, input_pos=zero, cache=cache, kv_len=1, return_hidden=True)
     st.nfe_target += 1
     seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], greedy, generator)
     c = torch.ones(B, dtype=torch.long, device=dev)
@@ -81,9 +79,8 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
         d, q = drafter.propose(state, gamma, sc, greedy, generator)  # (B, γ), (B, γ, V)
         pos = c[:, None] + offs  # tokens [x_{c-1}, d_1..d_γ] at positions c..c+γ
         inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
-        Rpos = cfg_rows(pos, R)
-        logits, hidden = forward_rows(target, cfg_rows(inp, R), None, rope_pos=Rpos, slots=Rpos, cache=cache,
-                                      mask=causal_mask(Rpos, int(pos.max()) + 1))
+        logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=int(pos.max()) + 1,
+                                return_hidden=True)
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i
         v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator)
