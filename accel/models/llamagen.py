@@ -192,6 +192,10 @@ class KVCache:
             self.v[layer][rows, :, slots] = v.transpose(1, 2)
         return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len], mask
 
+    def block_limit(self, pos: int) -> int:
+        """Most tokens one forward starting at position ``pos`` may write (the buffer's end)."""
+        return self.max_len - pos
+
     def move(self, src: Tensor, dst: Tensor) -> None:
         """Copy slots ``src (B, n)`` to ``dst (B, n)`` in every layer (tree path compaction)."""
         rows = torch.arange(src.size(0), device=src.device)[:, None]

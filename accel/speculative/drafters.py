@@ -119,6 +119,8 @@ class ModelDrafter:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens
         kv_len = int(c.max()) + gamma + 1
         logits = self.catch_up(state, kv_len)[:, None]
+        if gamma == 0:  # catch up only (the target makes a plain step)
+            return c.new_zeros(c.size(0), 0), logits.new_zeros(c.size(0), 0, logits.size(-1))
         drafts, qs = [], []
         for i in range(gamma):
             if i:
@@ -225,6 +227,8 @@ class EagleDrafter:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens; the last valid pair is at c - 1
         kv_len = int(c.max()) + gamma + 1
         h = self.catch_up(state, kv_len)
+        if gamma == 0:  # catch up only (the target makes a plain step)
+            return c.new_zeros(c.size(0), 0), h.new_zeros(c.size(0), 0, self.target.config.vocab_size)
         drafts, qs = [], []
         for i in range(gamma):
             if i:

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+from accel.cache.llamagen import raster_cache
 from accel.harness.registry import BuildContext, MethodEntry
 from accel.models.llamagen_generate import SamplingConfig
 from accel.speculative.decoder import speculative_generate
@@ -26,9 +27,14 @@ class SpeculativeLlamaGen:
     """Chain (or static-tree, when ``tree`` is given) speculative decoding, images decoded with the VQ."""
 
     def __init__(self, name, target, drafter, rule, tokenizer, sc: SamplingConfig, gamma: int = 3, tree=None,
-                 params: dict | None = None):
+                 params: dict | None = None, policy=None, every: int | None = None):
+        """``policy``: a raster KV-cache policy (``accel.cache.llamagen.build_raster_policy``) compressing the
+        target's cache (chain, batch 1); ``stats['kv_bytes']`` is then the peak the target attended to."""
+        if policy is not None and tree is not None:
+            raise ValueError("a cache policy composes with chain speculative decoding only (tree=None)")
         self.name, self.target, self.drafter, self.rule = name, target, drafter, rule
         self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, gamma, tree
+        self.policy, self.every = policy, every
         self.params = dict(params or {})
 
     @torch.no_grad()
@@ -39,11 +45,15 @@ class SpeculativeLlamaGen:
             codes, st = tree_generate(self.target, self.drafter, self.rule, cond, self.sc, tree=self.tree,
                                       generator=generator)
         else:
+            cache = None if self.policy is None else raster_cache(self.target, self.policy, every=self.every)
             codes, st = speculative_generate(self.target, self.drafter, self.rule, cond, self.sc, gamma=self.gamma,
-                                             generator=generator)
+                                             generator=generator, cache=cache)
         g = self.target.config.grid_size
         x = self.tokenizer.decode_code(codes, hw=(g, g))
-        return Sample(((x.float() + 1) / 2).clamp(0, 1), {**st.as_dict(), "tokens": codes})
+        stats = {**st.as_dict(), "tokens": codes}
+        if self.policy is not None:
+            stats["kv_bytes"] = cache.peak_attended_bytes()
+        return Sample(((x.float() + 1) / 2).clamp(0, 1), stats)
 
 
 def load_drafter(kind: str, target, device, dtype):
