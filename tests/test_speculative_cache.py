@@ -135,7 +135,8 @@ def test_sampled_speculative_with_policy_follows_the_compressed_target_joint():
     drafter = ModelDrafter(tiny(1, dim=32, n_layer=1, vocab=6, block=4, scale=0.5))
     sc = SamplingConfig(cfg_scale=2.0, top_k=4)
     n, N = 3, 600
-    pol = build_raster_policy("sliding", target, 0.34, max_new_tokens=n, every=1, window=1)  # keep 1 position after position 1
+    # keep 1 position after position 1
+    pol = build_raster_policy("sliding", target, 0.34, max_new_tokens=n, every=1, window=1)
     assert pol.budget.compressed_scales == (1,)
     g = torch.Generator().manual_seed(0)
     counts = np.zeros(6 ** n)

@@ -54,6 +54,7 @@ from accel.cache.snapkv import SnapKV
 from accel.cache.window import SlidingWindow, StreamingLLM
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, generate
+from accel.types import Sample
 
 RASTER_POLICIES = ("full", "sliding", "streamingllm", "snapkv", "pyramidkv")
 
@@ -231,9 +232,7 @@ class CompressedLlamaGen:
     every: int | None = None
     name: str = "llamagen"
 
-    def generate(self, cond: Tensor, *, generator: torch.Generator) -> "Sample":
-        from accel.types import Sample
-
+    def generate(self, cond: Tensor, *, generator: torch.Generator) -> Sample:
         r = generate_compressed(self.model, cond, self.policy, sc=self.sc, every=self.every, generator=generator)
         g, st = self.model.config.grid_size, r.cache.store
         x = self.tokenizer.decode_code(r.tokens, hw=(g, g))

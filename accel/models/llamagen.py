@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from accel.checkpoint import load_strict, read_state_dict
+
 
 def find_multiple(n: int, k: int) -> int:
     """Round ``n`` up to a multiple of ``k`` (official helper)."""
@@ -396,8 +398,6 @@ def build_gpt(cfg: GPTConfig, device=None, dtype=None) -> Transformer:
 
 def load_gpt(path: str | Path, cfg: GPTConfig, *, key: str | None = None, device=None, dtype=None) -> Transformer:
     """Load an official LlamaGen GPT file (``{"model": sd}``, ``{"ema": sd}`` via ``key``, raw, safetensors)."""
-    from accel.checkpoint import load_strict, read_state_dict
-
     model = Transformer(cfg)
     load_strict(model, read_state_dict(path, key), what=str(path))
     return model.to(device=device, dtype=dtype).eval()

@@ -1,8 +1,8 @@
 """Drafters for speculative decoding of LlamaGen (p = target, q = draft).
 
-Both drive LlamaGen's one forward (``Transformer.forward`` / ``TransformerBlock`` with per-row positions) and
-keep their own static cache (a ``llamagen.KVCache`` written at per-row slots) in an explicit ``DraftState`` and never need an explicit
-rollback: every round they first (re)write the positions the target just committed, so slots left over from
+Both drive LlamaGen's one forward (``Transformer.forward`` / ``TransformerBlock`` with per-row positions),
+keep their own static cache (a ``llamagen.KVCache`` written at per-row slots) in an explicit ``DraftState``
+and never need an explicit rollback: every round they first (re)write the positions the target just committed, so slots left over from
 rejected drafts are overwritten before any query can see them.
 
 - ``ModelDrafter``: a smaller LlamaGen (e.g. the zoo's ``fmnist-llamagen-draft``). Per round it feeds the
@@ -259,7 +259,8 @@ class EagleDrafter:
             nodes = torch.as_tensor(level, device=c.device)
             par = torch.as_tensor([tree.parents[i - 1] for i in level], device=c.device)
             pos = (base[:, None] + d + 1).expand(B, len(level))
-            x = self.head.fc(torch.cat([self.target.tok_embeddings(cfg_rows(toks[:, nodes], h.size(0))), H[:, par]], -1))
+            emb = self.target.tok_embeddings(cfg_rows(toks[:, nodes], h.size(0)))
+            x = self.head.fc(torch.cat([emb, H[:, par]], -1))
             Rpos = cfg_rows(pos, h.size(0))
             out = self.head.block(x, Rpos, state.cache, self.table, slots=cfg_rows(base[:, None] + nodes, h.size(0)),
                                   mask=cfg_rows(tree.mask(base, nodes, kv_len), h.size(0)))

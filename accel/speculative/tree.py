@@ -197,7 +197,8 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
         path, m, nxt = verify_tree(rule, tree, p, q, toks, greedy=greedy, generator=generator)
         m = torch.where(live, m, torch.zeros_like(m))
         ar = torch.arange(D, device=dev)
-        seq[rows[:, None], c[:, None] + ar] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], c[:, None] + ar])
+        at = c[:, None] + ar
+        seq[rows[:, None], at] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], at])
         seq[rows, c + m] = nxt
         src = torch.cat([c[:, None], c[:, None] + torch.where(ar[None] < m[:, None], path, ar[None] + 1)], 1)
         cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
