@@ -29,7 +29,8 @@ Mapping of the per-scale contract ``policy.compress(layer, scale, k, v, q)`` ont
   committed (appended, as in the raster decode); the drafts stay pending, attended to causally after the
   kept history, and are committed when the next block starts past them (rejected ones are dropped:
   rollback = truncation). A chunk is compressed once its last position is committed, with the queries of
-  its committed tokens, so the store evolves exactly as in the raster decode of the same tokens. The loop
+  its committed tokens, so the store evolves as in the raster decode of the same tokens (same positions kept,
+  up to the float rounding of a batched forward). The loop
   keeps every block from extending past a compressing chunk end (``block_limit``): a token after it must see
   the compressed history, as in the raster decode. So every committed token attends to exactly the keys it
   would attend to in the raster decode with the same policy: speculative decoding with a policy samples the
