@@ -196,9 +196,13 @@ def test_refusals(model):
                                 block_size=16, num_classes=7))
     with pytest.raises(ValueError, match="GQA"):
         RasterKVCache(gqa, chunk_maps(16, 4), None)
-    cache = RasterKVCache(model, chunk_maps(16, 4), None)
-    with pytest.raises(RuntimeError, match="capture_queries"):
-        model(None, COND, input_pos=torch.arange(1), cache=cache)
+    cache = RasterKVCache(model, chunk_maps(16, 1), build_raster_policy("sliding", model, 0.5, every=1))
+    with pytest.raises(ValueError, match="contiguous"):  # a gap in the raster positions
+        model(None, COND, input_pos=torch.arange(1, 2), cache=cache)
+    model(None, COND, input_pos=torch.arange(1), cache=cache)
+    assert cache.block_limit(1) == 8  # the first compression is after position 8 (history 9 > budget 8)
+    with pytest.raises(ValueError, match="block_limit"):  # position 9 must see the history compressed after 8
+        model(torch.zeros(3, 9, dtype=torch.long), input_pos=torch.arange(1, 10), cache=cache)
 
 
 def test_chunk_maps_cover_all_steps():

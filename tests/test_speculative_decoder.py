@@ -1,4 +1,4 @@
-"""The LlamaGen speculative decode loop: row-wise forward parity, greedy identity with AR, model-level exactness."""
+"""The LlamaGen speculative decode loop: per-row forward parity, greedy identity with AR, model-level exactness."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,6 @@ from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.speculative.decoder import speculative_generate
 from accel.speculative.drafters import EagleDrafter, EagleHead, ModelDrafter
 from accel.speculative.lantern import LanternRule, neighbour_table
-from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
 from accel.speculative.rules import ExactRule
 
 
@@ -27,23 +26,55 @@ def tiny(seed, dim=32, n_layer=2, vocab=16, block=16, n_kv_head=None, scale=0.3)
 
 
 @pytest.mark.parametrize("n_kv_head", [None, 2])
-def test_rowwise_forward_matches_model_forward(n_kv_head):
+def test_per_row_forward_matches_shared_forward(n_kv_head):
     m = tiny(0, n_kv_head=n_kv_head)
     g = torch.Generator().manual_seed(0)
     labels = torch.tensor([1, 3])
     toks = torch.randint(0, 16, (2, 7), generator=g)
     ref = m(toks, labels, input_pos=torch.arange(8))  # teacher forcing, causal
-    cache = RowCache.for_model(m, 2, 9)
+    cache = m.new_cache(2, 9)
     pos = torch.arange(8).expand(2, 8)
-    out, _ = forward_rows(m, toks, labels, rope_pos=pos, slots=pos, cache=cache, mask=causal_mask(pos, 8))
-    assert torch.allclose(out, ref, atol=1e-5)
-    # per-row positions: row 1 one step behind row 0, decoded token by token from the cache
-    cache = RowCache.for_model(m, 2, 9)
-    p0 = torch.zeros(2, 1, dtype=torch.long)
-    forward_rows(m, None, labels, rope_pos=p0, slots=p0, cache=cache, mask=causal_mask(p0, 1))
-    pos = torch.tensor([[1, 2, 3], [1, 2, 3]])
-    out, _ = forward_rows(m, toks[:, :3], None, rope_pos=pos, slots=pos, cache=cache, mask=causal_mask(pos, 4))
-    assert torch.allclose(out, ref[:, 1:4], atol=1e-5)
+    out, h = m(toks, labels, input_pos=pos, cache=cache, return_hidden=True)
+    assert torch.allclose(out, ref, atol=1e-5) and h.shape == (2, 8, 32)
+    # per-row positions: row 1 one step behind row 0, decoded from the cache
+    cache = m.new_cache(2, 9)
+    m(None, labels, input_pos=torch.zeros(2, 1, dtype=torch.long), cache=cache)
+    m(toks[:, :1], input_pos=torch.tensor([[1], [1]]), cache=cache)
+    out = m(toks[:, 1:3], input_pos=torch.tensor([[2, 3], [2, 3]]), cache=cache)
+    assert torch.allclose(out, ref[:, 2:4], atol=1e-5)
+    out = m(torch.stack([toks[0, 3:5], toks[1, 3:5]]), input_pos=torch.tensor([[4, 5], [4, 5]]), cache=cache)
+    assert torch.allclose(out, ref[:, 4:6], atol=1e-5)
+    # rows at different positions in one call: row 0 at 6, row 1 re-reads 4 (its slot 5 is stale and masked)
+    out = m(torch.stack([toks[0, 5:6], toks[1, 3:4]]), input_pos=torch.tensor([[6], [4]]), cache=cache, kv_len=7)
+    assert torch.allclose(out[0, 0], ref[0, 6], atol=1e-5) and torch.allclose(out[1, 0], ref[1, 4], atol=1e-5)
+
+
+def test_shared_and_per_row_slots_write_the_same_cache():
+    m = tiny(0)
+    labels, toks = torch.tensor([1, 3]), torch.tensor([[4, 5, 6], [7, 8, 9]])
+    a, b = m.new_cache(2, 5), m.new_cache(2, 5)
+    m(toks, labels, input_pos=torch.arange(4), cache=a)
+    m(toks, labels, input_pos=torch.arange(4).expand(2, 4), cache=b)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.k + a.v, b.k + b.v))
+
+
+def test_tree_mask_and_move():
+    """A tree forward (siblings share a RoPE position, not a slot) equals the chain forward of the kept path,
+    and ``KVCache.move`` compacts that path's slots to the chain's."""
+    m = tiny(0)
+    labels = torch.tensor([2])
+    chain = m.new_cache(1, 8)
+    m(None, labels, input_pos=torch.tensor([0]), cache=chain)
+    ref = m(torch.tensor([[3, 7, 1]]), input_pos=torch.tensor([1, 2, 3]), cache=chain)
+    tree = m.new_cache(1, 8)
+    m(None, labels, input_pos=torch.tensor([0]), cache=tree)
+    # slot 1: token 3 (pos 1); slots 2, 3: siblings 5 and 7 (pos 2); slot 4: token 1 under 7 (pos 3)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
+    out = m(torch.tensor([[3, 5, 7, 1]]), input_pos=torch.tensor([[1, 2, 2, 3]]),
+            slots=torch.tensor([[1, 2, 3, 4]]), cache=tree, mask=mask[None])
+    assert torch.allclose(out[:, [0, 2, 3]], ref, atol=1e-5)
+    tree.move(torch.tensor([[3, 4]]), torch.tensor([[2, 3]]))
+    assert all(torch.allclose(x[:, :, :4], y[:, :, :4], atol=1e-6) for x, y in zip(tree.k + tree.v, chain.k + chain.v))
 
 
 def _drafters(target):

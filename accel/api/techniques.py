@@ -70,12 +70,14 @@ def lantern(delta: float | None = 0.1, *, k: int = 1000, lam: float | None = Non
 
 
 def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, tree: str | Tree | None = None,
-                name: str | None = None) -> SpeculativeLlamaGen:
+                kv_policy: "CachePolicySpec | None" = None, name: str | None = None) -> SpeculativeLlamaGen:
     """Speculative decoding of a LlamaGen ``target``.
 
     ``draft``: a smaller LlamaGen generator (same tokenizer), an EAGLE head (``EagleHead``) trained on this
     target, or a drafter object. ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
     drafts per round (chain); ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain.
+    ``kv_policy``: compress the target's KV cache with a raster policy (``accel.snapkv(0.25)``, ...; chain,
+    batch 1): every committed token attends to the keys the plain raster decode with that policy keeps.
     """
     if not isinstance(target, LlamaGenGenerator):
         raise TypeError(f"target: speculative decoding runs on a LlamaGen generator (accel.load(...)), got "
@@ -109,8 +111,16 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
     for k in ("delta", "k", "lam"):
         if hasattr(rule, k):
             params[k] = getattr(rule, k)
+    policy = None
+    if kv_policy is not None:
+        if not isinstance(kv_policy, CachePolicySpec):
+            raise TypeError(f"kv_policy: expected accel.snapkv(...)/streamingllm(...)/..., got {type(kv_policy).__name__}")
+        if spec is not None:
+            raise ValueError("kv_policy composes with chain speculative decoding only (tree=None)")
+        policy = _raster_policy(target, kv_policy)
+        params.update(kv_policy=kv_policy.name, budget=kv_policy.budget)
     return SpeculativeLlamaGen(name or f"speculative-{params['rule']}", target.model, drafter, rule, target.tokenizer,
-                               target.config, gamma, spec, params)
+                               target.config, gamma, spec, params, policy=policy)
 
 
 # ------------------------------------------------------------------------------------------------- CSpD
@@ -274,9 +284,15 @@ def kv_compress(model: VARGenerator | LlamaGenGenerator, policy: CachePolicySpec
         m.params = {"budget": policy.budget, "window": w, "policy": policy.name}
         return m
     if isinstance(model, LlamaGenGenerator):
-        kw = {k: v for k, v in o.items() if k in ("window", "sinks") and v is not None}
-        pol = build_raster_policy(policy.name, model.model, policy.budget, **kw)
+        pol = _raster_policy(model, policy)
         m = CompressedLlamaGen(model.model, model.tokenizer, pol, sc=model.config, name=name or f"llamagen-{policy.name}")
-        m.params = {"budget": policy.budget, "policy": policy.name, **kw}
+        m.params = {"budget": policy.budget, "policy": policy.name,
+                    **{k: v for k, v in o.items() if k in ("window", "sinks") and v is not None}}
         return m
     raise TypeError(f"model: KV compression runs on VAR or LlamaGen generators, got {type(model).__name__}")
+
+
+def _raster_policy(model: LlamaGenGenerator, policy: CachePolicySpec):
+    """``policy`` for LlamaGen's raster decode (chunks of one token-grid row)."""
+    kw = {k: v for k, v in policy.options.items() if k in ("window", "sinks") and v is not None}
+    return build_raster_policy(policy.name, model.model, policy.budget, **kw)

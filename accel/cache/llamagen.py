@@ -20,10 +20,21 @@ Mapping of the per-scale contract ``policy.compress(layer, scale, k, v, q)`` ont
   kept keys equals the full attention with the evicted keys masked out; tested). The decode attends with no
   mask (one query, every kept key is in its past).
 * **CFG.** The forward batch is ``[cond; uncond]``; every row (and head) selects its own keys.
-* **Queries.** ``Attention.forward`` hands the cache only ``k, v``. ``capture_queries`` registers forward
-  hooks on every layer's ``attention.wqkv`` for the duration of one decode; the cache rebuilds ``q`` from
-  that exact output with the same RoPE and folds in SDPA's ``1/sqrt(D)`` (the contract's ``logits = q k^T``).
-  A ``q`` argument on ``llamagen.KVCache.update`` would remove the hooks.
+* **Queries.** LlamaGen's one forward hands every cache its layer's rotated queries
+  (``update(layer, slots, k, v, kv_len, q, mask)``, the protocol of ``llamagen.KVCache``); the raster cache
+  folds in SDPA's ``1/sqrt(D)`` (the contract's ``logits = q k^T``). The decode itself is the one
+  ``llamagen_generate.generate`` loop, given this cache.
+* **Speculative decoding** (exact or LANTERN, ``speculative.decoder.speculative_generate(..., cache=...)``,
+  batch 1): a verify forward is a block ``[x_{c-1}, d_1..d_γ]`` at positions ``c..c+γ``. Its first token is
+  committed (appended, as in the raster decode); the drafts stay pending, attended to causally after the
+  kept history, and are committed when the next block starts past them (rejected ones are dropped:
+  rollback = truncation). A chunk is compressed once its last position is committed, with the queries of
+  its committed tokens, so the store evolves as in the raster decode of the same tokens (same positions kept,
+  up to the float rounding of a batched forward). The loop
+  keeps every block from extending past a compressing chunk end (``block_limit``): a token after it must see
+  the compressed history, as in the raster decode. So every committed token attends to exactly the keys it
+  would attend to in the raster decode with the same policy: speculative decoding with a policy samples the
+  target-with-policy distribution (exact rule), and greedy speculative equals greedy raster decoding.
 * **ScaleKV** is refused: its drafter/refiner budgets come from the Attention Selectivity Index calibrated
   per (layer, *scale*) of a next-scale schedule; raster chunks are not scales (every row plays the same
   role), so there is nothing for its split to exploit and no calibration path here.
@@ -32,7 +43,6 @@ Mapping of the per-scale contract ``policy.compress(layer, scale, k, v, q)`` ont
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +54,9 @@ from accel.cache.budgets import Budget, history_lengths
 from accel.cache.pyramidkv import PyramidKV
 from accel.cache.snapkv import SnapKV
 from accel.cache.window import SlidingWindow, StreamingLLM
-from accel.models.llamagen import Transformer, apply_rope
-from accel.models.llamagen_generate import SamplingConfig, cfg_batch, guided_logits
-from accel.sampling import logits_to_probs, sample_from
+from accel.models.llamagen import Transformer
+from accel.models.llamagen_generate import SamplingConfig, generate
+from accel.types import Sample
 
 RASTER_POLICIES = ("full", "sliding", "streamingllm", "snapkv", "pyramidkv")
 
@@ -94,9 +104,13 @@ def build_raster_policy(name: str, model: Transformer, fraction: float, *, max_n
 
 
 class RasterKVCache:
-    """Stands in for ``llamagen.KVCache`` in ``Transformer.forward``: appends each step's k/v to a compacted
-    history (``base.KVCache``, which records the exact bytes per chunk and layer) and applies the policy after
-    each chunk's last step (module docstring). ``input_pos`` is used for the queries' RoPE only."""
+    """A compressed stand-in for ``llamagen.KVCache`` in ``Transformer.forward`` (module docstring).
+
+    Per layer: the committed history in a ``base.KVCache`` (which records the exact bytes per chunk and layer),
+    the pending drafts of the last block, and the committed queries of the current chunk. The block start is
+    ``kv_len - T`` (positions are contiguous in raster decoding), so no device sync is needed; ``slots`` are
+    not used (keys are compacted, their RoPE is already applied).
+    """
 
     def __init__(self, model: Transformer, maps, policy: CachePolicy | None):
         cfg = model.config
@@ -104,46 +118,72 @@ class RasterKVCache:
             raise ValueError(f"GQA (n_kv_head={cfg.n_kv_head} < n_head={cfg.n_head}) is not supported: the policies "
                              "score keys with one query head per key head")
         self.store = KVCache(cfg.n_layer, policy)
-        self.n_head, self.head_dim, self.rope = cfg.n_head, cfg.head_dim, model.freqs_cis
-        self.ends = {H - 1 for H in history_lengths(maps)}  # last step of every chunk
-        self.chunk_of = [j for j, (h, w) in enumerate(maps) for _ in range(h * w)]  # step -> chunk
-        self.steps = [0] * cfg.n_layer
-        self.qkv: list[Tensor | None] = [None] * cfg.n_layer  # written by capture_queries' hooks
-        self.q: list[list[Tensor]] = [[] for _ in range(cfg.n_layer)]  # queries of the current chunk
+        self.head_dim = cfg.head_dim
+        hist = history_lengths(maps)
+        self.ends = [H - 1 for H in hist]  # last position (= step) of every chunk
+        budget = getattr(policy, "budget", None)
+        self.compressing = [self.ends[j] for j in (budget.compressed_scales if budget is not None else ())]
+        n = cfg.n_layer
+        self.held = [0] * n  # committed positions per layer
+        self.chunk = [0] * n  # the chunk the next committed position belongs to
+        self.q: list[list[Tensor]] = [[] for _ in range(n)]  # committed queries of the current chunk
+        self.pending: list[tuple[Tensor, Tensor, Tensor] | None] = [None] * n  # drafts' (k, v, q)
+        self.attending = [0] * n  # k+v bytes each layer attended to in the current forward
+        self.peak = 0
 
-    def update(self, layer: int, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int) -> tuple[Tensor, Tensor]:
+    def block_limit(self, pos: int) -> int:
+        """Most tokens a forward starting at position ``pos`` may hold: up to the next compressing chunk end."""
+        return next((e - pos + 1 for e in self.compressing if e >= pos), 1 << 30)
+
+    def peak_attended_bytes(self) -> int:
+        """Largest total (over layers) k+v bytes any forward attended to, pending drafts included."""
+        return self.peak
+
+    def _commit(self, layer: int, k: Tensor, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Append committed positions (split at chunk ends); compress every chunk whose last position arrives."""
+        k_all = v_all = None
+        while k.size(2):
+            j = self.chunk[layer]
+            last = j == len(self.ends) - 1 and self.held[layer] > self.ends[j]  # past the schedule
+            take = k.size(2) if last else min(k.size(2), self.ends[j] - self.held[layer] + 1)
+            k_all, v_all = self.store.append(layer, j, k[:, :, :take], v[:, :, :take])
+            self.q[layer].append(q[:, :, :take])
+            self.held[layer] += take
+            if not last and self.held[layer] - 1 == self.ends[j]:
+                self.store.compress(layer, j, torch.cat(self.q[layer], dim=2))  # (B, H, n_j, D)
+                self.q[layer] = []
+                self.chunk[layer] = min(j + 1, len(self.ends) - 1)
+            k, v, q = k[:, :, take:], v[:, :, take:], q[:, :, take:]
+        return k_all, v_all  # the history before this call's compression: the committed token attends to it
+
+    def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor, kv_len: int, q: Tensor,
+               mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         B, _, T, D = k.shape
-        if T != 1:
-            raise ValueError(f"RasterKVCache takes one token per forward, got {T}")
-        qkv, self.qkv[layer] = self.qkv[layer], None
-        if qkv is None:
-            raise RuntimeError("no captured queries: decode inside capture_queries(model, cache)")
-        s = self.steps[layer]
-        chunk = self.chunk_of[s]
-        q = apply_rope(qkv[..., : self.n_head * D].view(B, 1, self.n_head, D), self.rope[input_pos])
-        self.q[layer].append(q.transpose(1, 2) * D ** -0.5)  # (B, H, 1, D); SDPA's scale folded in
-        k_all, v_all = self.store.append(layer, chunk, k, v)
-        if s in self.ends:
-            self.store.compress(layer, chunk, torch.cat(self.q[layer], dim=2))  # (B, H, n_j, D)
-            self.q[layer] = []
-        self.steps[layer] = s + 1
-        return k_all, v_all  # this step attends to the whole history; only later steps see the compressed one
-
-
-@contextmanager
-def capture_queries(model: Transformer, cache: RasterKVCache):
-    """Forward hooks copying every layer's ``wqkv`` output into ``cache.qkv[layer]``, removed on exit."""
-    def hook(i):
-        def write(_mod, _inp, out):
-            cache.qkv[i] = out
-        return write
-
-    handles = [blk.attention.wqkv.register_forward_hook(hook(i)) for i, blk in enumerate(model.layers)]
-    try:
-        yield cache
-    finally:
-        for h in handles:
-            h.remove()
+        p0, held = kv_len - T, self.held[layer]
+        pend = self.pending[layer]
+        n_pend = 0 if pend is None else pend[0].size(2)
+        if not held <= p0 <= held + n_pend:
+            raise ValueError(f"a block at position {p0}: layer {layer} holds positions < {held} and {n_pend} "
+                             "pending drafts (raster decoding writes contiguous positions)")
+        cross = [e for e in self.compressing if p0 <= e < p0 + T - 1]
+        if cross:
+            raise ValueError(f"a {T}-token block at position {p0} runs past the compression after position "
+                             f"{cross[0]}; keep blocks within block_limit({p0}) = {self.block_limit(p0)}")
+        if p0 > held:  # the drafts accepted since the last block
+            self._commit(layer, *(t[:, :, : p0 - held] for t in pend))
+        q = q * D ** -0.5  # (B, H, T, D); SDPA's scale folded in
+        k_all, v_all = self._commit(layer, k[:, :, :1], v[:, :, :1], q[:, :, :1])
+        self.pending[layer] = (k[:, :, 1:], v[:, :, 1:], q[:, :, 1:]) if T > 1 else None
+        if T > 1:
+            k_all, v_all = torch.cat([k_all, k[:, :, 1:]], dim=2), torch.cat([v_all, v[:, :, 1:]], dim=2)
+        L = k_all.size(2)
+        self.attending[layer] = 2 * k_all.numel() * k_all.element_size()
+        if layer == len(self.held) - 1:
+            self.peak = max(self.peak, sum(self.attending))
+        if mask is not None or T > 1:  # causal: the kept history, then the block in order
+            rows = torch.arange(L, device=k.device)[None, :] <= (L - T + torch.arange(T, device=k.device))[:, None]
+            mask = rows[None, None].expand(B, 1, T, L)
+        return k_all, v_all, mask
 
 
 @dataclass
@@ -152,39 +192,29 @@ class RasterDecode:
     cache: RasterKVCache
 
 
+def raster_cache(model: Transformer, policy: CachePolicy | None, max_new_tokens: int | None = None,
+                 every: int | None = None) -> RasterKVCache:
+    """The compressed cache of one raster decode of ``max_new_tokens`` tokens in chunks of ``every`` steps."""
+    cfg = model.config
+    n = max_new_tokens or cfg.block_size
+    maps = chunk_maps(cfg.cls_token_num + n - 1, every or cfg.grid_size)
+    budget = getattr(policy, "budget", None)
+    if budget is not None and budget.maps != maps:
+        raise ValueError(f"policy budget is for chunks {budget.maps}, this decode has {maps}")
+    return RasterKVCache(model, maps, policy)
+
+
 @torch.no_grad()
 def generate_compressed(model: Transformer, cond: Tensor, policy: CachePolicy | None = None,
                         max_new_tokens: int | None = None, sc: SamplingConfig = SamplingConfig(), *,
                         every: int | None = None, generator: torch.Generator | None = None,
                         trace: dict | None = None) -> RasterDecode:
-    """``llamagen_generate.generate`` with a compressed cache; same sampling, same RNG use (bitwise equal
-    tokens with ``KeepAll``). ``trace['raw']`` receives the model's logits of every step (both CFG halves)."""
-    cfg = model.config
-    n = max_new_tokens or cfg.block_size
-    if n > cfg.block_size:
-        raise ValueError(f"max_new_tokens={n} exceeds block_size={cfg.block_size}")
-    B, c = cond.size(0), cfg.cls_token_num
-    labels = cfg_batch(model, cond, sc.uses_cfg)
-    maps = chunk_maps(c + n - 1, every or cfg.grid_size)
-    budget = getattr(policy, "budget", None)
-    if budget is not None and budget.maps != maps:
-        raise ValueError(f"policy budget is for chunks {budget.maps}, this decode has {maps}")
-    cache = RasterKVCache(model, maps, policy)
-    out = torch.empty(B, n, dtype=torch.long, device=cond.device)
-    pos = torch.arange(c + n, device=cond.device)
-    with capture_queries(model, cache):
-        logits = model(None, labels, input_pos=pos[:c], cache=cache)[:, -1]
-        for t in range(n):
-            if t > 0:
-                x = out[:, t - 1: t]
-                p = c + t - 1
-                logits = model(torch.cat([x, x]) if sc.uses_cfg else x, input_pos=pos[p: p + 1], cache=cache,
-                               kv_len=p + 1)[:, -1]
-            probs = logits_to_probs(guided_logits(logits, B, sc, t), sc.temperature, sc.top_k, sc.top_p)
-            out[:, t] = sample_from(probs, generator, greedy=not sc.sample_logits)
-            if trace is not None:
-                trace.setdefault("raw", []).append(logits.clone())
-    return RasterDecode(out, cache)
+    """``llamagen_generate.generate`` with a compressed cache (bitwise equal tokens with ``KeepAll``)."""
+    n = max_new_tokens or model.config.block_size
+    if n > model.config.block_size:
+        raise ValueError(f"max_new_tokens={n} exceeds block_size={model.config.block_size}")
+    cache = raster_cache(model, policy, n, every)
+    return RasterDecode(generate(model, cond, n, sc, generator=generator, trace=trace, cache=cache), cache)
 
 
 @dataclass
@@ -204,9 +234,8 @@ class CompressedLlamaGen:
     every: int | None = None
     name: str = "llamagen"
 
-    def generate(self, cond: Tensor, *, generator: torch.Generator) -> "Sample":
-        from accel.types import Sample
-
+    @torch.no_grad()
+    def generate(self, cond: Tensor, *, generator: torch.Generator) -> Sample:
         r = generate_compressed(self.model, cond, self.policy, sc=self.sc, every=self.every, generator=generator)
         g, st = self.model.config.grid_size, r.cache.store
         x = self.tokenizer.decode_code(r.tokens, hw=(g, g))

@@ -5,9 +5,11 @@ Architecture (research/lantern_llamagen.md §1): pre-norm Llama blocks with RMSN
 ``precompute_freqs_cis_2d`` (zero rows for the class token, interleaved pairs, row/column halves), a
 class embedding whose last row is the null class used by classifier-free guidance.
 
-The KV cache is an explicit :class:`KVCache` passed to :meth:`Transformer.forward`: static
-``(B, H_kv, L, D)`` buffers written at ``input_pos`` (so rollback is free: rejected positions are simply
-overwritten later). Nothing is stored on the modules between calls.
+This file holds LlamaGen's one forward pass, used by plain decoding, speculative decoding (chain and tree,
+per-row positions) and KV-cache compression alike. The KV cache is an explicit :class:`KVCache` passed to
+:meth:`Transformer.forward`: static ``(B, H_kv, L, D)`` buffers written at per-call slots (so rollback is
+free: rejected positions are simply overwritten later; tree compaction is a gather). Nothing is stored on
+the modules between calls.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from accel.checkpoint import load_strict, read_state_dict
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -138,9 +142,12 @@ def rope_2d_table(grid: int, head_dim: int, base: float, cls_token_num: int) -> 
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of ``x`` (B, T, H, D) by ``table`` (T, D/2, 2), in float32."""
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of ``x`` (B, T, H, D) by ``table``, in float32.
+
+    ``table``: ``(T, D/2, 2)`` shared by the batch, or ``(B, T, D/2, 2)`` per row (speculative decoding).
+    """
     xs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, T, H, D/2, 2)
-    t = table.view(1, xs.size(1), 1, xs.size(3), 2)
+    t = table.view(1, xs.size(1), 1, xs.size(3), 2) if table.dim() == 3 else table[:, :, None]  # (B|1, T, 1, D/2, 2)
     x0, x1 = xs[..., 0], xs[..., 1]
     cos, sin = t[..., 0], t[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
@@ -148,10 +155,16 @@ def apply_rope(x: Tensor, table: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Static per-layer key/value buffers ``(B, H_kv, L, D)`` indexed by absolute position.
+    """Static per-layer key/value buffers ``(B, H_kv, L, D)`` indexed by cache slot.
 
-    ``L`` is rounded up to a multiple of 8 like the official cache. Writing at ``input_pos`` overwrites, so
-    rolling back after a rejected draft needs no copy: the next write at those positions replaces them.
+    ``L`` is rounded up to a multiple of 8 like the official cache. Writing at a slot overwrites, so rolling
+    back after a rejected draft needs no copy: the next write at those slots replaces them. Slots are shared
+    by the batch ``(T,)`` (plain decoding: slot = position) or per row ``(B, T)`` (speculative decoding, where
+    rows accept different numbers of drafts and tree nodes share a RoPE position but not a slot); tree
+    compaction is a gather (:meth:`move`).
+
+    The cache protocol of :meth:`Transformer.forward` is :meth:`update`; another object with the same method
+    (e.g. ``accel.cache.llamagen.RasterKVCache``, a compressed history) can stand in for this one.
     """
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
@@ -168,16 +181,70 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
-    def update(self, layer: int, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int) -> tuple[Tensor, Tensor]:
-        """Write k, v ``(B, H_kv, T, D)`` at ``input_pos`` and return the first ``kv_len`` positions."""
-        self.k[layer][:, :, input_pos] = k
-        self.v[layer][:, :, input_pos] = v
-        return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len]
+    def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor, kv_len: int, q: Tensor | None = None,
+               mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Write k, v ``(B, H_kv, T, D)`` at ``slots`` ((T,) or (B, T)); return the first ``kv_len`` slots and
+        the attention mask unchanged (``q``, the layer's rotated queries, is for caches that score keys)."""
+        if slots.dim() == 1:
+            self.k[layer][:, :, slots] = k
+            self.v[layer][:, :, slots] = v
+        else:
+            rows = torch.arange(slots.size(0), device=slots.device)[:, None]
+            self.k[layer][rows, :, slots] = k.transpose(1, 2)  # the indexed view is (B, T, H, D)
+            self.v[layer][rows, :, slots] = v.transpose(1, 2)
+        return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len], mask
+
+    def block_limit(self, pos: int) -> int:
+        """Most tokens one forward starting at position ``pos`` may write (the buffer's end)."""
+        return self.max_len - pos
+
+    def move(self, src: Tensor, dst: Tensor) -> None:
+        """Copy slots ``src (B, n)`` to ``dst (B, n)`` in every layer (tree path compaction)."""
+        rows = torch.arange(src.size(0), device=src.device)[:, None]
+        for buf in self.k + self.v:
+            buf[rows, :, dst] = buf[rows, :, src].clone()
 
     def select_rows(self, rows: Tensor) -> None:
         """Keep only batch ``rows`` (e.g. drop finished sequences)."""
         self.k = [t[rows] for t in self.k]
         self.v = [t[rows] for t in self.v]
+
+
+def attention_plan(table: Tensor, input_pos: Tensor, T: int, *, cache, slots: Tensor | None = None,
+                   mask: Tensor | None = None, kv_len: int | None = None):
+    """RoPE rows, cache slots, attention mask and ``kv_len`` of one forward (shared by every block).
+
+    Shared positions ``input_pos (T,)``: slots = positions; with a cache and T > 1 the mask is causal over
+    positions ``(T, kv_len)``; a single token attends to all ``kv_len`` slots with no mask (the fast path: no
+    allocation, no host sync when ``kv_len`` is given). Per-row ``input_pos (B, T)`` (or explicit ``slots
+    (B, T)``): RoPE positions past the table are clamped (drafts beyond the last image token, whose outputs are
+    discarded) and, with a cache, the default mask is causal over slots ``(B, T, kv_len)`` (a token at slot s
+    sees slots <= s). A given ``mask`` (bool, True = attend; ``(T, kv_len)``, ``(B, T, kv_len)`` or
+    ``(B, 1|H, T, kv_len)``) sets ``kv_len`` by its last dimension. Returns ``(rope, slots, mask, kv_len)`` with
+    a 3-D mask lifted to ``(B, 1, T, kv_len)`` for the heads.
+    """
+    if input_pos.size(-1) != T:
+        raise ValueError(f"input_pos has {input_pos.size(-1)} positions for {T} tokens")
+    per_row = input_pos.dim() == 2 or slots is not None
+    rope = table[input_pos.clamp(max=table.size(0) - 1)] if per_row else table[input_pos]
+    if slots is None:
+        slots = input_pos
+    elif slots.size(-1) != T:
+        raise ValueError(f"slots has {slots.size(-1)} entries for {T} tokens")
+    if cache is None:
+        kv_len = 0
+    elif mask is not None:
+        kv_len = mask.size(-1)
+    else:
+        if kv_len is None:
+            kv_len = int(slots.max()) + 1
+        if slots.dim() == 2:
+            mask = torch.arange(kv_len, device=slots.device)[None, None, :] <= slots[:, :, None]  # (B, T, kv_len)
+        elif T > 1:
+            mask = torch.arange(kv_len, device=slots.device)[None, :] <= slots[:, None]  # (T, kv_len)
+    if mask is not None and mask.dim() == 3:
+        mask = mask[:, None]  # (B, 1, T, kv_len)
+    return rope, slots, mask, kv_len
 
 
 class RMSNorm(nn.Module):
@@ -212,8 +279,9 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x: Tensor, rope: Tensor, input_pos: Tensor, cache: KVCache | None,
+    def forward(self, x: Tensor, rope: Tensor, slots: Tensor, cache: KVCache | None,
                 mask: Tensor | None, kv_len: int) -> Tensor:
+        """``x (B, T, C)``; rope, slots, mask, kv_len from :func:`attention_plan`."""
         B, T, C = x.shape
         kv = self.n_kv * self.hd
         q, k, v = self.wqkv(x).split([C, kv, kv], dim=-1)
@@ -222,7 +290,7 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         causal = mask is None and cache is None and T > 1
         if cache is not None:
-            k, v = cache.update(self.layer, input_pos, k, v, kv_len)
+            k, v, mask = cache.update(self.layer, slots, k, v, kv_len, q, mask)  # (B, Hkv, kv_len, D)
         if self.n_kv != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
@@ -239,8 +307,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, rope, input_pos, cache, mask, kv_len):
-        h = x + self.attention(self.attention_norm(x), rope, input_pos, cache, mask, kv_len)
+    def forward(self, x, rope, slots, cache, mask, kv_len):
+        h = x + self.attention(self.attention_norm(x), rope, slots, cache, mask, kv_len)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -294,37 +362,28 @@ class Transformer(nn.Module):
 
     def forward(self, idx: Tensor | None, cond_idx: Tensor | None = None, *, input_pos: Tensor,
                 cache: KVCache | None = None, mask: Tensor | None = None, return_hidden: bool = False,
-                kv_len: int | None = None):
-        """Logits ``(B, T, V)`` (float32) for the sequence ``[class token?, idx]`` at ``input_pos`` (T,).
+                kv_len: int | None = None, slots: Tensor | None = None):
+        """Logits ``(B, T, V)`` (float32) for the sequence ``[class token?, idx]``.
 
-        Without a cache the attention is causal over these T tokens (teacher forcing; row t predicts the
-        token after position t). With a cache the new k/v are written at ``input_pos`` and the queries
-        attend to cache positions ``[0, max(input_pos)]``: causally by default, or through ``mask``
-        (bool, True = attend, broadcastable to ``(B, H, T, kv_len)``, e.g. a tree mask), whose last
-        dimension then sets kv_len. ``return_hidden`` also returns the final-normed hidden state
-        ``(B, T, dim)`` (the input of the output head, what EAGLE drafters consume). ``kv_len`` (a Python
-        int, default ``max(input_pos) + 1``) saves a device sync per call and keeps ``torch.compile`` graphs
-        unbroken.
+        ``input_pos``: RoPE positions, ``(T,)`` shared by the batch or ``(B, T)`` per row. Without a cache the
+        attention is causal over these T tokens (teacher forcing; row t predicts the token after position t),
+        or follows ``mask``. With a cache the new k/v are written at ``slots`` (default: the positions; per row
+        ``(B, T)`` when given, e.g. tree nodes that share a position) and the queries attend to cache slots
+        ``[0, kv_len)``: causally by default, or through ``mask`` (bool, True = attend, ``(T, kv_len)``,
+        ``(B, T, kv_len)`` or broadcastable to ``(B, H, T, kv_len)``, e.g. a tree mask), whose last dimension
+        then sets kv_len (see :func:`attention_plan`). The cache receives every layer's rotated queries too, so
+        a compressing cache can score keys (``accel.cache.llamagen.RasterKVCache``). ``return_hidden`` also
+        returns the final-normed hidden state ``(B, T, dim)`` (the input of the output head, what EAGLE drafters
+        consume). ``kv_len`` (a Python int, default ``max(slots) + 1``) saves a device sync per call and keeps
+        ``torch.compile`` graphs unbroken.
         """
         if self.training and self.config.drop_path_rate > 0:
             raise NotImplementedError("drop_path_rate > 0 (stochastic depth) is not implemented for training")
-        x = self.tok_dropout(self.embed(idx, cond_idx))
-        T = x.size(1)
-        if input_pos.numel() != T:
-            raise ValueError(f"input_pos has {input_pos.numel()} entries for {T} tokens")
-        rope = self.freqs_cis[input_pos]
-        if cache is None:
-            kv_len = 0
-        else:
-            if mask is not None:
-                kv_len = mask.size(-1)
-            else:
-                if kv_len is None:
-                    kv_len = int(input_pos.max()) + 1
-                if T > 1:
-                    mask = torch.arange(kv_len, device=x.device)[None, :] <= input_pos[:, None]  # (T, kv_len)
+        x = self.tok_dropout(self.embed(idx, cond_idx))  # (B, T, dim)
+        rope, slots, mask, kv_len = attention_plan(self.freqs_cis, input_pos, x.size(1), cache=cache, slots=slots,
+                                                   mask=mask, kv_len=kv_len)
         for layer in self.layers:
-            x = layer(x, rope, input_pos, cache, mask, kv_len)
+            x = layer(x, rope, slots, cache, mask, kv_len)
         h = self.norm(x)
         logits = self.output(h).float()
         return (logits, h) if return_hidden else logits
@@ -339,8 +398,6 @@ def build_gpt(cfg: GPTConfig, device=None, dtype=None) -> Transformer:
 
 def load_gpt(path: str | Path, cfg: GPTConfig, *, key: str | None = None, device=None, dtype=None) -> Transformer:
     """Load an official LlamaGen GPT file (``{"model": sd}``, ``{"ema": sd}`` via ``key``, raw, safetensors)."""
-    from accel.checkpoint import load_strict, read_state_dict
-
     model = Transformer(cfg)
     load_strict(model, read_state_dict(path, key), what=str(path))
     return model.to(device=device, dtype=dtype).eval()

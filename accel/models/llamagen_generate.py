@@ -45,18 +45,30 @@ def cfg_batch(model: Transformer, cond: Tensor, uses_cfg: bool) -> Tensor:
     return torch.cat([cond, torch.full_like(cond, model.config.null_class)])
 
 
-def guided_logits(logits: Tensor, batch: int, sc: SamplingConfig, t: int) -> Tensor:
-    """Per-row logits (B, V) from the forward output (B or 2B, V) for token t."""
+def guided_logits(logits: Tensor, batch: int, sc: SamplingConfig, t: int | Tensor) -> Tensor:
+    """Classifier-free guidance: per-row logits ``(B, ..., V)`` from the forward output ``(B or 2B, ..., V)``.
+
+    The one CFG combine of every LlamaGen decode loop (plain, speculative, compressed cache). ``t``: the token
+    index being predicted, an int shared by the batch or a tensor ``(B,)`` / ``(B, T)`` per row and position
+    (speculative decoding), so ``cfg_interval`` is honoured per token. Guided logits are
+    ``uncond + (cond - uncond) * cfg_scale`` (``sampling.cfg_combine``).
+    """
     if not sc.uses_cfg:
         return logits
     cond, uncond = logits[:batch], logits[batch:]
-    return cfg_combine(cond, uncond, sc.cfg_scale) if sc.cfg_at(t) else cond
+    if isinstance(t, int):
+        return cfg_combine(cond, uncond, sc.cfg_scale) if sc.cfg_at(t) else cond
+    guided = cfg_combine(cond, uncond, sc.cfg_scale)
+    if sc.cfg_interval < 0:
+        return guided
+    return torch.where((t <= sc.cfg_interval + 1)[..., None], guided, cond)
 
 
 @torch.no_grad()
 def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None, sc: SamplingConfig = SamplingConfig(),
              *, generator: torch.Generator | None = None, trace: dict | None = None,
-             pick: Callable[[Tensor, int], Tensor] | None = None, prefix: Tensor | None = None) -> Tensor:
+             pick: Callable[[Tensor, int], Tensor] | None = None, prefix: Tensor | None = None,
+             cache=None) -> Tensor:
     """Sample ``(B, max_new_tokens)`` token ids (long) for class labels ``cond`` (B,).
 
     ``prefix`` ``(B, P)``: the first P tokens are given (e.g. Distilled Decoding's teacher-involved variant);
@@ -64,15 +76,21 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
 
     ``pick(probs, t) -> (B,) ids`` replaces the sampler (e.g. Distilled Decoding's deterministic flow map
     from a noise token to a code); by default tokens are drawn from ``probs`` with ``generator`` (or
-    arg-max when ``sc.sample_logits`` is False). ``trace``, when a dict, receives per-step lists ``logits`` (guided, before temperature/filtering),
-    ``probs`` (processed distribution) and ``raw`` (model output, both CFG halves) for parity checks.
+    arg-max when ``sc.sample_logits`` is False). ``trace``, when a dict, receives per-step lists ``logits``
+    (guided, before temperature/filtering), ``probs`` (processed distribution) and ``raw`` (model output, both
+    CFG halves) for parity checks.
+
+    ``cache``: the KV cache the forward writes (default: a fresh static ``KVCache`` for the ``[cond; null]``
+    batch); any object with ``KVCache.update``'s signature, e.g. ``accel.cache.llamagen.RasterKVCache``, which
+    compresses the history with a cache policy using the queries the forward hands it.
     """
     n = max_new_tokens or model.config.block_size
     if n > model.config.block_size:
         raise ValueError(f"max_new_tokens={n} exceeds block_size={model.config.block_size}")
     B = cond.size(0)
     labels = cfg_batch(model, cond, sc.uses_cfg)
-    cache = model.new_cache(labels.size(0), model.config.cls_token_num + n)
+    if cache is None:
+        cache = model.new_cache(labels.size(0), model.config.cls_token_num + n)
     out = torch.empty(B, n, dtype=torch.long, device=cond.device)
     pos = torch.arange(model.config.cls_token_num + n, device=cond.device)
     c = model.config.cls_token_num

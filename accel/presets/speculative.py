@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from accel import zoo
-from accel.api.techniques import exact, lantern, speculative
+from accel.api.techniques import exact, lantern, snapkv, speculative
 from accel.harness.registry import BuildContext, MethodEntry
 from accel.presets.zoo_models import generator, zoo_missing
 from accel.train.drafter import load_eagle
@@ -25,12 +25,18 @@ def load_drafter(kind: str, ctx: BuildContext):
 
 
 def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | None = None, k: int = 1000,
-          lam: float | None = None, gamma: int = 3, tree: str | None = None, residual: str = "official"):
-    """A method from its hyper-parameters: no ``delta``/``lam`` = exact speculative sampling."""
+          lam: float | None = None, gamma: int = 3, tree: str | None = None, residual: str = "official",
+          snapkv_budget: float | None = None, window: int = 4):
+    """A method from its hyper-parameters: no ``delta``/``lam`` = exact speculative sampling; ``snapkv_budget``
+    composes it with SnapKV on the target's cache (``window`` queries of each row chunk score the keys)."""
     target = generator(ctx, tokenizer_dtype=True)
     rule = exact() if delta is None and lam is None else lantern(delta, k=k, lam=lam, residual=residual)
-    m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree, name=name)
+    policy = None if snapkv_budget is None else snapkv(snapkv_budget, window=window)
+    m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree, kv_policy=policy,
+                    name=name)
     m.params = dict(drafter=drafter, gamma=gamma, delta=delta, k=k, lam=lam, tree=tree, residual=residual)
+    if policy is not None:
+        m.params.update(kv_policy="snapkv", budget=snapkv_budget, window=window, composition="lantern + snapkv")
     return m
 
 
@@ -57,4 +63,6 @@ ENTRIES = [
     entry("lantern-draft", quick=True, drafter="draft", delta=0.1),
     entry("sd-eagle", drafter="eagle"),
     entry("lantern-eagle", drafter="eagle", delta=0.1),
+    # composition: LANTERN on a SnapKV-compressed target cache (25 %, as the llamagen-snapkv entry), batch 1 only
+    entry("lantern-draft-snapkv", quick=True, drafter="draft", delta=0.1, snapkv_budget=0.25),
 ]

@@ -3,11 +3,18 @@
 Leviathan et al. 2023 (arXiv 2211.17192) Alg. 1 with any acceptance rule of ``rules.py``/``lantern.py``
 (p = target, q = draft). Classifier-free guidance runs in both models on the batch [cond; null] and is applied
 to the logits before temperature/top-k/top-p, as LlamaGen's ``generate`` does; cfg_interval is honoured per
-token. Batches > 1 keep per-row positions (rows accept different numbers of drafts), which is why the target
-runs through ``rowwise.forward_rows``.
+token. Batches > 1 keep per-row positions (rows accept different numbers of drafts): the target runs LlamaGen's
+one forward (``Transformer.forward``) with ``input_pos (B, γ+1)`` and its static cache written at per-row slots.
 
 Positions: the class token sits at 0 and image token t at 1 + t; ``c`` (per row) counts committed tokens, so
 the target cache is valid for positions < c and token c - 1 is fed next.
+
+Composition with KV-cache compression: ``cache`` replaces the target's static cache by any object with
+``llamagen.KVCache``'s ``update`` and ``block_limit`` (e.g. ``accel.cache.llamagen.raster_cache(target, policy)``,
+batch 1). Each round drafts ``min(γ, block_limit(c) - 1)`` tokens, so no verify block runs past a point where
+the cache compresses; every committed token then attends to the keys it would attend to in plain decoding
+with that cache, so the exact rule samples the target-with-compressed-cache distribution and greedy
+speculative decoding equals greedy decoding with the same policy (tested).
 """
 from __future__ import annotations
 
@@ -20,7 +27,6 @@ from tqdm.auto import tqdm
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.drafters import cfg_rows, draw, process
-from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
 from accel.speculative.rules import verify_chain
 
 
@@ -48,8 +54,11 @@ class SpecStats:
 @torch.no_grad()
 def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(),
                          *, gamma: int = 4, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
-                         progress: bool = False) -> tuple[Tensor, SpecStats]:
-    """Tokens ``(B, n)`` (long) for class labels ``cond (B,)`` and the work counters."""
+                         progress: bool = False, cache=None) -> tuple[Tensor, SpecStats]:
+    """Tokens ``(B, n)`` (long) for class labels ``cond (B,)`` and the work counters.
+
+    ``cache``: the target's KV cache (default: a static ``KVCache``); a compressing cache needs batch 1 (module
+    docstring)."""
     if gamma < 1:
         raise ValueError(f"gamma must be >= 1, got {gamma}")
     n = max_new_tokens or target.config.block_size
@@ -60,14 +69,17 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R = labels.size(0)
     max_len = 1 + n + 2 * gamma + 2  # finished rows keep running (frozen) until every row is done
-    cache = RowCache.for_model(target, R, max_len)
+    limited = cache is not None
+    if limited and B != 1:
+        raise ValueError(f"speculative decoding with a given target cache supports batch 1 (rows would need "
+                         f"their own compression points); got batch {B}")
+    cache = target.new_cache(R, max_len) if cache is None else cache
     seq = torch.zeros(B, n + 2 * gamma + 2, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)
     st = SpecStats(gamma, reached=[0] * gamma, accepted_at=[0] * gamma)
 
     zero = torch.zeros(R, 1, dtype=torch.long, device=dev)  # prefill: class token at position 0
-    logits, hidden = forward_rows(target, None, labels, rope_pos=zero, slots=zero, cache=cache,
-                                  mask=causal_mask(zero, 1))
+    logits, hidden = target(None, labels, input_pos=zero, cache=cache, kv_len=1, return_hidden=True)
     st.nfe_target += 1
     seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], greedy, generator)
     c = torch.ones(B, dtype=torch.long, device=dev)
@@ -78,27 +90,27 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     offs = torch.arange(gamma + 1, device=dev)
     while bool((c < n).any()):
         live = c < n
-        d, q = drafter.propose(state, gamma, sc, greedy, generator)  # (B, γ), (B, γ, V)
-        pos = c[:, None] + offs  # tokens [x_{c-1}, d_1..d_γ] at positions c..c+γ
+        g = min(gamma, cache.block_limit(int(c[0])) - 1) if limited else gamma  # g = 0: a plain AR step
+        d, q = drafter.propose(state, g, sc, greedy, generator)  # (B, g), (B, g, V)
+        pos = c[:, None] + offs[: g + 1]  # tokens [x_{c-1}, d_1..d_g] at positions c..c+g
         inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
-        Rpos = cfg_rows(pos, R)
-        logits, hidden = forward_rows(target, cfg_rows(inp, R), None, rope_pos=Rpos, slots=Rpos, cache=cache,
-                                      mask=causal_mask(Rpos, int(pos.max()) + 1))
+        logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=int(pos.max()) + 1,
+                                return_hidden=True)
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i
         v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator)
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
-        seq[rows[:, None], pos[:, :gamma]] = d
+        seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token
         new = torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m))
         # statistics over unfinished rows; drafts past the image end are not counted as accepted
         st.verify_steps += int(live.sum())
         useful = torch.minimum(m, n - c)
         st.accepted += int(useful[live].sum())
-        st.drafted += int(torch.minimum(torch.full_like(c, gamma), (n - c).clamp_min(0))[live].sum())
+        st.drafted += int(torch.minimum(torch.full_like(c, g), (n - c).clamp_min(0))[live].sum())
         ok = v.accepted & live[:, None]
         reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
-        for i in range(gamma):
+        for i in range(g):
             st.reached[i] += int(reach[:, i].sum())
             st.accepted_at[i] += int((reach[:, i] & ok[:, i]).sum())
         # finished rows stay frozen: the drafter sees "1 new token ending at c - 1" again

@@ -1,7 +1,8 @@
 """Drafters for speculative decoding of LlamaGen (p = target, q = draft).
 
-Both keep their own static cache (a ``RowCache``) in an explicit ``DraftState`` and never need an explicit
-rollback: every round they first (re)write the positions the target just committed, so slots left over from
+Both drive LlamaGen's one forward (``Transformer.forward`` / ``TransformerBlock`` with per-row positions),
+keep their own static cache (a ``llamagen.KVCache`` written at per-row slots) in an explicit ``DraftState``
+and never need an explicit rollback: every round they first (re)write the positions the target just committed, so slots left over from
 rejected drafts are overwritten before any query can see them.
 
 - ``ModelDrafter``: a smaller LlamaGen (e.g. the zoo's ``fmnist-llamagen-draft``). Per round it feeds the
@@ -25,28 +26,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from accel.models.llamagen import GPTConfig, Transformer, TransformerBlock, rope_2d_table
-from accel.models.llamagen_generate import SamplingConfig
+from accel.models.llamagen import GPTConfig, KVCache, Transformer, TransformerBlock, attention_plan, rope_2d_table
+from accel.models.llamagen_generate import SamplingConfig, guided_logits
 from accel.sampling import logits_to_probs
 from accel.speculative.rules import sample
-from accel.speculative.rowwise import RowCache, block_forward, causal_mask, forward_rows
-
-
-def guide(logits: Tensor, t: Tensor, sc: SamplingConfig) -> Tensor:
-    """CFG per row and position: logits ``(R, T, V)`` (R = 2B under CFG), token indices ``t (B, T)``."""
-    if not sc.uses_cfg:
-        return logits
-    B = t.size(0)
-    cond, uncond = logits[:B], logits[B:]
-    guided = uncond + (cond - uncond) * sc.cfg_scale
-    if sc.cfg_interval < 0:
-        return guided
-    return torch.where((t <= sc.cfg_interval + 1)[..., None], guided, cond)
 
 
 def process(logits: Tensor, t: Tensor, sc: SamplingConfig) -> Tensor:
-    """Target or draft distribution after CFG, temperature, top-k, top-p: ``(B, T, V)``."""
-    return logits_to_probs(guide(logits, t, sc), sc.temperature, sc.top_k, sc.top_p)
+    """Target or draft distribution after CFG, temperature, top-k, top-p: ``(B, T, V)`` for logits ``(R, T, V)``
+    (R = 2B under CFG) predicting token indices ``t (B, T)``."""
+    return logits_to_probs(guided_logits(logits, t.size(0), sc, t), sc.temperature, sc.top_k, sc.top_p)
 
 
 def draw(q: Tensor, greedy: bool, generator: torch.Generator | None) -> Tensor:
@@ -59,10 +48,29 @@ def cfg_rows(x: Tensor, R: int) -> Tensor:
     return x if x.size(0) == R else torch.cat([x, x])
 
 
+def expand_level(tree, parents: list[int], dist: Tensor, level: list[int], toks: Tensor, qs: Tensor,
+                 greedy: bool, generator: torch.Generator | None) -> None:
+    """Draw the children of ``parents`` (their q: ``dist (B, len(parents), V)``) into ``toks``/``qs``."""
+    for j, par in enumerate(parents):
+        kids = tree.children(par)
+        if not kids:
+            continue
+        q = dist[:, j]
+        if greedy:
+            keys = q
+        else:  # Gumbel-top-k = sequential sampling without replacement
+            u = torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-20)
+            keys = q.clamp_min(1e-38).log().masked_fill(q <= 0, float("-inf")) - (-u.log()).log()
+        pick = keys.topk(len(kids), dim=-1).indices
+        for r, kid in enumerate(kids):
+            toks[:, kid] = pick[:, r]
+            qs[:, kid] = q
+
+
 @dataclass
 class DraftState:
     labels: Tensor  # (R,) [cond; null] or cond
-    cache: RowCache
+    cache: KVCache
     forwards: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -74,18 +82,16 @@ class ModelDrafter:
         self.model, self.name = model, name
 
     def begin(self, labels: Tensor, max_len: int) -> DraftState:
-        return DraftState(labels, RowCache.for_model(self.model, labels.size(0), max_len))
+        return DraftState(labels, self.model.new_cache(labels.size(0), max_len))
 
     def observe(self, state: DraftState, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None:
         state.extra.update(seq=seq, start=start, n_new=n_new, width=hidden.size(1))
 
     def _forward(self, state, idx, cond, pos, kv_len, mask=None, slots=None):
         R = state.labels.size(0)
-        Rpos = cfg_rows(pos, R)
-        Rslots = Rpos if slots is None else cfg_rows(slots, R)
-        mask = causal_mask(Rslots, kv_len) if mask is None else cfg_rows(mask, R)
-        logits, _ = forward_rows(self.model, None if idx is None else cfg_rows(idx, R), cond, rope_pos=Rpos,
-                                 slots=Rslots, cache=state.cache, mask=mask)
+        logits = self.model(None if idx is None else cfg_rows(idx, R), cond, input_pos=cfg_rows(pos, R),
+                            cache=state.cache, kv_len=kv_len, slots=None if slots is None else cfg_rows(slots, R),
+                            mask=None if mask is None else cfg_rows(mask, R))  # pos, slots (B, T) per row
         state.forwards += 1
         return logits
 
@@ -113,6 +119,8 @@ class ModelDrafter:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens
         kv_len = int(c.max()) + gamma + 1
         logits = self.catch_up(state, kv_len)[:, None]
+        if gamma == 0:  # catch up only (the target makes a plain step)
+            return c.new_zeros(c.size(0), 0), logits.new_zeros(c.size(0), 0, logits.size(-1))
         drafts, qs = [], []
         for i in range(gamma):
             if i:
@@ -126,8 +134,6 @@ class ModelDrafter:
     def propose_tree(self, state: DraftState, tree, sc: SamplingConfig, greedy: bool,
                      generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Draft a static tree: node i at slot c + i, RoPE position c + depth(i); see ``tree.py``."""
-        from accel.speculative.tree import expand_level
-
         c = state.extra["start"] + state.extra["n_new"]
         kv_len = int(c.max()) + tree.size + 1
         B = c.size(0)
@@ -161,14 +167,24 @@ class EagleHead(nn.Module):
         cfg = self.config
         return rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num).to(device)
 
+    def new_cache(self, batch: int, max_len: int, *, device, dtype) -> KVCache:
+        return KVCache(1, batch, self.config.kv_heads, max_len, self.config.head_dim, device=device, dtype=dtype)
+
+    def block(self, x: Tensor, pos: Tensor, cache: KVCache, table: Tensor, *, slots: Tensor | None = None,
+              mask: Tensor | None = None, kv_len: int | None = None) -> Tensor:
+        """The decoder block over ``x (B, T, dim)`` (the ``fc`` output) at per-row positions ``pos (B, T)``,
+        through LlamaGen's attention path (``attention_plan``: slots, default causal mask, kv_len)."""
+        rope, slots, mask, kv_len = attention_plan(table, pos, x.size(1), cache=cache, slots=slots, mask=mask,
+                                                   kv_len=kv_len)
+        return self.layer(x, rope, slots, cache, mask, kv_len)
+
     def forward_train(self, emb: Tensor, hidden: Tensor) -> Tensor:
         """Teacher forcing over a whole sequence: emb, hidden ``(B, T, dim)`` -> predicted next hidden."""
         B, T, _ = emb.shape
         x = self.fc(torch.cat([emb, hidden], -1))
         pos = torch.arange(T, device=emb.device).expand(B, T)
-        cache = RowCache(1, B, self.config.kv_heads, T, self.config.head_dim, device=emb.device, dtype=x.dtype)
-        return block_forward(self.layer, x, self.rope_table(emb.device)[pos], 0, pos, cache,
-                             causal_mask(pos, cache.max_len))
+        cache = self.new_cache(B, T, device=emb.device, dtype=x.dtype)
+        return self.block(x, pos, cache, self.rope_table(emb.device), kv_len=cache.max_len)
 
 
 class EagleDrafter:
@@ -181,9 +197,8 @@ class EagleDrafter:
         self.table = head.rope_table(target.tok_embeddings.weight.device)
 
     def begin(self, labels: Tensor, max_len: int) -> DraftState:
-        cfg, w = self.head.config, self.target.tok_embeddings.weight
-        return DraftState(labels, RowCache(1, labels.size(0), cfg.kv_heads, max_len, cfg.head_dim,
-                                           device=w.device, dtype=w.dtype))
+        w = self.target.tok_embeddings.weight
+        return DraftState(labels, self.head.new_cache(labels.size(0), max_len, device=w.device, dtype=w.dtype))
 
     def observe(self, state: DraftState, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None:
         state.extra.update(seq=seq, start=start, hidden=hidden, n_new=n_new)
@@ -192,8 +207,7 @@ class EagleDrafter:
         R = state.labels.size(0)
         Rpos = cfg_rows(pos, R)
         x = self.head.fc(torch.cat([self.target.tok_embeddings(cfg_rows(tok, R)), hid], -1))
-        h = block_forward(self.head.layer, x, self.table[Rpos.clamp(max=self.table.size(0) - 1)], 0, Rpos,
-                          state.cache, causal_mask(Rpos, kv_len))
+        h = self.head.block(x, Rpos, state.cache, self.table, kv_len=kv_len)
         state.forwards += 1
         return h  # (R, T, dim) predicted next hidden states
 
@@ -213,6 +227,8 @@ class EagleDrafter:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens; the last valid pair is at c - 1
         kv_len = int(c.max()) + gamma + 1
         h = self.catch_up(state, kv_len)
+        if gamma == 0:  # catch up only (the target makes a plain step)
+            return c.new_zeros(c.size(0), 0), h.new_zeros(c.size(0), 0, self.target.config.vocab_size)
         drafts, qs = [], []
         for i in range(gamma):
             if i:
@@ -226,8 +242,6 @@ class EagleDrafter:
     def propose_tree(self, state: DraftState, tree, sc: SamplingConfig, greedy: bool,
                      generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Static tree: node i's pair (h_parent, token_i) at slot c-1+i, RoPE position c-1+depth(i)."""
-        from accel.speculative.tree import expand_level
-
         c = state.extra["start"] + state.extra["n_new"]
         B, base = c.size(0), c - 1
         kv_len = int(c.max()) + tree.size + 1
@@ -245,11 +259,11 @@ class EagleDrafter:
             nodes = torch.as_tensor(level, device=c.device)
             par = torch.as_tensor([tree.parents[i - 1] for i in level], device=c.device)
             pos = (base[:, None] + d + 1).expand(B, len(level))
-            x = self.head.fc(torch.cat([self.target.tok_embeddings(cfg_rows(toks[:, nodes], h.size(0))), H[:, par]], -1))
+            emb = self.target.tok_embeddings(cfg_rows(toks[:, nodes], h.size(0)))
+            x = self.head.fc(torch.cat([emb, H[:, par]], -1))
             Rpos = cfg_rows(pos, h.size(0))
-            out = block_forward(self.head.layer, x, self.table[Rpos.clamp(max=self.table.size(0) - 1)], 0,
-                                cfg_rows(base[:, None] + nodes, h.size(0)), state.cache,
-                                cfg_rows(tree.mask(base, nodes, kv_len), h.size(0)))
+            out = self.head.block(x, Rpos, state.cache, self.table, slots=cfg_rows(base[:, None] + nodes, h.size(0)),
+                                  mask=cfg_rows(tree.mask(base, nodes, kv_len), h.size(0)))
             state.forwards += 1
             H[:, nodes] = out
             parents = level

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from accel.cache.llamagen import raster_cache
 from accel.models.llamagen_generate import SamplingConfig
-from accel.speculative.decoder import speculative_generate
+from accel.speculative.decoder import SpecStats, speculative_generate
 from accel.speculative.tree import tree_generate
 from accel.types import Sample
 
@@ -18,9 +19,14 @@ class SpeculativeLlamaGen:
     """Chain (or static-tree, when ``tree`` is given) speculative decoding, images decoded with the VQ."""
 
     def __init__(self, name, target, drafter, rule, tokenizer, sc: SamplingConfig, gamma: int = 3, tree=None,
-                 params: dict | None = None):
+                 params: dict | None = None, policy=None, every: int | None = None):
+        """``policy``: a raster KV-cache policy (``accel.cache.llamagen.build_raster_policy``) compressing the
+        target's cache (chain, batch 1); ``stats['kv_bytes']`` is then the peak the target attended to."""
+        if policy is not None and tree is not None:
+            raise ValueError("a cache policy composes with chain speculative decoding only (tree=None)")
         self.name, self.target, self.drafter, self.rule = name, target, drafter, rule
         self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, gamma, tree
+        self.policy, self.every = policy, every
         self.params = dict(params or {})
 
     @torch.no_grad()
@@ -28,9 +34,31 @@ class SpeculativeLlamaGen:
         if self.tree is not None:
             codes, st = tree_generate(self.target, self.drafter, self.rule, cond, self.sc, tree=self.tree,
                                       generator=generator)
-        else:
+        elif self.policy is None:
             codes, st = speculative_generate(self.target, self.drafter, self.rule, cond, self.sc, gamma=self.gamma,
                                              generator=generator)
+        else:  # the compressed cache composes at batch 1: a larger batch is decoded row after row
+            parts, caches = [], []
+            for row in cond.split(1):
+                caches.append(raster_cache(self.target, self.policy, every=self.every))
+                parts.append(speculative_generate(self.target, self.drafter, self.rule, row, self.sc, gamma=self.gamma,
+                                                  generator=generator, cache=caches[-1]))
+            codes, st = torch.cat([c for c, _ in parts]), merge_stats([s for _, s in parts])
         g = self.target.config.grid_size
         x = self.tokenizer.decode_code(codes, hw=(g, g))
-        return Sample(((x.float() + 1) / 2).clamp(0, 1), {**st.as_dict(), "tokens": codes})
+        stats = {**st.as_dict(), "tokens": codes}
+        if self.policy is not None:
+            stats["kv_bytes"] = max(c.peak_attended_bytes() for c in caches)
+            stats["rows_decoded_serially"] = len(caches)
+        return Sample(((x.float() + 1) / 2).clamp(0, 1), stats)
+
+
+def merge_stats(parts: list[SpecStats]) -> SpecStats:
+    """Counters of several calls added up (rows decoded one after another)."""
+    out = SpecStats(parts[0].gamma, reached=[0] * parts[0].gamma, accepted_at=[0] * parts[0].gamma)
+    for p in parts:
+        for k in ("verify_steps", "accepted", "drafted", "nfe_target", "nfe_draft"):
+            setattr(out, k, getattr(out, k) + getattr(p, k))
+        out.reached = [a + b for a, b in zip(out.reached, p.reached)]
+        out.accepted_at = [a + b for a, b in zip(out.accepted_at, p.accepted_at)]
+    return out

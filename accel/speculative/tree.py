@@ -14,7 +14,8 @@ after a leaf, the bonus token from p at the leaf.
 
 Cache layout (target and small drafter): committed token x_{c-1} at slot c, node i at slot c + i with RoPE
 position c + depth(i); a node attends to slots <= c and to its ancestors. The accepted path is compacted to
-slots c+1..c+m by one gather (``RowCache.move``).
+slots c+1..c+m by one gather (``llamagen.KVCache.move``). The target runs LlamaGen's one forward with per-row
+RoPE positions, slots and the tree mask.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ from tqdm.auto import tqdm
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.decoder import SpecStats
-from accel.speculative.drafters import cfg_rows, draw, process
-from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
+from accel.speculative.drafters import cfg_rows, draw, expand_level, process
 
 
 @dataclass(frozen=True)
@@ -95,25 +95,6 @@ TREES = {
     "b3-1-1-1": Tree.from_branching((3, 1, 1, 1)),
     "b4-2-1": Tree.from_branching((4, 2, 1)),
 }
-
-
-def expand_level(tree: Tree, parents: list[int], dist: Tensor, level: list[int], toks: Tensor, qs: Tensor,
-                 greedy: bool, generator: torch.Generator | None) -> None:
-    """Draw the children of ``parents`` (their q: ``dist (B, len(parents), V)``) into ``toks``/``qs``."""
-    for j, par in enumerate(parents):
-        kids = tree.children(par)
-        if not kids:
-            continue
-        q = dist[:, j]
-        if greedy:
-            keys = q
-        else:  # Gumbel-top-k = sequential sampling without replacement
-            u = torch.rand(q.shape, generator=generator, device=q.device).clamp_min(1e-20)
-            keys = q.clamp_min(1e-38).log().masked_fill(q <= 0, float("-inf")) - (-u.log()).log()
-        pick = keys.topk(len(kids), dim=-1).indices
-        for r, kid in enumerate(kids):
-            toks[:, kid] = pick[:, r]
-            qs[:, kid] = q
 
 
 def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy: bool,
@@ -187,12 +168,12 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R, D, N = labels.size(0), len(tree.levels), tree.size
     max_len = 1 + n + D + N + 2
-    cache = RowCache.for_model(target, R, max_len)
+    cache = target.new_cache(R, max_len)
     seq = torch.zeros(B, n + 2 * D + 2, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)
     st = SpecStats(D, reached=[0] * D, accepted_at=[0] * D)
     zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
-    logits, hidden = forward_rows(target, None, labels, rope_pos=zero, slots=zero, cache=cache, mask=causal_mask(zero, 1))
+    logits, hidden = target(None, labels, input_pos=zero, cache=cache, kv_len=1, return_hidden=True)
     st.nfe_target += 1
     seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], greedy, generator)
     c = torch.ones(B, dtype=torch.long, device=dev)
@@ -208,15 +189,16 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
         slots = c[:, None] + nodes
         pos = c[:, None] + depth
         Rs = cfg_rows(slots, R)
-        logits, hidden = forward_rows(target, cfg_rows(toks, R), None, rope_pos=cfg_rows(pos, R), slots=Rs, cache=cache,
-                                      mask=cfg_rows(tree.mask(c, nodes, int(slots.max()) + 1), R))
+        logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=Rs, cache=cache,
+                                mask=cfg_rows(tree.mask(c, nodes, int(slots.max()) + 1), R), return_hidden=True)
         st.nfe_target += 1
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
         q = torch.cat([torch.zeros_like(d_q[:, :1]), d_q], 1)
         path, m, nxt = verify_tree(rule, tree, p, q, toks, greedy=greedy, generator=generator)
         m = torch.where(live, m, torch.zeros_like(m))
         ar = torch.arange(D, device=dev)
-        seq[rows[:, None], c[:, None] + ar] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], c[:, None] + ar])
+        at = c[:, None] + ar
+        seq[rows[:, None], at] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], at])
         seq[rows, c + m] = nxt
         src = torch.cat([c[:, None], c[:, None] + torch.where(ar[None] < m[:, None], path, ar[None] + 1)], 1)
         cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
