@@ -10,23 +10,12 @@ from accel import zoo
 from accel.distill.student_llamagen import DDLlamaGen
 from accel.distill.student_var import DDVAR
 from accel.models.llamagen import GPTConfig
-from accel.models.var import VARConfig
 from accel.zoo import sample as zoo_sample
 from accel.zoo.store import save_zoo_file, zoo_file
+from test_harness_baselines import MAR_GEN, MAR_VAE, TINY_GPT as GPT, TINY_VQ as VQ, VAR_GEN as VAR, VAR_VAE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-VQ = dict(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
-          decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
-GPT = dict(dim=32, n_layer=2, n_head=2, vocab_size=16, block_size=64, num_classes=10, multiple_of=32,
-           class_dropout_prob=0.1)
-MAR_VAE = dict(embed_dim=4, ch_mult=(1, 2, 2), ch=32, num_res_blocks=1, resolution=32,
-               encoder_attn_resolutions=(), decoder_attn_resolutions=())
-MAR = dict(img_size=32, vae_stride=4, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
-           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, vae_embed_dim=4, class_num=10,
-           buffer_size=2, diffloss_d=1, diffloss_w=32, max_timestep=950)
-VAR_VAE = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4, 8),
-               test_mode=True)
-VAR = dict(num_classes=10, depth=1, embed_dim=32, num_heads=2, patch_nums=(1, 2, 4, 8), _vocab_size=32, _Cvae=8)
+MAR = {**MAR_GEN, "max_timestep": 950}
 
 
 def snippets() -> list[str]:
