@@ -22,6 +22,7 @@ from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.drafters import cfg_rows, draw, process
 from accel.speculative.rowwise import RowCache, causal_mask, forward_rows
 from accel.speculative.rules import verify_chain
+from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup
 
 
 @dataclass
@@ -52,9 +53,9 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     """Tokens ``(B, n)`` (long) for class labels ``cond (B,)`` and the work counters."""
     if gamma < 1:
         raise ValueError(f"gamma must be >= 1, got {gamma}")
-    n = max_new_tokens or target.config.block_size
-    if n > target.config.block_size:
-        raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
+    n = check_max_new_tokens(max_new_tokens, target.config.block_size, "speculative_generate")
+    check_labels(cond, target.config.num_classes, model="LlamaGen target")
+    check_speculative_setup(target, drafter, rule)
     greedy = not sc.sample_logits
     B, dev = cond.size(0), cond.device
     labels = cfg_batch(target, cond, sc.uses_cfg)
@@ -86,7 +87,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
                                       mask=causal_mask(Rpos, int(pos.max()) + 1))
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i
-        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator)
+        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator, step=st.nfe_target - 1)
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :gamma]] = d
         seq[rows, c + m] = v.next_token
