@@ -23,6 +23,30 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
+# Settings each family's sampler takes (keys of ``--set``); MAR's ``cfg`` is the same guidance scale as
+# LlamaGen's ``cfg_scale`` (uncond + s (cond - uncond)), so that name is accepted for it too. VAR's ``cfg`` is
+# its own ramped convention (t = cfg * si / (S-1), (1 + t) cond - t uncond) and keeps its own name.
+SETTINGS = {"llamagen": ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p", "sample_logits"),
+            "mar": ("num_iter", "cfg", "cfg_schedule", "temperature", "head_steps"),
+            "var": ("cfg", "top_k", "top_p", "more_smooth")}
+ALIASES = {"mar": {"cfg_scale": "cfg"}}
+
+
+def check_overrides(family: str, name: str, overrides: dict) -> dict:
+    """``overrides`` with aliases resolved; an unknown key raises ``KeyError`` listing the valid ones."""
+    if family not in SETTINGS:
+        return dict(overrides)
+    out = {}
+    for k, v in overrides.items():
+        k2 = ALIASES.get(family, {}).get(k, k)
+        if k2 not in SETTINGS[family]:
+            hint = " (VAR's guidance is `cfg`, ramped over scales)" if (family, k) == ("var", "cfg_scale") else ""
+            raise KeyError(f"unknown sampling setting {k!r} for {name} ({family}){hint}; "
+                           f"valid: {', '.join(SETTINGS[family])}")
+        out[k2] = v
+    return out
+
+
 class ZooSampler:
     """A zoo generator plus its tokenizer, loaded once; ``__call__(labels, generator)`` -> images in [0, 1]."""
 
@@ -32,9 +56,9 @@ class ZooSampler:
             raise KeyError(f"{name!r} is not a zoo generator (valid: {sorted(zoo.TOKENIZER)}); "
                            "for a user checkpoint pass tokenizer=<zoo name or path>")
         self.name, self.device = str(name), torch.device(device)
-        self.settings = {**DEFAULTS.get(self.name, {}), **overrides}
         self.model, info = zoo.load_with_info(name, device=device)
         self.family = info["kind"].split("-")[0]
+        self.settings = {**DEFAULTS.get(self.name, {}), **check_overrides(self.family, self.name, overrides)}
         self.tokenizer = zoo.load(tokenizer or zoo.TOKENIZER[self.name], device=device)
 
     @torch.no_grad()
