@@ -111,8 +111,9 @@ def main(args: argparse.Namespace) -> int:
                 return method.generate(lab, generator=generator).images
 
         chunks = labels.to(args.device).split(args.batch_size)
-        bar = tqdm(chunks, desc=f"sample {args.model}", unit="batch", disable=args.no_progress, file=sys.stderr)
-        images = torch.cat([generate(c, generator=gen).cpu() for c in bar])
+        with tqdm(chunks, desc=f"sample {args.model}", unit="batch", disable=args.no_progress, leave=False,
+                  file=sys.stderr) as bar:  # cleared on exit, so an error stays one line
+            images = torch.cat([generate(c, generator=gen).cpu() for c in bar])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_png(to_grid(images, ncol=args.per_class), args.out)
     print(f"wrote {args.out} ({len(labels)} images of {args.model}"

@@ -47,6 +47,21 @@ def check_overrides(family: str, name: str, overrides: dict) -> dict:
     return out
 
 
+def check_settings(family: str, settings: dict) -> None:
+    """Range checks of a family's sampling settings (the samplers repeat them; this fails before any work)."""
+    from accel.validate import check_mar_sampling, check_var_sampling
+
+    if family == "llamagen":
+        from accel.models.llamagen_generate import SamplingConfig
+
+        replace(SamplingConfig(), **settings)  # validated in SamplingConfig.__post_init__
+    elif family == "mar":
+        check_mar_sampling(cfg=settings.get("cfg", 1.0), temperature=settings.get("temperature", 1.0))
+    elif family == "var":
+        check_var_sampling(cfg=settings.get("cfg", 1.5), top_k=settings.get("top_k", 0),
+                           top_p=settings.get("top_p", 0.0))
+
+
 class ZooSampler:
     """A zoo generator plus its tokenizer, loaded once; ``__call__(labels, generator)`` -> images in [0, 1]."""
 
@@ -59,6 +74,7 @@ class ZooSampler:
         self.model, info = zoo.load_with_info(name, device=device)
         self.family = info["kind"].split("-")[0]
         self.settings = {**DEFAULTS.get(self.name, {}), **check_overrides(self.family, self.name, overrides)}
+        check_settings(self.family, self.settings)  # out-of-range values fail here, before any sampling
         self.tokenizer = zoo.load(tokenizer or zoo.TOKENIZER[self.name], device=device)
 
     @torch.no_grad()
