@@ -89,7 +89,7 @@ def test_trained_model_exports_ema_or_raw_weights_on_request(tmp_path):
 
     recipe = get_recipe("toy")
     fit(recipe, tmp_path, steps=3, progress=False)
-    state = torch.load(tmp_path / CKPT, map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / CKPT, map_location="cpu", weights_only=True)
     ema, info_e = trained_model(recipe, tmp_path)
     raw, info_r = trained_model(recipe, tmp_path, weights="raw")
     assert (info_e["weights"], info_r["weights"]) == ("ema", "raw")
