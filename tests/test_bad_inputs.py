@@ -7,9 +7,12 @@ the whole table fast; NaN weights stand in for a broken checkpoint.
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 
 import pytest
 import torch
+from paths import fixtures
 
 from accel import zoo
 from accel.cache.budgets import uniform
@@ -20,6 +23,7 @@ from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.models.mar import MAR, MARConfig, sample_tokens
 from accel.models.var import VARConfig, build_var
 from accel.models.var_vqvae import VQVAEConfig
+from accel.parity import mar_cspd
 from accel.sampling import logits_to_probs
 from accel.speculative.decoder import speculative_generate
 from accel.speculative.drafters import ModelDrafter
@@ -275,8 +279,6 @@ CLI = [
 
 @pytest.mark.parametrize("case", CLI, ids=[c[0] for c in CLI])
 def test_cli_bad_input(case, tmp_path, capsys):
-    from paths import fixtures
-
     _, argv, parts = case
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("not a folder")
@@ -311,3 +313,21 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 def test_the_table_is_large():
     assert len(API) + len(CLI) >= 50
+
+
+def test_parity_mar_takes_the_cspd_step_count_from_the_folder(tmp_path):
+    """The CSpD check reads its diffusion step count from the folder's CSpD record (manifest, else the recorded
+    noise), never from the MAR config, which may use another count."""
+    src = fixtures("mar")
+    if not (src / mar_cspd.FILE).is_file():
+        pytest.skip("no CSpD fixture")
+    d = tmp_path / "mar"
+    shutil.copytree(src, d)
+    cfg = json.loads((d / "mar_tiny_config.json").read_text())
+    (d / "mar_tiny_config.json").write_text(json.dumps({**cfg, "num_sampling_steps": "50"}))
+    report = mar_cspd.run(d)
+    assert report.ok and len(report.checks) > 10, report.lines()
+    man = json.loads((d / "_manifest_cspd.json").read_text())
+    (d / "_manifest_cspd.json").write_text(json.dumps({**man, "num_sampling_steps": "50"}))
+    report = mar_cspd.run(d)
+    assert not report.ok and any("num_sampling_steps=50" in c.note for c in report.checks)
