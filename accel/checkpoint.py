@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -26,17 +27,81 @@ class CheckpointMismatch(ValueError):
     """A state dict that does not fit the module exactly (raised instead of a partial load)."""
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be read as a checkpoint: empty, truncated, wrong format or unsafe. Names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that holds Python objects beyond tensors and plain containers; accel never unpickles code."""
+
+
+# The only non-container classes a checkpoint may hold: official files pickle their training arguments as an
+# ``argparse.Namespace`` (rebuilt without calling any of its code: ``__new__`` plus a ``__dict__`` update, and
+# its values must themselves be allowed). accel's own training checkpoints hold only tensors, numbers,
+# strings, lists and dicts, so they need nothing here.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
 def read_file(path: str | Path) -> dict:
-    """Load a ``.safetensors``/``.pt``/``.pth``/``.ckpt``/``.bin`` file as a dict, tensors on CPU."""
+    """Load a ``.safetensors``/``.pt``/``.pth``/``.ckpt``/``.bin`` file as a dict, tensors on CPU.
+
+    Pickles are read with ``torch.load(weights_only=True)`` and the ``SAFE_GLOBALS`` allow-list, never with
+    the full unpickler. Every failure names the file: ``FileNotFoundError`` (missing),
+    ``UnsafeCheckpointError`` (code or unknown classes in the pickle), ``CheckpointError`` (empty,
+    truncated, not a checkpoint, top level not a dict).
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (accel never downloads; give a local path)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file (a checkpoint file is expected)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); was its download or save interrupted?")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = dict(load_file(str(path), device="cpu"))
+        except Exception as e:  # SafetensorError, OSError: truncated or not safetensors
+            raise CheckpointError(f"{path}: not a readable .safetensors file (truncated or another format): "
+                                  f"{_first_line(e)}") from e
+    else:
+        obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors at the top level, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _torch_load(path: Path):
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = _first_line(e)
+        if "weights_only" in str(e) or "global" in str(e).lower():
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: the pickle holds Python objects that could run code ({msg}); accel "
+                "reads only tensors and plain containers. Convert a trusted file to .safetensors first") from e
+        raise CheckpointError(f"{path}: not a torch checkpoint or truncated ({msg})") from e
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError, IndexError,
+            KeyError, ImportError) as e:
+        raise CheckpointError(f"{path}: not a torch checkpoint or truncated ({type(e).__name__}: "
+                              f"{_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def read_checkpoint(path: str | Path, *, required: Iterable[str] = ()) -> dict:
+    """A training checkpoint (``read_file``) that must hold the ``required`` top-level entries."""
+    obj = read_file(path)
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: not an accel training checkpoint (missing entries {missing}; "
+                              f"found {sorted(obj)[:20]})")
+    return obj
 
 
 def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -1,6 +1,10 @@
 """The ``accel`` command. Each sub-command lives in ``accel/commands/<name>.py`` and defines
 ``configure(parser)`` and ``main(args) -> int``; modules are imported only when their command runs
-(``--help`` of the top level lists them without importing torch)."""
+(``--help`` of the top level lists them without importing torch).
+
+Errors: a failing command prints one line, ``accel CMD: error: ...``, and exits with code 2; ``--debug``
+(anywhere on the command line) shows the traceback instead. Ctrl-C exits with 130.
+"""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +34,10 @@ def _module(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="accel", description="Faster decoding for autoregressive image generators, measured honestly.")
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = argparse.ArgumentParser(prog="accel", description="Faster decoding for autoregressive image generators, measured honestly.",
+                                     epilog="--debug (anywhere): show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_ in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -43,15 +50,34 @@ def main(argv: list[str] | None = None) -> int:
         mod = _module(name)
         cmd_parser = argparse.ArgumentParser(prog=f"accel {' '.join(argv[:2])}", description=help_)
         mod.configure(cmd_parser)
-        return int(mod.main(cmd_parser.parse_args(argv[2:])) or 0)
+        return _run(mod, cmd_parser.parse_args(argv[2:]), " ".join(argv[:2]), debug)
     mod = _module(name)
     if mod is None:
         print(f"accel {name}: not available in this version", file=sys.stderr)
         return 2
     cmd_parser = argparse.ArgumentParser(prog=f"accel {name}", description=COMMANDS[name])
     mod.configure(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
-    return int(mod.main(args) or 0)
+    return _run(mod, cmd_parser.parse_args(argv[1:]), name, debug)
+
+
+def _run(mod, args: argparse.Namespace, name: str, debug: bool) -> int:
+    """``mod.main(args)`` with errors as one line on stderr and exit code 2 (tracebacks with ``--debug``)."""
+    if debug:
+        return int(mod.main(args) or 0)
+    try:
+        return int(mod.main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"accel {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes one line
+        print(f"accel {name}: error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: message`` on one line (KeyError's quotes dropped, newlines folded)."""
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return f"{type(e).__name__}: " + " ".join(part.strip() for part in msg.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from accel.validate import check_finite, check_token_sampling
+
 
 def top_k_top_p_filter(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """Return a copy of ``logits`` (..., V) with tokens outside top-k / top-p set to -inf."""
@@ -28,18 +30,34 @@ def top_k_top_p_filter(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Te
 
 
 def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Processed next-token distribution: softmax(filter(logits / max(T, 1e-5)))."""
+    """Processed next-token distribution: softmax(filter(logits / T)).
+
+    ``temperature`` must be > 0, ``top_k`` >= 0 (0 = off), ``top_p`` in (0, 1] (1 = off): greedy decoding is
+    an explicit choice of the caller (``sample_from(..., greedy=True)``), never the side effect of T -> 0
+    (LlamaGen's own floor of 1e-5 is kept for T in (0, 1e-5)).
+    """
+    check_token_sampling(temperature=temperature, top_k=top_k, top_p=top_p, where="logits_to_probs")
     logits = logits / max(temperature, 1e-5)
     if top_k > 0 or top_p < 1.0:
         logits = top_k_top_p_filter(logits, top_k, top_p)
     return torch.softmax(logits, dim=-1)
 
 
-def sample_from(probs: Tensor, generator: torch.Generator | None, greedy: bool = False) -> Tensor:
-    """One token per row of ``probs`` (B, V) -> (B,) long. ``greedy`` takes the arg-max."""
+def sample_from(probs: Tensor, generator: torch.Generator | None, greedy: bool = False, *,
+                step: int | None = None, model: str = "model") -> Tensor:
+    """One token per row of ``probs`` (B, V) -> (B,) long. ``greedy`` takes the arg-max.
+
+    A non-finite distribution that makes the draw fail raises ``NonFiniteError`` naming ``model`` and
+    ``step`` (checked only on failure: no cost otherwise). The greedy path cannot fail, so decode loops
+    also keep a ``FiniteWatch`` over their probabilities.
+    """
     if greedy:
         return torch.topk(probs, 1, dim=-1).indices[:, 0]
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    try:
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    except RuntimeError:
+        check_finite(probs, what="next-token probabilities", model=model, step=step)
+        raise
 
 
 def cfg_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:

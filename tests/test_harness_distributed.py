@@ -49,7 +49,7 @@ def test_two_processes_match_one(tmp_path):
                                        extract=extract, show_progress=False))
     path = str(tmp_path / "out")
     mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
-    results = [torch.load(f"{path}.{r}", weights_only=False) for r in range(2)]
+    results = [torch.load(f"{path}.{r}", weights_only=True) for r in range(2)]
     assert [r["calls"] for r in results] == [3, 3]  # the 6 chunks were split, not duplicated
     for r in results:
         s = r["summary"]

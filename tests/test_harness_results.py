@@ -87,3 +87,19 @@ def test_killed_writer_never_leaves_a_broken_line(tmp_path):
     assert len(rows) >= 60 and len(rows) % 20 == 0  # whole batches only
     assert [r["i"] for r in rows[:20]] == list(range(20))
     json.dumps(rows)
+
+
+def test_append_is_all_or_nothing_when_the_writer_dies_before_the_rename(tmp_path, monkeypatch):
+    """A crash at any point before the rename leaves the old file intact (a single large os.write could be cut
+    short by SIGKILL and leave a torn line: the flaky failure of the test above)."""
+    p = tmp_path / "r.jsonl"
+    append_rows(p, [{"a": 1}])
+    before = p.read_bytes()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        append_rows(p, [{"pad": "x" * 200_000}])
+    assert p.read_bytes() == before and not list(tmp_path.glob(".r.jsonl.tmp*"))

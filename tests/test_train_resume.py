@@ -22,7 +22,7 @@ def _train_cmd(run_dir: Path, sleep: float) -> list[str]:
 
 
 def _state(run_dir: Path) -> dict:
-    return torch.load(run_dir / CKPT, map_location="cpu", weights_only=False)
+    return torch.load(run_dir / CKPT, map_location="cpu", weights_only=True)
 
 
 def _assert_same(a, b, path="state"):

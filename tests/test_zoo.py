@@ -89,7 +89,7 @@ def test_trained_model_exports_ema_or_raw_weights_on_request(tmp_path):
 
     recipe = get_recipe("toy")
     fit(recipe, tmp_path, steps=3, progress=False)
-    state = torch.load(tmp_path / CKPT, map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / CKPT, map_location="cpu", weights_only=True)
     ema, info_e = trained_model(recipe, tmp_path)
     raw, info_r = trained_model(recipe, tmp_path, weights="raw")
     assert (info_e["weights"], info_r["weights"]) == ("ema", "raw")
@@ -159,3 +159,13 @@ def test_mar_and_var_zoo_sampling_shapes_and_determinism(tmp_path, family, setti
     b = s(labels, generator=torch.Generator().manual_seed(3))
     assert a.shape == (2, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)
+
+
+def test_sampler_settings_use_one_convention_and_refuse_unknown_keys():
+    if not {"fmnist-mar", "fmnist-var"} <= set(zoo.available()):
+        pytest.skip("zoo weights not shipped")
+    assert ZooSampler("fmnist-mar", cfg_scale=3.0).settings["cfg"] == 3.0  # same guidance formula as LlamaGen
+    with pytest.raises(KeyError, match="cfg_scale"):
+        ZooSampler("fmnist-var", cfg_scale=3.0)  # VAR's ramped `cfg` is another convention
+    with pytest.raises(ValueError, match="temperature"):
+        ZooSampler("fmnist-mar", temperature=-1.0)

@@ -118,7 +118,9 @@ def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generat
     from tqdm.auto import tqdm
 
     from accel.models.mar import TokenSample, cfg_at, mask_len_at
+    from accel.validate import check_finite, check_mar_sampling
 
+    check_mar_sampling(cfg=cfg, temperature=temperature, where="DiSA adaptive_sample_tokens")
     c, L = model.cfg, model.cfg.seq_len
     device = next(model.parameters()).device
     B = labels.shape[0] if labels is not None else batch
@@ -149,6 +151,7 @@ def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generat
         cfg_iter = cfg_iter.to(device) if isinstance(cfg_iter, torch.Tensor) else cfg_iter
         sampled = model.head.sample(z_rows, timesteps=ts, temperature=temperature, cfg=cfg_iter, generator=generator)
         sampled = sampled[: len(sampled) // 2] if use_cfg else sampled
+        check_finite(sampled, what="diffusion-head samples", model="MAR (DiSA adaptive)", step=step)  # loop syncs anyway
         tokens = tokens.clone()
         tokens[to_pred] = sampled.to(tokens.dtype)
         probe_rows = schedule.probes * len(z_cond)

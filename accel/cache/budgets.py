@@ -82,11 +82,12 @@ class Budget:
         return tuple(k for k, row in enumerate(self.tokens) if any(b is not None for b in row))
 
     def kept_fraction(self) -> float:
-        """Budget %: kept tokens / full history over all layers at the compressed scales (nan if none)."""
+        """Budget %: kept tokens / full history over all layers at the compressed scales (1.0 if none: then
+        the whole cache is kept, never NaN)."""
         hist, S = self.history, self.compressed_scales
         kept = sum(hist[k] if b is None else b for k in S for b in self.tokens[k])
         full = sum(hist[k] * self.depth for k in S)
-        return kept / full if full else float("nan")
+        return kept / full if full else 1.0
 
     def to_dict(self) -> dict:
         return {"maps": [list(m) for m in self.maps], "tokens": [list(r) for r in self.tokens]}
@@ -104,10 +105,20 @@ def uniform(patch_nums, depth: int, fraction: float, *, min_keep: int = 1) -> Bu
         raise ValueError(f"depth and min_keep must be >= 1, got {depth}, {min_keep}")
     maps = map_sizes(patch_nums)
     rows = []
-    for k, H in enumerate(history_lengths(maps)):
+    hist = history_lengths(maps)
+    for k, H in enumerate(hist):
         b = math.floor(fraction * H + 1e-9)  # + 1e-9: 0.1 * 650 must give 65, not 64
         compress = k < len(maps) - 1 and min_keep <= b < H
         rows.append((b if compress else None,) * depth)
+    asked = any(math.floor(fraction * H + 1e-9) < H for H in hist[:-1])
+    if asked and all(r[0] is None for r in rows):
+        # nothing can be compressed: keeping the whole cache would silently use more memory than asked for
+        fits = [H for H in hist[:-1] if H > min_keep]
+        smallest = f"the smallest feasible fraction is {min_keep / max(fits):.4g} (window {min_keep} of " \
+                   f"{max(fits)} cached tokens)" if fits else f"no scale before the last caches more than {min_keep} tokens"
+        raise ValueError(f"KV budget fraction={fraction:g} cannot be met with an observation window of {min_keep} "
+                         f"tokens: every compressible scale would keep fewer tokens than the window; {smallest}. "
+                         "Raise the fraction or lower the window")
     return Budget(maps, tuple(rows))
 
 

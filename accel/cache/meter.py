@@ -20,8 +20,8 @@ def memory_summary(kept: list[list[int]], attended: list[list[int]], full_kept: 
     """
     S = list(compressed_scales)
     tot = lambda t, ks: sum(sum(t[k]) for k in ks)  # noqa: E731
-    kept_ratio = tot(kept, S) / tot(full_kept, S) if S else float("nan")
-    max_kept = max((sum(kept[k]) / sum(full_kept[k]) for k in S), default=float("nan"))
+    kept_ratio = tot(kept, S) / tot(full_kept, S) if S else 1.0  # nothing compressed: all kept (never NaN)
+    max_kept = max((sum(kept[k]) / sum(full_kept[k]) for k in S), default=1.0)
     peak = max(sum(r) for r in attended)
     full_peak = max(sum(r) for r in full_attended)
     return {"kv_kept_bytes": tot(kept, S), "kv_full_kept_bytes": tot(full_kept, S), "kv_kept_ratio": kept_ratio,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 PRESET = dict(batch_sizes=(1, 8), repeats=3, warmup=1, quality_batch=50)
 PRESET_N = {"llamagen": 200, "var": 200, "mar": 50}
 DEFAULT_N = 200
+MIN_QUALITY_N = 4  # precision/recall with k=3 needs more than 3 samples; FID's covariance at least 2
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -40,7 +42,9 @@ def configure(p):
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (recorded). Default on CPU: 1, because on shared cores more threads "
                         "can be 10x slower and noisy; on CUDA: torch's choice")
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (bench.jsonl is appended to)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder; bench.jsonl there is appended to (default: a fresh runs/bench/UTC-TIME/, so "
+                        "the committed results/ only changes when asked for with --out results/)")
     p.add_argument("--memory", choices=("largest", "all", "none"), default="largest",
                    help="peak memory at the largest batch size only (default), at every batch size, or not at all "
                         "(on CPU each measurement is a fresh subprocess)")
@@ -53,6 +57,18 @@ def configure(p):
                    help="quick: the zoo methods (default); gpu: cost structure at full-size shapes with random weights "
                         "(accel.harness.costs)")
     p.add_argument("--tiny", action="store_true", help="with --preset gpu: tiny configs (runs in seconds on a CPU)")
+
+
+def unwritable(out: Path) -> str | None:
+    """Why files cannot be written into folder ``out`` (checked before any work), or None. Creates nothing."""
+    if out.exists() and not out.is_dir():
+        return "exists and is not a folder"
+    parent = next((d for d in (out, *out.parents) if d.exists()), None)
+    if parent is None or not parent.is_dir():
+        return "no existing parent folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def _err(msg: str) -> int:
@@ -138,6 +154,14 @@ def main(args) -> int:
     for name in ("n_images", "repeats", "warmup", "quality_batch"):
         if getattr(args, name) is not None and getattr(args, name) < (1 if name in ("repeats", "quality_batch") else 0):
             return _err(f"--{name.replace('_', '-')} must be >= {1 if name in ('repeats', 'quality_batch') else 0}")
+    if args.n_images is not None and 0 < args.n_images < MIN_QUALITY_N:
+        return _err(f"--n-images {args.n_images}: quality needs at least {MIN_QUALITY_N} samples (precision/recall "
+                    f"with k=3 neighbours, FID covariance); use --n-images 0 for speed only")
+    if args.out is None:
+        args.out = Path("runs") / "bench" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    why = unwritable(args.out)
+    if why:
+        return _err(f"--out {args.out}: {why}")
     if any(b < 1 for b in args.batch_size or []):
         return _err("--batch-size must be >= 1")
     try:

@@ -7,6 +7,7 @@ ScaleKV budgets (tokens[scale][layer], drafter mask) at each requested fraction 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -60,10 +61,38 @@ def budgets_for(calib: dict, fractions, window: int, drafter_fraction: float) ->
     return out
 
 
+def check_args(args) -> str | None:
+    """The first bad option, as a one-line message (checked before any model is loaded), or None."""
+    if args.window < 0 or math.isqrt(args.window) ** 2 != args.window:
+        root = math.isqrt(max(args.window, 0))
+        return (f"--window {args.window} must be 0 (automatic) or a square number (g x g centroids), e.g. "
+                f"{max(root, 1) ** 2} or {(root + 1) ** 2}")
+    for name in ("n_images", "batch_size"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    bad = [f for f in args.fractions if not 0 < f <= 1]
+    if bad:
+        return f"--fractions must lie in (0, 1], got {bad}"
+    for name, lo in (("topk_fraction", 0.0), ("drafter_fraction", 0.0)):
+        v = getattr(args, name)
+        if not lo <= v <= 1 or (name == "topk_fraction" and v == 0):
+            return f"--{name.replace('_', '-')} must lie in {'(0, 1]' if name == 'topk_fraction' else '[0, 1]'}, got {v}"
+    if args.cfg < 0 or args.top_k < 0 or not 0 <= args.top_p <= 1:
+        return f"VAR sampling needs --cfg >= 0, --top-k >= 0, --top-p in [0, 1]; got {args.cfg}, {args.top_k}, {args.top_p}"
+    return None
+
+
 def main(args) -> int:
+    import sys
+
     import torch
 
     from accel.cache.calibrate import calibrate_var
+
+    why = check_args(args)
+    if why:
+        print(f"accel calibrate: {why}", file=sys.stderr)
+        return 2
 
     var, vae = load_var_pair(args.model, args.vae, args.device)
     with torch.no_grad():

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed
+from tqdm.auto import tqdm
 
 from accel.harness import metrics as M
 from accel.harness.distributed import IndexedSamples, autocast, chunk_seed, class_cond, generate_indexed, rank_world
@@ -168,7 +169,10 @@ def run_group(
     for bs in cfg.batch_sizes:
         calls = {e.name: _timing_call(methods[e.name], bs, cfg, device) for e in group}
         say(f"{model}: timing batch {bs}: {', '.join(calls)} ({cfg.warmup} warm-up + {cfg.repeats} interleaved rounds)")
-        timings = time_interleaved(calls, repeats=cfg.repeats, warmup=cfg.warmup, device=device) if rank == 0 else None
+        with tqdm(total=(cfg.warmup + cfg.repeats) * len(calls), desc=f"timing {model} batch {bs}", unit="call",
+                  disable=progress is None or rank != 0, leave=False) as bar:  # a bar only for CLI callers
+            timings = (time_interleaved(calls, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
+                                        progress=lambda name, r: bar.update(1)) if rank == 0 else None)
         if rank != 0:
             continue
         base_t = timings[baseline.name]

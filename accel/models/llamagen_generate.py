@@ -14,6 +14,7 @@ from torch import Tensor
 
 from accel.models.llamagen import Transformer
 from accel.sampling import cfg_combine, logits_to_probs, sample_from
+from accel.validate import FiniteWatch, check_labels, check_max_new_tokens, check_range, check_token_sampling
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class SamplingConfig:
     top_k: int = 0
     top_p: float = 1.0
     sample_logits: bool = True  # False = greedy arg-max
+
+    def __post_init__(self):
+        check_token_sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                             cfg_scale=self.cfg_scale, where="SamplingConfig")
+        check_range("SamplingConfig: cfg_interval", self.cfg_interval, -1, None, integer=True)
 
     @property
     def uses_cfg(self) -> bool:
@@ -84,9 +90,9 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
     batch); any object with ``KVCache.update``'s signature, e.g. ``accel.cache.llamagen.RasterKVCache``, which
     compresses the history with a cache policy using the queries the forward hands it.
     """
-    n = max_new_tokens or model.config.block_size
-    if n > model.config.block_size:
-        raise ValueError(f"max_new_tokens={n} exceeds block_size={model.config.block_size}")
+    n = check_max_new_tokens(max_new_tokens, model.config.block_size)
+    check_labels(cond, model.config.num_classes, model="LlamaGen")
+    watch = FiniteWatch("next-token probabilities", "LlamaGen")  # read once after the loop: no per-step sync
     B = cond.size(0)
     labels = cfg_batch(model, cond, sc.uses_cfg)
     if cache is None:
@@ -110,8 +116,11 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
                            kv_len=p + 1)[:, -1]
         guided = guided_logits(logits, B, sc, t)
         probs = logits_to_probs(guided, sc.temperature, sc.top_k, sc.top_p)
-        out[:, t] = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits)
+        watch(t, probs)
+        out[:, t] = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits,
+                                                                           step=t, model="LlamaGen")
         if trace is not None:
             for k, v in (("raw", logits), ("logits", guided), ("probs", probs)):
                 trace.setdefault(k, []).append(v.clone())
+    watch.check()
     return out

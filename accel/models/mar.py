@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from accel.checkpoint import CheckpointMismatch, load_strict, read_state_dict
 from accel.models.mar_head import DiffLoss, HeadNoise, space_timesteps  # noqa: F401  (re-exported)
+from accel.validate import FiniteWatch, check_labels, check_mar_sampling
 
 LATENT_SCALE = 0.2325  # MAR's KL-16 latent scale: tokens = posterior.sample() * 0.2325, decode(tokens / 0.2325)
 
@@ -374,9 +375,12 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
     c = model.cfg
     L = c.seq_len
     device = next(model.parameters()).device
+    check_mar_sampling(cfg=cfg, temperature=temperature)
     B = labels.shape[0] if labels is not None else batch
     if B is None:
         raise ValueError("give labels or batch")
+    if labels is not None:
+        check_labels(labels, c.class_num, model="MAR")
     if not 1 <= num_iter <= L:
         raise ValueError(f"num_iter must lie in [1, {L}] (more iterations than tokens leave empty steps)")
     if noises is not None and len(noises) != num_iter:
@@ -394,6 +398,7 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
     tokens = torch.zeros(B, L, c.token_embed_dim, device=device)
     out = TokenSample(tokens, {"nfe_target": 0, "head_steps": 0, "head_rows": 0, "tokens_per_iter": []})
     cache: dict = {}
+    watch = FiniteWatch("diffusion-head samples", "MAR")  # read once after the loop
     remaining = L  # tokens still unknown (the same for every row)
     for step in tqdm(range(num_iter), disable=not progress, desc="MAR"):
         z = model.condition(tokens, mask, labels, cfg=use_cfg)  # (B or 2B, L, dec)
@@ -416,12 +421,14 @@ def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.G
             sampled = model.head.sample(z_rows, **kw)
         if use_cfg:
             sampled = sampled[: len(sampled) // 2]
+        watch(step, sampled)
         tokens[to_pred] = sampled.to(tokens.dtype)  # in place: z of this iteration is already computed
         out.stats["nfe_target"] += 1
         out.stats["head_steps"] += sched.num_steps
         out.stats["head_rows"] += sched.num_steps * len(z_rows)
         out.stats["tokens_per_iter"].append(remaining if step == num_iter - 1 else remaining - mask_len)
         remaining = mask_len
+    watch.check()
     out.tokens = model.unpatchify(tokens)
     return out
 

@@ -33,6 +33,7 @@ from accel.models.kv_cache import KVCache
 from accel.types import CachePolicy
 from accel.checkpoint import load_strict, read_state_dict
 from accel.models.var_vqvae import VQVAE, VQVAEConfig
+from accel.validate import check_finite, check_labels, check_var_sampling
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +497,13 @@ class VAR(nn.Module):
         ``policy`` compresses each layer's cache after each scale (``KeepAll`` = no compression).
         """
         self.check_vae(vae)
+        check_var_sampling(B=B, cfg=cfg, top_k=top_k, top_p=top_p)
         dev, SN = self.pos_1LC.device, len(self.patch_nums)
+        if isinstance(label_B, Tensor):
+            check_labels(label_B, self.num_classes, name="label_B", model="VAR")
+        elif isinstance(label_B, int) and label_B >= self.num_classes:
+            raise ValueError(f"label_B={label_B} is out of range for VAR with {self.num_classes} classes; valid: "
+                             f"0..{self.num_classes - 1}, or a negative int for the unconditional (null) class")
         if label_B is None:
             uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=dev)
             label_B = torch.multinomial(uniform, num_samples=B, replacement=True, generator=generator).reshape(B)
@@ -509,6 +516,8 @@ class VAR(nn.Module):
         idx_list, logits_list = [], []
         for si in tqdm(range(SN), desc="VAR scales", disable=not progress, leave=False):
             logits_BlV = self.step(state, cfg)  # (B, l, V)
+            pn = self.patch_nums[si]
+            check_finite(logits_BlV, what="guided logits", model="VAR", step=f"scale {si} ({pn}x{pn})")  # 1 sync/scale
             if keep_logits:
                 logits_list.append(logits_BlV)
             masked = mask_top_k_top_p(logits_BlV, top_k, top_p)

@@ -34,6 +34,8 @@ FIELDS = {"cfg_scale": float, "cfg_interval": int, "temperature": float, "top_k"
           "sample_logits": lambda s: s == "True", "max_new_tokens": int}
 
 
+REQUIRED = ("gpt_c2i_config.json", "gpt_c2i.safetensors", "gpt_c2i_io.safetensors", "vq_config.json", "vq.safetensors",
+            "vq_io.safetensors")  # checked by `accel parity` before any work
 def parse_runs(readme: str) -> dict[str, dict]:
     """Run settings from README lines like ``- `name`: cond=[1, 2], cfg_scale=4.0, ...``."""
     runs = {}

@@ -31,6 +31,8 @@ TOL_DDPM = 1e-4  # x |want|.max(): DDPM steps (per step), trajectories, sample_t
 EXTENSIONS = {"accel.parity.mar_cspd": ("cspd_", "_manifest_cspd"), "accel.parity.mar_disa": ("disa_",)}
 
 
+REQUIRED = ("mar_*_config.json", "mar_*_state_dict.safetensors", "mar_*_io.safetensors", "vae_*_config.json",
+            "vae_*_state_dict.safetensors", "vae_*_io.safetensors")  # checked by `accel parity` before any work
 def _rel(name: str, got, want, tol: float) -> Check:
     scale = max(float(torch.as_tensor(want).abs().max()), 1e-30) if torch.as_tensor(want).numel() else 1.0
     return close(name, got, want, tol * scale, note=f"tol = {tol:g} x |want|.max()")

@@ -25,17 +25,43 @@ STAT_TOL = 1e-4  # x |fixture|.max(): DDPM loops (README "Reproducibility and to
 ACC_TOL = 1e-4  # acceptance quantities are O(1) ratios computed from float32 fixture inputs
 
 
-def _head(dir: Path):
+def _one(dir: Path, pattern: str) -> Path:
+    found = sorted(dir.glob(pattern))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{dir}: need exactly one {pattern} for the CSpD head, found {[p.name for p in found]}")
+    return found[0]
+
+
+def cspd_steps(dir: Path, t: Tracker) -> str:
+    """The diffusion step count of the CSpD run, from the folder's own record: ``_manifest_cspd.json``
+    (``num_sampling_steps``), else the recorded noise (``inter_noise`` is [S, N, C]). Never from the MAR
+    config, whose step count belongs to the MAR fixtures and may differ."""
+    man_path = dir / "_manifest_cspd.json"
+    man = json.loads(man_path.read_text()) if man_path.exists() else {}
+    recorded = int(t.tensors["inter_noise"].shape[0]) if "inter_noise" in t else None
+    steps = man.get("num_sampling_steps")
+    if steps is None:
+        if recorded is None:
+            raise ValueError(f"{dir}: the CSpD step count is recorded neither in _manifest_cspd.json "
+                             "(num_sampling_steps) nor by an inter_noise tensor")
+        return str(recorded)
+    if recorded is not None and str(steps).isdigit() and int(steps) != recorded:
+        raise ValueError(f"_manifest_cspd.json says num_sampling_steps={steps} but inter_noise records "
+                         f"{recorded} steps")
+    return str(steps)
+
+
+def _head(dir: Path, t: Tracker):
     from accel.checkpoint import read_state_dict, load_strict
     from accel.models.mar_head import DiffLoss
 
-    cfg = json.loads((dir / "mar_tiny_config.json").read_text())
+    cfg = json.loads(_one(dir, "mar_*_config.json").read_text())
     head = DiffLoss(cfg["vae_embed_dim"] * cfg["patch_size"] ** 2, cfg["decoder_embed_dim"],
                     cfg["diffloss_d"], cfg["diffloss_w"])
-    sd = read_state_dict(dir / "mar_tiny_state_dict.safetensors")
+    sd = read_state_dict(_one(dir, "mar_*_state_dict.safetensors"))
     load_strict(head, {k[len("diffloss."):]: v for k, v in sd.items() if k.startswith("diffloss.")},
-                what="mar_tiny diffloss")
-    return head.eval(), str(cfg.get("num_sampling_steps", "100"))
+                what="mar diffloss (CSpD head)")
+    return head.eval(), cspd_steps(dir, t)
 
 
 def _rel(name, got, want, tol):
@@ -46,7 +72,7 @@ def _check_head_stats(dir: Path, t: Tracker, report: Report) -> None:
     from accel.speculative.cspd import aligned_head_stats
     from accel.models.mar_head import DDPMSchedule
 
-    head, steps = _head(dir)
+    head, steps = _head(dir, t)
     sched = DDPMSchedule.respaced(steps)
     x_T, inter = t["x_T"], t["inter_noise"]
     runs = [("draft", t["z_draft"], 1.0), ("target", t["z_target"], 1.0)]

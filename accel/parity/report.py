@@ -43,8 +43,9 @@ class Report:
         out = [c.line() for c in self.checks]
         out += [f"FAIL {k:<48} (tensor in fixture that accel does not know how to check)" for k in self.unknown]
         out += [f"skip {s}" for s in self.skipped]
-        n_fail = sum(not c.ok for c in self.checks) + len(self.unknown)
-        out.append(f"{len(self.checks)} checks, {n_fail} failed, {len(self.skipped)} skipped: "
+        n_fail = sum(not c.ok for c in self.checks)
+        unknown = f", {len(self.unknown)} unchecked tensors/files (failures)" if self.unknown else ""
+        out.append(f"{len(self.checks)} checks, {n_fail} failed{unknown}, {len(self.skipped)} skipped: "
                    + ("PASS" if self.ok else "FAIL"))
         return out
 

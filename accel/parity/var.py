@@ -22,6 +22,7 @@ STATE_FILES = {"vqvae": "vqvae_state_dict.safetensors", "var": "var_state_dict.s
 IO_FILES = ("vqvae_io.safetensors", "var_teacher_forcing.safetensors", "var_autoregressive_infer.safetensors")
 
 
+REQUIRED = ("config.json", "vqvae_state_dict.safetensors", "var_state_dict.safetensors")  # checked by `accel parity`
 def readme_tolerance(folder: Path) -> tuple[float, float]:
     """(atol, rtol) from the README's suggested assertion ``allclose(atol=..., rtol=...)``, else 1e-4 each."""
     readme = folder / "README.md"

@@ -28,6 +28,7 @@ from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.drafters import cfg_rows, draw, process
 from accel.speculative.rules import verify_chain
+from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup
 
 
 @dataclass
@@ -61,9 +62,9 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     docstring)."""
     if gamma < 1:
         raise ValueError(f"gamma must be >= 1, got {gamma}")
-    n = max_new_tokens or target.config.block_size
-    if n > target.config.block_size:
-        raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
+    n = check_max_new_tokens(max_new_tokens, target.config.block_size, "speculative_generate")
+    check_labels(cond, target.config.num_classes, model="LlamaGen target")
+    check_speculative_setup(target, drafter, rule)
     greedy = not sc.sample_logits
     B, dev = cond.size(0), cond.device
     labels = cfg_batch(target, cond, sc.uses_cfg)
@@ -98,7 +99,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
                                 return_hidden=True)
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i
-        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator)
+        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator, step=st.nfe_target - 1)
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token

@@ -105,6 +105,9 @@ class LanternRule:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         need = min(self.k + (self.residual_kind == "official"), V - 1)
+        if self.neighbours.numel() and not 0 <= int(self.neighbours.min()) <= int(self.neighbours.max()) < V:
+            raise ValueError(f"neighbour table holds ids outside 0..{V - 1} (its own {V} rows): it was built "
+                             "from another codebook; rebuild it with neighbour_table(codebook, k)")
         if depth < need:
             raise ValueError(f"neighbour table has {depth} columns, need {need} for k={self.k}")
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from accel.validate import finite_pq, raise_non_finite_pq
+
 
 def normalize_or(dist: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """Rows of ``dist`` (non-negative) renormalised; rows with zero mass are replaced by ``fallback``."""
@@ -86,14 +88,15 @@ class ChainVerdict:
 
 
 def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor, *,
-                 greedy: bool, generator: torch.Generator | None) -> ChainVerdict:
+                 greedy: bool, generator: torch.Generator | None, step=None) -> ChainVerdict:
     """Verify drafts ``x (B, γ)`` against target ``p (B, γ+1, V)`` and draft ``q (B, γ, V)``.
 
     ``p[:, i]`` is the target distribution for draft ``i`` (``p[:, γ]`` the bonus position after all drafts).
     Sequential acceptance (Leviathan Alg. 1) is vectorised: one uniform per position is drawn up front, the
     accepted count is the length of the leading run of ``r < accept_prob``; the next token is sampled from
     the rule's residual at the first rejection, or from ``p[:, γ]`` if every draft was accepted.
-    ``q`` may be ``None`` in greedy mode.
+    ``q`` may be ``None`` in greedy mode. Non-finite ``p``/``q`` raise ``NonFiniteError`` naming the model
+    and ``step`` (checked once per call, in the same host sync as the rejection test).
     """
     B, gamma = x.shape
     if p.shape[:2] != (B, gamma + 1):
@@ -113,11 +116,14 @@ def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor,
     rows = torch.arange(B, device=p.device)
     p_at = p[rows, n_acc]  # (B, V): target at the first rejection, or the bonus position
     rejected = n_acc < gamma
+    finite, any_rejected = torch.stack([finite_pq(p, None if greedy else q), rejected.any()]).tolist()
+    if not finite:
+        raise_non_finite_pq(p, None if greedy else q, step, "speculative verification")
     if greedy:
         nxt = p_at.argmax(-1)  # the greedy residual is the one-hot of argmax p
     else:
         dist = p_at.clone()
-        if bool(rejected.any()):
+        if any_rejected:
             idx = rows[rejected]
             j = n_acc[rejected]
             dist[rejected] = rule.residual(p[idx, j], q[idx, j], x[idx, j].long()).to(dist.dtype)

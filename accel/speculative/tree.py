@@ -29,6 +29,7 @@ from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.decoder import SpecStats
 from accel.speculative.drafters import cfg_rows, draw, expand_level, process
+from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup, finite_pq, raise_non_finite_pq
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
     p: ``(B, size+1, V)`` target at each node (root = 0); q: ``(B, size+1, V)`` the q each node was drawn from;
     toks: ``(B, size+1)`` node tokens.
     """
+    if not bool(finite_pq(p, q)):  # one sync per verify round (the loop syncs many times anyway)
+        raise_non_finite_pq(p, q, None, "tree speculative decoding")
     B, dev = toks.size(0), toks.device
     rows = torch.arange(B, device=dev)
     D = len(tree.levels)
@@ -161,9 +164,9 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
                   tree: Tree, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
                   progress: bool = False) -> tuple[Tensor, SpecStats]:
     """Tokens ``(B, n)`` and counters; same conventions as ``decoder.speculative_generate``."""
-    n = max_new_tokens or target.config.block_size
-    if n > target.config.block_size:
-        raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
+    n = check_max_new_tokens(max_new_tokens, target.config.block_size, "tree_generate")
+    check_labels(cond, target.config.num_classes, model="LlamaGen target")
+    check_speculative_setup(target, drafter, rule)
     greedy, B, dev = not sc.sample_logits, cond.size(0), cond.device
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R, D, N = labels.size(0), len(tree.levels), tree.size

@@ -23,10 +23,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from accel.checkpoint import read_checkpoint
 from accel.train.ema import EMA
 from accel.train.recipe import VOLATILE, Recipe
 
 CKPT = "last.pt"
+# What ``fit`` saves and needs back to resume: tensors, numbers, strings, lists and dicts only, so the file
+# loads with ``torch.load(weights_only=True)`` (accel.checkpoint.read_file) and never unpickles code.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "ema", "step", "rng", "recipe")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -88,11 +92,24 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
     """Train ``recipe`` in ``run_dir`` (resuming from ``run_dir/last.pt`` if present) up to ``steps``.
 
     ``stop_at`` stops (with a checkpoint) at that step without finishing, as a preemption would.
-    Returns a summary dict (step reached, whether finished, last logged losses/eval).
+    Returns a summary dict (step reached, whether finished, last logged losses/eval). A run that fails
+    before writing anything (e.g. the dataset is missing) leaves no empty run folder behind.
     """
+    run_dir = Path(run_dir)
+    new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+    try:
+        return _fit(recipe, run_dir, steps=steps, seed=seed, cpu=cpu, mixed_precision=mixed_precision,
+                    progress=progress, stop_at=stop_at)
+    except BaseException:
+        for d in new_dirs:  # innermost first; only folders this call created and left empty
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+
+
+def _fit(recipe: Recipe, run_dir: Path, *, steps, seed, cpu, mixed_precision, progress, stop_at) -> dict:
     from accelerate import Accelerator
 
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     total = int(steps if steps is not None else recipe.steps)
     acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
@@ -105,7 +122,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
     for stale in run_dir.glob(f".{CKPT}.tmp*"):
         stale.unlink()  # a save interrupted by SIGKILL; last.pt itself is intact
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt_path, required=RESUME_KEYS)
         saved = {k: v for k, v in state["recipe"].items() if k not in VOLATILE}
         if saved != recipe.describe():
             raise ValueError(f"{ckpt_path} was written by a different recipe config:\n{state['recipe']}\n"
@@ -212,7 +229,7 @@ def trained_model(recipe: Recipe, run_dir: str | Path, weights: str = "ema") -> 
     ckpt_path = Path(run_dir) / CKPT
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"no checkpoint {ckpt_path}; train first with `accel train {recipe.name}`")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt_path, required=("model", "step", "recipe"))
     model = recipe.build()
     model.load_state_dict(state["model"])
     use_ema = weights == "ema" and state.get("ema") is not None

@@ -177,10 +177,11 @@ def load_with_info(name_or_path: str | Path, *, device=None, dtype=None) -> tupl
 
 def _from_run(path: Path) -> tuple[nn.Module, dict]:
     """A training checkpoint: rebuild the recipe it records and take its (EMA) weights."""
+    from accel.checkpoint import read_checkpoint
     from accel.train.loop import trained_model
     from accel.train.recipes import get_recipe
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)  # weights_only: a pickle that would run code is refused, naming the file
     rec = state.get("recipe")
     if not isinstance(rec, dict) or "name" not in rec:
         raise ValueError(f"{path}: not an accel training checkpoint (no recipe); official checkpoints load "

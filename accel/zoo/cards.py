@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from accel import zoo
+from accel.checkpoint import read_checkpoint
 
 
 def feature_reference(device="cpu"):
@@ -158,7 +159,7 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
     wpath = zoo.weights_path(name)
     info = read_zoo_file(wpath)[2] if wpath.is_file() else None  # read (decompressed) once
     if (Path(run_dir) / "last.pt").is_file():
-        state = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=False)
+        state = read_checkpoint(Path(run_dir) / "last.pt", required=("recipe",))
         run = run_summary(run_dir)
     else:
         if info is None:

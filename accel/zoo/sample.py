@@ -23,6 +23,45 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
+# Settings each family's sampler takes (keys of ``--set``); MAR's ``cfg`` is the same guidance scale as
+# LlamaGen's ``cfg_scale`` (uncond + s (cond - uncond)), so that name is accepted for it too. VAR's ``cfg`` is
+# its own ramped convention (t = cfg * si / (S-1), (1 + t) cond - t uncond) and keeps its own name.
+SETTINGS = {"llamagen": ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p", "sample_logits"),
+            "mar": ("num_iter", "cfg", "cfg_schedule", "temperature", "head_steps"),
+            "var": ("cfg", "top_k", "top_p", "more_smooth")}
+ALIASES = {"mar": {"cfg_scale": "cfg"}}
+
+
+def check_overrides(family: str, name: str, overrides: dict) -> dict:
+    """``overrides`` with aliases resolved; an unknown key raises ``KeyError`` listing the valid ones."""
+    if family not in SETTINGS:
+        return dict(overrides)
+    out = {}
+    for k, v in overrides.items():
+        k2 = ALIASES.get(family, {}).get(k, k)
+        if k2 not in SETTINGS[family]:
+            hint = " (VAR's guidance is `cfg`, ramped over scales)" if (family, k) == ("var", "cfg_scale") else ""
+            raise KeyError(f"unknown sampling setting {k!r} for {name} ({family}){hint}; "
+                           f"valid: {', '.join(SETTINGS[family])}")
+        out[k2] = v
+    return out
+
+
+def check_settings(family: str, settings: dict) -> None:
+    """Range checks of a family's sampling settings (the samplers repeat them; this fails before any work)."""
+    from accel.validate import check_mar_sampling, check_var_sampling
+
+    if family == "llamagen":
+        from accel.models.llamagen_generate import SamplingConfig
+
+        replace(SamplingConfig(), **settings)  # validated in SamplingConfig.__post_init__
+    elif family == "mar":
+        check_mar_sampling(cfg=settings.get("cfg", 1.0), temperature=settings.get("temperature", 1.0))
+    elif family == "var":
+        check_var_sampling(cfg=settings.get("cfg", 1.5), top_k=settings.get("top_k", 0),
+                           top_p=settings.get("top_p", 0.0))
+
+
 class ZooSampler:
     """A zoo generator plus its tokenizer, loaded once; ``__call__(labels, generator)`` -> images in [0, 1]."""
 
@@ -32,9 +71,10 @@ class ZooSampler:
             raise KeyError(f"{name!r} is not a zoo generator (valid: {sorted(zoo.TOKENIZER)}); "
                            "for a user checkpoint pass tokenizer=<zoo name or path>")
         self.name, self.device = str(name), torch.device(device)
-        self.settings = {**DEFAULTS.get(self.name, {}), **overrides}
         self.model, info = zoo.load_with_info(name, device=device)
         self.family = info["kind"].split("-")[0]
+        self.settings = {**DEFAULTS.get(self.name, {}), **check_overrides(self.family, self.name, overrides)}
+        check_settings(self.family, self.settings)  # out-of-range values fail here, before any sampling
         self.tokenizer = zoo.load(tokenizer or zoo.TOKENIZER[self.name], device=device)
 
     @torch.no_grad()

@@ -20,6 +20,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from safetensors.torch import save_file
 
+from accel.checkpoint import CheckpointError
+
 SUFFIX = ".safetensors.xz"
 
 
@@ -58,6 +60,19 @@ def read_zoo_file(path: str | Path) -> tuple[str, dict, dict, dict[str, torch.Te
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"zoo file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes)")
+    try:
+        return _read_zoo_file(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # LZMAError, SafetensorError, JSON or header errors: truncated or another format
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: not a readable zoo file (truncated or another format): "
+                              f"{type(e).__name__}: {msg}") from e
+
+
+def _read_zoo_file(path: Path) -> tuple[str, dict, dict, dict[str, torch.Tensor]]:
     if path.name.endswith(".xz"):
         data = lzma.decompress(path.read_bytes())
         n = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, JSON header, tensor bytes
@@ -75,5 +90,5 @@ def read_zoo_file(path: str | Path) -> tuple[str, dict, dict, dict[str, torch.Te
 
 def _check_meta(path: Path, meta: dict) -> None:
     if "kind" not in meta or "config" not in meta:
-        raise ValueError(f"{path} is not an accel zoo file (no kind/config metadata); "
+        raise CheckpointError(f"{path} is not an accel zoo file (no kind/config metadata); "
                          "pass the family loader an official checkpoint instead")
