@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -40,6 +41,23 @@ class UnsafeCheckpointError(CheckpointError):
 # its values must themselves be allowed). accel's own training checkpoints hold only tensors, numbers,
 # strings, lists and dicts, so they need nothing here.
 SAFE_GLOBALS = [argparse.Namespace]
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that readers only ever see a complete file (temp file, fsync, rename).
+    What accel writes holds tensors and plain types only, so ``read_file`` reads it back without unpickling code."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def read_file(path: str | Path) -> dict:

@@ -8,7 +8,6 @@ family extras: LlamaGen ``cfg_interval``; MAR ``num_iter``, ``head_steps``, ``cf
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from accel.train.loop import atomic_save
+from accel.checkpoint import atomic_save
 
 # noise (B, n, d), labels (B,) -> token ids (B, n): the teacher's deterministic noise -> tokens map.
 NoiseMap = Callable[[Tensor, Tensor], Tensor]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.decoder import SpecStats
-from accel.speculative.drafters import cfg_rows, draw, expand_level, process
+from accel.speculative.drafters import cfg_rows, draw, process
 from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup, finite_pq, raise_non_finite_pq
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from accel.checkpoint import read_checkpoint
+from accel.checkpoint import atomic_save, read_checkpoint
 from accel.train.ema import EMA
 from accel.train.recipe import VOLATILE, Recipe
 
@@ -31,22 +30,6 @@ CKPT = "last.pt"
 # What ``fit`` saves and needs back to resume: tensors, numbers, strings, lists and dicts only, so the file
 # loads with ``torch.load(weights_only=True)`` (accel.checkpoint.read_file) and never unpickles code.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "ema", "step", "rng", "recipe")
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that readers only ever see a complete file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def step_seed(seed: int, step: int) -> int:

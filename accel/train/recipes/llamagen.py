@@ -208,7 +208,7 @@ def _codes(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "train":
         codes, labels = torch.cat([codes, encode_dataset(vq, x.flip(-1))]), torch.cat([y, y])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    from accel.train.loop import atomic_save
+    from accel.checkpoint import atomic_save
 
     atomic_save({"codes": codes, "labels": labels}, cache)
     return codes, labels

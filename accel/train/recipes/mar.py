@@ -199,7 +199,7 @@ class MARRecipe(Recipe):
 
         from accel import zoo
         from accel.models.mar import LATENT_SCALE
-        from accel.train.loop import atomic_save
+        from accel.checkpoint import atomic_save
 
         vae_path = zoo.resolve("fmnist-mar-vae")
         digest = hashlib.sha256(vae_path.read_bytes()).hexdigest()[:12]
