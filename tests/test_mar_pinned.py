@@ -33,6 +33,18 @@ def _models():
     return zoo.load("fmnist-mar"), zoo.load("fmnist-mar-draft")
 
 
+def _close_draft(p, scale: float = 3e-4):
+    """The target with every weight perturbed by ``scale`` relative noise: a draft that is accepted often
+    (the zoo draft is almost never accepted under the exact rule), so the accept/residual paths are pinned."""
+    import copy
+
+    q, g = copy.deepcopy(p), _gen(11)
+    with torch.no_grad():
+        for prm in q.parameters():
+            prm.mul_(1 + scale * torch.randn(prm.shape, generator=g))
+    return q
+
+
 def cases() -> dict:
     """name -> (tokens, counters) of every pinned run."""
     from accel.annealing.disa import AdaptiveSchedule, AnnealedMAR
@@ -66,6 +78,11 @@ def cases() -> dict:
                             ("cspd_disa", CSpDConfig(gamma=4, cfg=5.0, cfg_schedule="constant",
                                                      schedule=LinearSchedule(12, 3)), one)):
         runs[name] = lambda c=c, labels=labels: cspd_sample_tokens(p, q, labels, c, generator=_gen(6))
+    close = _close_draft(p)
+    for name, c in (("cspd_close_left_to_right", CSpDConfig(**{**cspd, "gamma": 6})),
+                    ("cspd_close_independent_linear_cfg", CSpDConfig(head_steps="10", cfg=3.0, gamma=6,
+                                                                     verify="independent"))):
+        runs[name] = lambda c=c: cspd_sample_tokens(p, close, four[:2], c, generator=_gen(8))
     runs["cspd_control"] = lambda: cspd_sample_tokens(p, None, four[:2], CSpDConfig(**cspd), generator=_gen(7))
     out = {}
     for name, fn in runs.items():
@@ -95,7 +112,8 @@ def test_every_pinned_case_is_recorded(got, want):
 @pytest.mark.parametrize("name", ["mar_card_b1", "mar_card_b4", "mar_linear_cfg_b4", "disa_linear50_5",
                                   "disa_adaptive50_5", "disa_adaptive_linear_cfg", "cspd_left_to_right",
                                   "cspd_independent", "cspd_official_t42", "cspd_linear_cfg_unaligned",
-                                  "cspd_disa", "cspd_control"])
+                                  "cspd_disa", "cspd_control", "cspd_close_left_to_right",
+                                  "cspd_close_independent_linear_cfg"])
 def test_pinned_tokens_and_counters(got, want, name):
     tokens, counters = got[name]
     ref_tokens, ref_counters = want[name]
