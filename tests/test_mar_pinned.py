@@ -119,7 +119,7 @@ def test_pinned_tokens_and_counters(got, want, name):
     ref_tokens, ref_counters = want[name]
     assert tokens.shape == ref_tokens.shape and torch.isfinite(tokens).all()
     torch.testing.assert_close(tokens, ref_tokens, rtol=0.0, atol=1e-5)
-    assert counters == ref_counters
+    assert {k: counters.get(k) for k in ref_counters} == ref_counters  # counters added later are not pinned
 
 
 if __name__ == "__main__":  # regenerate the fixture
