@@ -4,9 +4,12 @@ Regression snapshots, on purpose: plain MAR (card defaults at batch 1 and 4, a l
 (``AnnealedMAR`` with a linear 50 -> 5 schedule and the adaptive schedule) and CSpD (left-to-right and
 independent verification, the official T = 42 variant, the draft-free control, DiSA inside CSpD) were
 recorded before the loops were merged into ``accel.models.mar.sample_tokens``; the merged loop must consume
-the generator in the same order and give the same tokens. Tokens are compared to 1e-5 absolute (float
-rounding across BLAS builds; any change of RNG order or arithmetic moves them by O(0.1)) and the
-integer work counters exactly. ``python tests/test_mar_pinned.py`` rewrites the fixture (only do that for an
+the generator in the same order and give the same tokens, and the integer work counters (acceptances,
+residuals, head steps) exactly. Plain MAR and DiSA tokens are bitwise equal. CSpD tokens (all cases run
+CFG) are compared to 2e-5 absolute: before the merge CSpD's guided head was a private copy of the DDPM
+step that embedded the timestep one row per step; it now runs the head's own loop, which embeds the S
+timesteps in one call, and the two matmuls round differently (max change 1.2e-5 on tokens of size ~1,
+measured when the loops were merged; a change of RNG order or arithmetic moves tokens by O(0.1)). ``python tests/test_mar_pinned.py`` rewrites the fixture (only do that for an
 intended change of the samplers' output, and say so in the commit).
 """
 from __future__ import annotations
@@ -118,7 +121,10 @@ def test_pinned_tokens_and_counters(got, want, name):
     tokens, counters = got[name]
     ref_tokens, ref_counters = want[name]
     assert tokens.shape == ref_tokens.shape and torch.isfinite(tokens).all()
-    torch.testing.assert_close(tokens, ref_tokens, rtol=0.0, atol=1e-5)
+    if name.startswith("cspd"):
+        torch.testing.assert_close(tokens, ref_tokens, rtol=0.0, atol=2e-5)
+    else:
+        assert torch.equal(tokens, ref_tokens)
     assert {k: counters.get(k) for k in ref_counters} == ref_counters  # counters added later are not pinned
 
 
