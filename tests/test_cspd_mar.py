@@ -165,8 +165,26 @@ def test_constant_schedule_is_bitwise_head_steps():
         assert a.stats["steps_per_iter"] == b.stats["steps_per_iter"] == [8] * L
         a.stats.pop("time_split_s"), b.stats.pop("time_split_s")
         assert a.stats == b.stats
-    c = run(p=P, q=None, head_steps=8)
-    assert torch.equal(c.tokens, run(p=P, q=None, schedule=ConstantSchedule(8)).tokens)
+    for kw in (dict(), dict(cfg=2.0, gamma=5)):  # the draft-free control and the official relaxed rule too
+        c = run(p=P, q=None, head_steps=8, **kw)
+        assert torch.equal(c.tokens, run(p=P, q=None, schedule=ConstantSchedule(8), **kw).tokens)
+    off = dict(verify="independent", std_product="official", inner_temperature=42.0, cfg=2.0)
+    assert torch.equal(run(head_steps=8, **off).tokens, run(schedule=ConstantSchedule(8), **off).tokens)
+
+
+def test_disa_inside_cspd_runs_through_the_same_plan_objects():
+    """DiSA inside CSpD: the StepSchedule that drives ``AnnealedMAR`` gives CSpD's per-position head schedules
+    through the same ``head_schedule`` (same objects), on both heads; the run is finite and differs from the
+    constant head."""
+    from accel.models.mar import head_schedule
+    from accel.speculative.cspd import step_schedules
+
+    scheds = step_schedules(CSpDConfig(schedule=VARYING), L)
+    assert all(s is head_schedule(VARYING, n, L) for n, s in enumerate(scheds))
+    r = run(schedule=VARYING, cfg=2.0)
+    assert torch.isfinite(r.tokens).all() and r.stats["fallbacks"] == 0
+    assert r.stats["steps_per_iter"] == [s.num_steps for s in scheds]
+    assert not torch.equal(r.tokens, run(cfg=2.0).tokens)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])

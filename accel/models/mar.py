@@ -5,13 +5,19 @@ MAE-style bidirectional encoder/decoder with ``buffer_size`` class-embedding row
 embeddings, the ``fake_latent`` null class for CFG, and the ``DiffLoss`` head (``accel.models.mar_head``).
 State-dict keys equal the official ones, so ``checkpoint-last.pth`` (``model`` / ``model_ema``) loads strictly.
 
-Pieces a decoding method can drive itself (CSpD drafts/verifies one token per step with its own loop):
+One sampling loop, driven by a plan (every MAR sampler in accel is this loop):
 
+- ``sample_tokens(model, labels, plan=..., generator=...)``: the loop. It owns the state (known tokens and
+  mask), runs one ``predict`` per iteration and writes the tokens. A ``Plan`` says, per iteration, which
+  positions are predicted with which CFG scale (``iteration``) and, once their conditions are known, which
+  head timesteps and noise (``head``). ``MaskedPlan`` is MAR's own (the official loop; ``replay`` orders /
+  noises for parity); DiSA's fixed schedules are ``MaskedPlan(head_steps=schedule)``, its adaptive schedule
+  and CSpD's windows are plans of their own packages.
+- ``predict(...)``: one iteration, nothing written (CSpD verifies a window with it).
 - ``MAR.condition(tokens, mask, labels, cfg=...) -> z``: head conditions ``(B or 2B, L, dec_dim)`` for the
   current known tokens (mask 1 = unknown). With ``cfg=True`` rows are ``[cond; uncond]``.
 - ``MAR.head_condition(tokens, mask, labels, positions, cfg=...)``: the same, as head rows for chosen positions.
 - ``MAR.head``: the diffusion head (steps chosen per call, see ``mar_head``).
-- ``sample_tokens(...)``: the official loop; ``replay`` orders / noises for parity.
 
 Cost without a KV cache (attention is bidirectional, so nothing can be cached across iterations): each
 iteration runs the encoder on ``buffer_size + #known`` rows and the decoder on ``buffer_size + L`` rows, per

@@ -29,7 +29,10 @@ seeded like the official ``torch.manual_seed`` reproduces its draws on CPU). Wit
 ``steps`` is ``(S, R, C)`` or ``(S, N, C)`` (duplicated to the uncond half, which never influences the
 conditional rows) in LOOP order k (CSpD's ``inter_noise[i]`` is indexed by i: pass ``inter_noise.flip(0)``).
 The step-``k`` noise is still used at the last step (i = 0) only as a draw: no noise is added there.
-CFG acts on eps only (variance channels unguided); temperature scales only the added noise.
+CFG acts on eps only (variance channels unguided); temperature scales only the added noise. ``cfg`` is one
+scale, or a tensor of one scale per conditional row (CSpD guides each window position with its own
+one-token-per-step value). ``HeadStats.of(trajectory)``: the per-row last-step Gaussian and path log-std sum
+that CSpD's acceptance rule reads.
 
 Cost: ``S`` net evaluations on ``R`` rows (``depth`` AdaLN MLP blocks of width ``w``); ``cond_embed(z)``
 and the S time embeddings are computed once per call, since neither depends on x_t.

@@ -1,5 +1,9 @@
 """Continuous speculative decoding (CSpD) for MAR: Wang et al., arXiv 2411.11925.
 
+Every MAR iteration here is ``accel.models.mar.sample_tokens`` (prefill, drafts, control) or its body
+``predict`` (verification), driven by a ``WindowPlan``: positions = the next window of the shared order,
+head timesteps per AR position, aligned noise, CFG per position.
+
 A draft MAR (q) proposes ``gamma`` tokens one per step (MAR's one-token-per-step regime, num_iter = L) in
 the random order it shares with the target MAR (p); the target verifies the window in ONE pass (its MAE
 encoder/decoder on the context at the window start, then its diffusion head on all drafted positions).
