@@ -9,8 +9,9 @@ residuals, head steps) exactly. Plain MAR and DiSA tokens are bitwise equal. CSp
 CFG) are compared to 2e-5 absolute: before the merge CSpD's guided head was a private copy of the DDPM
 step that embedded the timestep one row per step; it now runs the head's own loop, which embeds the S
 timesteps in one call, and the two matmuls round differently (max change 1.2e-5 on tokens of size ~1,
-measured when the loops were merged; a change of RNG order or arithmetic moves tokens by O(0.1)). ``python tests/test_mar_pinned.py`` rewrites the fixture (only do that for an
-intended change of the samplers' output, and say so in the commit).
+measured when the loops were merged; a change of RNG order or arithmetic moves tokens by O(0.1)).
+``python tests/test_mar_pinned.py`` rewrites the fixture (only do that for an intended change of the
+samplers' output, and say so in the commit).
 """
 from __future__ import annotations
 

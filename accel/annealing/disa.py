@@ -1,9 +1,9 @@
 """DiSA: diffusion step annealing for MAR (Zhao et al., arXiv 2505.20297), plus an adaptive schedule.
 
 ``AnnealedMAR(model, vae, schedule)`` is a ``Method``: MAR's masked-AR loop (``accel.models.mar.sample_tokens``)
-driven by ``plan(schedule)``, whose diffusion head runs ``schedule.timesteps(k, N)`` at AR iteration k (paper Sec. 3: many steps while few
-tokens are known, few at the end). With ``ConstantSchedule(S)`` (MAR respacing) it is plain MAR with S head
-steps, draw for draw: same generator state -> bitwise the same tokens.
+driven by ``plan(schedule)``, whose diffusion head runs ``schedule.timesteps(k, N)`` at AR iteration k
+(paper Sec. 3: many steps while few tokens are known, few at the end). With ``ConstantSchedule(S)`` (MAR
+respacing) it is plain MAR with S head steps, draw for draw: same generator state -> bitwise the same tokens.
 
 Beyond the paper (reviewers asked for uncertainty-driven schedules): ``AdaptiveSchedule`` picks each
 iteration's step count from a measured signal, the spread of the head's one-step x0 predictions

@@ -459,7 +459,8 @@ class MaskedPlan:
         lens = mask_lengths(self.num_iter, L)  # host-side counts: no device sync
         remaining, mask_len = (L if step == 0 else lens[step - 1]), lens[step]
         lo = 0 if step == self.num_iter - 1 else mask_len  # the last iteration predicts everything left
-        pos = torch.zeros(orders.shape, dtype=torch.bool, device=orders.device).scatter(-1, orders[:, lo:remaining], True)
+        pos = torch.zeros(orders.shape, dtype=torch.bool, device=orders.device)
+        pos.scatter_(-1, orders[:, lo:remaining], True)  # (B, L)
         cfg = float(cfg_at(self.cfg, self.cfg_schedule, L, mask_len))  # float32 value, exact as a Python float
         return Iteration(pos, cfg, self.temperature, count=remaining - lo)
 
@@ -512,7 +513,8 @@ def predict(model: "MAR", seq: torch.Tensor, mask: torch.Tensor, labels: torch.T
             idx, z_g, cfg, noise = None, z_rows, it.cfg, call.noise
         else:
             B, ncol = it.positions.shape
-            idx = (torch.arange(B, device=z_rows.device)[:, None] * ncol + torch.tensor(js, device=z_rows.device)).reshape(-1)
+            dev = z_rows.device
+            idx = (torch.arange(B, device=dev)[:, None] * ncol + torch.tensor(js, device=dev)).reshape(-1)  # (B*|js|,)
             z_g = torch.cat([z_rows[idx], z_rows[n + idx]]) if guided else z_rows[idx]
             cfg = it.cfg[idx] if isinstance(it.cfg, torch.Tensor) and it.cfg.ndim else it.cfg
             noise = None if call.noise is None else HeadNoise(call.noise.x_T[idx], call.noise.steps[:, idx])

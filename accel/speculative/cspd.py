@@ -210,7 +210,8 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     scheds = step_schedules(cfg, L, p.cfg.max_timestep)
     use_cfg = float(cfg.cfg) != 1.0
     # the one-token-per-step CFG value at AR step n (MAR's linear/constant schedule)
-    scales = [float(cfg_at(cfg.cfg, cfg.cfg_schedule, L, mask_len_at(n, L, L, L - n))) for n in range(L)] if use_cfg else None
+    scales = None if not use_cfg else [float(cfg_at(cfg.cfg, cfg.cfg_schedule, L, mask_len_at(n, L, L, L - n)))
+                                       for n in range(L)]
     orders = p.sample_orders(B, generator, dev)  # shared random order (B, L)
     state = (torch.zeros(B, L, C, device=dev), torch.ones(B, L, device=dev))
     ar = torch.arange(B, device=dev)
@@ -256,7 +257,11 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         mq, sq, lq = (torch.stack([getattr(t["head"], f) for t in r.trace], 1) for f in HeadStats.FIELDS[:3])
         clock.lap("draft")
         vplan = window(n, [g], (xT_p, steps_p), final_noise=False)
-        head = lambda z: (clock.lap("verify_mar"), vplan.head(0, z, model=p, generator=generator, stats=st))[1]  # noqa: E731
+
+        def head(z, vplan=vplan):  # the head's call, once the target's MAR pass is done (timed apart)
+            clock.lap("verify_mar")
+            return vplan.head(0, z, model=p, generator=generator, stats=st)
+
         pred = predict(p, *state, labels, vplan.iteration(0, orders), head, guided=use_cfg, generator=generator,
                        trajectory=True)  # ONE target pass on the window-start context, then its head
         hp = HeadStats(*(getattr(pred.head, f).reshape(B, g, C) for f in HeadStats.FIELDS))
