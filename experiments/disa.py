@@ -7,7 +7,7 @@
 Baseline ``mar-it{L}-s100``: MAR's default, one token per iteration (num_iter = L), 100 head steps, timed
 interleaved with every other method in the same run (accel.harness.runner). The paper's recipe is 64 of 256
 iterations with 50->5 linear, i.e. num_iter = L/4 here. After the end-to-end rows, the head alone is timed
-at FIXED iteration counts (accel.annealing.cost), so the two savings the paper's 5x mixes are separated.
+at FIXED iteration counts (accel.harness.mar_costs), so the two savings the paper's 5x mixes are separated.
 """
 import argparse
 import sys
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from accel.annealing.cost import head_time, mar_pass_time, record_conditions
+from accel.harness.mar_costs import head_time, mar_pass_time, record_conditions
 from accel.annealing.disa import AdaptiveSchedule, AnnealedMAR, make_schedule
 from accel.harness.registry import MethodEntry, Registry
 from accel.harness.results import append_rows, current_command, make_row

@@ -165,8 +165,26 @@ def test_constant_schedule_is_bitwise_head_steps():
         assert a.stats["steps_per_iter"] == b.stats["steps_per_iter"] == [8] * L
         a.stats.pop("time_split_s"), b.stats.pop("time_split_s")
         assert a.stats == b.stats
-    c = run(p=P, q=None, head_steps=8)
-    assert torch.equal(c.tokens, run(p=P, q=None, schedule=ConstantSchedule(8)).tokens)
+    for kw in (dict(), dict(cfg=2.0, gamma=5)):  # the draft-free control and the official relaxed rule too
+        c = run(p=P, q=None, head_steps=8, **kw)
+        assert torch.equal(c.tokens, run(p=P, q=None, schedule=ConstantSchedule(8), **kw).tokens)
+    off = dict(verify="independent", std_product="official", inner_temperature=42.0, cfg=2.0)
+    assert torch.equal(run(head_steps=8, **off).tokens, run(schedule=ConstantSchedule(8), **off).tokens)
+
+
+def test_disa_inside_cspd_runs_through_the_same_plan_objects():
+    """DiSA inside CSpD: the StepSchedule that drives ``AnnealedMAR`` gives CSpD's per-position head schedules
+    through the same ``head_schedule`` (same objects), on both heads; the run is finite and differs from the
+    constant head."""
+    from accel.models.mar import head_schedule
+    from accel.speculative.cspd import step_schedules
+
+    scheds = step_schedules(CSpDConfig(schedule=VARYING), L)
+    assert all(s is head_schedule(VARYING, n, L) for n, s in enumerate(scheds))
+    r = run(schedule=VARYING, cfg=2.0)
+    assert torch.isfinite(r.tokens).all() and r.stats["fallbacks"] == 0
+    assert r.stats["steps_per_iter"] == [s.num_steps for s in scheds]
+    assert not torch.equal(r.tokens, run(cfg=2.0).tokens)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
@@ -188,20 +206,24 @@ def test_schedule_reaches_draft_and_target_heads(cfg):
         CSpDConfig(schedule=8)
 
 
-def test_row_cfg_adapter_equals_head_with_one_scale():
+def test_head_per_row_cfg_equals_head_with_one_scale():
+    """The head's per-row CFG (CSpD's one scale per window position; it replaced CSpD's private copy of the
+    DDPM step) equals the scalar scale when all rows share it, and a row's scale changes only that row."""
     from accel.models.mar_head import DDPMSchedule, HeadNoise
-    from accel.speculative.cspd import head_stats, row_cfg_head_stats
+    from accel.speculative.cspd import head_stats
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(6, CFG.decoder_embed_dim, generator=g)  # [cond; uncond], N = 3
     sched = DDPMSchedule.respaced(HEAD)
     noise = HeadNoise(torch.randn(3, 4, generator=g), torch.randn(sched.num_steps, 3, 4, generator=g))
     want = head_stats(P.head, z, sched, noise, 0.9, 2.5)
-    got = row_cfg_head_stats(P.head, z, sched, noise, 0.9, torch.full((3,), 2.5))
+    got = head_stats(P.head, z, sched, noise, 0.9, torch.full((3,), 2.5))
     for f in ("final_mean", "final_std", "log_std_sum", "sample"):
-        torch.testing.assert_close(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-5)
-    other = row_cfg_head_stats(P.head, z, sched, noise, 0.9, torch.tensor([2.5, 1.0, 2.5]))
+        assert torch.equal(getattr(got, f), getattr(want, f))
+    other = head_stats(P.head, z, sched, noise, 0.9, torch.tensor([2.5, 1.0, 2.5]))
     assert torch.equal(other.sample[0], got.sample[0]) and not torch.equal(other.sample[1], got.sample[1])
+    with pytest.raises(ValueError, match="per-row cfg"):
+        head_stats(P.head, z, sched, noise, 0.9, torch.full((2,), 2.5))
 
 
 def test_disa_composition_methods_and_registration():

@@ -130,7 +130,7 @@ def test_names_and_specs():
 
 
 def test_head_time_replays_the_recorded_conditions(mar):
-    from accel.annealing.cost import head_time, mar_pass_time, record_conditions
+    from accel.harness.mar_costs import head_time, mar_pass_time, record_conditions
 
     trace = record_conditions(mar, LABELS, num_iter=4, generator=_gen(0), cfg=2.0)
     assert len(trace) == 4 and sum(len(t["z"]) for t in trace) == 2 * 3 * TINY.seq_len  # [cond; uncond] rows

@@ -23,6 +23,9 @@ def imports(name: str) -> set[str]:
     """accel modules that ``name`` imports anywhere in its source (``from a import b``: ``a.b`` when b is a
     module of accel, else ``a``)."""
     tree = ast.parse(MODULES[name].read_text())
+    for node in ast.walk(tree):  # ``if TYPE_CHECKING:`` imports never run: annotations only
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

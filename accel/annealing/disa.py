@@ -1,9 +1,9 @@
 """DiSA: diffusion step annealing for MAR (Zhao et al., arXiv 2505.20297), plus an adaptive schedule.
 
 ``AnnealedMAR(model, vae, schedule)`` is a ``Method``: MAR's masked-AR loop (``accel.models.mar.sample_tokens``)
-whose diffusion head runs ``schedule.timesteps(k, N)`` at AR iteration k (paper Sec. 3: many steps while few
-tokens are known, few at the end). With ``ConstantSchedule(S)`` (MAR respacing) it is plain MAR with S head
-steps, draw for draw: same generator state -> bitwise the same tokens.
+driven by ``plan(schedule)``, whose diffusion head runs ``schedule.timesteps(k, N)`` at AR iteration k
+(paper Sec. 3: many steps while few tokens are known, few at the end). With ``ConstantSchedule(S)`` (MAR
+respacing) it is plain MAR with S head steps, draw for draw: same generator state -> bitwise the same tokens.
 
 Beyond the paper (reviewers asked for uncertainty-driven schedules): ``AdaptiveSchedule`` picks each
 iteration's step count from a measured signal, the spread of the head's one-step x0 predictions
@@ -15,7 +15,8 @@ token x0 | z ~ N(mu, sigma^2) and an ideal denoiser this is ~ abar_t* sigma^4, s
 more constrained (the paper's variance argument, Sec. 3.1) and costs M net rows per predicted token, drawn
 from the same generator. Steps: T_k = lower + round((upper - lower) * min(1, s_k / s_ref) ** power), with
 s_ref = ``reference`` or, if None, s_0 of the same call (the first iteration knows nothing, so it is the
-most uncertain; this makes the schedule depend on the batch, which is documented, not hidden).
+most uncertain; this makes the schedule depend on the batch, which is documented, not hidden). It is the
+same loop with another plan (``AdaptivePlan``): the plan measures the rows' conditions before the head runs.
 
 Stats (``Sample.stats``): nfe_target (MAR passes), head_steps (sum over iterations of the steps run),
 head_rows (net row-evaluations, the head's real cost, probes included), probe_rows, steps_per_iter.
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 
 from accel.annealing.schedules import DISA_RESPACING, ConstantSchedule, Respacing, StepSchedule, disa_schedule
-from accel.models.mar_head import clip_timesteps
+from accel.models.mar import HeadCall, MaskedPlan, decode_tokens, head_schedule, sample_tokens
+from accel.models.mar_head import DDPMSchedule
 from accel.types import Sample
 
 
@@ -64,13 +66,42 @@ class AdaptiveSchedule:
 def x0_spread(head, z: torch.Tensor, t: int, probes: int, generator: torch.Generator) -> torch.Tensor:
     """Per-row mean over channels of Var_m[x0_hat] from ``probes`` draws x_t ~ N(0, I) at original timestep t
     (unguided, z = conditional rows (N, Dz)) -> (N,). One net call on probes * N rows."""
-    from accel.models.mar_head import DDPMSchedule
-
     sched = DDPMSchedule.from_timesteps([t])  # one kept timestep: abar_t is all step_stats' x0 needs
     N, C = z.shape[0], head.in_channels
     x = torch.randn((probes * N, C), generator=generator, device=z.device, dtype=z.dtype)
     x0 = head.step_stats(x, 0, z.repeat(probes, 1), sched, 1.0).pred_xstart  # DDPM eq. 11 inverted
     return x0.reshape(probes, N, C).var(0).mean(-1)
+
+
+@dataclass(frozen=True)
+class AdaptivePlan(MaskedPlan):
+    """MAR's plan whose head timesteps at each iteration come from ``adaptive.timesteps(s_k, s_ref)``, s_k the
+    x0 spread of that iteration's conditional rows (``x0_spread``, drawn from the generator after the MAR pass
+    and before the head's draws). Records ``signal`` and ``probe_rows`` (also counted in ``head_rows``)."""
+
+    adaptive: AdaptiveSchedule = field(default_factory=AdaptiveSchedule)
+
+    def head(self, step: int, z_rows: torch.Tensor, *, model, generator, stats: dict) -> HeadCall:
+        z_cond = z_rows[: len(z_rows) // 2] if self.guided else z_rows
+        a = self.adaptive
+        signal = float(x0_spread(model.head, z_cond, a.probe_timestep(), a.probes, generator).mean())
+        stats.setdefault("signal", []).append(signal)
+        reference = stats["signal"][0] if a.reference is None else a.reference  # s_0 of this call, or fixed
+        probe_rows = a.probes * len(z_cond)
+        stats["probe_rows"] = stats.get("probe_rows", 0) + probe_rows
+        stats["head_rows"] += probe_rows
+        return HeadCall(head_schedule(a.timesteps(signal, reference), step, self.num_iter,
+                                      max_timestep=model.cfg.max_timestep))
+
+
+def plan(schedule: StepSchedule | AdaptiveSchedule, *, num_iter: int = 64, cfg: float = 1.0,
+         cfg_schedule: str = "linear", temperature: float = 1.0) -> MaskedPlan:
+    """The ``sample_tokens`` plan of a DiSA schedule: MAR's own plan with the schedule's timesteps per AR step
+    (a ``StepSchedule``), or the signal-driven ``AdaptivePlan``."""
+    kw = dict(num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature)
+    if isinstance(schedule, AdaptiveSchedule):
+        return AdaptivePlan(**kw, adaptive=schedule)
+    return MaskedPlan(**kw, head_steps=schedule)
 
 
 class AnnealedMAR:
@@ -81,6 +112,7 @@ class AnnealedMAR:
                  progress: bool = False):
         self.model, self.vae, self.schedule = model, vae, schedule
         self.settings = dict(num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature)
+        self.plan = plan(schedule, **self.settings)
         self.progress = progress
         self.name = name or f"disa-{describe(schedule)}-it{num_iter}"
         self.params = {"schedule": describe(schedule), **self.settings}
@@ -88,97 +120,23 @@ class AnnealedMAR:
     @torch.no_grad()
     def sample_tokens(self, labels: torch.Tensor | None, *, generator: torch.Generator, batch: int | None = None):
         """Token latents (``TokenSample``) for ``labels`` under the schedule."""
-        from accel.models.mar import sample_tokens
-
-        if isinstance(self.schedule, AdaptiveSchedule):
-            return adaptive_sample_tokens(self.model, labels, self.schedule, generator=generator, batch=batch,
-                                          progress=self.progress, **self.settings)
-        sched = self.schedule
-        out = sample_tokens(self.model, labels, generator=generator, batch=batch, progress=self.progress,
-                            head_steps=lambda k, n: sched.timesteps(k, n), **self.settings)
-        out.stats["steps_per_iter"] = [sched(k, self.settings["num_iter"]) for k in range(self.settings["num_iter"])]
-        out.stats["probe_rows"] = 0
+        out = sample_tokens(self.model, labels, plan=self.plan, generator=generator, batch=batch,
+                            progress=self.progress)
+        out.stats.setdefault("probe_rows", 0)
         return out
 
+    @torch.no_grad()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
-        from accel.models.mar import decode_tokens
-
         out = self.sample_tokens(cond, generator=generator)
         keep = ("nfe_target", "head_steps", "head_rows", "probe_rows", "steps_per_iter")
         return Sample(decode_tokens(self.vae, out.tokens).float(), {k: out.stats[k] for k in keep})
-
-
-@torch.no_grad()
-def adaptive_sample_tokens(model, labels, schedule: AdaptiveSchedule, *, generator: torch.Generator,
-                           batch: int | None = None, num_iter: int = 64, cfg: float = 1.0,
-                           cfg_schedule: str = "linear", temperature: float = 1.0, progress: bool = False):
-    """MAR's loop (as ``accel.models.mar.sample_tokens``: same orders, masks, CFG schedule and draw order)
-    with a probe before each head call. A thin adapter: ``sample_tokens``' ``head_steps`` callable does not
-    see the head conditions, which the signal needs."""
-    from tqdm.auto import tqdm
-
-    from accel.models.mar import TokenSample, cfg_at, mask_len_at
-    from accel.validate import check_finite, check_mar_sampling
-
-    check_mar_sampling(cfg=cfg, temperature=temperature, where="DiSA adaptive_sample_tokens")
-    c, L = model.cfg, model.cfg.seq_len
-    device = next(model.parameters()).device
-    B = labels.shape[0] if labels is not None else batch
-    if B is None:
-        raise ValueError("give labels or batch")
-    if not 1 <= num_iter <= L:
-        raise ValueError(f"num_iter must lie in [1, {L}]")
-    labels = None if labels is None else labels.to(device)
-    use_cfg = float(cfg) != 1.0
-    orders = model.sample_orders(B, generator, device)
-    mask = torch.ones(B, L, device=device)
-    tokens = torch.zeros(B, L, c.token_embed_dim, device=device)
-    stats = {"nfe_target": 0, "head_steps": 0, "head_rows": 0, "probe_rows": 0, "tokens_per_iter": [],
-             "steps_per_iter": [], "signal": []}
-    t_probe, reference = schedule.probe_timestep(), schedule.reference
-    for step in tqdm(range(num_iter), disable=not progress, desc="MAR adaptive"):
-        z = model.condition(tokens, mask, labels, cfg=use_cfg)  # (B or 2B, L, dec)
-        mask_len = mask_len_at(step, num_iter, L, int(mask[0].sum().item()))
-        mask_next = torch.zeros_like(mask).scatter(-1, orders[:, :mask_len], 1.0)
-        to_pred = mask.bool() if step == num_iter - 1 else mask.bool() & ~mask_next.bool()
-        mask = mask_next
-        z_rows = z[torch.cat([to_pred, to_pred]) if use_cfg else to_pred]  # (R, dec)
-        z_cond = z_rows[: len(z_rows) // 2] if use_cfg else z_rows
-        signal = float(x0_spread(model.head, z_cond, t_probe, schedule.probes, generator).mean())
-        reference = signal if reference is None else reference
-        ts = clip_timesteps(schedule.timesteps(signal, reference), model.cfg.max_timestep)
-        cfg_iter = cfg_at(cfg, cfg_schedule, L, mask_len)
-        cfg_iter = cfg_iter.to(device) if isinstance(cfg_iter, torch.Tensor) else cfg_iter
-        sampled = model.head.sample(z_rows, timesteps=ts, temperature=temperature, cfg=cfg_iter, generator=generator)
-        sampled = sampled[: len(sampled) // 2] if use_cfg else sampled
-        check_finite(sampled, what="diffusion-head samples", model="MAR (DiSA adaptive)", step=step)  # loop syncs anyway
-        tokens = tokens.clone()
-        tokens[to_pred] = sampled.to(tokens.dtype)
-        probe_rows = schedule.probes * len(z_cond)
-        stats["nfe_target"] += 1
-        stats["head_steps"] += len(ts)
-        stats["head_rows"] += len(ts) * len(z_rows) + probe_rows
-        stats["probe_rows"] += probe_rows
-        stats["tokens_per_iter"].append(int(to_pred[0].sum().item()))
-        stats["steps_per_iter"].append(len(ts))
-        stats["signal"].append(signal)
-    return TokenSample(model.unpatchify(tokens), stats)
 
 
 def ddpm_schedules(schedule: StepSchedule, num_ar_steps: int, max_timestep: int | None = None) -> list:
     """One ``DDPMSchedule`` per AR step (built once per distinct timestep list). For samplers with their own
     loop, e.g. CSpD at one token per step (num_ar_steps = L): give draft q and target p the SAME
     ``ddpm_schedules(schedule, L)[n]`` at AR step n, and draw the aligned noise with that step count S_n."""
-    from accel.models.mar_head import DDPMSchedule
-
-    cache: dict = {}
-    out = []
-    for k in range(num_ar_steps):
-        ts = clip_timesteps(schedule.timesteps(k, num_ar_steps), max_timestep)  # MARConfig.max_timestep
-        if ts not in cache:
-            cache[ts] = DDPMSchedule.from_timesteps(ts)
-        out.append(cache[ts])
-    return out
+    return [head_schedule(schedule, k, num_ar_steps, max_timestep=max_timestep) for k in range(num_ar_steps)]
 
 
 def describe(schedule) -> str:

@@ -59,6 +59,8 @@ class Preset:
     warmup: int = 1
     inner: int = 10  # forwards per timed call for the single-forward measurements
     mar_iters: tuple[int, ...] = (64, 256)
+    kv_budget: float = KV_BUDGET  # ScaleKV's 10 %; tiny schedules cache too few tokens for it (budgets refuse)
+    kv_window: int | None = None  # observation window; None = min(16, last scale's tokens)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,7 +84,7 @@ def tiny_preset() -> Preset:
                                              decoder_num_heads=2, diffloss_d=1, diffloss_w=32, buffer_size=4,
                                              class_num=10)},
                   var={"VAR-tiny": (VARConfig(num_classes=10, depth=2, embed_dim=32, num_heads=2, patch_nums=pns), vq)},
-                  batches=(1, 4), gammas=(1, 2, 4), repeats=1, warmup=1, inner=2, mar_iters=(4, 16))
+                  batches=(1, 4), gammas=(1, 2, 4), repeats=1, warmup=1, inner=2, mar_iters=(4, 16), kv_budget=0.5, kv_window=1)
 
 
 # ------------------------------------------------------------------------------------------------- timing
@@ -267,10 +269,11 @@ def scalekv_kept(cfg: VARConfig, fraction: float, window: int = 16) -> list[list
 def scalekv_rows(name: str, cfg: VARConfig, vq: VQVAEConfig, c: _Ctx) -> list[dict]:
     full = var_cost(cfg, vq.vocab_size, vq.z_channels, bytes_per_element=c.elt)
     comp = var_cost(cfg, vq.vocab_size, vq.z_channels, bytes_per_element=c.elt,
-                    kept=scalekv_kept(cfg, KV_BUDGET, window=min(16, cfg.patch_nums[-1] ** 2)))
+                    kept=scalekv_kept(cfg, c.preset.kv_budget, window=c.preset.kv_window or min(16, cfg.patch_nums[-1] ** 2)))
     return [c.row("var", name, "scalekv-kv", bs, None, None, kv_bytes=comp.kv_bytes_peak * bs,
                   kv_full_bytes=full.kv_bytes_peak * bs, kv_fraction=comp.kv_bytes_peak / full.kv_bytes_peak,
-                  params={"budget": KV_BUDGET, "policy": "uniform 10% (ScaleKV keeps the same totals)", "analytic": True})
+                  params={"budget": c.preset.kv_budget, "policy": "uniform budget (ScaleKV keeps the same totals)",
+                          "analytic": True})
             for bs in c.preset.batches]
 
 

@@ -5,13 +5,13 @@ MAE-style bidirectional encoder/decoder with ``buffer_size`` class-embedding row
 embeddings, the ``fake_latent`` null class for CFG, and the ``DiffLoss`` head (``accel.models.mar_head``).
 State-dict keys equal the official ones, so ``checkpoint-last.pth`` (``model`` / ``model_ema``) loads strictly.
 
-Pieces a decoding method can drive itself (CSpD drafts/verifies one token per step with its own loop):
+One sampling loop, driven by a plan (``accel.models.mar_loop``, re-exported here): ``sample_tokens(model,
+labels, plan=..., generator=...)``, its body ``predict``, MAR's own ``MaskedPlan``. Pieces it drives:
 
 - ``MAR.condition(tokens, mask, labels, cfg=...) -> z``: head conditions ``(B or 2B, L, dec_dim)`` for the
   current known tokens (mask 1 = unknown). With ``cfg=True`` rows are ``[cond; uncond]``.
 - ``MAR.head_condition(tokens, mask, labels, positions, cfg=...)``: the same, as head rows for chosen positions.
 - ``MAR.head``: the diffusion head (steps chosen per call, see ``mar_head``).
-- ``sample_tokens(...)``: the official loop; ``replay`` orders / noises for parity.
 
 Cost without a KV cache (attention is bidirectional, so nothing can be cached across iterations): each
 iteration runs the encoder on ``buffer_size + #known`` rows and the decoder on ``buffer_size + L`` rows, per
@@ -22,19 +22,18 @@ uncond branch is built, and masked positions never enter the encoder.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from accel.checkpoint import CheckpointMismatch, load_strict, read_state_dict
-from accel.models.mar_head import DiffLoss, HeadNoise, space_timesteps  # noqa: F401  (re-exported)
-from accel.validate import FiniteWatch, check_labels, check_mar_sampling
+from accel.models.mar_head import DiffLoss, HeadNoise, HeadStats, space_timesteps  # noqa: F401  (re-exported)
+from accel.models.mar_loop import (HeadCall, HeadSteps, Iteration, MaskedPlan, Plan, Prediction,  # noqa: F401
+                                   TokenSample, cfg_at, head_schedule, mask_len_at, mask_lengths, predict,
+                                   sample_tokens, write_tokens)
 
 LATENT_SCALE = 0.2325  # MAR's KL-16 latent scale: tokens = posterior.sample() * 0.2325, decode(tokens / 0.2325)
 
@@ -304,133 +303,6 @@ class MAR(nn.Module):
     def sample_tokens(self, labels: torch.Tensor | None, **kw) -> "TokenSample":
         """The official generation loop; see ``accel.models.mar.sample_tokens`` for the arguments."""
         return sample_tokens(self, labels, **kw)
-
-
-@dataclass
-class TokenSample:
-    """Result of ``sample_tokens``: latents (B, C, seq_h*p, seq_w*p) (scaled by LATENT_SCALE, as official),
-    work counters, and (``record=True``) per-iteration ``trace`` dicts with z / sampled / x_T / step_noise."""
-
-    tokens: torch.Tensor
-    stats: dict = field(default_factory=dict)
-    trace: list[dict] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The generation loop (official ``MAR.sample_tokens``, research note §1.2)
-# ----------------------------------------------------------------------------------------------------
-
-HeadSteps = int | str | Sequence[int] | Callable[[int, int], "int | str | Sequence[int]"] | None
-
-
-def mask_len_at(step: int, num_iter: int, seq_len: int, remaining: int) -> int:
-    """Tokens still masked after iteration ``step``: floor(L cos(pi/2 (step+1)/num_iter)), clamped to
-    [1, remaining-1] (MAR's cosine schedule; at the last step everything left is predicted anyway)."""
-    mask_ratio = math.cos(math.pi / 2.0 * (step + 1) / num_iter)
-    return max(1, min(remaining - 1, math.floor(seq_len * mask_ratio)))
-
-
-def cfg_at(cfg: float, schedule: str, seq_len: int, mask_len: int) -> float | torch.Tensor:
-    """Muse-style CFG schedule: linear 1 + (cfg-1)(L - mask_len)/L (float32, as official) or constant."""
-    if schedule == "linear":
-        return 1 + (cfg - 1) * torch.tensor([seq_len - mask_len], dtype=torch.float32) / seq_len
-    if schedule == "constant":
-        return cfg
-    raise ValueError(f"unknown cfg_schedule {schedule!r}; valid: ['constant', 'linear']")
-
-
-def _schedule_for(head_steps: HeadSteps, step: int, num_iter: int, default: str, cache: dict,
-                  max_timestep: int | None = None):
-    from accel.models.mar_head import DDPMSchedule, clip_schedule
-
-    spec = head_steps(step, num_iter) if callable(head_steps) else head_steps
-    spec = default if spec is None else spec
-    key = tuple(int(t) for t in spec) if isinstance(spec, (list, tuple, torch.Tensor)) else spec
-    if key not in cache:
-        s = DDPMSchedule.from_timesteps(key) if isinstance(key, tuple) else DDPMSchedule.respaced(key)
-        cache[key] = clip_schedule(s, max_timestep)
-    return cache[key]
-
-
-@torch.no_grad()
-def sample_tokens(model: MAR, labels: torch.Tensor | None, *, generator: torch.Generator | None = None,
-                  batch: int | None = None, num_iter: int = 64, cfg: float = 1.0, cfg_schedule: str = "linear",
-                  temperature: float = 1.0, head_steps: HeadSteps = None, orders: torch.Tensor | None = None,
-                  noises: Sequence[HeadNoise] | None = None, record: bool = False,
-                  progress: bool = False) -> TokenSample:
-    """Generate (B, C, h, w) token latents with MAR's masked-AR loop (research note §1.2).
-
-    - ``labels`` (B,) class ids, or None for unconditional (then ``batch``); the CFG null class is
-      ``fake_latent``; with ``cfg != 1`` rows [cond; uncond] are run and eps is guided (cfg_at schedule).
-    - ``generator`` (on the model's device) draws the per-sample orders (``randperm``, unless ``orders``
-      (B, L) are given) and then every head draw in the official order; same generator state = same output.
-    - ``head_steps``: diffusion steps per iteration: None (= config ``num_sampling_steps``), an int / respacing
-      string, an explicit timestep list, or a callable ``(step, num_iter) -> any of those`` (DiSA).
-    - ``noises``: one ``HeadNoise`` per iteration to replay recorded draws instead of drawing.
-    - ``record``: keep per-iteration z / sampled / x_T / step_noise (cond half) in ``trace``.
-
-    Cost per iteration: one ``condition`` pass (encoder on buffer + #known rows, decoder on buffer + L rows,
-    x2 under CFG) plus S head-net evaluations on the predicted rows (x2 under CFG).
-    """
-    c = model.cfg
-    L = c.seq_len
-    device = next(model.parameters()).device
-    check_mar_sampling(cfg=cfg, temperature=temperature)
-    B = labels.shape[0] if labels is not None else batch
-    if B is None:
-        raise ValueError("give labels or batch")
-    if labels is not None:
-        check_labels(labels, c.class_num, model="MAR")
-    if not 1 <= num_iter <= L:
-        raise ValueError(f"num_iter must lie in [1, {L}] (more iterations than tokens leave empty steps)")
-    if noises is not None and len(noises) != num_iter:
-        raise ValueError(f"got {len(noises)} HeadNoise entries for {num_iter} iterations")
-    if generator is None and (orders is None or noises is None):
-        raise ValueError("pass a torch.Generator (sampling never uses the global RNG)")
-    if orders is None:
-        orders = model.sample_orders(B, generator, device)
-    orders = orders.to(device).long()
-    if tuple(orders.shape) != (B, L) or not bool((orders.sort(-1).values == torch.arange(L, device=device)).all()):
-        raise ValueError(f"orders must be {B} permutations of range({L})")
-    labels = None if labels is None else labels.to(device)
-    use_cfg = float(cfg) != 1.0
-    mask = torch.ones(B, L, device=device)
-    tokens = torch.zeros(B, L, c.token_embed_dim, device=device)
-    out = TokenSample(tokens, {"nfe_target": 0, "head_steps": 0, "head_rows": 0, "tokens_per_iter": []})
-    cache: dict = {}
-    watch = FiniteWatch("diffusion-head samples", "MAR")  # read once after the loop
-    remaining = L  # tokens still unknown (the same for every row)
-    for step in tqdm(range(num_iter), disable=not progress, desc="MAR"):
-        z = model.condition(tokens, mask, labels, cfg=use_cfg)  # (B or 2B, L, dec)
-        mask_len = mask_len_at(step, num_iter, L, remaining)  # host-side count: no device sync
-        mask_next = torch.zeros_like(mask).scatter(-1, orders[:, :mask_len], 1.0)
-        to_pred = mask.bool() if step == num_iter - 1 else mask.bool() & ~mask_next.bool()
-        mask = mask_next
-        rows = torch.cat([to_pred, to_pred]) if use_cfg else to_pred
-        z_rows = z[rows]  # (R, dec), row-major over (sample, position)
-        cfg_iter = float(cfg_at(cfg, cfg_schedule, L, mask_len))  # float32 value, exact as a Python float
-        sched = _schedule_for(head_steps, step, num_iter, c.num_sampling_steps, cache, c.max_timestep)
-        kw = dict(schedule=sched, temperature=temperature, cfg=cfg_iter, generator=generator,
-                  noise=None if noises is None else noises[step])
-        if record:
-            traj = model.head.sample_trajectory(z_rows, **kw)
-            sampled, n = traj.sample, (len(z_rows) // 2 if use_cfg else len(z_rows))
-            out.trace.append({"z": z_rows, "sampled": sampled, "x_T": traj.x_T[:n], "step_noise": traj.noise[:, :n],
-                              "cfg_iter": cfg_iter, "timesteps": sched.timesteps})
-        else:
-            sampled = model.head.sample(z_rows, **kw)
-        if use_cfg:
-            sampled = sampled[: len(sampled) // 2]
-        watch(step, sampled)
-        tokens[to_pred] = sampled.to(tokens.dtype)  # in place: z of this iteration is already computed
-        out.stats["nfe_target"] += 1
-        out.stats["head_steps"] += sched.num_steps
-        out.stats["head_rows"] += sched.num_steps * len(z_rows)
-        out.stats["tokens_per_iter"].append(remaining if step == num_iter - 1 else remaining - mask_len)
-        remaining = mask_len
-    watch.check()
-    out.tokens = model.unpatchify(tokens)
-    return out
 
 
 def decode_tokens(vae: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

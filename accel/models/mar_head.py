@@ -29,7 +29,10 @@ seeded like the official ``torch.manual_seed`` reproduces its draws on CPU). Wit
 ``steps`` is ``(S, R, C)`` or ``(S, N, C)`` (duplicated to the uncond half, which never influences the
 conditional rows) in LOOP order k (CSpD's ``inter_noise[i]`` is indexed by i: pass ``inter_noise.flip(0)``).
 The step-``k`` noise is still used at the last step (i = 0) only as a draw: no noise is added there.
-CFG acts on eps only (variance channels unguided); temperature scales only the added noise.
+CFG acts on eps only (variance channels unguided); temperature scales only the added noise. ``cfg`` is one
+scale, or a tensor of one scale per conditional row (CSpD guides each window position with its own
+one-token-per-step value). ``HeadStats.of(trajectory)``: the per-row last-step Gaussian and path log-std sum
+that CSpD's acceptance rule reads.
 
 Cost: ``S`` net evaluations on ``R`` rows (``depth`` AdaLN MLP blocks of width ``w``); ``cond_embed(z)``
 and the S time embeddings are computed once per call, since neither depends on x_t.
@@ -335,6 +338,39 @@ class HeadTrajectory:
         return tuple(reversed(self.schedule.timesteps))
 
 
+@dataclass
+class HeadStats:
+    """Per-row statistics of a head run (CSpD's ``manager``), all (N, C): the last step's Gaussian
+    N(final_mean, final_std^2) (respaced index 0; std = exp(logvar / 2) * temperature), log_std_sum =
+    sum_{i>=1} log sigma_i of the path, and the head's token ``sample`` (= final_mean: no noise at i = 0)."""
+
+    final_mean: torch.Tensor
+    final_std: torch.Tensor
+    log_std_sum: torch.Tensor
+    sample: torch.Tensor
+
+    FIELDS = ("final_mean", "final_std", "log_std_sum", "sample")
+
+    @classmethod
+    def of(cls, traj: "HeadTrajectory", rows: int | None = None) -> "HeadStats":
+        """Statistics of the first ``rows`` rows of a trajectory (under CFG: the cond half), None = all."""
+        n = traj.sample.shape[0] if rows is None else rows
+        half_logvar = 0.5 * traj.log_variance[:, :n]  # (S, n, C), loop order: the last entry is index i = 0
+        return cls(traj.mean[-1, :n], half_logvar[-1].exp() * traj.temperature, half_logvar[:-1].sum(0),
+                   traj.sample[:n])
+
+
+def _guidance(cfg, rows: int) -> float | torch.Tensor:
+    """A CFG scale as the loop uses it: a Python float (a 0-dim float32 tensor converts exactly), or one scale
+    per conditional row, ``(rows / 2, 1)``, for rows [cond; uncond] (e.g. CSpD's per-position schedule). A
+    one-element tensor (``cfg_at``'s linear schedule) is a scalar."""
+    if isinstance(cfg, torch.Tensor) and cfg.numel() > 1:
+        if cfg.numel() != rows // 2 or rows % 2:
+            raise ValueError(f"a per-row cfg needs one scale per conditional row ({rows // 2}), got {cfg.numel()}")
+        return cfg.reshape(-1, 1)
+    return float(cfg)
+
+
 class DiffLoss(nn.Module):
     """MAR's diffusion head. Holds only the net: every sampling call gets its own schedule."""
 
@@ -353,7 +389,7 @@ class DiffLoss(nn.Module):
         if not 0 <= i < schedule.num_steps:
             raise IndexError(f"respaced index {i} outside 0..{schedule.num_steps - 1}")
         co = self._prepare(z, schedule)
-        return self._step(x_t, i, co, self.net.time_embed(co["t"][i:i + 1]), float(cfg))
+        return self._step(x_t, i, co, self.net.time_embed(co["t"][i:i + 1]), _guidance(cfg, z.shape[0]))
 
     def _prepare(self, z: torch.Tensor, schedule: DDPMSchedule) -> dict:
         """Per-call constants: the float32 coefficient table and cond_embed(z) (R, w) (the same every step)."""
@@ -361,13 +397,14 @@ class DiffLoss(nn.Module):
         co["c_emb"] = self.net.cond_embed(z)
         return co
 
-    def _step(self, x_t: torch.Tensor, i: int, co: dict, t_emb: torch.Tensor, cfg: float) -> StepStats:
+    def _step(self, x_t: torch.Tensor, i: int, co: dict, t_emb: torch.Tensor, cfg: float | torch.Tensor) -> StepStats:
         if x_t.shape[0] != co["c_emb"].shape[0]:
             raise ValueError(f"x_t has {x_t.shape[0]} rows but z has {co['c_emb'].shape[0]}")
-        if cfg != 1.0 and x_t.shape[0] % 2:
+        guided = isinstance(cfg, torch.Tensor) or cfg != 1.0
+        if guided and x_t.shape[0] % 2:
             raise ValueError("with cfg != 1 the rows must be [cond; uncond] (an even count)")
         y = t_emb + co["c_emb"]  # time_embed(t) + cond_embed(z), t = timesteps[i] (t_emb: (1, w) or (w,))
-        if cfg != 1.0:
+        if guided:  # a tensor cfg is one scale per conditional row, (R/2, 1)
             out = self.net.guide(self.net.forward_embedded(self.net.dup_half(x_t), y), cfg)
         else:
             out = self.net.forward_embedded(x_t, y)
@@ -415,8 +452,8 @@ class DiffLoss(nn.Module):
         R, S, C = z.shape[0], schedule.num_steps, self.in_channels
         if S < 2:
             raise ValueError("learned-range DDPM sampling needs at least 2 steps (official code fails at 1)")
-        cfg = float(cfg)  # a float32 tensor (linear CFG schedule) converts exactly
-        use_cfg = cfg != 1.0
+        cfg = _guidance(cfg, R)
+        use_cfg = isinstance(cfg, torch.Tensor) or cfg != 1.0
         if use_cfg and R % 2:
             raise ValueError("with cfg != 1 the condition rows must be [cond; uncond] (an even count)")
         x, step_noise = self._noise(noise, generator, R, S, use_cfg, z)

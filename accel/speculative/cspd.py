@@ -1,5 +1,9 @@
 """Continuous speculative decoding (CSpD) for MAR: Wang et al., arXiv 2411.11925.
 
+Every MAR iteration here is ``accel.models.mar.sample_tokens`` (prefill, drafts, control) or its body
+``predict`` (verification), driven by a ``WindowPlan``: positions = the next window of the shared order,
+head timesteps per AR position, aligned noise, CFG per position.
+
 A draft MAR (q) proposes ``gamma`` tokens one per step (MAR's one-token-per-step regime, num_iter = L) in
 the random order it shares with the target MAR (p); the target verifies the window in ONE pass (its MAE
 encoder/decoder on the context at the window start, then its diffusion head on all drafted positions).
@@ -38,11 +42,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from accel.annealing.schedules import StepSchedule
-from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, clip_schedule
+from accel.models.mar import (HeadCall, Iteration, cfg_at, head_schedule, mask_len_at, predict, sample_tokens,
+                              write_tokens)
+from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, HeadStats
 from accel.speculative import cspd_math as M
 
 VERIFY = ("left_to_right", "independent")
@@ -83,27 +91,13 @@ class CSpDConfig:
         return cls(**{"gamma": 4, "verify": "independent", "std_product": "official", "inner_temperature": 42.0, **kw})
 
 
-@dataclass
-class HeadStats:
-    """Per-token statistics of an aligned head run (official ``manager``), all (R, C).
-
-    final_mean / final_std: the last step's Gaussian (respaced index 0; std = exp(logvar/2) * temperature);
-    log_std_sum: sum_{i>=1} log sigma_i of the path; sample: the head's token (= final_mean, no noise at i=0)."""
-
-    final_mean: torch.Tensor
-    final_std: torch.Tensor
-    log_std_sum: torch.Tensor
-    sample: torch.Tensor
-
-
 def head_stats(head: DiffLoss, z, schedule: DDPMSchedule, noise: HeadNoise, temperature=1.0, cfg=1.0,
                all_rows: bool = False) -> HeadStats:
-    """One head run with supplied noise (loop order); the uncond half (CFG) is dropped unless ``all_rows``."""
+    """One head run with supplied noise (loop order); the uncond half (CFG: a scale, or one per conditional
+    row) is dropped unless ``all_rows``."""
     traj = head.sample_trajectory(z, schedule=schedule, temperature=temperature, cfg=cfg, noise=noise)
-    n = z.shape[0] // 2 if float(cfg) != 1.0 and not all_rows else z.shape[0]  # CFG rows [cond; uncond]: keep cond
-    half_logvar = 0.5 * traj.log_variance[:, :n]  # (S, n, C), loop order: the last entry is respaced index 0
-    return HeadStats(traj.mean[-1, :n], half_logvar[-1].exp() * temperature, half_logvar[:-1].sum(0),
-                     traj.sample[:n])
+    guided = isinstance(cfg, torch.Tensor) and cfg.numel() > 1 or float(cfg) != 1.0
+    return HeadStats.of(traj, None if all_rows or not guided else z.shape[0] // 2)  # rows [cond; uncond]
 
 
 def aligned_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, x_T, inter_noise, temperature=1.0, cfg=1.0):
@@ -112,39 +106,64 @@ def aligned_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, x_T, inter_noi
     return head_stats(head, z, schedule, HeadNoise(x_T, inter_noise.flip(0)), temperature, cfg, all_rows=True)
 
 
-def row_cfg_head_stats(head: DiffLoss, z, schedule: DDPMSchedule, noise: HeadNoise, temperature, scale) -> HeadStats:
-    """``head_stats`` with a CFG scale per conditional row (N,), rows z = [cond; uncond] (2N, D).
-
-    Adapter: ``DiffLoss.step_stats`` takes one scalar scale per call; the DDPM step below is the same
-    (official p_mean_variance, learned-range variance, eps guided, variance channels not) on the head's net.
-    """
-    N, C, net = z.shape[0] // 2, head.in_channels, head.net
-    x, steps = torch.cat([noise.x_T, noise.x_T]), torch.cat([noise.steps, noise.steps], 1)
-    co = schedule.table(z.device)
-    c_emb, lsum = net.cond_embed(z), torch.zeros(N, C, device=z.device)
-    for k in range(schedule.num_steps):
-        i = schedule.num_steps - 1 - k
-        y = net.time_embed(co["t"][i:i + 1]) + c_emb
-        eps, v = net.guide(net.forward_embedded(net.dup_half(x), y), scale[:, None]).split(C, dim=1)
-        frac = (v + 1) / 2  # learned-range variance (Nichol & Dhariwal eq. 15)
-        logvar = frac * co["max_log"][i] + (1 - frac) * co["min_log"][i]
-        x0 = co["sqrt_recip_abar"][i] * x - co["sqrt_recipm1_abar"][i] * eps  # DDPM eq. 11 inverted
-        mean = co["coef1"][i] * x0 + co["coef2"][i] * x  # DDPM eq. 7
-        if i != 0:
-            lsum = lsum + 0.5 * logvar[:N]
-        x = mean + float(i != 0) * torch.exp(0.5 * logvar) * steps[k] * temperature
-    return HeadStats(mean[:N], (0.5 * logvar[:N]).exp() * temperature, lsum, x[:N])
-
-
 def step_schedules(cfg: CSpDConfig, L: int, max_timestep: int | None = None) -> list[DDPMSchedule]:
     """The DDPM schedule at each AR position n = 0..L-1 (one token per step): ``cfg.schedule.timesteps(n, L)``,
     one object per distinct timestep list, or ``head_steps`` everywhere when ``cfg.schedule`` is None; clipped
     at the target's ``max_timestep`` (``MARConfig.max_timestep``)."""
-    if cfg.schedule is None:
-        return [clip_schedule(DDPMSchedule.respaced(cfg.head_steps), max_timestep)] * L
-    from accel.annealing.disa import ddpm_schedules
+    spec = cfg.head_steps if cfg.schedule is None else cfg.schedule
+    return [head_schedule(spec, n, L, max_timestep=max_timestep) for n in range(L)]
 
-    return ddpm_schedules(cfg.schedule, L, max_timestep)
+
+@dataclass
+class WindowPlan:
+    """CSpD's plan for ``sample_tokens`` / ``predict``: iteration k predicts the next ``sizes[k]`` positions of
+    the shared order, from AR position ``start`` on (index positions (B, g): rows in (sample, index) order).
+
+    Per AR position n: head schedule ``schedules[n]`` and CFG scale ``cfg_scales[n]`` (the one-token-per-step
+    value; None = unguided). ``noise``: the aligned draws (x_T (B, G, C), steps (B, G, S_max, C)) of the plan's
+    G = sum(sizes) positions, or None: drawn at each iteration (x_T, then steps for the window's longest
+    head). ``final_noise``: the token is the last Gaussian step with the model's own noise (drawn after the
+    head); off for verification, which only reads the statistics."""
+
+    start: int
+    sizes: Sequence[int]
+    schedules: Sequence[DDPMSchedule]
+    cfg_scales: Sequence[float] | None
+    temperature: float = 1.0
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None
+    final_noise: bool = True
+
+    @property
+    def num_iter(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scales is not None
+
+    def _window(self, step: int) -> tuple[int, int]:
+        return self.start + sum(self.sizes[:step]), self.sizes[step]
+
+    def iteration(self, step: int, orders: torch.Tensor) -> Iteration:
+        n, g = self._window(step)
+        cfg = 1.0
+        if self.guided:  # each position its own scale, repeated over the batch: (B*g,) in (sample, index) order
+            cfg = torch.tensor([self.cfg_scales[k] for k in range(n, n + g)], device=orders.device).repeat(len(orders))
+        return Iteration(orders[:, n:n + g], cfg, self.temperature, final_noise=self.final_noise, count=g)
+
+    def head(self, step: int, z_rows: torch.Tensor, *, model, generator, stats: dict) -> HeadCall:
+        n, g = self._window(step)
+        scheds = [self.schedules[k] for k in range(n, n + g)]
+        S, C = max(s.num_steps for s in scheds), model.cfg.token_embed_dim
+        B = len(z_rows) // (2 if self.guided else 1) // g
+        if self.noise is None:
+            x_T = torch.randn((B, g, C), generator=generator, device=z_rows.device)
+            steps = torch.randn((B, g, S, C), generator=generator, device=z_rows.device)
+        else:
+            off = n - self.start
+            x_T, steps = self.noise[0][:, off:off + g], self.noise[1][:, off:off + g, :S]
+        noise = HeadNoise(x_T.reshape(-1, C), steps.permute(2, 0, 1, 3).reshape(S, -1, C))  # loop order, rows (b, j)
+        return HeadCall(scheds, noise)
 
 
 @dataclass
@@ -173,14 +192,12 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
                        progress: bool = False) -> CSpDResult:
     """Generate MAR token latents with CSpD; p = target MAR, q = draft MAR (same tokenizer / seq_len).
 
+    Every MAR iteration (prefill, drafts, the draft-free control) is ``accel.models.mar.sample_tokens`` with a
+    ``WindowPlan``; verification is one ``predict`` (the same loop body, nothing written).
     ``q=None`` is the control "target-parallel": each window is sampled by the target alone from its one pass.
     With the exact rule, ``verify="independent"`` outputs exactly this distribution (each drafted token is
     replaced in law by p(x_j | window-start context), independently across j), at the extra cost of drafting.
     """
-    from tqdm.auto import tqdm
-
-    from accel.models.mar import cfg_at, mask_len_at
-
     L, C = p.cfg.seq_len, p.cfg.token_embed_dim
     if q is not None and (q.cfg.seq_len, q.cfg.token_embed_dim) != (L, C):
         raise ValueError(f"draft tokens ({q.cfg.seq_len}x{q.cfg.token_embed_dim}) differ from target's ({L}x{C})")
@@ -192,105 +209,66 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     # DDPM schedule of the token at each AR position (shared by p and q), clipped at the target's max_timestep
     scheds = step_schedules(cfg, L, p.cfg.max_timestep)
     use_cfg = float(cfg.cfg) != 1.0
+    # the one-token-per-step CFG value at AR step n (MAR's linear/constant schedule)
+    scales = None if not use_cfg else [float(cfg_at(cfg.cfg, cfg.cfg_schedule, L, mask_len_at(n, L, L, L - n)))
+                                       for n in range(L)]
     orders = p.sample_orders(B, generator, dev)  # shared random order (B, L)
-    tokens = torch.zeros(B, L, C, device=dev)
-    mask = torch.ones(B, L, device=dev)
+    state = (torch.zeros(B, L, C, device=dev), torch.ones(B, L, device=dev))
     ar = torch.arange(B, device=dev)
     st = dict(nfe_target=0, nfe_draft=0, head_steps=0, head_rows=0, accepted=0, drafted=0, committed_drafts=0,
               verify_steps=0, windows=0, fallbacks=0, residual_tries=0, residuals=0)
     clock = _Clock(dev)
 
-    def randn(*shape):
-        return torch.randn(shape, generator=generator, device=dev)
+    def window(start: int, sizes, noise=None, final_noise=True) -> WindowPlan:
+        return WindowPlan(start, sizes, scheds, scales, cfg.temperature, noise, final_noise)
 
-    def cfg_scale(n: int):  # the one-token-per-step CFG value at AR step n (MAR's linear/constant schedule)
-        s = cfg_at(cfg.cfg, cfg.cfg_schedule, L, mask_len_at(n, L, L, L - n))
-        return s.to(dev) if isinstance(s, torch.Tensor) else s
-
-    def max_steps(ns):  # step noise is drawn for the longest head of a window
-        return max(scheds[k].num_steps for k in ns)
-
-    def run_head(model, z, pos, noise_xT, noise_steps, steps_n):
-        """Head stats at positions pos (B, g) (AR indices steps_n) from conditions z (B or 2B, L, D), noise
-        (B, g, C) / (B, g, S_max, C): one head call per distinct schedule in the window (constant: ONE)."""
-        groups: dict[int, list[int]] = {}
-        for j, k in enumerate(steps_n):
-            groups.setdefault(id(scheds[k]), []).append(j)
-        if len(groups) == 1:
-            return head_call(model, z, pos, noise_xT, noise_steps, steps_n)
-        g = pos.shape[1]
-        out = HeadStats(*(torch.empty(B, g, C, device=dev) for _ in range(4)))
-        for js in groups.values():
-            hs = head_call(model, z, pos[:, js], noise_xT[:, js], noise_steps[:, js], [steps_n[j] for j in js])
-            for f in ("final_mean", "final_std", "log_std_sum", "sample"):
-                getattr(out, f)[:, js] = getattr(hs, f)
-        return out
-
-    def head_call(model, z, pos, noise_xT, noise_steps, steps_n):
-        """ONE head call, all positions on schedule scheds[steps_n[0]] (the first S of the step noise); under
-        CFG each position gets its own one-token-per-step scale (rows [cond; uncond])."""
-        g, sched = pos.shape[1], scheds[steps_n[0]]
-        S = sched.num_steps
-        noise_steps = noise_steps[:, :, :S]
-        bi, pj = ar[:, None].expand(B, g).reshape(-1), pos.reshape(-1)
-        rows = torch.cat([z[bi, pj], z[B + bi, pj]]) if use_cfg else z[bi, pj]
-        noise = HeadNoise(noise_xT.reshape(-1, C), noise_steps.permute(2, 0, 1, 3).reshape(S, -1, C))
-        if use_cfg:
-            scale = torch.tensor([float(cfg_scale(k)) for k in steps_n], device=dev).repeat(B)  # (B*g,)
-            hs = row_cfg_head_stats(model.head, rows, sched, noise, cfg.temperature, scale)
-        else:
-            hs = head_stats(model.head, rows, sched, noise, cfg.temperature)
-        st["head_steps"] += S
-        st["head_rows"] += S * len(rows)
-        return HeadStats(*(getattr(hs, f).reshape(B, g, C) for f in ("final_mean", "final_std", "log_std_sum", "sample")))
-
-    def last_step(hs: HeadStats):  # the token: the last Gaussian step with the model's own noise
-        return hs.final_mean + hs.final_std * randn(*hs.final_mean.shape)
+    def run(model, plan, nfe: str, record=False):  # MAR's loop from the current state; counts its work
+        r = sample_tokens(model, labels, plan=plan, generator=generator, orders=orders, state=state, record=record)
+        st[nfe] += r.stats["nfe_target"]
+        st["head_steps"] += r.stats["head_steps"]
+        st["head_rows"] += r.stats["head_rows"]
+        return r
 
     n = 0
     n_prefill = min(L, math.floor(cfg.prefill * L) + 1) if cfg.prefill > 0 else 0
     bar = tqdm(total=L, disable=not progress, desc="CSpD")
     clock.lap(None)
-    while n < n_prefill:  # token pre-filling by the target alone
-        z = p.condition(tokens, mask, labels, cfg=use_cfg)
-        pos = orders[:, n:n + 1]
-        hs = run_head(p, z, pos, randn(B, 1, C), randn(B, 1, max_steps([n]), C), [n])
-        tokens[ar, pos[:, 0]], mask[ar, pos[:, 0]] = last_step(hs)[:, 0], 0.0
-        st["nfe_target"] += 1
-        n += 1
-        bar.update(1)
+    if n_prefill:  # token pre-filling by the target alone, one token per iteration
+        r = run(p, window(0, [1] * n_prefill), "nfe_target")
+        state, n = (r.seq, r.mask), n_prefill
+        bar.update(n_prefill)
     clock.lap("prefill")
     while n < L:
         g = min(cfg.gamma, L - n)
         pos = orders[:, n:n + g]  # (B, g)
-        S = max_steps(range(n, n + g))
-        xT_q, steps_q = randn(B, g, C), randn(B, g, S, C)
-        xT_p, steps_p = (xT_q, steps_q) if cfg.align else (randn(B, g, C), randn(B, g, S, C))
+        S = max(scheds[k].num_steps for k in range(n, n + g))  # step noise is drawn for the longest head
+        xT_q, steps_q = randn(generator, dev, B, g, C), randn(generator, dev, B, g, S, C)
+        xT_p, steps_p = (xT_q, steps_q) if cfg.align else (randn(generator, dev, B, g, C),
+                                                           randn(generator, dev, B, g, S, C))
         if q is None:  # control: the target alone samples the window from one pass (no draft)
-            hp = run_head(p, p.condition(tokens, mask, labels, cfg=use_cfg), pos, xT_p, steps_p, list(range(n, n + g)))
-            tokens[ar[:, None], pos], mask[ar[:, None], pos] = last_step(hp), 0.0
-            st["nfe_target"] += 1
+            r = run(p, window(n, [g], (xT_p, steps_p)), "nfe_target")
+            state = (r.seq, r.mask)
             st["windows"] += 1
             n += g
             bar.update(g)
             continue
-        tok_q, mask_q, drafts = tokens.clone(), mask.clone(), []
-        for j in range(g):  # draft gamma tokens, one per step
-            z = q.condition(tok_q, mask_q, labels, cfg=use_cfg)
-            hs = run_head(q, z, pos[:, j:j + 1], xT_q[:, j:j + 1], steps_q[:, j:j + 1], [n + j])
-            x = last_step(hs)
-            drafts.append((x, hs))
-            tok_q[ar, pos[:, j]], mask_q[ar, pos[:, j]] = x[:, 0], 0.0
-            st["nfe_draft"] += 1
+        r = run(q, window(n, [1] * g, (xT_q, steps_q)), "nfe_draft", record=True)  # draft gamma tokens
+        x_q = r.seq[ar[:, None], pos]  # (B, g, C)
+        mq, sq, lq = (torch.stack([getattr(t["head"], f) for t in r.trace], 1) for f in HeadStats.FIELDS[:3])
         clock.lap("draft")
-        z = p.condition(tokens, mask, labels, cfg=use_cfg)  # ONE target pass on the window-start context
+        vplan = window(n, [g], (xT_p, steps_p), final_noise=False)
+
+        def head(z, vplan=vplan):  # the head's call, once the target's MAR pass is done (timed apart)
+            clock.lap("verify_mar")
+            return vplan.head(0, z, model=p, generator=generator, stats=st)
+
+        pred = predict(p, *state, labels, vplan.iteration(0, orders), head, guided=use_cfg, generator=generator,
+                       trajectory=True)  # ONE target pass on the window-start context, then its head
+        hp = HeadStats(*(getattr(pred.head, f).reshape(B, g, C) for f in HeadStats.FIELDS))
         st["nfe_target"] += 1
-        clock.lap("verify_mar")
-        hp = run_head(p, z, pos, xT_p, steps_p, list(range(n, n + g)))
+        st["head_steps"] += pred.head_steps
+        st["head_rows"] += pred.head_rows
         clock.lap("verify_head")
-        x_q = torch.cat([d[0] for d in drafts], 1)  # (B, g, C)
-        mq, sq, lq = (torch.cat([getattr(d[1], f) for d in drafts], 1)
-                      for f in ("final_mean", "final_std", "log_std_sum"))
         log_sigma = M.log_std_product(hp.log_std_sum, lq, cfg.std_product)  # (B, g)
         log_r = M.log_acceptance_ratio(x_q, hp.final_mean, hp.final_std, mq, sq, log_sigma, cfg.inner_temperature)
         acc, _ = M.accept(log_r, generator)
@@ -311,7 +289,9 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
             st["residual_tries"] += int(tries.sum())
             st["residuals"] += int(need.sum())
         clock.lap("residual")
-        tokens[ar[:, None], pos[:, :n_commit]], mask[ar[:, None], pos[:, :n_commit]] = out, 0.0
+        seq, mask = state[0].clone(), state[1].clone()
+        write_tokens(seq, mask, pos[:, :n_commit], out.reshape(-1, C))
+        state = (seq, mask)
         st["accepted"] += int(acc.sum())
         st["drafted"] += acc.numel()
         st["committed_drafts"] += int(keep_draft.sum())
@@ -322,4 +302,8 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     bar.close()
     st["time_split_s"] = clock.parts
     st["steps_per_iter"] = [s.num_steps for s in scheds]
-    return CSpDResult(p.unpatchify(tokens), st)
+    return CSpDResult(p.unpatchify(state[0]), st)
+
+
+def randn(generator: torch.Generator, device, *shape) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=device)

@@ -31,7 +31,7 @@ class TargetOnlyMAR:
     @torch.no_grad()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         c, L = self.config, self.target.cfg.seq_len
-        steps = c.head_steps if c.schedule is None else (lambda k, n: c.schedule.timesteps(k, n))  # DiSA per step
+        steps = c.head_steps if c.schedule is None else c.schedule  # a DiSA StepSchedule is a head_steps plan
         out = sample_tokens(self.target, cond, generator=generator, num_iter=L, cfg=c.cfg,
                             cfg_schedule=c.cfg_schedule, temperature=c.temperature, head_steps=steps)
         stats = {k: v for k, v in out.stats.items() if k in ("nfe_target", "head_steps", "head_rows")}
