@@ -1,4 +1,10 @@
-"""The few types shared across accel (DESIGN.md §3). Keep this small."""
+"""The few types and interfaces shared across accel (DESIGN.md §3). Keep this small.
+
+- ``Sample`` / ``Method``: what every decode returns, and the only seam the harness knows.
+- ``StepSchedule``: diffusion steps per AR step (DiSA's schedules; MAR's plans and CSpD take them).
+- ``CachePolicy``: which cached keys/values a layer keeps (ScaleKV and its baselines; VAR and LlamaGen caches).
+- ``Drafter`` / ``AcceptanceRule``: what speculative decoding's loops call (p = target, q = draft).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,3 +41,35 @@ class CachePolicy(Protocol):
     ``compress(layer, scale, k, v, q) -> (k, v)`` with the history ``(B, H, L, D)`` and that step's queries."""
 
     def compress(self, layer: int, scale: int, k: Tensor, v: Tensor, q: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class StepSchedule(Protocol):
+    """``schedule(ar_step, num_ar_steps) -> diffusion steps`` and the head timesteps it runs (DiSA, Eq. 6)."""
+
+    def __call__(self, ar_step: int, num_ar_steps: int) -> int: ...
+
+    def timesteps(self, ar_step: int, num_ar_steps: int) -> tuple[int, ...]: ...
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes draft tokens for LlamaGen's speculative loops (``accel/speculative/drafters.py``):
+    ``begin(labels, max_len) -> state``; ``propose(state, gamma, sc, greedy, generator) -> (drafts (B, γ),
+    q (B, γ, V))``; ``observe(state, seq, start, hidden, n_new)`` after each target forward."""
+
+    def begin(self, labels: Tensor, max_len: int): ...
+
+    def propose(self, state, gamma: int, sc, greedy: bool, generator: torch.Generator | None): ...
+
+    def observe(self, state, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None: ...
+
+
+@runtime_checkable
+class AcceptanceRule(Protocol):
+    """Speculative acceptance (``accel/speculative/rules.py``, ``lantern.py``): the probability of accepting draft
+    ``x`` given target ``p`` and draft ``q`` (B, V), and the distribution to resample from on rejection."""
+
+    def accept_prob(self, p: Tensor, q: Tensor, x: Tensor) -> Tensor: ...
+
+    def residual(self, p: Tensor, q: Tensor, x: Tensor) -> Tensor: ...

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from accel.annealing.schedules import DISA_RESPACING, ConstantSchedule, Respacing, StepSchedule, disa_schedule
+from accel.annealing.schedules import DISA_RESPACING, ConstantSchedule, Respacing, disa_schedule
+from accel.types import StepSchedule
 from accel.models.mar import HeadCall, MaskedPlan, decode_tokens, head_schedule, sample_tokens
 from accel.models.mar_head import DDPMSchedule
 from accel.types import Sample

@@ -34,7 +34,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol, runtime_checkable
+
+from accel.types import StepSchedule
 
 NUM_TRAIN_TIMESTEPS = 1000  # MAR's training diffusion (cosine, 1000 steps)
 DISA_CLIP = 950  # DiSA's create_diffusion(clip_timesteps=950); a "time-offset correction"
@@ -77,15 +78,6 @@ class Respacing:
 
 MAR_RESPACING = Respacing(clip=None)
 DISA_RESPACING = Respacing(clip=DISA_CLIP)
-
-
-@runtime_checkable
-class StepSchedule(Protocol):
-    """DESIGN.md: ``StepSchedule(ar_step, num_ar_steps) -> diffusion steps``."""
-
-    def __call__(self, ar_step: int, num_ar_steps: int) -> int: ...
-
-    def timesteps(self, ar_step: int, num_ar_steps: int) -> tuple[int, ...]: ...
 
 
 def _check_step(ar_step: int, num_ar_steps: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from accel.annealing.schedules import StepSchedule
+from accel.types import StepSchedule
 from accel.harness.timing import Timing, time_interleaved
 
 

@@ -47,7 +47,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from accel.annealing.schedules import StepSchedule
+from accel.types import StepSchedule
 from accel.models.mar import (HeadCall, Iteration, cfg_at, head_schedule, mask_len_at, predict, sample_tokens,
                               write_tokens)
 from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, HeadStats
