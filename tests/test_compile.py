@@ -12,11 +12,14 @@ from torch._dynamo.utils import counters
 
 import accel
 from accel.api.compile import is_compiled, networks, step_modules
+from accel.harness.registry import MethodEntry, Registry
+from accel.harness.runner import RunConfig, run_group
 from accel.models.llamagen import GPTConfig, Transformer
 from accel.models.llamagen_vq import VQConfig, VQModel
 from accel.models.var import VARConfig, build_var
 from accel.models.var_vqvae import VQVAEConfig
 from accel.speculative.drafters import EagleHead
+from test_harness_fake import FakeMethod
 
 VQ = VQConfig(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
               decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
@@ -66,6 +69,28 @@ def test_compile_options_are_checked_and_off_means_eager():
         accel.compile(g, "fast")
     with pytest.raises(ValueError, match="no network"):
         accel.compile(object())
+
+
+class HoldsNetwork(FakeMethod):
+    """A fake method that holds a LlamaGen network (compiled by the runner, never called: no compile cost)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.model = Transformer(GPT).eval()
+
+
+def test_bench_compile_treats_every_method_of_the_group_alike():
+    reg, built = Registry(), {}
+    reg.add(MethodEntry("base", "fakefam", lambda ctx: built.setdefault("base", HoldsNetwork("base")), models=("m",)))
+    reg.add(MethodEntry("plain", "fakefam", lambda ctx: FakeMethod("plain"), models=("m",), baseline="base"))
+    rows = run_group(reg, reg.get("base"), [reg.get("plain")], "m",
+                     RunConfig(batch_sizes=(1,), repeats=1, memory=False, compile="default"))
+    assert is_compiled(built["base"].model)  # the baseline is compiled like the method; "plain" has no network
+    assert {r["method"] for r in rows} == {"base+compile", "plain+compile"}
+    assert {r["baseline"] for r in rows} == {"base+compile"}
+    assert all(r["compile"] == "default" and r["compile_s"] > 0 for r in rows)
+    eager = run_group(reg, reg.get("base"), [reg.get("plain")], "m", RunConfig(batch_sizes=(1,), repeats=1, memory=False))
+    assert {r["method"] for r in eager} == {"base", "plain"} and all(r["compile_s"] is None for r in eager)
 
 
 @pytest.mark.slow

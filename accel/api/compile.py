@@ -61,7 +61,8 @@ def step_modules(net: nn.Module) -> list[nn.Module]:
 
 def networks(method, depth: int = 3) -> list[nn.Module]:
     """The networks (not tokenizers) held by ``method``: its ``nn.Module`` attributes and those of the accel
-    objects it holds (a drafter's model, ...), ``depth`` levels down, each once."""
+    objects it holds (a drafter's model, ...), ``depth`` levels down, each once. ``method`` itself may be of
+    any class (a plugin's); below it only accel objects are searched."""
     found: dict[int, nn.Module] = {}
     seen: set[int] = set()
 
@@ -77,7 +78,7 @@ def networks(method, depth: int = 3) -> list[nn.Module]:
             for v in obj:
                 visit(v, level)
             return
-        if type(obj).__module__.startswith("accel.") and hasattr(obj, "__dict__"):
+        if (level == 0 or type(obj).__module__.startswith("accel.")) and hasattr(obj, "__dict__"):
             for v in vars(obj).values():
                 visit(v, level + 1)
 

@@ -136,6 +136,8 @@ def run_group(
     if cfg.compile:  # every method with networks, baseline included; one without (a table sampler) stays eager
         methods = {k: compile_method(m, cfg.compile) if networks(m) else m for k, m in methods.items()}
     compile_s: dict[str, float | None] = {e.name: None for e in group}
+    # compiled rows are named apart (method and baseline alike), so they sit beside an eager run's rows
+    tag = "" if not cfg.compile else "+compile" if cfg.compile == "default" else f"+compile-{cfg.compile}"
     if cfg.compile:  # compile time: the first call (compilation + one call), before any quality or timed call
         for e in group:
             say(f"{model}: compiling {e.name} ({cfg.compile})")
@@ -193,11 +195,11 @@ def run_group(
                 say(f"{model}: peak memory of {e.name} at batch {bs}")
             mem = _peak_memory(e, calls[e.name], model, bs, cfg, reg, device)
             rows.append(make_row(
-                experiment=e.group, family=e.family, model=model, method=e.name,
+                experiment=e.group, family=e.family, model=model, method=e.name + tag,
                 params={**e.params, **getattr(methods[e.name], 'params', {}), **({"compile": cfg.compile} if cfg.compile else {})},
                 batch_size=bs, compile=cfg.compile, compile_s=compile_s[e.name],
                 n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
-                images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name, repeats=cfg.repeats,
+                images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name + tag, repeats=cfg.repeats,
                 **floor_fields(methods[e.name], bs, t.median, device, dtype),
                 **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,
                 peak_mem_before_generate_bytes=mem.baseline_bytes if mem else None,
