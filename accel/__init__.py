@@ -21,16 +21,21 @@ Techniques (each returns an object with ``generate``):
     distilled(teacher, student, steps=1 | 2, teacher_involved=None)                        LlamaGen, VAR
     kv_compress(model, policy=scalekv(0.1) | snapkv(...) | pyramidkv(...) | streamingllm(...) | sliding(...))  VAR, LlamaGen
 
+Compilation (explicit, in place, of the networks a method runs per step; compile time = first call):
+    compile(method, mode=True | "reduce-overhead" | "max-autotune", dynamic=True)   every generator and technique
+    load(..., compile=True)                                                         the same, at loading
+    warm_up(method, cond) -> seconds of the first (compiling) call
+
 Compositions: ``cspd(..., schedule=linear(50, 5))`` (DiSA inside CSpD), ``distilled(..., teacher_involved=(a, b))``.
 """
 
 __version__ = "0.1.0"
 
 # Imported eagerly: the API's ``speculative`` function must shadow the ``accel.speculative`` package here.
-from accel.api import (LlamaGenGenerator, MARGenerator, Sampling, VARGenerator, adaptive, constant, cosine, cspd,  # noqa: E402
-                       disa, distilled, exact, kv_compress, lantern, linear, load, pyramidkv, scalekv, sliding, snapkv,
-                       speculative, streamingllm, two_stage, wrap)
+from accel.api import (LlamaGenGenerator, MARGenerator, Sampling, VARGenerator, adaptive, compile, constant, cosine,  # noqa: E402
+                       cspd, disa, distilled, exact, kv_compress, lantern, linear, load, pyramidkv, scalekv, sliding, snapkv,
+                       speculative, streamingllm, two_stage, warm_up, wrap)
 
 __all__ = ["load", "wrap", "Sampling", "LlamaGenGenerator", "MARGenerator", "VARGenerator", "speculative", "exact",
            "lantern", "cspd", "disa", "linear", "cosine", "two_stage", "constant", "adaptive", "distilled",
-           "kv_compress", "scalekv", "snapkv", "pyramidkv", "streamingllm", "sliding"]
+           "kv_compress", "scalekv", "snapkv", "pyramidkv", "streamingllm", "sliding", "compile", "warm_up"]

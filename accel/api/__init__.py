@@ -1,4 +1,5 @@
 """accel's public API (re-exported by ``accel``): ``load`` a family generator, then one constructor per technique."""
+from accel.api.compile import compile, warm_up
 from accel.api.generators import LlamaGenGenerator, MARGenerator, VARGenerator
 from accel.api.load import load, wrap
 from accel.api.sampling import Sampling
@@ -7,4 +8,4 @@ from accel.api.techniques import (adaptive, constant, cosine, cspd, disa, distil
 
 __all__ = ["load", "wrap", "Sampling", "LlamaGenGenerator", "MARGenerator", "VARGenerator", "speculative", "exact",
            "lantern", "cspd", "disa", "linear", "cosine", "two_stage", "constant", "adaptive", "distilled",
-           "kv_compress", "scalekv", "snapkv", "pyramidkv", "streamingllm", "sliding"]
+           "kv_compress", "scalekv", "snapkv", "pyramidkv", "streamingllm", "sliding", "compile", "warm_up"]

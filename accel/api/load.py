@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from accel import zoo
+from accel.api.compile import compile as compile_method
 from accel.api.generators import GENERATORS, LlamaGenGenerator, MARGenerator, VARGenerator
 from accel.api.sampling import Sampling, from_family
 from accel.models.kl_vae import AutoencoderKL, KLVAEConfig, load_kl_vae
@@ -37,9 +38,10 @@ def family_of(model: nn.Module) -> str:
 
 
 def wrap(model: nn.Module, tokenizer: nn.Module, *, family: str | None = None, name: str | None = None,
-         card: dict | None = None, defaults_from: str = "accel defaults", **settings):
+         card: dict | None = None, defaults_from: str = "accel defaults", compile: bool | str | None = None,
+         **settings):
     """A generator around modules already built (``card``: the family's own default settings, overridden by
-    ``settings``)."""
+    ``settings``; ``compile``: as in :func:`load`)."""
     family = family or family_of(model)
     if family not in GENERATORS:
         raise ValueError(f"family={family!r}; valid: {sorted(GENERATORS)}")
@@ -57,12 +59,12 @@ def wrap(model: nn.Module, tokenizer: nn.Module, *, family: str | None = None, n
     kw = dict(sampling=sampling, defaults_from=defaults_from, **extras)
     if name:
         kw["name"] = name
-    return GENERATORS[family](model.eval(), tokenizer.eval(), **kw)
+    return compile_method(GENERATORS[family](model.eval(), tokenizer.eval(), **kw), compile)
 
 
 def load(source, *, tokenizer=None, family: str | None = None, config=None, tokenizer_config=None,
          device: torch.device | str | None = None, dtype: torch.dtype | None = None, key: str | None = None,
-         **settings) -> LlamaGenGenerator | MARGenerator | VARGenerator:
+         compile: bool | str | None = None, **settings) -> LlamaGenGenerator | MARGenerator | VARGenerator:
     """A family generator (``generate(cond, *, generator) -> Sample``).
 
     ``source`` is one of:
@@ -75,7 +77,11 @@ def load(source, *, tokenizer=None, family: str | None = None, config=None, toke
       ``"mar_base"``, ``"d16"``, or a config object), ``tokenizer`` its tokenizer's file and
       ``tokenizer_config`` (default: the family's released tokenizer config);
     - a network module already built, with ``tokenizer`` its tokenizer module.
+
+    ``compile``: ``True`` or a ``torch.compile`` mode (``"reduce-overhead"``, ``"max-autotune"``) compiles the
+    network in place (``accel.compile``; compilation happens at the first call); default eager.
     """
+    settings = {**settings, "compile": compile}
     if isinstance(source, nn.Module):
         if not isinstance(tokenizer, nn.Module):
             raise TypeError("tokenizer: pass the tokenizer module that decodes this network's tokens")

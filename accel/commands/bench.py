@@ -56,6 +56,10 @@ def configure(p):
     p.add_argument("--preset", choices=("quick", "gpu"), default="quick",
                    help="quick: the zoo methods (default); gpu: cost structure at full-size shapes with random weights "
                         "(accel.harness.costs)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile every method of a group, baseline included (accel.compile, in place); the "
+                        "first call's time is the row's compile_s; compare with an eager run's rows")
     p.add_argument("--tiny", action="store_true", help="with --preset gpu: tiny configs (runs in seconds on a CPU)")
 
 
@@ -213,7 +217,7 @@ def main(args) -> int:
                     n_images=args.n_images or 0, quality_batch=args.quality_batch, seed=args.seed, device=args.device,
                     dtype=args.dtype, memory=not args.no_memory and args.memory != "none",
                     memory_all_batches=args.memory == "all",
-                    samples_dir=args.out / "samples" if args.save_samples else None)
+                    samples_dir=args.out / "samples" if args.save_samples else None, compile=args.compile)
     command, run_id = current_command(), new_run_id()
     out_jsonl = args.out / "bench.jsonl"
     rows = []

@@ -19,6 +19,7 @@ import torch
 import torch.distributed
 from tqdm.auto import tqdm
 
+from accel.api.compile import compile as compile_method, networks, warm_up
 from accel.harness import metrics as M
 from accel.harness.distributed import IndexedSamples, autocast, chunk_seed, class_cond, generate_indexed, rank_world
 from accel.harness.floor import floor_fields
@@ -47,6 +48,7 @@ class RunConfig:
     num_classes: int = 10
     n_boot: int = 100
     samples_dir: Path | None = None  # write ADM-style samples.npz per method here
+    compile: str | None = None  # torch.compile mode for every method of the group, baseline included (accel.compile)
 
 
 def aggregate_stats(stats: list[dict[str, Any]]) -> dict[str, float | int | None]:
@@ -132,6 +134,17 @@ def run_group(
         if reg.baseline_of(e).name != baseline.name:
             raise ValueError(f"{e.name!r} is compared with {e.baseline!r}, not {baseline.name!r}")
     methods = {e.name: e.build(ctx) for e in group}
+    if cfg.compile:  # every method with networks, baseline included; one without (a table sampler) stays eager
+        methods = {k: compile_method(m, cfg.compile) if networks(m) else m for k, m in methods.items()}
+    compile_s: dict[str, float | None] = {e.name: None for e in group}
+    # compiled rows are named apart (method and baseline alike), so they sit beside an eager run's rows
+    tag = "" if not cfg.compile else "+compile" if cfg.compile == "default" else f"+compile-{cfg.compile}"
+    if cfg.compile:  # compile time: the first call (compilation + one call), before any quality or timed call
+        for e in group:
+            say(f"{model}: compiling {e.name} ({cfg.compile})")
+            cond = class_cond(torch.arange(min(cfg.batch_sizes)), cfg.num_classes).to(device)
+            with autocast(device, dtype):
+                compile_s[e.name] = warm_up(methods[e.name], cond, generator=torch.Generator(device).manual_seed(cfg.seed))
     rank, _ = rank_world()
     run_id = run_id or new_run_id()
     env = environment(device)
@@ -186,10 +199,11 @@ def run_group(
                 say(f"{model}: peak memory of {e.name} at batch {bs}")
             mem = _peak_memory(e, calls[e.name], model, bs, cfg, reg, device)
             rows.append(make_row(
-                experiment=e.group, family=e.family, model=model, method=e.name,
-                params={**e.params, **getattr(methods[e.name], 'params', {})}, batch_size=bs,
+                experiment=e.group, family=e.family, model=model, method=e.name + tag,
+                params={**e.params, **getattr(methods[e.name], 'params', {}), **({"compile": cfg.compile} if cfg.compile else {})},
+                batch_size=bs, compile=cfg.compile, compile_s=compile_s[e.name],
                 n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
-                images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name, repeats=cfg.repeats,
+                images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name + tag, repeats=cfg.repeats,
                 **floor_fields(methods[e.name], bs, t.median, device, dtype),
                 **c, peak_mem_bytes=mem.bytes if mem else None, peak_mem_kind=mem.kind if mem else None,
                 peak_mem_before_generate_bytes=mem.baseline_bytes if mem else None,

@@ -1,7 +1,8 @@
 """Fast AR decoding for LlamaGen: the baseline every speed-up is measured against.
 
 Static KV cache, batched CFG (the batch is ``[cond; null]``, one forward per token), no per-step
-allocation beyond the new token. Semantics match the official ``generate()`` (research §1.7): the
+allocation beyond the new token and no host sync inside the loop (``kv_len`` is a Python int at every
+forward), so ``torch.compile`` of the Transformer (``accel.compile``) traces one graph for every step. Semantics match the official ``generate()`` (research §1.7): the
 prefill token always uses CFG; token t uses CFG iff ``cfg_interval < 0 or t <= cfg_interval + 1``.
 """
 from __future__ import annotations
@@ -95,12 +96,16 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
     watch = FiniteWatch("next-token probabilities", "LlamaGen")  # read once after the loop: no per-step sync
     B = cond.size(0)
     labels = cfg_batch(model, cond, sc.uses_cfg)
+    R, c = labels.size(0), model.config.cls_token_num  # R = 2B under CFG ([cond; null] rows share the tokens)
     if cache is None:
-        cache = model.new_cache(labels.size(0), model.config.cls_token_num + n)
+        cache = model.new_cache(R, c + n)
+    # Everything the loop touches is allocated here: the output, the next forward's input (R, 1), written in
+    # place, and the positions (each step's input_pos is a view). kv_len is passed as a Python int to every
+    # forward, prefill included: no device sync in the loop and one unbroken graph under torch.compile.
     out = torch.empty(B, n, dtype=torch.long, device=cond.device)
-    pos = torch.arange(model.config.cls_token_num + n, device=cond.device)
-    c = model.config.cls_token_num
-    logits = model(None, labels, input_pos=pos[:c], cache=cache)[:, -1]
+    step_in = torch.empty(R, 1, dtype=torch.long, device=cond.device)
+    pos = torch.arange(c + n, device=cond.device)
+    logits = model(None, labels, input_pos=pos[:c], cache=cache, kv_len=c)[:, -1]
     P = 0 if prefix is None else prefix.size(1)
     if P:
         if prefix.size(0) != B or P >= n:
@@ -110,15 +115,15 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
         logits = model(x, input_pos=pos[c: c + P], cache=cache, kv_len=c + P)[:, -1]
     for t in range(P, n):
         if t > P:
-            x = out[:, t - 1: t]
-            p = model.config.cls_token_num + t - 1
-            logits = model(torch.cat([x, x]) if sc.uses_cfg else x, input_pos=pos[p: p + 1], cache=cache,
-                           kv_len=p + 1)[:, -1]
+            p = c + t - 1
+            logits = model(step_in, input_pos=pos[p: p + 1], cache=cache, kv_len=p + 1)[:, -1]
         guided = guided_logits(logits, B, sc, t)
         probs = logits_to_probs(guided, sc.temperature, sc.top_k, sc.top_p)
         watch(t, probs)
-        out[:, t] = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits,
-                                                                           step=t, model="LlamaGen")
+        tok = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits,
+                                                                  step=t, model="LlamaGen")
+        out[:, t] = tok
+        step_in.view(R // B, B).copy_(tok.expand(R // B, B))  # (B,) -> every CFG half of the next input
         if trace is not None:
             for k, v in (("raw", logits), ("logits", guided), ("probs", probs)):
                 trace.setdefault(k, []).append(v.clone())

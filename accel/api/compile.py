@@ -1,0 +1,128 @@
+"""``accel.compile``: ``torch.compile`` the networks a method runs at every decoding step, in place.
+
+An explicit option, never a global setting: ``accel.compile(method, mode=...)`` (or ``accel.load(...,
+compile=...)``) calls ``nn.Module.compile`` on the step networks it finds in ``method`` (the generator itself
+or any technique wrapping generators), so attribute access, ``isinstance`` checks and state dicts are
+unchanged and every object sharing a network (a technique and its baseline) runs the compiled one.
+
+Which modules are compiled, per network (the ones called through ``module(...)`` once or more per step):
+
+- LlamaGen ``Transformer`` (target or draft model): the whole network (one graph per forward; the decode
+  loop passes ``kv_len`` as an int and keeps its buffers, ``accel.models.llamagen_generate``);
+- EAGLE head: its decoder layer; Distilled Decoding students: their transformer layers / blocks;
+- VAR: each block and the head (``head_nm``, ``head``), whose forward the scale loop calls;
+- MAR: each encoder and decoder block and the diffusion head's residual blocks and final layer (the head's
+  sampler calls those, not ``net.forward``).
+
+Tokenizers are left eager (one decode per image, not per step). Compilation happens at the first call;
+:func:`warm_up` runs that call and returns its wall time, so compile time is reported apart from the
+steady-state latency. ``dynamic=True`` (default) traces the step with symbolic sizes (LlamaGen's ``kv_len``
+grows by one per token, batch sizes vary), so one graph serves every step.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from accel.distill.student_llamagen import DDLlamaGen
+from accel.distill.student_var import DDVAR
+from accel.models.kl_vae import AutoencoderKL
+from accel.models.llamagen import Transformer
+from accel.models.llamagen_vq import VQModel
+from accel.models.mar import MAR
+from accel.models.var import VAR
+from accel.models.var_vqvae import VQVAE
+from accel.speculative.drafters import EagleHead
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TOKENIZERS = (VQModel, AutoencoderKL, VQVAE)
+
+
+def step_modules(net: nn.Module) -> list[nn.Module]:
+    """The submodules of ``net`` that one decoding step calls through ``module(...)`` (see the module docstring);
+    empty for a network accel does not know (it is then left eager)."""
+    if isinstance(net, DDLlamaGen):  # before Transformer: predict() calls the layers, not forward
+        return list(net.layers)
+    if isinstance(net, Transformer):
+        return [net]
+    if isinstance(net, DDVAR):
+        return list(net.blocks)
+    if isinstance(net, VAR):
+        return [*net.blocks, net.head_nm, net.head]
+    if isinstance(net, MAR):
+        head = net.diffloss.net
+        return [*net.encoder_blocks, *net.decoder_blocks, *head.res_blocks, head.final_layer]
+    if isinstance(net, EagleHead):
+        return [net.layer]
+    return []
+
+
+def networks(method, depth: int = 3) -> list[nn.Module]:
+    """The networks (not tokenizers) held by ``method``: its ``nn.Module`` attributes and those of the accel
+    objects it holds (a drafter's model, ...), ``depth`` levels down, each once. ``method`` itself may be of
+    any class (a plugin's); below it only accel objects are searched."""
+    found: dict[int, nn.Module] = {}
+    seen: set[int] = set()
+
+    def visit(obj, level):
+        if id(obj) in seen or level > depth:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            if not isinstance(obj, TOKENIZERS):
+                found.setdefault(id(obj), obj)
+            return
+        if isinstance(obj, (list, tuple)):
+            for v in obj:
+                visit(v, level)
+            return
+        if (level == 0 or type(obj).__module__.startswith("accel.")) and hasattr(obj, "__dict__"):
+            for v in vars(obj).values():
+                visit(v, level + 1)
+
+    visit(method, 0)
+    return list(found.values())
+
+
+def compile(method, mode: str | bool | None = True, *, dynamic: bool | None = True, fullgraph: bool = False):  # noqa: A001
+    """Compile, in place, the step networks of ``method`` (a generator from ``accel.load`` or any technique)
+    with ``torch.compile``; returns ``method``.
+
+    ``mode``: ``True`` or ``"default"``, ``"reduce-overhead"`` (CUDA graphs on GPU), ``"max-autotune"``,
+    ``"max-autotune-no-cudagraphs"``; ``False``/``None`` leaves ``method`` eager. ``dynamic``: passed to
+    ``torch.compile`` (True: symbolic sizes, one graph for every step). Compilation runs at the first call
+    (see :func:`warm_up`)."""
+    if mode is None or mode is False:
+        return method
+    if mode is True:
+        mode = "default"
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: must be True, False, None or one of {list(MODES)}")
+    modules = {id(m): m for net in networks(method) for m in step_modules(net)}
+    if not modules:
+        raise ValueError(f"method: found no network to compile in {type(method).__name__} (expected LlamaGen, MAR, "
+                         "VAR, EAGLE or Distilled Decoding networks among its attributes)")
+    for m in modules.values():
+        m.compile(mode=None if mode == "default" else mode, dynamic=dynamic, fullgraph=fullgraph)
+    return method
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module`` was compiled in place (``nn.Module.compile``)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def warm_up(method, cond: torch.Tensor, *, generator: torch.Generator | None = None) -> float:
+    """Run ``method.generate(cond)`` once and return its wall time in seconds: for a freshly compiled method,
+    compilation plus one call (the compile time to report next to the steady-state latency)."""
+    generator = generator or torch.Generator(cond.device).manual_seed(0)
+    if cond.device.type == "cuda":
+        torch.cuda.synchronize(cond.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        method.generate(cond, generator=generator)
+    if cond.device.type == "cuda":
+        torch.cuda.synchronize(cond.device)
+    return time.perf_counter() - t0

@@ -1,0 +1,129 @@
+"""``accel.compile``: which networks it compiles (in place, tokenizers left eager), and compiled decoding is
+token-identical to eager (sampled and greedy LlamaGen, speculative decoding, VAR) on tiny random models.
+
+The compiled tests check that a graph was really compiled (dynamo's unique-graph counter grows), so a silent
+fall-back to eager cannot pass them. They are slow (compilation) but small: tiny models, ``dynamic=True``.
+"""
+import copy
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import accel
+from accel.api.compile import is_compiled, networks, step_modules
+from accel.harness.registry import MethodEntry, Registry
+from accel.harness.runner import RunConfig, run_group
+from accel.models.llamagen import GPTConfig, Transformer
+from accel.models.llamagen_vq import VQConfig, VQModel
+from accel.models.var import VARConfig, build_var
+from accel.models.var_vqvae import VQVAEConfig
+from accel.speculative.drafters import EagleHead
+from test_harness_fake import FakeMethod
+
+VQ = VQConfig(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
+              decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
+GPT = GPTConfig(dim=32, n_layer=2, n_head=2, vocab_size=16, block_size=16, num_classes=10, multiple_of=32)
+PNS = (1, 2, 3)
+VAR_CFG = VARConfig(num_classes=5, depth=2, embed_dim=32, num_heads=2, patch_nums=PNS, drop_path_rate=0.0)
+VAE_CFG = VQVAEConfig(vocab_size=16, z_channels=4, ch=32, ch_mult=(1, 1), num_res_blocks=1, v_patch_nums=PNS)
+LABELS = torch.tensor([3, 7])
+
+
+def seed(s=0):
+    return torch.Generator().manual_seed(s)
+
+
+def tiny_llamagen(n_layer=2, s=0):
+    torch.manual_seed(s)
+    return Transformer(GPTConfig(**{**GPT.__dict__, "n_layer": n_layer})).eval(), VQModel(VQ).eval()
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def test_compile_is_in_place_on_the_step_networks_only():
+    gpt, vq = tiny_llamagen()
+    draft, _ = tiny_llamagen(n_layer=1, s=1)
+    target = accel.wrap(gpt, vq, cfg_scale=2.0)
+    spec = accel.speculative(target, accel.wrap(draft, vq), gamma=2)
+    assert accel.compile(spec) is spec  # returns the method itself
+    assert is_compiled(gpt) and is_compiled(draft) and not is_compiled(vq)
+    assert isinstance(spec.target, Transformer) and spec.target is gpt  # attribute access and isinstance unchanged
+    assert set(gpt.state_dict()) == set(Transformer(GPT).state_dict())
+    eagle = EagleHead(GPT).eval()
+    accel.compile(accel.speculative(accel.wrap(*tiny_llamagen()), eagle), "max-autotune")
+    assert is_compiled(eagle.layer) and not is_compiled(eagle)
+    vae, var = build_var(VAR_CFG, VAE_CFG)
+    assert step_modules(var) == [*var.blocks, var.head_nm, var.head]
+    g = accel.wrap(var.eval(), vae.eval(), compile=True)
+    assert all(is_compiled(m) for m in step_modules(var)) and not is_compiled(vae) and networks(g) == [var]
+
+
+def test_compile_options_are_checked_and_off_means_eager():
+    gpt, vq = tiny_llamagen()
+    g = accel.wrap(gpt, vq)
+    assert accel.compile(g, False) is g and accel.compile(g, None) is g and not is_compiled(gpt)
+    with pytest.raises(ValueError, match="mode='fast'"):
+        accel.compile(g, "fast")
+    with pytest.raises(ValueError, match="no network"):
+        accel.compile(object())
+
+
+class HoldsNetwork(FakeMethod):
+    """A fake method that holds a LlamaGen network (compiled by the runner, never called: no compile cost)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.model = Transformer(GPT).eval()
+
+
+def test_bench_compile_treats_every_method_of_the_group_alike():
+    reg, built = Registry(), {}
+    reg.add(MethodEntry("base", "fakefam", lambda ctx: built.setdefault("base", HoldsNetwork("base")), models=("m",)))
+    reg.add(MethodEntry("plain", "fakefam", lambda ctx: FakeMethod("plain"), models=("m",), baseline="base"))
+    rows = run_group(reg, reg.get("base"), [reg.get("plain")], "m",
+                     RunConfig(batch_sizes=(1,), repeats=1, memory=False, compile="default"))
+    assert is_compiled(built["base"].model)  # the baseline is compiled like the method; "plain" has no network
+    assert {r["method"] for r in rows} == {"base+compile", "plain+compile"}
+    assert {r["baseline"] for r in rows} == {"base+compile"}
+    assert all(r["compile"] == "default" and r["compile_s"] > 0 for r in rows)
+    eager = run_group(reg, reg.get("base"), [reg.get("plain")], "m", RunConfig(batch_sizes=(1,), repeats=1, memory=False))
+    assert {r["method"] for r in eager} == {"base", "plain"} and all(r["compile_s"] is None for r in eager)
+
+
+@pytest.mark.slow
+def test_compiled_llamagen_and_speculative_decoding_are_token_identical():
+    # One compiled target serves plain decoding and speculative decoding (a technique over a generator loaded
+    # with compile=True runs its compiled network), so the file compiles it once.
+    gpt, vq = tiny_llamagen()
+    draft, _ = tiny_llamagen(n_layer=1, s=1)
+    eager = accel.wrap(gpt, vq, cfg_scale=2.0, top_k=8)
+    compiled = accel.wrap(copy.deepcopy(gpt), vq, cfg_scale=2.0, top_k=8, compile=True)
+    before = graphs()
+    assert accel.warm_up(compiled, LABELS) > 0 and graphs() > before  # compiled, no eager fall-back
+    for a, b in ((eager, compiled), (eager.with_sampling(greedy=True), compiled.with_sampling(greedy=True))):
+        for s in range(2):
+            assert torch.equal(a.tokens(LABELS, generator=seed(s)), b.tokens(LABELS, generator=seed(s)))
+    one = torch.tensor([5])  # another batch size: dynamic shapes, same answer
+    assert torch.equal(eager.tokens(one, generator=seed(3)), compiled.tokens(one, generator=seed(3)))
+    before = graphs()
+    spec = [accel.speculative(g, accel.wrap(draft, vq), gamma=3) for g in (eager, compiled)]
+    for s in range(2):
+        a, b = (m.generate(LABELS, generator=seed(s)) for m in spec)
+        assert torch.equal(a.stats["tokens"], b.stats["tokens"]) and a.stats["accepted"] == b.stats["accepted"]
+    assert graphs() > before  # the verify forward (per-row positions, masks) was compiled too
+
+
+@pytest.mark.slow
+def test_compiled_var_is_token_identical():
+    torch.manual_seed(0)
+    vae, var = build_var(VAR_CFG, VAE_CFG)
+    eager = accel.wrap(var.eval(), vae.eval(), cfg_scale=1.5, top_k=4)
+    compiled = accel.wrap(copy.deepcopy(var), vae, cfg_scale=1.5, top_k=4, compile=True)
+    before = graphs()
+    labels = torch.tensor([1, 4])
+    for s in range(2):
+        assert torch.equal(eager.tokens(labels, generator=seed(s)), compiled.tokens(labels, generator=seed(s)))
+    assert graphs() > before
