@@ -178,8 +178,9 @@ class MaskedPlan:
         lens = mask_lengths(self.num_iter, L)  # host-side counts: no device sync
         remaining, mask_len = (L if step == 0 else lens[step - 1]), lens[step]
         lo = 0 if step == self.num_iter - 1 else mask_len  # the last iteration predicts everything left
-        pos = torch.zeros(orders.shape, dtype=torch.bool, device=orders.device)
-        pos.scatter_(-1, orders[:, lo:remaining], True)  # (B, L)
+        # per-row indices in ascending position order: the head rows come out exactly as with a (B, L) bool mask,
+        # but gathering by index needs no device->host sync (a bool mask's nonzero does)
+        pos = orders[:, lo:remaining].sort(-1).values  # (B, remaining - lo)
         cfg = float(cfg_at(self.cfg, self.cfg_schedule, L, mask_len))  # float32 value, exact as a Python float
         return Iteration(pos, cfg, self.temperature, count=remaining - lo)
 
