@@ -65,6 +65,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     if n > target.config.block_size:
         raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
     greedy = not sc.sample_logits
+    draft_greedy = greedy or getattr(rule, "drafts", "sampled") == "deterministic"  # q = 1 drafts: argmax of q
     B, dev = cond.size(0), cond.device
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R = labels.size(0)
@@ -91,7 +92,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     while bool((c < n).any()):
         live = c < n
         g = min(gamma, cache.block_limit(int(c[0])) - 1) if limited else gamma  # g = 0: a plain AR step
-        d, q = drafter.propose(state, g, sc, greedy, generator)  # (B, g), (B, g, V)
+        d, q = drafter.propose(state, g, sc, draft_greedy, generator)  # (B, g), (B, g, V)
         pos = c[:, None] + offs[: g + 1]  # tokens [x_{c-1}, d_1..d_g] at positions c..c+g
         inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
         logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=int(pos.max()) + 1,

@@ -117,6 +117,8 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
     path = torch.zeros(B, D, dtype=torch.long, device=dev)
     n = torch.zeros(B, dtype=torch.long, device=dev)
     nxt = torch.zeros(B, dtype=torch.long, device=dev)
+    if not greedy and getattr(rule, "drafts", "sampled") == "deterministic":
+        return _verify_deterministic(rule, D, table, p, toks, generator)
     for d in range(D):
         resid = p[rows, cur].clone()
         chosen = torch.full((B,), -1, dtype=torch.long, device=dev)
@@ -156,6 +158,31 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
     return path, n, nxt
 
 
+def _verify_deterministic(rule, D: int, table: Tensor, p: Tensor, toks: Tensor,
+                          generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``verify_tree`` for a rule with deterministic drafts (q = 1, ``DeterministicLanternRule.step``): one
+    batched call per depth tries every row's children in order."""
+    B, dev = toks.size(0), toks.device
+    rows = torch.arange(B, device=dev)
+    cur = torch.zeros(B, dtype=torch.long, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    path = torch.zeros(B, D, dtype=torch.long, device=dev)
+    nxt = torch.zeros(B, dtype=torch.long, device=dev)
+    for d in range(D):
+        kids = table[cur]  # (B, W) node ids, -1 = none
+        xs = torch.where(kids >= 0, toks.gather(1, kids.clamp_min(0)), -1)
+        col, tok = rule.step(p[rows, cur], xs, generator)
+        moved = alive & (col >= 0)
+        nxt = torch.where(alive & ~moved, tok, nxt)
+        node = kids.gather(1, col.clamp_min(0)[:, None])[:, 0]
+        path[:, d] = torch.where(moved, node, 0)
+        cur = torch.where(moved, node, cur)
+        alive = moved
+    leaf = draw(p[rows, cur], False, generator)  # reached a leaf: bonus token from p at the leaf
+    nxt = torch.where(alive, leaf, nxt)
+    return path, (path > 0).sum(1), nxt
+
+
 @torch.no_grad()
 def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(), *,
                   tree: Tree, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
@@ -165,6 +192,7 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     if n > target.config.block_size:
         raise ValueError(f"max_new_tokens={n} exceeds block_size={target.config.block_size}")
     greedy, B, dev = not sc.sample_logits, cond.size(0), cond.device
+    draft_greedy = greedy or getattr(rule, "drafts", "sampled") == "deterministic"  # top-m children of q
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R, D, N = labels.size(0), len(tree.levels), tree.size
     max_len = 1 + n + D + N + 2
@@ -184,7 +212,7 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
     while bool((c < n).any()):
         live = c < n
-        d_toks, d_q = drafter.propose_tree(state, tree, sc, greedy, generator)  # (B, N), (B, N, V)
+        d_toks, d_q = drafter.propose_tree(state, tree, sc, draft_greedy, generator)  # (B, N), (B, N, V)
         toks = torch.cat([seq[rows, c - 1][:, None], d_toks], 1)  # node 0 = x_{c-1}
         slots = c[:, None] + nodes
         pos = c[:, None] + depth
