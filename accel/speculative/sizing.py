@@ -30,7 +30,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None, cfg: bool = True,
-                      repeats: int = 5, warmup: int = 2) -> dict[int, float]:
+                      repeats: int = 15, warmup: int = 2) -> dict[int, float]:
     """Median seconds of one target forward over T = 1..``max_tokens`` new tokens at batch 1 (2 rows with
     ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image), as the verify step does.
     Clocks are read after a device synchronisation; ``warmup`` calls per T are discarded."""
@@ -47,18 +47,17 @@ def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None,
     toks = torch.randint(0, cfg_m.vocab_size, (R, prefix + max_tokens), generator=g).to(dev)
     cache = model.new_cache(R, prefix + max_tokens + 1)
     model(toks[:, : prefix - 1], labels, input_pos=torch.arange(prefix, device=dev), cache=cache)  # class + prefix
-    out = {}
-    for T in range(1, max_tokens + 1):
-        pos = (prefix + torch.arange(T, device=dev)).expand(R, T)
-        times = []
-        for r in range(warmup + repeats):
+    times: dict[int, list[float]] = {T: [] for T in range(1, max_tokens + 1)}
+    for r in range(warmup + repeats):  # sizes interleaved within each repeat, so load drift hits all alike
+        for T in times:
+            pos = (prefix + torch.arange(T, device=dev)).expand(R, T)
             _sync(dev)
             t = time.perf_counter()
             model(toks[:, prefix : prefix + T], input_pos=pos, cache=cache, kv_len=prefix + T)
             _sync(dev)
             if r >= warmup:
-                times.append(time.perf_counter() - t)
-        out[T] = statistics.median(times)
+                times[T].append(time.perf_counter() - t)
+    out = {T: statistics.median(v) for T, v in times.items()}
     return out
 
 

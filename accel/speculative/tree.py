@@ -94,6 +94,10 @@ TREES = {
     "b2-2-1-1": Tree.from_branching((2, 2, 1, 1)),
     "b3-1-1-1": Tree.from_branching((3, 1, 1, 1)),
     "b4-2-1": Tree.from_branching((4, 2, 1)),
+    # wide first levels for deterministic (top-m) drafts, whose first-child acceptance is low (lantern_deterministic)
+    "b8-1-1-1": Tree.from_branching((8, 1, 1, 1)),
+    "b6-2-1": Tree.from_branching((6, 2, 1)),
+    "b4-2-2": Tree.from_branching((4, 2, 2)),
 }
 
 
