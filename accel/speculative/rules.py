@@ -116,10 +116,10 @@ def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor,
     if greedy:
         nxt = p_at.argmax(-1)  # the greedy residual is the one-hot of argmax p
     else:
-        dist = p_at.clone()
-        if bool(rejected.any()):
-            idx = rows[rejected]
-            j = n_acc[rejected]
-            dist[rejected] = rule.residual(p[idx, j], q[idx, j], x[idx, j].long()).to(dist.dtype)
+        dist = p_at
+        if gamma:  # every row's residual at its first rejection, then a select (no host sync on `rejected`)
+            j = n_acc.clamp_max(gamma - 1)
+            res = rule.residual(p[rows, j], q[rows, j], x[rows, j].long()).to(p_at.dtype)
+            dist = torch.where(rejected[:, None], res, p_at)
         nxt = sample(dist, generator)
     return ChainVerdict(n_accepted=n_acc, next_token=nxt, accepted=ok)

@@ -140,9 +140,8 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
                 valid = has & (qj.gather(1, x[:, None])[:, 0] > 0)
                 r = torch.rand(B, generator=generator, device=dev)
                 acc = valid & (r < rule.accept_prob(resid, qj, x))
-                rej = valid & ~acc
-                if bool(rej.any()):
-                    resid[rej] = rule.residual(resid[rej], qj[rej], x[rej]).to(resid.dtype)
+                rej = valid & ~acc  # residual for every row, then a select (no host sync on `rej`)
+                resid = torch.where(rej[:, None], rule.residual(resid, qj, x).to(resid.dtype), resid)
                 drop = has & ~acc  # x leaves the without-replacement pool for the next sibling
                 qj = torch.where(drop[:, None], qj.scatter(1, x[:, None], 0.0), qj)
                 qj = qj / qj.sum(-1, keepdim=True).clamp_min(1e-30)
@@ -214,6 +213,9 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     depth = torch.tensor([tree.depth(i) for i in range(N + 1)], device=dev)
     nodes = torch.arange(N + 1, device=dev)
     bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
+    acc_t = torch.zeros(2, dtype=torch.long, device=dev)  # verify_steps, accepted
+    reach_t = torch.zeros(D, dtype=torch.long, device=dev)
+    okat_t = torch.zeros(D, dtype=torch.long, device=dev)
     while bool((c < n).any()):
         live = c < n
         d_toks, d_q = drafter.propose_tree(state, tree, sc, draft_greedy, generator)  # (B, N), (B, N, V)
@@ -236,15 +238,18 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
         cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
         keep = torch.cat([torch.zeros_like(path[:, :1]), path], 1)
         hid = hidden.gather(1, cfg_rows(keep, R)[..., None].expand(-1, -1, hidden.size(-1)))
-        st.verify_steps += int(live.sum())
-        st.accepted += int(torch.minimum(m, n - c)[live].sum())
-        st.drafted += int(live.sum()) * D
-        for i in range(D):
-            st.reached[i] += int((live & (m >= i)).sum())
-            st.accepted_at[i] += int((live & (m >= i + 1)).sum())
+        # statistics on the device (no host sync per round), read once at the end
+        acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum()])
+        depths = torch.arange(D, device=dev)[None]
+        reach_t += (live[:, None] & (m[:, None] >= depths)).sum(0)
+        okat_t += (live[:, None] & (m[:, None] >= depths + 1)).sum(0)
         drafter.observe(state, seq, torch.where(live, c, c - 1), hid, torch.where(live, m + 1, torch.ones_like(m)))
-        bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
+        if progress:
+            bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
         c = torch.where(live, c + m + 1, c)
     bar.close()
+    st.verify_steps, st.accepted = (int(x) for x in acc_t.tolist())
+    st.drafted = st.verify_steps * D
+    st.reached, st.accepted_at = reach_t.tolist(), okat_t.tolist()
     st.nfe_draft = state.forwards
     return seq[:, :n], st
