@@ -189,3 +189,29 @@ def test_same_test_rejects_a_leaky_residual(use_tree):
     rule = LeakyResidual(neighbour_table(torch.randn(6, 4), 5), k=5, delta=0.0)
     pv, _, _ = _sequences(rule, use_tree, seed=7)
     assert pv < 1e-6, pv
+
+
+@pytest.mark.parametrize("use_tree", [False, True])
+def test_relaxation_raises_acceptance_on_a_model_and_greedy_is_ar(use_tree):
+    from accel.models.llamagen_generate import generate
+    from accel.speculative.tree import TREES
+
+    target = tiny(0, scale=0.6)
+    drafter = ModelDrafter(tiny(1, dim=16, n_layer=1, scale=0.6))
+    table = neighbour_table(target.tok_embeddings.weight, 15)
+    cond = torch.arange(32) % 4
+
+    def run(delta, sc):
+        rule = DeterministicLanternRule(table, k=15, delta=delta)
+        g = torch.Generator().manual_seed(0)
+        if use_tree:
+            return tree_generate(target, drafter, rule, cond, sc, tree=TREES["b3-1-1-1"], generator=g)
+        return speculative_generate(target, drafter, rule, cond, sc, gamma=3, generator=g)
+
+    sc = SamplingConfig(cfg_scale=2.0)
+    _, st0 = run(0.0, sc)
+    _, st4 = run(0.4, sc)
+    assert st4.as_dict()["mean_accept_len"] > st0.as_dict()["mean_accept_len"] + 0.1
+    greedy = SamplingConfig(cfg_scale=2.0, sample_logits=False)
+    toks, _ = run(0.0, greedy)
+    assert torch.equal(toks, generate(target, cond, 16, greedy))
