@@ -6,6 +6,10 @@ to the logits before temperature/top-k/top-p, as LlamaGen's ``generate`` does; c
 token. Batches > 1 keep per-row positions (rows accept different numbers of drafts): the target runs LlamaGen's
 one forward (``Transformer.forward``) with ``input_pos (B, γ+1)`` and its static cache written at per-row slots.
 
+Drafts: sampled from q, or the argmax of q for a rule with ``drafts == "deterministic"`` (LANTERN's released
+default path, ``lantern_deterministic.py``: q = 1). Statistics stay on the device until the end of the call; the
+loop condition and the verify forward's ``kv_len`` are the remaining host reads per round.
+
 Positions: the class token sits at 0 and image token t at 1 + t; ``c`` (per row) counts committed tokens, so
 the target cache is valid for positions < c and token c - 1 is fed next.
 
