@@ -3,6 +3,8 @@
     python experiments/lantern.py --quick            # a few minutes on 2 CPU cores
     python experiments/lantern.py --out results/     # the full grid (README table)
     python experiments/lantern.py --quick --costs-only --out results/lantern-costs   # per-round cost split only
+    python experiments/lantern.py --grid deterministic --batch-sizes 1 --n-images 200 \
+        --out results/lantern-deterministic     # released default path (deterministic drafts) vs sampled, + step TV
 
 Grid: AR baseline (``llamagen-ar``); exact speculative sampling with each drafter (small LlamaGen ``draft``,
 EAGLE head ``eagle``); LANTERN δ ∈ {0.05, 0.1, 0.2, 0.4} at k = 1000 (capped at the codebook size - 1) and a
@@ -27,6 +29,10 @@ from accel.harness.summary import summary_markdown
 from accel.harness.registry import BuildContext
 from accel.models.llamagen_generate import generate
 from accel.presets.speculative import TARGET, build, entry
+from accel.speculative.lantern import LanternRule
+from accel.speculative.lantern_deterministic import DeterministicLanternRule
+from accel.speculative.sizing import choose_chain, verify_cost_curve
+from accel.speculative.step_law import step_tv
 
 
 class TimedDrafter:
@@ -137,6 +143,77 @@ def grid(quick: bool, drafters: list[str]):
     return out
 
 
+def det_grid(drafters: list[str]):
+    """AR vs exact SD vs deterministic LANTERN (the released default) vs sampled LANTERN, chain and tree."""
+    out = []
+    for d in drafters:
+        out.append(entry(f"sd-{d}", drafter=d))
+        out.append(entry(f"lantern-{d}-d0.1", drafter=d, delta=0.1))  # sampled drafts, min(1, p~/q)
+        for delta in (0.05, 0.1, 0.2):
+            out.append(entry(f"lantern-det-{d}-d{delta}", drafter=d, delta=delta, drafts="deterministic"))
+        out.append(entry(f"lantern-det-{d}-d0.1-tree", drafter=d, delta=0.1, tree="b3-1-1-1", drafts="deterministic"))
+        out.append(entry(f"lantern-det-{d}-d0.1-tree442", drafter=d, delta=0.1, tree="b4-2-2", drafts="deterministic"))
+    return out
+
+
+class Recorder:
+    """Wraps a chain rule (composition) and keeps the (p, q) rows it was asked about: real zoo pairs."""
+
+    def __init__(self, inner, limit: int):
+        self.inner, self.limit, self.p, self.q = inner, limit, [], []
+        self.name, self.drafts = inner.name, getattr(inner, "drafts", "sampled")
+
+    def accept_prob(self, p, q, x):
+        if sum(len(t) for t in self.p) < self.limit:
+            self.p.append(p.clone())
+            self.q.append(q.clone())
+        return self.inner.accept_prob(p, q, x)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def measured_step_tv(drafter: str, deltas=(0.05, 0.1, 0.2), n_pairs: int = 480) -> list[dict]:
+    """TV(one-step output, p) on real (p, q) pairs of the zoo target and drafter (prefixes decoded by exact SD),
+    for the deterministic rule (argmax draft) and the sampled rule, computed exactly by ``step_law``."""
+    m = build(BuildContext(TARGET), "tv-probe", drafter=drafter)
+    m.rule = rec = Recorder(m.rule, n_pairs)
+    for seed in range(100):
+        if sum(len(t) for t in rec.p) >= n_pairs:
+            break
+        m.generate(torch.arange(10), generator=torch.Generator().manual_seed(seed))
+    p, q = torch.cat(rec.p)[:n_pairs], torch.cat(rec.q)[:n_pairs]
+    table = build(BuildContext(TARGET), "tv-probe", drafter=drafter, delta=0.1).rule.neighbours
+    out = []
+    for delta in deltas:
+        det = DeterministicLanternRule(table, k=1000, delta=delta)
+        smp = LanternRule(table, k=1000, delta=delta)
+        tv_s = torch.cat([step_tv(smp, pc, qc) for pc, qc in zip(p.split(16), q.split(16))])
+        tv_d = step_tv(det, p, q)
+        out.append(dict(drafter=drafter, delta=delta, n_pairs=len(p), tv_det_mean=tv_d.mean().item(),
+                        tv_det_max=tv_d.max().item(), tv_sampled_mean=tv_s.mean().item(),
+                        tv_sampled_max=tv_s.max().item()))
+    return out
+
+
+def sizing(drafter: str, delta: float = 0.1, gamma: int = 8) -> dict:
+    """Verify cost curve of the zoo target (1..16 tokens) and the chain length it picks for deterministic
+    LANTERN with ``drafter``, from the acceptance profile and draft step cost measured at ``gamma``."""
+    curve = verify_cost_curve(build(BuildContext(TARGET), "c", drafter=drafter).target, max_tokens=16)
+    m = build(BuildContext(TARGET), "s", drafter=drafter, delta=delta, gamma=gamma, drafts="deterministic")
+    m.drafter = TimedDrafter(m.drafter)
+    m.generate(torch.zeros(1, dtype=torch.long), generator=torch.Generator().manual_seed(0))  # warm-up
+    m.drafter.seconds = 0.0
+    st = m.generate(torch.arange(10) % 10, generator=torch.Generator().manual_seed(1)).stats
+    rounds = st["verify_steps"]
+    best, ranked = choose_chain(curve, [a for a in st["accept_at_position"] if a is not None],
+                                m.drafter.seconds / rounds / gamma)
+    return dict(drafter=drafter, delta=delta, verify_s={t: round(v, 6) for t, v in curve.items()},
+                verify_rel={t: round(v / curve[1], 3) for t, v in curve.items()},
+                accept_at_position=st["accept_at_position"], best=best.name,
+                ranked=[(b.name, round(b.tokens_per_second / ranked[-1].tokens_per_second, 3)) for b in ranked])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -146,11 +223,14 @@ def main():
     ap.add_argument("--methods", default="", help="comma-separated subset of the grid (baseline always runs)")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--threads", type=int, default=1)  # the shared 2-core box is oversubscribed
+    ap.add_argument("--grid", choices=["default", "deterministic"], default="default")
     ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = registry()
-    entries = [e for e in grid(args.quick, args.drafter or ["draft", "eagle"]) if not e.why_unavailable(TARGET)]
+    drafters = args.drafter or ["draft", "eagle"]
+    make = det_grid(drafters) if args.grid == "deterministic" else grid(args.quick, drafters)
+    entries = [e for e in make if not e.why_unavailable(TARGET)]
     if args.methods:
         entries = [e for e in entries if e.name in args.methods.split(",")]
     probe = {f"{m}-{d}{s}" for m in ("sd", "lantern") for d in ("draft", "eagle") for s in ("", "-tree")}
@@ -175,11 +255,24 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     append_rows(args.out / "lantern.jsonl", rows)
     plots = [str(p) for p in plot_all(rows, args.out)]
-    costs = [cost_terms(e.params, 1) for e in entries if e.name in probe]
-    (args.out / "costs.json").write_text(json.dumps(costs, indent=1))
-    lines = cost_lines(costs)
+    if args.grid == "deterministic":
+        tv = [r for d in drafters for r in measured_step_tv(d)]
+        size = [sizing(d) for d in drafters]
+        (args.out / "step_tv.json").write_text(json.dumps(tv, indent=1))
+        (args.out / "sizing.json").write_text(json.dumps(size, indent=1))
+        lines = [f"- step TV on {r['n_pairs']} zoo (p, q) pairs, {r['drafter']}, δ={r['delta']}: deterministic mean "
+                 f"{r['tv_det_mean']:.3f} max {r['tv_det_max']:.3f}; sampled mean {r['tv_sampled_mean']:.3f} max "
+                 f"{r['tv_sampled_max']:.3f}" for r in tv]
+        lines += [f"- sizing ({z['drafter']}, det δ={z['delta']}): verify cost / 1-token cost {z['verify_rel']}; "
+                  f"best {z['best']}; ranking (tokens/s relative to the worst) {z['ranked'][:6]}" for z in size]
+        header = "\n## Step TV and chain sizing (this run)\n\n"
+    else:
+        costs = [cost_terms(e.params, 1) for e in entries if e.name in probe]
+        (args.out / "costs.json").write_text(json.dumps(costs, indent=1))
+        lines = cost_lines(costs)
+        header = "\n## Cost terms per round (batch 1, in AR steps, timed in this run)\n\n"
     text = summary_markdown(rows, command=command, plots=plots)
-    text += "\n## Cost terms per round (batch 1, in AR steps, timed in this run)\n\n" + "\n".join(lines) + "\n"
+    text += header + "\n".join(lines) + "\n"
     (args.out / "summary.md").write_text(text)
     for r in rows:
         print(f"{r['method']:<28} bs={r['batch_size']:<3} speedup={r['speedup'] or 0:5.2f} "

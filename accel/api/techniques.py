@@ -29,6 +29,7 @@ from accel.speculative.cspd import CSpDConfig
 from accel.speculative.cspd_method import CSpDMAR
 from accel.speculative.drafters import EagleDrafter, EagleHead, ModelDrafter
 from accel.speculative.lantern import LanternRule, neighbour_table
+from accel.speculative.lantern_deterministic import DeterministicLanternRule
 from accel.speculative.methods import SpeculativeLlamaGen
 from accel.speculative.rules import ExactRule
 from accel.speculative.tree import TREES, Tree
@@ -44,29 +45,43 @@ def exact() -> ExactRule:
 @dataclass(frozen=True)
 class Lantern:
     """LANTERN relaxed acceptance (arXiv 2410.03355, Eq. 5-7): p̃ moves up to ``delta`` of total variation from
-    the ``k`` latent neighbours of the draft token onto it; ``lam`` instead gives LANTERN++'s static bound."""
+    the ``k`` latent neighbours of the draft token onto it; ``lam`` instead gives LANTERN++'s static bound.
+    ``drafts="deterministic"`` (the released default path): top-m drafts, q = 1, the step keeps TV <= δ
+    (``lantern_deterministic.py``); ``"sampled"``: sampled drafts with min(1, p̃/q) (LANTERN++ static tree)."""
 
     delta: float | None = 0.1
     k: int = 1000
     lam: float | None = None
     residual: str = "official"
+    drafts: str = "deterministic"
 
-    def rule(self, codebook: torch.Tensor) -> LanternRule:
+    def rule(self, codebook: torch.Tensor) -> LanternRule | DeterministicLanternRule:
         table = neighbour_table(codebook, self.k + 1).to(codebook.device)  # raw codebook (research §3.2), capped at V-1
+        if self.drafts == "deterministic":
+            return DeterministicLanternRule(table, k=self.k, delta=self.delta)
         return LanternRule(table, k=self.k, delta=self.delta, lam=self.lam, residual_kind=self.residual)
 
 
 def lantern(delta: float | None = 0.1, *, k: int = 1000, lam: float | None = None,
-            residual: str = "official") -> Lantern:
+            residual: str = "official", drafts: str = "deterministic") -> Lantern:
     """LANTERN's rule; the neighbour table is built from the target tokenizer's codebook by ``speculative``.
-    ``k`` neighbours (paper default 1000 of 16,384 codes) are capped at the codebook size - 1."""
+    ``k`` neighbours (paper default 1000 of 16,384 codes) are capped at the codebook size - 1. ``drafts``:
+    ``"deterministic"`` (default, the released code's δ path: argmax/top-m drafts accepted against p̃ with
+    q = 1, one-step TV <= δ) or ``"sampled"`` (drafts sampled from q, accepted with min(1, p̃/q): the LANTERN++
+    static-tree rule; ``lam`` and ``residual`` apply to it only)."""
+    if drafts not in ("deterministic", "sampled"):
+        raise ValueError(f"drafts={drafts!r}: must be 'deterministic' or 'sampled'")
     if lam is not None:
+        if drafts == "deterministic":
+            raise ValueError(f"lam={lam}: the LANTERN++ bound is the sampled static-tree rule; pass drafts='sampled'")
         delta = None
+    if drafts == "deterministic" and delta is None:
+        raise ValueError("delta=None: the deterministic path needs a delta in [0, 1]")
     if delta is not None and not 0.0 <= delta <= 1.0:
         raise ValueError(f"delta={delta}: must be in [0, 1]")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}: must be an int >= 1")
-    return Lantern(delta, k, lam, residual)
+    return Lantern(delta, k, lam, residual, drafts)
 
 
 def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, tree: str | Tree | None = None,
@@ -108,7 +123,7 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
         raise KeyError(f"tree={tree!r}; valid: {sorted(TREES)}")
     params = {"rule": getattr(rule, "name", type(rule).__name__), "gamma": gamma, "tree": tree if isinstance(tree, str) else None,
               "drafter": getattr(drafter, "name", type(drafter).__name__)}
-    for k in ("delta", "k", "lam"):
+    for k in ("delta", "k", "lam", "drafts"):
         if hasattr(rule, k):
             params[k] = getattr(rule, k)
     policy = None

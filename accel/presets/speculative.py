@@ -26,15 +26,17 @@ def load_drafter(kind: str, ctx: BuildContext):
 
 def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | None = None, k: int = 1000,
           lam: float | None = None, gamma: int = 3, tree: str | None = None, residual: str = "official",
-          snapkv_budget: float | None = None, window: int = 4):
+          drafts: str = "sampled", snapkv_budget: float | None = None, window: int = 4):
     """A method from its hyper-parameters: no ``delta``/``lam`` = exact speculative sampling; ``snapkv_budget``
-    composes it with SnapKV on the target's cache (``window`` queries of each row chunk score the keys)."""
+    composes it with SnapKV on the target's cache (``window`` queries of each row chunk score the keys).
+    ``drafts`` defaults to "sampled" here so the entries measured before the deterministic path keep their rule."""
     target = generator(ctx, tokenizer_dtype=True)
-    rule = exact() if delta is None and lam is None else lantern(delta, k=k, lam=lam, residual=residual)
+    rule = exact() if delta is None and lam is None else lantern(delta, k=k, lam=lam, residual=residual, drafts=drafts)
     policy = None if snapkv_budget is None else snapkv(snapkv_budget, window=window)
     m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree, kv_policy=policy,
                     name=name)
-    m.params = dict(drafter=drafter, gamma=gamma, delta=delta, k=k, lam=lam, tree=tree, residual=residual)
+    m.params = dict(drafter=drafter, gamma=gamma, delta=delta, k=k, lam=lam, tree=tree, residual=residual,
+                    drafts=None if delta is None and lam is None else drafts)
     if policy is not None:
         m.params.update(kv_policy="snapkv", budget=snapkv_budget, window=window, composition="lantern + snapkv")
     return m
@@ -63,6 +65,9 @@ ENTRIES = [
     entry("lantern-draft", quick=True, drafter="draft", delta=0.1),
     entry("sd-eagle", drafter="eagle"),
     entry("lantern-eagle", drafter="eagle", delta=0.1),
+    # the released default LANTERN path: deterministic drafts, q = 1, one-step TV <= δ
+    entry("lantern-det-draft", drafter="draft", delta=0.1, drafts="deterministic"),
+    entry("lantern-det-eagle", drafter="eagle", delta=0.1, drafts="deterministic"),
     # composition: LANTERN on a SnapKV-compressed target cache (25 %, as the llamagen-snapkv entry), batch 1 only
     entry("lantern-draft-snapkv", quick=True, drafter="draft", delta=0.1, snapkv_budget=0.25),
 ]

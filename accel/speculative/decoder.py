@@ -6,6 +6,10 @@ to the logits before temperature/top-k/top-p, as LlamaGen's ``generate`` does; c
 token. Batches > 1 keep per-row positions (rows accept different numbers of drafts): the target runs LlamaGen's
 one forward (``Transformer.forward``) with ``input_pos (B, γ+1)`` and its static cache written at per-row slots.
 
+Drafts: sampled from q, or the argmax of q for a rule with ``drafts == "deterministic"`` (LANTERN's released
+default path, ``lantern_deterministic.py``: q = 1). Statistics stay on the device until the end of the call; the
+loop condition and the verify forward's ``kv_len`` are the remaining host reads per round.
+
 Positions: the class token sits at 0 and image token t at 1 + t; ``c`` (per row) counts committed tokens, so
 the target cache is valid for positions < c and token c - 1 is fed next.
 
@@ -66,6 +70,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     check_labels(cond, target.config.num_classes, model="LlamaGen target")
     check_speculative_setup(target, drafter, rule)
     greedy = not sc.sample_logits
+    draft_greedy = greedy or getattr(rule, "drafts", "sampled") == "deterministic"  # q = 1 drafts: argmax of q
     B, dev = cond.size(0), cond.device
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R = labels.size(0)
@@ -89,10 +94,13 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     bar = tqdm(total=B * n, disable=not progress, desc=f"speculative γ={gamma}", leave=False)
     bar.update(B)
     offs = torch.arange(gamma + 1, device=dev)
+    acc_t = torch.zeros(3, dtype=torch.long, device=dev)  # verify_steps, accepted, drafted
+    reach_t = torch.zeros(gamma, dtype=torch.long, device=dev)
+    okat_t = torch.zeros(gamma, dtype=torch.long, device=dev)
     while bool((c < n).any()):
         live = c < n
         g = min(gamma, cache.block_limit(int(c[0])) - 1) if limited else gamma  # g = 0: a plain AR step
-        d, q = drafter.propose(state, g, sc, greedy, generator)  # (B, g), (B, g, V)
+        d, q = drafter.propose(state, g, sc, draft_greedy, generator)  # (B, g), (B, g, V)
         pos = c[:, None] + offs[: g + 1]  # tokens [x_{c-1}, d_1..d_g] at positions c..c+g
         inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
         logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=int(pos.max()) + 1,
@@ -103,21 +111,21 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token
-        new = torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m))
-        # statistics over unfinished rows; drafts past the image end are not counted as accepted
-        st.verify_steps += int(live.sum())
-        useful = torch.minimum(m, n - c)
-        st.accepted += int(useful[live].sum())
-        st.drafted += int(torch.minimum(torch.full_like(c, g), (n - c).clamp_min(0))[live].sum())
+        # statistics over unfinished rows, kept on the device (no host sync per round); drafts past the image end
+        # are not counted as accepted
+        acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum(),
+                              (torch.minimum(torch.full_like(c, g), (n - c).clamp_min(0)) * live).sum()])
         ok = v.accepted & live[:, None]
         reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
-        for i in range(g):
-            st.reached[i] += int(reach[:, i].sum())
-            st.accepted_at[i] += int((reach[:, i] & ok[:, i]).sum())
+        reach_t[:g] += reach.sum(0)
+        okat_t[:g] += (reach & ok).sum(0)
+        if progress:
+            bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
         # finished rows stay frozen: the drafter sees "1 new token ending at c - 1" again
         drafter.observe(state, seq, torch.where(live, c, c - 1), hidden, torch.where(live, m + 1, torch.ones_like(m)))
         c = torch.where(live, c + m + 1, c)
-        bar.update(int(new.sum()))
     bar.close()
+    st.verify_steps, st.accepted, st.drafted = (int(x) for x in acc_t.tolist())
+    st.reached, st.accepted_at = reach_t.tolist(), okat_t.tolist()
     st.nfe_draft = state.forwards
     return seq[:, :n], st

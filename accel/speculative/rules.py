@@ -116,16 +116,15 @@ def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor,
     rows = torch.arange(B, device=p.device)
     p_at = p[rows, n_acc]  # (B, V): target at the first rejection, or the bonus position
     rejected = n_acc < gamma
-    finite, any_rejected = torch.stack([finite_pq(p, None if greedy else q), rejected.any()]).tolist()
-    if not finite:
+    if not bool(finite_pq(p, None if greedy else q)):  # one host read per verification (NaN check)
         raise_non_finite_pq(p, None if greedy else q, step, "speculative verification")
     if greedy:
         nxt = p_at.argmax(-1)  # the greedy residual is the one-hot of argmax p
     else:
-        dist = p_at.clone()
-        if any_rejected:
-            idx = rows[rejected]
-            j = n_acc[rejected]
-            dist[rejected] = rule.residual(p[idx, j], q[idx, j], x[idx, j].long()).to(dist.dtype)
+        dist = p_at
+        if gamma:  # every row's residual at its first rejection, then a select (no host sync on `rejected`)
+            j = n_acc.clamp_max(gamma - 1)
+            res = rule.residual(p[rows, j], q[rows, j], x[rows, j].long()).to(p_at.dtype)
+            dist = torch.where(rejected[:, None], res, p_at)
         nxt = sample(dist, generator)
     return ChainVerdict(n_accepted=n_acc, next_token=nxt, accepted=ok)

@@ -95,6 +95,10 @@ TREES = {
     "b2-2-1-1": Tree.from_branching((2, 2, 1, 1)),
     "b3-1-1-1": Tree.from_branching((3, 1, 1, 1)),
     "b4-2-1": Tree.from_branching((4, 2, 1)),
+    # wide first levels for deterministic (top-m) drafts, whose first-child acceptance is low (lantern_deterministic)
+    "b8-1-1-1": Tree.from_branching((8, 1, 1, 1)),
+    "b6-2-1": Tree.from_branching((6, 2, 1)),
+    "b4-2-2": Tree.from_branching((4, 2, 2)),
 }
 
 
@@ -120,6 +124,8 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
     path = torch.zeros(B, D, dtype=torch.long, device=dev)
     n = torch.zeros(B, dtype=torch.long, device=dev)
     nxt = torch.zeros(B, dtype=torch.long, device=dev)
+    if not greedy and getattr(rule, "drafts", "sampled") == "deterministic":
+        return _verify_deterministic(rule, D, table, p, toks, generator)
     for d in range(D):
         resid = p[rows, cur].clone()
         chosen = torch.full((B,), -1, dtype=torch.long, device=dev)
@@ -137,9 +143,8 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
                 valid = has & (qj.gather(1, x[:, None])[:, 0] > 0)
                 r = torch.rand(B, generator=generator, device=dev)
                 acc = valid & (r < rule.accept_prob(resid, qj, x))
-                rej = valid & ~acc
-                if bool(rej.any()):
-                    resid[rej] = rule.residual(resid[rej], qj[rej], x[rej]).to(resid.dtype)
+                rej = valid & ~acc  # residual for every row, then a select (no host sync on `rej`)
+                resid = torch.where(rej[:, None], rule.residual(resid, qj, x).to(resid.dtype), resid)
                 drop = has & ~acc  # x leaves the without-replacement pool for the next sibling
                 qj = torch.where(drop[:, None], qj.scatter(1, x[:, None], 0.0), qj)
                 qj = qj / qj.sum(-1, keepdim=True).clamp_min(1e-30)
@@ -159,6 +164,31 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
     return path, n, nxt
 
 
+def _verify_deterministic(rule, D: int, table: Tensor, p: Tensor, toks: Tensor,
+                          generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``verify_tree`` for a rule with deterministic drafts (q = 1, ``DeterministicLanternRule.step``): one
+    batched call per depth tries every row's children in order."""
+    B, dev = toks.size(0), toks.device
+    rows = torch.arange(B, device=dev)
+    cur = torch.zeros(B, dtype=torch.long, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    path = torch.zeros(B, D, dtype=torch.long, device=dev)
+    nxt = torch.zeros(B, dtype=torch.long, device=dev)
+    for d in range(D):
+        kids = table[cur]  # (B, W) node ids, -1 = none
+        xs = torch.where(kids >= 0, toks.gather(1, kids.clamp_min(0)), -1)
+        col, tok = rule.step(p[rows, cur], xs, generator)
+        moved = alive & (col >= 0)
+        nxt = torch.where(alive & ~moved, tok, nxt)
+        node = kids.gather(1, col.clamp_min(0)[:, None])[:, 0]
+        path[:, d] = torch.where(moved, node, 0)
+        cur = torch.where(moved, node, cur)
+        alive = moved
+    leaf = draw(p[rows, cur], False, generator)  # reached a leaf: bonus token from p at the leaf
+    nxt = torch.where(alive, leaf, nxt)
+    return path, (path > 0).sum(1), nxt
+
+
 @torch.no_grad()
 def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(), *,
                   tree: Tree, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
@@ -168,6 +198,7 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     check_labels(cond, target.config.num_classes, model="LlamaGen target")
     check_speculative_setup(target, drafter, rule)
     greedy, B, dev = not sc.sample_logits, cond.size(0), cond.device
+    draft_greedy = greedy or getattr(rule, "drafts", "sampled") == "deterministic"  # top-m children of q
     labels = cfg_batch(target, cond, sc.uses_cfg)
     R, D, N = labels.size(0), len(tree.levels), tree.size
     max_len = 1 + n + D + N + 2
@@ -185,9 +216,12 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     depth = torch.tensor([tree.depth(i) for i in range(N + 1)], device=dev)
     nodes = torch.arange(N + 1, device=dev)
     bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
+    acc_t = torch.zeros(2, dtype=torch.long, device=dev)  # verify_steps, accepted
+    reach_t = torch.zeros(D, dtype=torch.long, device=dev)
+    okat_t = torch.zeros(D, dtype=torch.long, device=dev)
     while bool((c < n).any()):
         live = c < n
-        d_toks, d_q = drafter.propose_tree(state, tree, sc, greedy, generator)  # (B, N), (B, N, V)
+        d_toks, d_q = drafter.propose_tree(state, tree, sc, draft_greedy, generator)  # (B, N), (B, N, V)
         toks = torch.cat([seq[rows, c - 1][:, None], d_toks], 1)  # node 0 = x_{c-1}
         slots = c[:, None] + nodes
         pos = c[:, None] + depth
@@ -207,15 +241,18 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
         cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
         keep = torch.cat([torch.zeros_like(path[:, :1]), path], 1)
         hid = hidden.gather(1, cfg_rows(keep, R)[..., None].expand(-1, -1, hidden.size(-1)))
-        st.verify_steps += int(live.sum())
-        st.accepted += int(torch.minimum(m, n - c)[live].sum())
-        st.drafted += int(live.sum()) * D
-        for i in range(D):
-            st.reached[i] += int((live & (m >= i)).sum())
-            st.accepted_at[i] += int((live & (m >= i + 1)).sum())
+        # statistics on the device (no host sync per round), read once at the end
+        acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum()])
+        depths = torch.arange(D, device=dev)[None]
+        reach_t += (live[:, None] & (m[:, None] >= depths)).sum(0)
+        okat_t += (live[:, None] & (m[:, None] >= depths + 1)).sum(0)
         drafter.observe(state, seq, torch.where(live, c, c - 1), hid, torch.where(live, m + 1, torch.ones_like(m)))
-        bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
+        if progress:
+            bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
         c = torch.where(live, c + m + 1, c)
     bar.close()
+    st.verify_steps, st.accepted = (int(x) for x in acc_t.tolist())
+    st.drafted = st.verify_steps * D
+    st.reached, st.accepted_at = reach_t.tolist(), okat_t.tolist()
     st.nfe_draft = state.forwards
     return seq[:, :n], st
