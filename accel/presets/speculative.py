@@ -68,6 +68,6 @@ ENTRIES = [
     # the released default LANTERN path: deterministic drafts, q = 1, one-step TV <= δ
     entry("lantern-det-draft", drafter="draft", delta=0.1, drafts="deterministic"),
     entry("lantern-det-eagle", drafter="eagle", delta=0.1, drafts="deterministic"),
-    # composition: LANTERN on a SnapKV-compressed target cache (25 %, as the llamagen-snapkv entry), batch 1 only
+    # composition: LANTERN on a SnapKV-compressed target cache (25 %, as llamagen-snapkv); a batch runs row by row
     entry("lantern-draft-snapkv", quick=True, drafter="draft", delta=0.1, snapkv_budget=0.25),
 ]
