@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from accel.align.cca import cca_loss, contrastive_conditions, llamagen_sequence_logp, reward_stats
+from accel.align.cca import (cca_loss, contrastive_conditions, llamagen_sequence_logp, reward_stats,
+                             var_sequence_logp)
 from accel.models.llamagen import GPTConfig, Transformer
+from accel.models.var import VARConfig, build_var
+from accel.models.var_vqvae import VQVAEConfig
 from accel.train.loop import CKPT, fit
-from accel.train.recipes.cca import CCATraining, LlamaGenCCARecipe
+from accel.train.recipes.cca import CCATraining, LlamaGenCCARecipe, VARCCARecipe
 
 TINY = GPTConfig(dim=32, n_layer=2, n_head=2, vocab_size=16, block_size=16, num_classes=10, multiple_of=32)
 
@@ -68,6 +71,27 @@ def test_identical_policy_and_reference_give_the_known_value():
     expected = math.log(2) * (1 + (100.0 * (8 - n_pos) + n_pos) / 8) / 100.0  # recipe divides by max(lambda, 1)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert logs["delta_pos"] == 0.0 and logs["reward_margin"] == 0.0
+
+
+def test_var_identical_models_give_the_known_value_and_logp_is_over_all_scales():
+    torch.manual_seed(0)
+    vae, var = build_var(VARConfig(num_classes=5, depth=2, embed_dim=32, num_heads=2, patch_nums=(1, 2, 3),
+                                   drop_path_rate=0.0),
+                         VQVAEConfig(vocab_size=16, z_channels=4, ch=32, ch_mult=(1, 1), num_res_blocks=1,
+                                     v_patch_nums=(1, 2, 3)))
+    var.eval()
+    idx = [torch.randint(0, 16, (6, pn * pn), generator=torch.Generator().manual_seed(pn)) for pn in (1, 2, 3)]
+    labels = torch.tensor([0, 1, 2, 3, 4, 4])
+    inputs = vae.quantize.idxBl_to_var_input(idx)
+    codes = torch.cat(idx, dim=1)  # (B, L = 1 + 4 + 9)
+    recipe = VARCCARecipe(beta=0.02, lam=50.0, uncond_ratio=0.0)
+    logp = recipe.seq_logp(var, (codes, inputs), labels)
+    assert torch.allclose(logp, var_sequence_logp(var, vae, idx, labels))
+    assert logp.shape == (6,) and (logp < 0).all()
+    model = CCATraining(var, copy.deepcopy(var), policy_dropout=False)
+    loss, _ = recipe.loss(model, (codes, inputs, labels), torch.Generator().manual_seed(0), 0)
+    # one collision (4, 4) at uncond_ratio 0: 5 true negatives of weight 50 and one positive of weight 1
+    assert loss.item() == pytest.approx(math.log(2) * (1 + (50 * 5 + 1) / 6) / 50, rel=1e-5)
 
 
 def test_negatives_are_the_rolled_labels_with_collisions_and_null_rows_positive():
