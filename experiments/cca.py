@@ -2,6 +2,7 @@
 
     python experiments/cca.py --quick       # < 10 minutes on 2 CPU cores
     python experiments/cca.py               # N = 1000, the base's CFG-scale sweep and CCA + speculative decoding
+    python experiments/cca.py --score-runs runs/cca-l50 runs/cca-b0.05-l100 --n-images 200   # sweep runs
 
 Rows (all timed interleaved with ``llamagen-ar``, the base at its card's CFG scale 2.0, in one run; batch 1
 latency and batch 64 throughput; FID[fmnist-cnn] with bootstrap intervals at fixed N, same seeds and
@@ -51,6 +52,31 @@ def plot_tradeoff(jsonl: Path, out: Path) -> Path:
     return out
 
 
+def score_runs(run_dirs: list[str], n_images: int, out: Path) -> list[dict]:
+    """Guidance-free quality of ``accel train fmnist-llamagen-cca`` run folders (e.g. other beta/lambda, made with
+    ``--set lam=...``), N balanced over classes, seed 0: the CCA side of the trade-off sweep -> sweep.jsonl."""
+    import json
+
+    from accel.harness.quality import evaluate
+    from accel.zoo.cards import feature_reference
+    from accel.zoo.sample import ZooSampler, class_grid_labels
+
+    ref, labels, rows = feature_reference(), class_grid_labels(n_images // 10), []
+    for d in run_dirs:
+        state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=False)
+        s = ZooSampler(d, tokenizer="fmnist-llamagen-vq", cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+        g = torch.Generator().manual_seed(0)
+        feats, logits = zip(*(ref.extract(s(c, generator=g)) for c in labels.split(100)))
+        q = evaluate(torch.cat(feats), torch.cat(logits), labels, ref, seed=0, n_boot=50)
+        rows.append({"run": str(d), "step": state["step"], "beta": state["recipe"]["beta"],
+                     "lam": state["recipe"]["lam"], "cfg_scale": 1.0, "n_images": len(labels),
+                     **{k: q[k] for k in ("fid", "fid_ci", "class_acc", "precision", "recall")}})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "sweep.jsonl", "a") as f:
+        f.writelines(json.dumps({**r, "command": current_command()}) + "\n" for r in rows)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -59,8 +85,13 @@ def main():
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--methods", default="", help="comma-separated subset (the baseline always runs)")
     ap.add_argument("--threads", type=int, default=1)  # the shared 2-core box is oversubscribed
+    ap.add_argument("--score-runs", nargs="+", default=None, help="only score these CCA run folders guidance-free")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.score_runs:
+        for r in score_runs(args.score_runs, args.n_images or 200, args.out):
+            print(r)
+        return
     reg = registry()
     names = args.methods.split(",") if args.methods else (QUICK if args.quick else FULL)
     entries = [reg.get(n) for n in names]
