@@ -136,6 +136,16 @@ class LlamaGenCCARecipe(CCARecipe):
     def seq_logp(self, net, batch, cond):
         return llamagen_sequence_logp(net, batch[0], cond)
 
+    def export(self, model, out_dir: Path, info: dict):
+        """The zoo file, with weights rounded to bf16 precision (8-bit mantissa) before the fp16 cast: the file
+        then xz-compresses to ~3.8 MB instead of 4.8 MB, which keeps the zoo under its 40 MB budget. LlamaGen's
+        official sampler runs in bf16, so this precision is the one it is used at."""
+        from accel.zoo.store import save_zoo_file, zoo_file
+
+        state = {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in self.deployable(model).state_dict().items()}
+        return [save_zoo_file(zoo_file(out_dir, self.name), state, kind=self.kind, config=self.model_config(),
+                              info={**info, "precision": "bf16-rounded, stored as fp16"})]
+
     @torch.no_grad()
     def evaluate(self, model, run_dir: Path) -> dict:
         from accel.train.recipes.llamagen import _val_codes
