@@ -7,10 +7,10 @@ the experiment scripts use; ``plugins`` are extra modules of the user's that def
 from __future__ import annotations
 
 from accel.harness.registry import Registry, discover
-from accel.presets import baselines, cache, cspd, disa, distill, speculative
+from accel.presets import baselines, cache, cca, cspd, disa, distill, speculative
 
 BENCH_METHODS = [*baselines.ENTRIES, *speculative.ENTRIES, *distill.ENTRIES, *disa.ENTRIES, *cache.ENTRIES,
-                 *cspd.ENTRIES]
+                 *cspd.ENTRIES, *cca.ENTRIES]
 
 
 def registry(plugins=()) -> Registry:

@@ -19,6 +19,8 @@ RECIPES = {
     "fmnist-llamagen-eagle": "accel.train.drafter:EagleRecipe",
     "fmnist-llamagen-dd": "accel.train.recipes.dd_llamagen:LlamaGenDistillRecipe",
     "fmnist-var-dd": "accel.train.recipes.dd_var:VARDistillRecipe",
+    "fmnist-llamagen-cca": "accel.train.recipes.cca:LlamaGenCCARecipe",
+    "fmnist-var-cca": "accel.train.recipes.cca:VARCCARecipe",
     "toy": "accel.train.recipes.toy:ToyRecipe",
 }
 ALIASES = {"classifier": "fmnist-cnn"}
