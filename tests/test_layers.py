@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "accel"
-TECHNIQUES = ("speculative", "distill", "annealing", "cache")
+TECHNIQUES = ("speculative", "distill", "annealing", "cache", "align")
 ABOVE = ("accel.harness", "accel.zoo", "accel.train", "accel.commands", "accel.presets", "accel.api", "accel.cli")
 
 
