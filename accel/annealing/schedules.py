@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from accel.types import StepSchedule
+from accel.models.mar_head import clip_timesteps
 
 NUM_TRAIN_TIMESTEPS = 1000  # MAR's training diffusion (cosine, 1000 steps)
 DISA_CLIP = 950  # DiSA's create_diffusion(clip_timesteps=950); a "time-offset correction"
@@ -71,8 +72,6 @@ class Respacing:
 
     def timesteps(self, steps: int) -> tuple[int, ...]:
         """Sorted original timesteps (ascending, like the official ``timestep_map``)."""
-        from accel.models.mar_head import clip_timesteps
-
         return clip_timesteps(space_timesteps(self.num_train_timesteps, int(steps)), self.clip)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from accel.models.llamagen_generate import SamplingConfig
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -48,8 +50,6 @@ class Sampling:
 
 def llamagen_config(s: Sampling, *, cfg_interval: int = -1):
     """LlamaGen's ``SamplingConfig`` for ``s``."""
-    from accel.models.llamagen_generate import SamplingConfig
-
     return SamplingConfig(cfg_scale=s.cfg_scale, cfg_interval=cfg_interval, temperature=s.temperature,
                           top_k=s.top_k, top_p=s.top_p, sample_logits=not s.greedy)
 

@@ -15,6 +15,14 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+from accel.harness import costs
+from accel.harness.plots import plot_all
+from accel.harness.results import append_rows, current_command, read_rows
+from accel.harness.runner import new_run_id, run_group, RunConfig
+from accel.harness.summary import markdown_table, summary_markdown
+from accel.presets import registry
+from accel.presets.zoo_models import load_reference
+
 # The quick preset. Quality N per family, sized by measured zoo throughput on 2 shared CPU cores (LlamaGen AR:
 # ~3.5 img/s at batch 16 with 1 thread under load; MAR with its card's 16 iterations x 50 head steps is ~10x
 # slower), so the whole preset stays near 10 minutes; every FID label carries its N. --n-images overrides.
@@ -112,8 +120,6 @@ def _select(reg, args):
 
 
 def _load_reference(device):
-    from accel.presets.zoo_models import load_reference
-
     return load_reference(device)
 
 
@@ -121,8 +127,6 @@ def _gpu_preset(args, device) -> int:
     """``--preset gpu``: ``accel.harness.costs`` rows into OUT/bench.jsonl, OUT/summary.md (and the table)."""
     import torch
 
-    from accel.harness import costs
-    from accel.harness.results import append_rows, current_command
 
     command = current_command()
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)  # None: bf16 on CUDA, fp32 on CPU
@@ -149,11 +153,6 @@ def main(args) -> int:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import torch
 
-    from accel.harness.plots import plot_all
-    from accel.presets import registry
-    from accel.harness.results import append_rows, current_command, read_rows
-    from accel.harness.runner import RunConfig, new_run_id, run_group
-    from accel.harness.summary import markdown_table, summary_markdown
 
     for name in ("n_images", "repeats", "warmup", "quality_batch"):
         if getattr(args, name) is not None and getattr(args, name) < (1 if name in ("repeats", "quality_batch") else 0):

@@ -11,6 +11,11 @@ import math
 import os
 from pathlib import Path
 
+from accel import zoo
+from accel.cache.budgets import choose_window
+from accel.cache.calibrate import calibrate_var
+from accel.cache.scalekv import ScaleKV
+
 TARGETS = ("scalekv",)
 
 
@@ -36,8 +41,6 @@ def configure(p):
 
 def load_var_pair(model: str, vae: str | None, device: str):
     """(var, vae) from the zoo or checkpoints (kept separate so tests can substitute a tiny model)."""
-    from accel import zoo
-
     if vae is None:
         if model not in zoo.TOKENIZER:
             raise ValueError(f"--vae is required for {model!r} (not a zoo generator)")
@@ -46,9 +49,6 @@ def load_var_pair(model: str, vae: str | None, device: str):
 
 
 def budgets_for(calib: dict, fractions, window: int, drafter_fraction: float) -> dict:
-    from accel.cache.budgets import choose_window
-    from accel.cache.scalekv import ScaleKV
-
     out = {}
     for f in fractions:
         w = window or choose_window(calib["maps"], calib["depth"], f)
@@ -87,7 +87,6 @@ def main(args) -> int:
 
     import torch
 
-    from accel.cache.calibrate import calibrate_var
 
     why = check_args(args)
     if why:

@@ -12,6 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from accel import zoo
+from accel.distill.data import generate_pairs, PairSpec
+from accel.distill.flow import FlowSolver
+from accel.distill.sequence import llamagen_pair_map
+from accel.models.llamagen_generate import SamplingConfig
+from accel.train.recipes.dd_var import VARDistillRecipe
+from accelerate import PartialState
+from accel.zoo.sample import DEFAULTS as SAMPLING
+
 DEFAULTS = {
     "llamagen": dict(teacher="fmnist-llamagen", tokenizer="fmnist-llamagen-vq", out="runs/dd-llamagen-pairs"),
     "var": dict(teacher="fmnist-var", tokenizer="fmnist-var-vqvae", out="runs/fmnist-var-dd-pairs"),
@@ -38,7 +47,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import torch
-    from accelerate import PartialState
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,12 +63,6 @@ def main(args: argparse.Namespace) -> int:
 def _llamagen(args, state):
     from dataclasses import replace
 
-    from accel import zoo
-    from accel.distill.data import PairSpec, generate_pairs
-    from accel.distill.flow import FlowSolver
-    from accel.distill.sequence import llamagen_pair_map
-    from accel.models.llamagen_generate import SamplingConfig
-    from accel.zoo.sample import DEFAULTS as SAMPLING
 
     teacher, vq = zoo.load(args.teacher).eval(), zoo.load(args.tokenizer).eval()
     sc = replace(SamplingConfig(), **SAMPLING.get(args.teacher, {}))
@@ -77,8 +79,6 @@ def _llamagen(args, state):
 
 
 def _var(args, state):
-    from accel.train.recipes.dd_var import VARDistillRecipe
-
     if args.solver != "heun":
         raise SystemExit("--solver: the VAR recipe integrates the flow with Heun steps")
     recipe = VARDistillRecipe(teacher=args.teacher, tokenizer=args.tokenizer, pairs=args.out, cfg=args.cfg_scale,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accel.harness.results import read_rows
+
 
 def configure(p):
     p.add_argument("files", nargs="+", type=Path, help="results JSONL files")
@@ -13,8 +15,7 @@ def configure(p):
 
 
 def main(args) -> int:
-    from accel.harness.plots import LOWER_IS_BETTER, plot_all
-    from accel.harness.results import read_rows
+    from accel.harness.plots import LOWER_IS_BETTER, plot_all  # matplotlib loads only for this command
 
     metrics = tuple(args.metric or ["fid"])
     bad = [m for m in metrics if m not in LOWER_IS_BETTER]

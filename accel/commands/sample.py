@@ -10,6 +10,11 @@ import argparse
 import os
 from pathlib import Path
 
+from accel import zoo
+from accel.harness.registry import BuildContext
+from accel.presets import registry
+from accel.zoo.sample import class_grid_labels, save_png, to_grid, ZooSampler
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="zoo generator name or a training run folder/last.pt")
@@ -49,8 +54,6 @@ def _overrides(items: list[str]) -> dict:
 
 def check_args(args: argparse.Namespace) -> None:
     """Everything checkable before any model is loaded."""
-    from accel import zoo
-
     if args.per_class < 1:
         raise UsageError(f"--per-class must be >= 1, got {args.per_class}")
     if args.batch_size < 1:
@@ -83,7 +86,6 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from accel.zoo.sample import ZooSampler, class_grid_labels, save_png, to_grid
 
     try:
         check_args(args)
@@ -98,9 +100,6 @@ def main(args: argparse.Namespace) -> int:
         if args.method is None:
             generate = ZooSampler(args.model, args.device, tokenizer=args.tokenizer, **overrides)
         else:
-            from accel.harness.registry import BuildContext
-            from accel.presets import registry
-
             entry = registry().get(args.method)
             if args.model not in entry.models:
                 print(f"accel sample: method {args.method} ({entry.family}) runs on {', '.join(entry.models)}, "

@@ -14,9 +14,13 @@ import json
 import time
 from pathlib import Path
 
+from accel import zoo
+from accel.train.loop import fit, trained_model
+from accel.train.recipes import ALIASES, RECIPES, get_recipe
+from accel.zoo.cards import forward_latency, write_card
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from accel.train.recipes import ALIASES, RECIPES
 
     parser.add_argument("recipe", help="zoo name to train: " + ", ".join(sorted(RECIPES) + sorted(ALIASES)))
     parser.add_argument("--run-dir", default=None, help="checkpoints and logs (default: runs/RECIPE)")
@@ -41,8 +45,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from accel.train.loop import fit, trained_model
-    from accel.train.recipes import ALIASES, get_recipe
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,11 +68,9 @@ def main(args: argparse.Namespace) -> int:
             return 0 if not summary["interrupted"] else 130
     if args.no_export:
         return 0
-    from accel.zoo import WEIGHTS_DIR
-
     model, info = trained_model(recipe, run_dir, weights=args.weights)
     info["wall_s"] = _wall_time(run_dir)
-    paths = recipe.export(model, Path(args.export_dir) if args.export_dir else WEIGHTS_DIR, info)
+    paths = recipe.export(model, Path(args.export_dir) if args.export_dir else zoo.WEIGHTS_DIR, info)
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
     return _card(recipe, name, run_dir) if args.card else 0
@@ -79,7 +79,6 @@ def main(args: argparse.Namespace) -> int:
 def _card(recipe, name: str, run_dir: Path) -> int:
     import torch
 
-    from accel.zoo.cards import forward_latency, write_card
 
     quality = recipe.card_quality(name)
     with_threads = torch.get_num_threads()

@@ -14,14 +14,13 @@ import torch
 
 from accel.types import StepSchedule
 from accel.harness.timing import Timing, time_interleaved
+from accel.models.mar import mask_len_at, sample_tokens
 
 
 @torch.no_grad()
 def record_conditions(model, labels: torch.Tensor, *, num_iter: int, generator: torch.Generator, cfg: float = 1.0,
                       cfg_schedule: str = "linear", temperature: float = 1.0) -> list[dict]:
     """Per-iteration head conditions (rows [cond; uncond] under CFG) and CFG scales of one plain MAR run."""
-    from accel.models.mar import sample_tokens
-
     run = sample_tokens(model, labels, generator=generator, num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
                         temperature=temperature, head_steps=2, record=True)  # 2 steps: only the conditions matter
     return [{"z": t["z"], "cfg": t["cfg_iter"]} for t in run.trace]
@@ -48,8 +47,6 @@ def mar_pass_time(model, labels: torch.Tensor, *, num_iter: int, cfg: float = 1.
                   warmup: int = 1, device="cpu") -> Timing:
     """Seconds of the ``num_iter`` MAR encoder/decoder passes of one generation (head excluded), with the
     known-token counts of MAR's cosine mask schedule (the cost depends on them, not on the token values)."""
-    from accel.models.mar import mask_len_at
-
     L, B = model.cfg.seq_len, labels.shape[0]
     known, remaining = [], L
     for k in range(num_iter):

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from accel.harness.distributed import autocast
+from accel.harness.registry import BuildContext, discover
+
 
 @dataclass(frozen=True)
 class PeakMemory:
@@ -81,9 +84,6 @@ def cpu_subprocess_peak(
 
 
 def _child(spec: dict) -> dict:
-    from accel.harness.distributed import autocast  # noqa: PLC0415 - only the child needs these
-    from accel.harness.registry import BuildContext, discover
-
     torch.set_num_threads(spec["threads"])  # same as the parent run
     reg = discover(spec["modules"])  # the modules the parent registry came from
     entry = reg.get(spec["method"])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from accel.models.conv_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from accel.checkpoint import load_strict, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,6 @@ class VQModel(nn.Module):
 
 def load_vq(path: str | Path, cfg: VQConfig, *, key: str | None = None, device=None, dtype=None) -> VQModel:
     """Load an official VQ file; whether ``quantize.codebook_used`` is present decides the buffer."""
-    from accel.checkpoint import load_strict, read_state_dict
-
     sd = read_state_dict(path, key)
     cfg = dataclasses.replace(cfg, codebook_show_usage="quantize.codebook_used" in sd)
     model = VQModel(cfg)

@@ -18,6 +18,9 @@ import torch
 
 from accel.parity.report import Check, Report, Tracker, close, load_tensors
 from accel.speculative import cspd_math as M
+from accel.checkpoint import load_strict, read_state_dict
+from accel.models.mar_head import DDPMSchedule, DiffLoss
+from accel.speculative.cspd import aligned_head_stats
 
 FILE = "cspd_tiny_io.safetensors"
 OFFICIAL_TRIES = 100  # official sample_distribution loop count
@@ -52,9 +55,6 @@ def cspd_steps(dir: Path, t: Tracker) -> str:
 
 
 def _head(dir: Path, t: Tracker):
-    from accel.checkpoint import read_state_dict, load_strict
-    from accel.models.mar_head import DiffLoss
-
     cfg = json.loads(_one(dir, "mar_*_config.json").read_text())
     head = DiffLoss(cfg["vae_embed_dim"] * cfg["patch_size"] ** 2, cfg["decoder_embed_dim"],
                     cfg["diffloss_d"], cfg["diffloss_w"])
@@ -69,9 +69,6 @@ def _rel(name, got, want, tol):
 
 
 def _check_head_stats(dir: Path, t: Tracker, report: Report) -> None:
-    from accel.speculative.cspd import aligned_head_stats
-    from accel.models.mar_head import DDPMSchedule
-
     head, steps = _head(dir, t)
     sched = DDPMSchedule.respaced(steps)
     x_T, inter = t["x_T"], t["inter_noise"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from accel.annealing.schedules import DISA_RESPACING, MAR_RESPACING, Respacing, disa_schedule, steps_per_iteration
 from accel.parity.report import Check, Report, Tracker, close, exact, load_json, load_tensors
+from accel.models.mar import load_mar, MARConfig
+from accel.models.mar_head import DDPMSchedule, HeadNoise
 
 SCHEDULE_KEY = re.compile(r"^up(\d+)_lo(\d+)_([a-z-]+)_iter(\d+)$")
 TOL_FWD = 1e-5  # x |want|.max(): schedules (README "Reproducibility and tolerances")
@@ -67,8 +69,6 @@ def _check_schedules(meta: dict, report: Report) -> None:
 
 def _load_head(dir: Path):
     """The fixture's MAR head (``diffloss.*`` of ``mar_tiny_state_dict``), strictly loaded via accel's MAR."""
-    from accel.models.mar import MARConfig, load_mar
-
     cfg = MARConfig.from_dict(load_json(dir / "mar_tiny_config.json"))
     return load_mar(dir / "mar_tiny_state_dict.safetensors", cfg).head
 
@@ -78,7 +78,6 @@ def _check_tiny_io(path: Path, runs: list[dict] | None, report: Report) -> None:
     ``torch.manual_seed(seed)``: our schedule picks the timesteps, accel's MAR head runs them."""
     import torch
 
-    from accel.models.mar_head import DDPMSchedule, HeadNoise
 
     tensors = Tracker(load_tensors(path), path.name)
     head = _load_head(path.parent) if runs else None

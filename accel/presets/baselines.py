@@ -18,6 +18,7 @@ import torch
 from accel.harness.registry import BuildContext, MethodEntry
 from accel.presets.zoo_models import generator, zoo_missing
 from accel.sampling import logits_to_probs
+from accel.models.llamagen_generate import cfg_batch, guided_logits
 
 
 def llamagen_ar(ctx: BuildContext):
@@ -35,8 +36,6 @@ def var_default(ctx: BuildContext):
 def llamagen_scorer(ctx: BuildContext):
     """Mean per-token log-likelihood of token sequences under the target's own sampling distribution
     (CFG, temperature and top-k/p exactly as the baseline samples), by one teacher-forced pass."""
-    from accel.models.llamagen_generate import cfg_batch, guided_logits
-
     g = generator(ctx)
     model, sc = g.model, g.config
     cls = model.config.cls_token_num

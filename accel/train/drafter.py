@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accel import zoo
+from accel.checkpoint import load_strict
+from accel.models.llamagen import GPTConfig
+from accel.speculative.drafters import EagleHead
+from accel.train.loop import fit, trained_model
 from accel.train.recipe import Recipe
+from accel.train.recipes.llamagen import TargetGPTRecipe
+from accel.zoo.store import read_zoo_file, save_zoo_file, zoo_file
 
 EAGLE_KIND = "llamagen-eagle"
 
@@ -32,7 +39,6 @@ class EagleTraining(nn.Module):
 
     def __init__(self, target: nn.Module):
         super().__init__()
-        from accel.speculative.drafters import EagleHead
 
         self.target = target.eval().requires_grad_(False)
         self.head = EagleHead(target.config)
@@ -61,8 +67,6 @@ class EagleRecipe(Recipe):
     codes_from: str = ""  # optional codes.pt of the target's run (same sequences), to skip re-encoding
 
     def _target(self):
-        from accel import zoo
-
         return zoo.load(self.target)
 
     def build(self) -> nn.Module:
@@ -74,8 +78,6 @@ class EagleRecipe(Recipe):
         return asdict(self._target().config)
 
     def train_data(self, run_dir: Path, device):
-        from accel.train.recipes.llamagen import TargetGPTRecipe
-
         if self.codes_from:
             d = torch.load(self.codes_from, weights_only=True)
             return d["codes"], d["labels"]
@@ -101,19 +103,12 @@ class EagleRecipe(Recipe):
         return reg + self.p_w * ce, {"smooth_l1": reg, "ce": ce, "top1": top1}
 
     def export(self, model, out_dir: Path, info: dict) -> list[Path]:
-        from accel.zoo.store import save_zoo_file, zoo_file
-
         return [save_zoo_file(zoo_file(out_dir, self.name), model.head.state_dict(), kind=self.kind,
                               config=self.model_config(), info={**info, "target": self.target})]
 
 
 def load_eagle(path: str | Path, device=None, dtype=None):
     """The EAGLE head of a zoo file written by ``EagleRecipe.export``."""
-    from accel.checkpoint import load_strict
-    from accel.models.llamagen import GPTConfig
-    from accel.speculative.drafters import EagleHead
-    from accel.zoo.store import read_zoo_file
-
     kind, cfg, info, tensors = read_zoo_file(path)
     if kind != EAGLE_KIND:
         raise ValueError(f"{path}: zoo kind {kind!r} is not an EAGLE drafter ({EAGLE_KIND!r})")
@@ -125,14 +120,11 @@ def train_eagle(run_dir: str | Path = "runs/fmnist-llamagen-eagle", *, steps: in
                 export_dir: str | Path | None = None, **overrides) -> dict:
     """Train (resumably) and export the EAGLE drafter; what ``accel train fmnist-llamagen-eagle`` will run once
     the recipe is registered in ``accel.train.recipes.RECIPES``."""
-    from accel.train.loop import fit, trained_model
-    from accel.zoo import WEIGHTS_DIR
-
     recipe = EagleRecipe(**overrides)
     summary = fit(recipe, run_dir, steps=steps, seed=seed)
     if summary.get("finished"):
         model, info = trained_model(recipe, run_dir)
-        summary["exported"] = [str(p) for p in recipe.export(model, Path(export_dir or WEIGHTS_DIR), info)]
+        summary["exported"] = [str(p) for p in recipe.export(model, Path(export_dir or zoo.WEIGHTS_DIR), info)]
     return summary
 
 

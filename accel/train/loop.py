@@ -25,6 +25,7 @@ from tqdm import tqdm
 from accel.checkpoint import atomic_save, read_checkpoint
 from accel.train.ema import EMA
 from accel.train.recipe import VOLATILE, Recipe
+from accelerate import Accelerator
 
 CKPT = "last.pt"
 # What ``fit`` saves and needs back to resume: tensors, numbers, strings, lists and dicts only, so the file
@@ -91,8 +92,6 @@ def fit(recipe: Recipe, run_dir: str | Path, *, steps: int | None = None, seed: 
 
 
 def _fit(recipe: Recipe, run_dir: Path, *, steps, seed, cpu, mixed_precision, progress, stop_at) -> dict:
-    from accelerate import Accelerator
-
     run_dir.mkdir(parents=True, exist_ok=True)
     total = int(steps if steps is not None else recipe.steps)
     acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision)

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from accel.zoo.store import save_zoo_file, zoo_file
+
 
 # May differ between the sessions of one run: cadence fields do not change what it computes; a changed
 # ``steps`` (the schedule's horizon) is allowed but recorded in the run log by the loop.
@@ -82,8 +84,6 @@ class Recipe:
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
         """Write the shipped fp16 zoo file(s) for the trained ``model`` (EMA weights when kept)."""
-        from accel.zoo.store import save_zoo_file, zoo_file
-
         model = self.deployable(model)
         return [save_zoo_file(zoo_file(out_dir, self.name), model.state_dict(), kind=self.kind,
                               config=self.model_config(), info=info)]

@@ -13,6 +13,21 @@ from typing import Callable
 import torch
 from torch import nn
 
+from accel.checkpoint import load_strict, read_checkpoint
+from accel.distill.student_llamagen import DDLlamaGen
+from accel.distill.student_var import DDVAR
+from accel.models.classifier import ClassifierConfig, FashionCNN
+from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
+from accel.models.llamagen import GPTConfig, Transformer
+from accel.models.llamagen_vq import VQConfig, VQModel
+from accel.models.mar import MAR, MARConfig
+from accel.models.var import VAR, VARConfig
+from accel.models.var_vqvae import VQVAE, VQVAEConfig
+from accel.speculative.drafters import EagleHead
+from accel.train.loop import trained_model
+from accel.train.recipes import get_recipe
+from accel.zoo.store import is_zoo_path, read_zoo_file, zoo_file
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CARDS_DIR = Path(__file__).parent / "cards"
 
@@ -39,68 +54,45 @@ TOKENIZER = {"fmnist-llamagen": "fmnist-llamagen-vq", "fmnist-llamagen-draft": "
 
 
 def _cnn(cfg: dict) -> nn.Module:
-    from accel.models.classifier import ClassifierConfig, FashionCNN
-
     return FashionCNN(ClassifierConfig(**{**cfg, "widths": tuple(cfg["widths"])}))
 
 
 def _llamagen_vq(cfg: dict) -> nn.Module:
-    from accel.models.llamagen_vq import VQConfig, VQModel
-
     return VQModel(VQConfig.from_dict(cfg))
 
 
 def _llamagen_gpt(cfg: dict) -> nn.Module:
-    from accel.models.llamagen import GPTConfig, Transformer
-
     return Transformer(GPTConfig.from_dict(cfg))
 
 
 def _mar_vae(cfg: dict) -> nn.Module:
-    from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
-
     return AutoencoderKL(KLVAEConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}))
 
 
 def _mar(cfg: dict) -> nn.Module:
-    from accel.models.mar import MAR, MARConfig
-
     return MAR(MARConfig.from_dict(cfg))
 
 
 def _var_vqvae(cfg: dict) -> nn.Module:
-    from accel.models.var_vqvae import VQVAE, VQVAEConfig
-
     return VQVAE(VQVAEConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}))
 
 
 def _var(cfg: dict) -> nn.Module:
-    from accel.models.var import VAR, VARConfig
-
     cfg = dict(cfg)
     V, C = cfg.pop("_vocab_size"), cfg.pop("_Cvae")
     return VAR(VARConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}), V, C)
 
 
 def _eagle(cfg: dict) -> nn.Module:
-    from accel.models.llamagen import GPTConfig
-    from accel.speculative.drafters import EagleHead
-
     return EagleHead(GPTConfig.from_dict(cfg))
 
 
 def _dd_llamagen(cfg: dict) -> nn.Module:
-    from accel.distill.student_llamagen import DDLlamaGen
-    from accel.models.llamagen import GPTConfig
-
     gpt = GPTConfig.from_dict(cfg["gpt"])
     return DDLlamaGen(gpt, torch.zeros(gpt.vocab_size, cfg["code_dim"]))  # codes come from the file
 
 
 def _dd_var(cfg: dict) -> nn.Module:
-    from accel.distill.student_var import DDVAR
-    from accel.models.var import VARConfig
-
     return DDVAR(VARConfig.from_dict(cfg["var"]), cfg["vocab_size"], cfg["Cvae"])  # codes come from the file
 
 
@@ -125,7 +117,6 @@ def names() -> list[str]:
 def weights_path(name: str) -> Path:
     if name not in ZOO:
         raise KeyError(f"unknown zoo model {name!r}; valid: {names()}")
-    from accel.zoo.store import zoo_file
 
     return zoo_file(WEIGHTS_DIR, name)
 
@@ -162,9 +153,6 @@ def load(name_or_path: str | Path, *, device: torch.device | str | None = None,
 
 
 def load_with_info(name_or_path: str | Path, *, device=None, dtype=None) -> tuple[nn.Module, dict]:
-    from accel.checkpoint import load_strict
-    from accel.zoo.store import is_zoo_path, read_zoo_file
-
     path = resolve(name_or_path)
     if is_zoo_path(path):
         kind, cfg, info, tensors = read_zoo_file(path)
@@ -179,10 +167,6 @@ def load_with_info(name_or_path: str | Path, *, device=None, dtype=None) -> tupl
 
 def _from_run(path: Path) -> tuple[nn.Module, dict]:
     """A training checkpoint: rebuild the recipe it records and take its (EMA) weights."""
-    from accel.checkpoint import read_checkpoint
-    from accel.train.loop import trained_model
-    from accel.train.recipes import get_recipe
-
     state = read_checkpoint(path)  # weights_only: a pickle that would run code is refused, naming the file
     rec = state.get("recipe")
     if not isinstance(rec, dict) or "name" not in rec:
@@ -201,8 +185,6 @@ def classifier(device=None) -> nn.Module:
 def reference_stats(name: str = "fmnist-cnn") -> dict[str, torch.Tensor]:
     """Real test-set feature statistics shipped with the classifier: ``ref_mean`` (D,), ``ref_cov`` (D, D),
     ``ref_bank`` (N, D) and ``ref_labels`` (N,), float32/long."""
-    from accel.zoo.store import read_zoo_file, zoo_file
-
     p = zoo_file(WEIGHTS_DIR, f"{name}-ref")
     if not p.is_file():
         raise FileNotFoundError(f"{p} missing; it is written by `accel train {name}` when training finishes")

@@ -16,12 +16,14 @@ import torch
 
 from accel import zoo
 from accel.checkpoint import read_checkpoint
+from accel.harness.quality import evaluate, FeatureReference
+from accel.zoo.sample import class_grid_labels, ZooSampler
+from accel.zoo.store import read_zoo_file
+from accel.zoo.sample import DEFAULTS
 
 
 def feature_reference(device="cpu"):
     """The harness ``FeatureReference`` of the zoo classifier (test-set statistics shipped with it)."""
-    from accel.harness.quality import FeatureReference
-
     clf = zoo.classifier(device=device)
     ref = zoo.reference_stats()
     return FeatureReference(
@@ -35,9 +37,6 @@ def feature_reference(device="cpu"):
 def generator_quality(name: str, *, per_class: int = 100, seed: int = 0, batch: int = 250, device="cpu",
                       **settings) -> dict:
     """Quality of ``per_class * 10`` samples of a zoo generator with its default (or given) settings."""
-    from accel.harness.quality import evaluate
-    from accel.zoo.sample import ZooSampler, class_grid_labels
-
     sampler = ZooSampler(name, device, **settings)
     ref = feature_reference(device)
     labels = class_grid_labels(per_class)
@@ -96,7 +95,6 @@ def forward_latency(name: str, device="cpu") -> dict:
         out["decode_s"] = median_latency(lambda: model.decode(z))
         out["encode_s"] = median_latency(lambda: model.encode(img))
     elif kind == "var":
-        from accel.zoo.sample import DEFAULTS
 
         vae = zoo.load(zoo.TOKENIZER[name], device=device)
         lab = torch.zeros(1, dtype=torch.long, device=device)
@@ -153,8 +151,6 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
     """Write ``cards/NAME.md`` from the run checkpoint/log plus measured quality and latency. Without the run
     folder (``runs/`` is not versioned), the training facts come from the shipped file's ``info`` and the
     card says that the log is not available."""
-    from accel.zoo.store import read_zoo_file
-
     role = zoo.ZOO[name]
     wpath = zoo.weights_path(name)
     info = read_zoo_file(wpath)[2] if wpath.is_file() else None  # read (decompressed) once

@@ -12,6 +12,9 @@ import torch
 from torch import Tensor
 
 from accel import zoo
+from accel.models.llamagen_generate import generate, SamplingConfig
+from accel.models.mar import decode_tokens, sample_tokens
+from accel.validate import check_mar_sampling, check_var_sampling
 
 # Documented default sampling settings per zoo generator (see each model card).
 DEFAULTS: dict[str, dict] = {
@@ -50,11 +53,7 @@ def check_overrides(family: str, name: str, overrides: dict) -> dict:
 
 def check_settings(family: str, settings: dict) -> None:
     """Range checks of a family's sampling settings (the samplers repeat them; this fails before any work)."""
-    from accel.validate import check_mar_sampling, check_var_sampling
-
     if family == "llamagen":
-        from accel.models.llamagen_generate import SamplingConfig
-
         replace(SamplingConfig(), **settings)  # validated in SamplingConfig.__post_init__
     elif family == "mar":
         check_mar_sampling(cfg=settings.get("cfg", 1.0), temperature=settings.get("temperature", 1.0))
@@ -82,15 +81,11 @@ class ZooSampler:
     def __call__(self, labels: Tensor, *, generator: torch.Generator) -> Tensor:
         labels = labels.to(self.device)
         if self.family == "llamagen":
-            from accel.models.llamagen_generate import SamplingConfig, generate
-
             sc = replace(SamplingConfig(), **self.settings)
             codes = generate(self.model, labels, sc=sc, generator=generator)  # (B, h*w)
             g = self.model.config.grid_size
             x = self.tokenizer.decode_code(codes, hw=(g, g))
         elif self.family == "mar":
-            from accel.models.mar import decode_tokens, sample_tokens
-
             toks = sample_tokens(self.model, labels, generator=generator, **self.settings).tokens
             return decode_tokens(self.tokenizer, toks).float()  # already in [0, 1]
         elif self.family == "var":

@@ -28,6 +28,11 @@ from torch import nn
 
 from accel.align.cca import cca_loss, contrastive_conditions, llamagen_sequence_logp, reward_stats, token_logp
 from accel.train.recipe import Recipe
+from accel import zoo
+from accel.train.recipes.llamagen import _codes, _val_codes
+from accel.train.recipes.var import VARRecipe
+from accel.zoo.cards import generator_quality
+from accel.zoo.store import save_zoo_file, zoo_file
 
 
 class CCATraining(nn.Module):
@@ -75,8 +80,6 @@ class CCARecipe(Recipe):
     model: dict = field(default_factory=dict)  # the base's config, filled at build time
 
     def _base(self) -> nn.Module:
-        from accel import zoo
-
         return zoo.load(self.base, device="cpu")
 
     def build(self):
@@ -110,8 +113,6 @@ class CCARecipe(Recipe):
         return loss, logs
 
     def card_quality(self, name: str) -> dict:
-        from accel.zoo.cards import generator_quality
-
         return generator_quality(name)
 
 
@@ -129,8 +130,6 @@ class LlamaGenCCARecipe(CCARecipe):
         return net.config.null_class
 
     def train_data(self, run_dir: Path, device):
-        from accel.train.recipes.llamagen import _codes
-
         return _codes(run_dir, "train")  # (N, 64) codes, (N,) labels: the zoo target's own training data
 
     def seq_logp(self, net, batch, cond):
@@ -140,16 +139,12 @@ class LlamaGenCCARecipe(CCARecipe):
         """The zoo file, with weights rounded to bf16 precision (8-bit mantissa) before the fp16 cast: the file
         then xz-compresses to ~3.8 MB instead of 4.8 MB, which keeps the zoo under its 40 MB budget. LlamaGen's
         official sampler runs in bf16, so this precision is the one it is used at."""
-        from accel.zoo.store import save_zoo_file, zoo_file
-
         state = {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in self.deployable(model).state_dict().items()}
         return [save_zoo_file(zoo_file(out_dir, self.name), state, kind=self.kind, config=self.model_config(),
                               info={**info, "precision": "bf16-rounded, stored as fp16"})]
 
     @torch.no_grad()
     def evaluate(self, model, run_dir: Path) -> dict:
-        from accel.train.recipes.llamagen import _val_codes
-
         codes, labels = (t[:512] for t in _val_codes(run_dir))
         logs = self.loss(model, (codes, labels), torch.Generator().manual_seed(0), 0)[1]
         return {f"val_{k}": v for k, v in logs.items()}
@@ -167,8 +162,6 @@ class VARCCARecipe(CCARecipe):
     base: str = "fmnist-var"
 
     def _config_of(self, net) -> dict:
-        from accel import zoo
-
         return dict(zoo.load_with_info(self.base)[1]["config"])  # with the VQVAE's _vocab_size / _Cvae
 
     def model_config(self) -> dict:
@@ -178,8 +171,6 @@ class VARCCARecipe(CCARecipe):
         return net.num_classes
 
     def train_data(self, run_dir: Path, device):
-        from accel.train.recipes.var import VARRecipe
-
         return VARRecipe().train_data(run_dir, device)  # (codes (N, L), teacher-forcing inputs, labels)
 
     def seq_logp(self, net, batch, cond):

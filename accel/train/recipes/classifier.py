@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from accel import data
+from accel import data, zoo
 from accel.models.classifier import ClassifierConfig, FashionCNN
 from accel.train.recipe import Recipe
+from accel.zoo.store import save_zoo_file, zoo_file
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -70,8 +71,6 @@ class ClassifierRecipe(Recipe):
         return {"val_acc": float((logits.argmax(-1) == y).float().mean())}
 
     def card_quality(self, name: str) -> dict:
-        from accel import zoo
-
         model = zoo.load(name)
         x, y = data.load_arrays("test")
         _, logits = model.features_logits((x + 1) / 2)
@@ -88,8 +87,6 @@ class ClassifierRecipe(Recipe):
     def export(self, model: FashionCNN, out_dir: Path, info: dict) -> list[Path]:
         """Weights in fp16, plus ``fmnist-cnn-ref.safetensors.xz``: test-set feature statistics computed with the
         *fp16-rounded* weights that ship (so metrics at load time see exactly these features)."""
-        from accel.zoo.store import save_zoo_file, zoo_file
-
         paths = Recipe.export(self, model, out_dir, info)
         shipped = FashionCNN(self.cfg())
         shipped.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)

@@ -13,6 +13,11 @@ from pathlib import Path
 import torch
 
 from accel.train.recipe import Recipe
+from accel import zoo
+from accel.distill.data import load_pairs
+from accel.distill.sequence import llamagen_codes
+from accel.distill.student_llamagen import DDLlamaGen, distill_loss
+from accel.zoo.store import save_zoo_file, zoo_file
 
 
 @dataclass
@@ -38,29 +43,20 @@ class LlamaGenDistillRecipe(Recipe):
     model: dict = field(default_factory=dict)  # filled from the teacher's config at build time
 
     def _teacher(self):
-        from accel import zoo
-
         return zoo.load(self.teacher), zoo.load(self.tokenizer)
 
     def build(self):
-        from accel.distill.sequence import llamagen_codes
-        from accel.distill.student_llamagen import DDLlamaGen
-
         teacher, vq = self._teacher()
         student = DDLlamaGen(teacher.config, llamagen_codes(vq))
         self.model = {**teacher.config.__dict__}
         return student.init_from_teacher(teacher)
 
     def train_data(self, run_dir: Path, device):
-        from accel.distill.data import load_pairs
-
         d = load_pairs(self.pairs_dir)
         n = len(d["labels"]) - self.val_pairs
         return d["noise"][:n].to(device), d["tokens"][:n].long().to(device), d["labels"][:n].to(device)
 
     def loss(self, model, batch, generator, step):
-        from accel.distill.student_llamagen import distill_loss
-
         noise, tokens, labels = batch
         t = self.t_list[step % len(self.t_list)]
         raw = model.module if hasattr(model, "module") else model
@@ -68,8 +64,6 @@ class LlamaGenDistillRecipe(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model, run_dir: Path) -> dict:
-        from accel.distill.data import load_pairs
-
         d = load_pairs(self.pairs_dir)
         noise, tokens, labels = (d[k][-self.val_pairs:] for k in ("noise", "tokens", "labels"))
         model.eval()
@@ -90,9 +84,6 @@ class LlamaGenDistillRecipe(Recipe):
                 "The paper used far more pairs; this is a small first student, trained within one session.")
 
     def export(self, model, out_dir: Path, info: dict):
-        from accel.distill.data import load_pairs
-        from accel.zoo.store import save_zoo_file, zoo_file
-
         pairs = load_pairs(self.pairs_dir)
         model.fit_marginals(pairs["tokens"], pairs["labels"])
 

@@ -39,6 +39,9 @@ from accel.distill.student_var import DDVAR
 from accel.distill.var_map import tokens_before, var_pair_map, var_pair_spec
 from accel.models.var import VARConfig
 from accel.train.recipe import Recipe
+from accel import zoo
+from accel.zoo.store import save_zoo_file, zoo_file
+from accel.zoo.sample import DEFAULTS
 
 
 def dd_var_loss(student: DDVAR, noise: Tensor, tokens: Tensor, labels: Tensor, t_B: Tensor, split: int,
@@ -91,12 +94,9 @@ class VARDistillRecipe(Recipe):
     # -- teacher and data ----------------------------------------------------------------------------
     def load_teacher(self):
         """(VQVAE, VAR) teacher, eval mode."""
-        from accel import zoo
-
         return zoo.load(self.tokenizer), zoo.load(self.teacher)
 
     def sampling(self) -> dict:
-        from accel.zoo.sample import DEFAULTS
 
         d = dict(DEFAULTS.get(self.teacher, {}))
         if d.pop("more_smooth", False):
@@ -180,8 +180,6 @@ class VARDistillRecipe(Recipe):
 
     def card_quality(self, name: str) -> dict:
         """Held-out agreement of the *shipped* student with the teacher map (needs the pair folder)."""
-        from accel import zoo
-
         if not (Path(self.pairs) / "spec.json").is_file():
             return {"note": f"pair folder {self.pairs} absent: make it with `accel train distill-data --family var`"}
         out = self.evaluate(zoo.load(name), Path(self.pairs))
@@ -209,8 +207,6 @@ class VARDistillRecipe(Recipe):
         return {"var": json.loads(json.dumps(asdict(var.cfg))), "vocab_size": var.V, "Cvae": var.Cvae}
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
-        from accel.zoo.store import save_zoo_file, zoo_file
-
         return [save_zoo_file(zoo_file(out_dir, self.name), model.state_dict(), kind=self.kind,
                               config=student_config(model), info=info)]
 

@@ -18,8 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from accel import data
+from accel import data, zoo
 from accel.train.recipe import Recipe
+from accel.checkpoint import atomic_save
+from accel.models.llamagen import GPTConfig, Transformer
+from accel.models.llamagen_vq import VQConfig, VQModel
+from accel.zoo import load
+from accel.zoo.cards import generator_quality
 
 VQ_ZOO = dict(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, codebook_show_usage=False,
               encoder_ch_mult=(1, 2, 2), decoder_ch_mult=(1, 2, 2), z_channels=64, ch=32, num_res_blocks=1)
@@ -59,8 +64,6 @@ class VQRecipe(Recipe):
     commit_beta: float = 0.25
 
     def build(self):
-        from accel.models.llamagen_vq import VQConfig, VQModel
-
         return VQTraining(VQModel(VQConfig(**self.model)))
 
     def train_data(self, run_dir: Path, device):
@@ -81,8 +84,6 @@ class VQRecipe(Recipe):
         return model.vq
 
     def card_quality(self, name: str) -> dict:
-        from accel import zoo
-
         q = vq_quality(zoo.load(name), data.load_arrays("test")[0])
         return {"reconstruction PSNR (dB, test set, shipped fp16 weights)": round(q["psnr"], 2),
                 "codebook usage (fraction of 512 codes used on the test set)": round(q["usage"], 4),
@@ -128,8 +129,6 @@ def vq_quality(model, x: torch.Tensor, batch_size: int = 250) -> dict:
 
 def zoo_vq(device="cpu"):
     """The shipped LlamaGen VQ (for tokenising the GPT training data)."""
-    from accel.zoo import load
-
     return load("fmnist-llamagen-vq", device=device)
 
 
@@ -153,8 +152,6 @@ class GPTRecipe(Recipe):
     ckpt_every: int = 100
 
     def build(self):
-        from accel.models.llamagen import GPTConfig, Transformer
-
         return Transformer(GPTConfig(**self.model))
 
     def train_data(self, run_dir: Path, device):
@@ -170,8 +167,6 @@ class GPTRecipe(Recipe):
         return loss, {}
 
     def card_quality(self, name: str) -> dict:
-        from accel.zoo.cards import generator_quality
-
         return generator_quality(name)
 
     def card_notes(self) -> str:
@@ -194,7 +189,6 @@ def _codes(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     holds the codes of its horizontal flips."""
     import hashlib
 
-    from accel import zoo
 
     vq_file = zoo.weights_path("fmnist-llamagen-vq")
     digest = hashlib.sha256(zoo.resolve("fmnist-llamagen-vq").read_bytes()).hexdigest()[:12]
@@ -208,7 +202,6 @@ def _codes(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "train":
         codes, labels = torch.cat([codes, encode_dataset(vq, x.flip(-1))]), torch.cat([y, y])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    from accel.checkpoint import atomic_save
 
     atomic_save({"codes": codes, "labels": labels}, cache)
     return codes, labels

@@ -20,8 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from accel import data
+from accel import data, zoo
 from accel.train.recipe import Recipe
+from accel.checkpoint import atomic_save
+from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
+from accel.models.mar import LATENT_SCALE, MAR, MARConfig
+from accel.train.diffusion_loss import DiffusionLoss
+from accel.train.recipes.llamagen import psnr
+from accel.zoo.cards import generator_quality
 
 VAE_ZOO = dict(embed_dim=16, ch_mult=(1, 2, 2), ch=32, num_res_blocks=1, resolution=32,
                encoder_attn_resolutions=(8,), decoder_attn_resolutions=())
@@ -34,8 +40,6 @@ MAR_DRAFT = dict(MAR_TARGET, encoder_embed_dim=64, encoder_depth=2, decoder_embe
 
 
 def _vae(cfg: dict):
-    from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
-
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
     return AutoencoderKL(KLVAEConfig(**kw))
 
@@ -78,7 +82,6 @@ class VAERecipe(Recipe):
         return vae_quality(model, data.load_arrays("val")[0])
 
     def export(self, model, out_dir: Path, info: dict):
-        from accel.models.mar import LATENT_SCALE
 
         std = latent_std(model, data.load_arrays("train")[0][:5000])
         k = 1.0 / (LATENT_SCALE * std)
@@ -86,8 +89,6 @@ class VAERecipe(Recipe):
         return Recipe.export(self, model, out_dir, {**info, "latent_rescale": k, "latent_std_before": std})
 
     def card_quality(self, name: str) -> dict:
-        from accel import zoo
-
         vae = zoo.load(name)
         q = vae_quality(vae, data.load_arrays("test")[0])
         x = data.load_arrays("test")[0][:2000]
@@ -124,8 +125,6 @@ def rescale_latent(vae, k: float) -> None:
 
 @torch.no_grad()
 def vae_quality(vae, x: torch.Tensor) -> dict:
-    from accel.train.recipes.llamagen import psnr
-
     vae.eval()
     p = torch.cat([psnr(vae.decode(vae.encode(c).mean), c) for c in x.split(250)])
     return {"psnr": float(p.mean()), "n": int(x.shape[0])}
@@ -145,7 +144,6 @@ class MARTraining(torch.nn.Module):
     def __init__(self, mar, t_tail_frac: float = 0.0, t_tail: int = 20):
         super().__init__()
         self.mar = mar
-        from accel.train.diffusion_loss import DiffusionLoss
 
         self._dl = DiffusionLoss(tail_frac=t_tail_frac, tail=t_tail)
 
@@ -187,8 +185,6 @@ class MARRecipe(Recipe):
     t_tail: int = 20
 
     def build(self):
-        from accel.models.mar import MAR, MARConfig
-
         return MARTraining(MAR(MARConfig.from_dict(self.model)), self.t_tail_frac, self.t_tail)
 
     def train_data(self, run_dir: Path, device):
@@ -197,9 +193,6 @@ class MARRecipe(Recipe):
         target and draft runs)."""
         import hashlib
 
-        from accel import zoo
-        from accel.models.mar import LATENT_SCALE
-        from accel.checkpoint import atomic_save
 
         vae_path = zoo.resolve("fmnist-mar-vae")
         digest = hashlib.sha256(vae_path.read_bytes()).hexdigest()[:12]
@@ -231,8 +224,6 @@ class MARRecipe(Recipe):
     CARD_PER_CLASS = 50  # MAR sampling is ~10x the cost of LlamaGen's on CPU: N = 500 in the card
 
     def card_quality(self, name: str) -> dict:
-        from accel.zoo.cards import generator_quality
-
         return generator_quality(name, per_class=self.CARD_PER_CLASS)
 
     def card_notes(self) -> str:

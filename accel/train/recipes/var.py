@@ -17,8 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from accel import data
+from accel import data, zoo
 from accel.train.recipe import Recipe
+from accel.models.var import VAR, VARConfig
+from accel.models.var_vqvae import VQVAE, VQVAEConfig
+from accel.train.recipes.llamagen import psnr
+from accel.zoo.cards import generator_quality
 
 PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8)
 VQVAE_ZOO = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
@@ -27,8 +31,6 @@ VAR_ZOO = dict(num_classes=10, depth=6, embed_dim=160, num_heads=5, patch_nums=P
 
 
 def _vqvae(cfg: dict):
-    from accel.models.var_vqvae import VQVAE, VQVAEConfig
-
     return VQVAE(VQVAEConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}))
 
 
@@ -96,8 +98,6 @@ class VQVAERecipe(Recipe):
         return vqvae_quality(model.vae, data.load_arrays("val")[0])
 
     def card_quality(self, name: str) -> dict:
-        from accel import zoo
-
         q = vqvae_quality(zoo.load(name), data.load_arrays("test")[0])
         return {"reconstruction PSNR (dB, test set)": round(q["psnr"], 2),
                 "codebook usage (test set, all scales)": round(q["usage"], 3), "n": 10000}
@@ -112,8 +112,6 @@ class VQVAERecipe(Recipe):
 @torch.no_grad()
 def vqvae_quality(vae, x: torch.Tensor) -> dict:
     """Reconstruction PSNR and the fraction of codes used over every scale's indices of ``x``."""
-    from accel.train.recipes.llamagen import psnr
-
     vae.eval()
     p = torch.cat([psnr(vae.img_to_reconstructed_img(c), c) for c in x.split(250)])
     used = torch.zeros(vae.vocab_size, dtype=torch.bool)
@@ -140,8 +138,6 @@ class VARRecipe(Recipe):
     model: dict = field(default_factory=lambda: dict(VAR_ZOO))
 
     def build(self):
-        from accel.models.var import VAR, VARConfig
-
         cfg = VARConfig.from_dict({k: (tuple(v) if isinstance(v, list) else v) for k, v in self.model.items()})
         var = VAR(cfg, VQVAE_ZOO["vocab_size"], VQVAE_ZOO["z_channels"])
         var.init_weights(generator=torch.Generator().manual_seed(0))
@@ -153,7 +149,6 @@ class VARRecipe(Recipe):
         if cache.is_file():
             d = torch.load(cache, weights_only=True)
             return d["codes"], d["inputs"], d["labels"]
-        from accel import zoo
 
         vae = zoo.load("fmnist-var-vqvae")
         x, y = data.load_arrays("train")
@@ -179,6 +174,4 @@ class VARRecipe(Recipe):
         return {**self.model, "_vocab_size": VQVAE_ZOO["vocab_size"], "_Cvae": VQVAE_ZOO["z_channels"]}
 
     def card_quality(self, name: str) -> dict:
-        from accel.zoo.cards import generator_quality
-
         return generator_quality(name)
