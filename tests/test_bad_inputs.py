@@ -17,6 +17,8 @@ from paths import fixtures
 from accel import zoo
 from accel.cache.budgets import uniform
 from accel.checkpoint import CheckpointError, CheckpointMismatch, load_strict, read_state_dict
+from accel.distill.student_llamagen import DDLlamaGen
+from accel.distill.student_var import DDVAR
 from accel.cli import main as cli
 from accel.models.llamagen import GPTConfig, Transformer
 from accel.models.llamagen_generate import SamplingConfig, generate
@@ -25,6 +27,7 @@ from accel.models.var import VARConfig, build_var
 from accel.models.var_vqvae import VQVAEConfig
 from accel.parity import mar_cspd
 from accel.sampling import logits_to_probs
+from accel.speculative.cspd import CSpDConfig, cspd_sample_tokens
 from accel.speculative.decoder import speculative_generate
 from accel.speculative.drafters import ModelDrafter
 from accel.speculative.lantern import LanternRule, neighbour_table
@@ -103,6 +106,25 @@ def spec(target=None, drafter=None, rule=None, greedy=False, labels=(0, 1), **kw
 
 def table(V: int, k: int = 3) -> torch.Tensor:
     return neighbour_table(torch.randn(V, 4, generator=g()), k + 1)
+
+
+def dd_llamagen_nan():
+    cfg = GPTConfig(dim=32, n_layer=1, n_head=4, multiple_of=16, vocab_size=16, num_classes=4, block_size=4)
+    student = DDLlamaGen(cfg, torch.randn(16, 4, generator=g())).eval()
+    with torch.no_grad():
+        student.output.weight[:5] = NAN
+        return student.sample(lab(0, 1), torch.randn(2, 4, 4, generator=g()))
+
+
+def dd_var_nan():
+    vae, var = var_pair(nan=True)
+    student = DDVAR.from_teacher(var, vae).eval()
+    return student.sample(lab(0, 1), torch.randn(2, student.L_out, student.Cvae, generator=g()), (0,))
+
+
+def cspd_nan_draft():
+    cfg = CSpDConfig(gamma=2, head_steps="5", verify="independent", prefill=0.0, cfg=2.0)
+    return cspd_sample_tokens(mar(), mar(nan=True), lab(0, 1), cfg, generator=g())
 
 
 def verify_nan_p():
@@ -192,6 +214,9 @@ API = [
     ("mar-label-equals-num_classes", lambda t: mar_sample(labels=(0, 5)), ValueError, ["class labels", "5", "0..4"]),
     ("mar-num_iter-zero", lambda t: mar_sample(num_iter=0), ValueError, ["num_iter"]),
     ("mar-nan-head", lambda t: mar_sample(nan=True), NonFiniteError, ["MAR", "diffusion-head", "step 0"]),
+    ("dd-llamagen-nan-student", lambda t: dd_llamagen_nan(), NonFiniteError, ["DD student (LlamaGen)", "t=0"]),
+    ("dd-var-nan-student", lambda t: dd_var_nan(), NonFiniteError, ["DD student (VAR)", "t=0"]),
+    ("cspd-nan-draft", lambda t: cspd_nan_draft(), NonFiniteError, ["non-finite", "step"]),
     # VAR
     ("var-cfg-negative", lambda t: var_infer(cfg=-1.0), ValueError, ["cfg", "-1"]),
     ("var-top_k-negative", lambda t: var_infer(top_k=-1), ValueError, ["top_k"]),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from accel.models.llamagen import GPTConfig, Transformer
+from accel.validate import check_finite
 
 
 class FinalLayer(nn.Module):
@@ -107,6 +108,8 @@ class DDLlamaGen(Transformer):
         for t in t_list:
             x = noise if ids is None else torch.cat([self.codes[ids[:, :t]], noise[:, t:]], 1)
             logits, conti = self.predict(x, cond, t)
+            for what, v in (("logits", logits), ("continuous outputs", conti)):  # one read per student pass
+                check_finite(v, what=what, model="DD student (LlamaGen)", step=f"t={t}")
             new = self.tokens_from(logits, conti, split)
             ids = new if ids is None else torch.cat([ids[:, :t], new[:, t:]], 1)
         return ids

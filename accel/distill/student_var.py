@@ -32,6 +32,7 @@ from accel.types import CachePolicy
 from accel.distill.var_map import split_scales, tokens_before
 from accel.models.var import VAR, VARConfig, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE
+from accel.validate import check_finite
 
 
 class FinalLayer(nn.Module):
@@ -162,6 +163,8 @@ class DDVAR(VAR):
         """One DD call from X_t built out of ``x`` (data part) and ``noise``; data slots pass through."""
         xt = self.perturb(x, t, noise)
         logits, conti = self.predict(xt, label_B, t)
+        for what, v in (("logits", logits), ("continuous outputs", conti)):  # one read per student pass
+            check_finite(v, what=what, model="DD student (VAR)", step=f"t={t}")
         n = tokens_before(self.tpns, t)
         return torch.cat((xt[:, :n], self.combine(logits, conti, split)[:, n:]), 1)
 

@@ -52,6 +52,7 @@ from accel.models.mar import (HeadCall, Iteration, cfg_at, head_schedule, mask_l
                               write_tokens)
 from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, HeadStats
 from accel.speculative import cspd_math as M
+from accel.validate import check_finite
 
 VERIFY = ("left_to_right", "independent")
 
@@ -271,6 +272,8 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         clock.lap("verify_head")
         log_sigma = M.log_std_product(hp.log_std_sum, lq, cfg.std_product)  # (B, g)
         log_r = M.log_acceptance_ratio(x_q, hp.final_mean, hp.final_std, mq, sq, log_sigma, cfg.inner_temperature)
+        check_finite(log_r, what="log acceptance ratios (target and draft head densities)", model="CSpD",
+                     step=f"window at token {n}")  # one read per window (the loop reads its counters anyway)
         acc, _ = M.accept(log_r, generator)
         if cfg.verify == "left_to_right":
             k = M.first_rejection(acc)  # (B,)
