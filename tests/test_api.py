@@ -160,3 +160,24 @@ def test_disa_and_cspd_take_mar_generators():
         mar.with_sampling(num_iter=0)
     m = accel.cspd(mar, mar, gamma=4, verify="independent", schedule=accel.linear(10, 5))
     assert m.generate(LABELS, generator=seed()).images.shape == (2, 3, 32, 32)
+
+
+def test_dd_released_readout_split(llamagen):
+    """split = n reads every slot from the logits (the snapped read-out, same tokens, same image up to the
+    codebook's float rounding); split = 0 decodes the continuous head's vectors unsnapped."""
+    gpt, vq = llamagen
+    g = accel.wrap(gpt, vq)
+    codes = torch.nn.functional.normalize(vq.quantize.embedding.weight.detach(), dim=-1)
+    student = DDLlamaGen(GPT, codes).eval()
+    snapped = accel.distilled(g, student).generate(LABELS, generator=seed())
+    full = accel.distilled(g, student, split=16).generate(LABELS, generator=seed())
+    assert torch.equal(snapped.stats["tokens"], full.stats["tokens"])
+    assert torch.allclose(snapped.images, full.images, atol=1e-5)
+    noise = torch.randn(2, 16, 4, generator=seed())
+    vec, ids = student.sample_vectors(LABELS, noise, (0,), split=0)
+    logits, conti = student.predict(noise, LABELS, 0)
+    assert torch.allclose(vec, conti) and torch.equal(ids, student.nearest(conti))
+    two = accel.distilled(g, student, steps=2, t2=5, split=8).generate(LABELS, generator=seed())
+    assert two.stats["nfe_student"] == 2 and two.images.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="split"):
+        accel.distilled(g, student, split=17)

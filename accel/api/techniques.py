@@ -206,7 +206,9 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
     (``steps=1``) or two (``steps=2``, second jump at ``t2``) passes, Eq. 9-10. ``student``: the network, or a
     zoo name / student file (``"fmnist-llamagen-dd"``).
 
-    LlamaGen: ``t2`` defaults to n/2 tokens; ``teacher_involved=(a, b)`` keeps the student's first ``a`` tokens,
+    LlamaGen: ``t2`` defaults to n/2 tokens; ``split`` (None: every slot snapped to a code) reads slots before it
+    from the logits and decodes the continuous head's vectors after it unsnapped (the released read-out);
+    ``teacher_involved=(a, b)`` keeps the student's first ``a`` tokens,
     lets the teacher sample tokens ``a..b-1`` and finishes with one student jump from ``b`` (released
     ``combine_sample``). VAR: ``t2`` and the read-out ``split`` are scale indices (defaults: the released
     10 %-of-tokens rule for ``t2``, every scale from the logits for ``split``); ``teacher_involved=True``
@@ -220,7 +222,8 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
         if not isinstance(student, DDLlamaGen):
             raise TypeError(f"student: a LlamaGen teacher needs a DDLlamaGen student, got {type(student).__name__}")
         return DistilledLlamaGen(student, teacher.tokenizer, steps=steps, t2=t2, teacher=teacher.model,
-                                 sc=teacher.config, teacher_involved=teacher_involved or None, name=name)
+                                 sc=teacher.config, teacher_involved=teacher_involved or None, split=split,
+                                 name=name)
     if isinstance(teacher, VARGenerator):
         if not isinstance(student, DDVAR):
             raise TypeError(f"student: a VAR teacher needs a DDVAR student, got {type(student).__name__}")

@@ -33,9 +33,14 @@ def default_split(patch_nums, frac: float = 0.1) -> int:
 class DistilledLlamaGen:
     def __init__(self, student: DDLlamaGen, tokenizer, *, steps: int = 1, t2: int | None = None, teacher=None,
                  sc: SamplingConfig = SamplingConfig(), teacher_involved: tuple[int, int] | None = None,
-                 name: str | None = None):
+                 split: int | None = None, name: str | None = None):
+        """``split``: the released read-out (None = every slot snapped to its code, accel's earlier read-out): slots
+        before ``split`` from the logits' arg-max, the rest the continuous head's vectors, decoded unsnapped."""
         n = student.config.block_size
         self.student, self.tokenizer, self.teacher, self.sc = student.eval(), tokenizer, teacher, sc
+        if split is not None and not 0 <= split <= n:
+            raise ValueError(f"split={split}: must be in [0, {n}] tokens")
+        self.split = split
         self.t2 = n // 2 if t2 is None else t2
         if not 0 < self.t2 < n:
             raise ValueError(f"t2={self.t2}: must be in (0, {n}) tokens")
@@ -51,7 +56,7 @@ class DistilledLlamaGen:
             self.params = {"teacher_start": a, "t_mid": b}
         else:
             self.name = name or f"dd-{steps}step"
-            self.params = {"t_list": list(self.t_list)}
+            self.params = {"t_list": list(self.t_list), "split": split}
 
     def _images(self, ids: Tensor, stats: dict) -> Sample:
         g = self.student.config.grid_size
@@ -63,6 +68,12 @@ class DistilledLlamaGen:
         s = self.student
         n, d = s.config.block_size, s.codes.size(1)
         noise = torch.randn(cond.size(0), n, d, generator=generator, device=cond.device)
+        if self.involved is None and self.split is not None:
+            vec, ids = s.sample_vectors(cond, noise, self.t_list, self.split)
+            g = s.config.grid_size
+            x = self.tokenizer.decode_vectors(vec, (g, g))
+            return Sample(((x.float() + 1) / 2).clamp(0, 1), {"nfe_target": 0, "nfe_student": len(self.t_list),
+                                                              "tokens": ids})
         if self.involved is None:
             ids = s.sample(cond, noise, self.t_list)
             return self._images(ids, {"nfe_target": 0, "nfe_student": len(self.t_list)})

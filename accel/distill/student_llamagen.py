@@ -98,6 +98,35 @@ class DDLlamaGen(Transformer):
         return ids
 
     @torch.no_grad()
+    def sample_vectors(self, cond: Tensor, noise: Tensor, t_list: tuple[int, ...] = (0,),
+                       split: int | None = None) -> tuple[Tensor, Tensor]:
+        """The released read-out (``get_final_sequence``): slots < ``split`` are the codes of the logits' arg-max,
+        slots >= ``split`` the continuous head's outputs, unsnapped; a later step re-noises slots >= t from the same
+        noise and keeps the vectors before t (Alg. 3). Returns vectors (B, n, d), to decode directly, and token ids
+        (B, n) (arg-max before ``split``, nearest code after), for statistics."""
+        if not t_list or t_list[0] != 0 or list(t_list) != sorted(set(t_list)):
+            raise ValueError(f"t_list must start at 0 and increase (got {t_list})")
+        n = noise.size(1)
+        split = n if split is None else split
+        if not 0 <= split <= n:
+            raise ValueError(f"split={split}: must be in [0, {n}]")
+        vec = None
+        for t in t_list:
+            x = noise if vec is None else torch.cat([vec[:, :t], noise[:, t:]], 1)
+            logits, conti = self.predict(x, cond, t)
+            for what, v in (("logits", logits), ("continuous outputs", conti)):  # one read per student pass
+                check_finite(v, what=what, model="DD student (LlamaGen)", step=f"t={t}")
+            new = torch.cat([self.codes[logits[:, :split].argmax(-1)], conti[:, split:].to(self.codes.dtype)], 1)
+            vec = new if vec is None else torch.cat([vec[:, :t], new[:, t:]], 1)
+        return vec, self.nearest(vec)  # before split the vectors are codes: their own ids
+
+    def nearest(self, vec: Tensor) -> Tensor:
+        """Ids of the codes nearest to vectors (B, m, d) -> (B, m)."""
+        if vec.size(1) == 0:
+            return vec.new_zeros(vec.shape[:2], dtype=torch.long)
+        return torch.cdist(vec.reshape(-1, vec.size(-1)), self.codes).argmin(-1).view(vec.shape[:2])
+
+    @torch.no_grad()
     def sample(self, cond: Tensor, noise: Tensor, t_list: tuple[int, ...] = (0,), split: int | None = None) -> Tensor:
         """Token ids (B, n) from noise (B, n, d) in ``len(t_list)`` student calls (t_list[0] must be 0)."""
         if not t_list or t_list[0] != 0 or list(t_list) != sorted(set(t_list)):

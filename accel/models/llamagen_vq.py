@@ -202,6 +202,12 @@ class VQModel(nn.Module):
     def decode(self, zq: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(zq))
 
+    def decode_vectors(self, vec: Tensor, hw: tuple[int, int]) -> Tensor:
+        """Continuous code-space vectors (B, h*w, C) (e.g. a DD student's unsnapped outputs) -> images; equals
+        ``decode_code`` when the vectors are codebook entries (``codebook()``, l2-normalised when configured)."""
+        B, n, C = vec.shape
+        return self.decode(vec.view(B, *hw, C).permute(0, 3, 1, 2))  # (B, C, h, w)
+
     def decode_code(self, idx: Tensor, hw: tuple[int, int] | None = None) -> Tensor:
         """Token indices (B, h, w), or (B, h*w) with ``hw``, -> images (B, 3, H, W), roughly [-1, 1]."""
         if idx.dim() == 2:
