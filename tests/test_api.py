@@ -40,7 +40,7 @@ def test_sampling_refuses_out_of_range_values():
 
 def test_one_convention_maps_onto_each_family():
     s = Sampling(cfg_scale=3.0, top_k=5)
-    assert var_kwargs(s) == {"cfg": 3.0, "top_k": 5, "top_p": 0.0}  # VAR's own "off" is 0.0
+    assert var_kwargs(s) == {"cfg": 2.0, "top_k": 5, "top_p": 0.0}  # VAR's cfg is the excess; its "off" top_p is 0.0
     assert var_kwargs(Sampling(top_p=0.9))["top_p"] == 0.9
     assert mar_kwargs(Sampling(cfg_scale=4.0, temperature=0.9)) == {"cfg": 4.0, "temperature": 0.9}
     with pytest.raises(ValueError, match="top_k=5.*MAR"):
@@ -48,7 +48,7 @@ def test_one_convention_maps_onto_each_family():
     with pytest.raises(ValueError, match="temperature=0.5.*VAR"):
         var_kwargs(Sampling(temperature=0.5))
     assert from_family("var", {"cfg": 1.5, "top_k": 0, "top_p": 0.0, "more_smooth": False}) == \
-        (Sampling(cfg_scale=1.5), {"more_smooth": False})
+        (Sampling(cfg_scale=2.5), {"more_smooth": False})
     assert from_family("mar", {"cfg": 5.0, "num_iter": 16})[0].cfg_scale == 5.0
 
 

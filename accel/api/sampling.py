@@ -16,7 +16,9 @@ from accel.models.llamagen_generate import SamplingConfig
 class Sampling:
     """How tokens are drawn.
 
-    - ``cfg_scale``: classifier-free guidance scale, ``>= 1`` (1 = no guidance; the unconditional pass is skipped).
+    - ``cfg_scale``: classifier-free guidance scale ``s`` in ``uncond + s (cond - uncond)``, ``>= 1`` (1 = no guidance;
+      LlamaGen and MAR then skip the unconditional pass). MAR and VAR ramp it as their papers do (MAR: with the
+      known tokens under ``cfg_schedule="linear"``; VAR: linearly over the scales up to ``s`` at the last).
     - ``temperature``: ``> 0``; divides the logits (LlamaGen) or scales the head's noise (MAR).
     - ``top_k``: keep the k most likely tokens, ``0`` = off.
     - ``top_p``: nucleus mass in ``(0, 1]``, ``1.0`` = off.
@@ -61,9 +63,12 @@ def mar_kwargs(s: Sampling) -> dict:
 
 
 def var_kwargs(s: Sampling) -> dict:
-    """``VAR.autoregressive_infer_cfg`` keyword arguments for ``s`` (official ``top_p=0.0`` means off)."""
+    """``VAR.autoregressive_infer_cfg`` keyword arguments for ``s``. VAR's own ``cfg`` is the guidance *excess*
+    at the last scale (logits ``(1 + t) cond - t uncond`` with ``t = cfg * si / (SN - 1)``), i.e. a scale of
+    ``1 + t``: ``cfg = cfg_scale - 1`` (the zoo card's cfg 1.5 is ``cfg_scale`` 2.5, ramped over the scales);
+    official ``top_p=0.0`` means off."""
     _refuse(s, "VAR's sampler has no temperature or arg-max", temperature=1.0, greedy=False)
-    return {"cfg": s.cfg_scale, "top_k": s.top_k, "top_p": 0.0 if s.top_p >= 1.0 else s.top_p}
+    return {"cfg": s.cfg_scale - 1.0, "top_k": s.top_k, "top_p": 0.0 if s.top_p >= 1.0 else s.top_p}
 
 
 def from_family(family: str, settings: dict) -> tuple[Sampling, dict]:
@@ -77,8 +82,8 @@ def from_family(family: str, settings: dict) -> tuple[Sampling, dict]:
         if "sample_logits" in d:
             s["greedy"] = not d.pop("sample_logits")
     else:
-        if "cfg" in d:
-            s["cfg_scale"] = d.pop("cfg")
+        if "cfg" in d:  # MAR's cfg is a scale (1 = none); VAR's the excess over 1 at the last scale
+            s["cfg_scale"] = d.pop("cfg") + (1.0 if family == "var" else 0.0)
         for k in ("temperature", "top_k"):
             if k in d:
                 s[k] = d.pop(k)
