@@ -101,3 +101,22 @@ def test_misuse_is_refused():
             var.step(st, 1.5)
         with pytest.raises(ValueError, match="mids"):
             var.run_blocks(torch.zeros(1, 1, 32), st.cond[:1], mids=[torch.zeros(1)])
+
+
+def test_guidance_free_decode_runs_the_conditional_rows_alone():
+    """cfg 0 runs B rows instead of the official 2B; its logits are what the doubled batch gives at t = 0."""
+    torch.manual_seed(0)
+    vae, var = build_var(VARConfig(num_classes=4, depth=2, embed_dim=32, num_heads=2, patch_nums=(1, 2, 3)),
+                         VQVAEConfig(vocab_size=16, z_channels=4, ch=32, v_patch_nums=(1, 2, 3), ch_mult=(1, 1),
+                                     num_res_blocks=1, using_sa=False, using_mid_sa=False))
+    var.init_weights(init_adaln_gamma=1.0, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3])
+    alone = var.autoregressive_infer_cfg(vae, 2, labels, cfg=0.0, generator=torch.Generator().manual_seed(1),
+                                         keep_logits=True)
+    st = var.begin(labels, KVCache(var.depth))  # guided: 2B rows, cfg 0 at every scale
+    for si, idx in enumerate(alone.idx_Bl):
+        assert torch.allclose(var.step(st, 0.0), alone.logits_BlV[si], atol=1e-5)
+        var.advance(st, vae, idx)
+    assert alone.cache.peak_attended_bytes() * 2 == st.cache.peak_attended_bytes()
+    with pytest.raises(ValueError, match="guided=False"):
+        var.step(var.begin(labels, guided=False), 1.5)

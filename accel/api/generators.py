@@ -190,7 +190,7 @@ class VARGenerator:
     def work_model(self, batch_size: int, bytes_per_element: int) -> Work:
         """FLOPs and bytes of one ``sample`` call (the harness's hardware floor)."""
         return var_work(self.model.cfg, batch_size, vocab_size=self.model.V, Cvae=self.model.Cvae,
-                        bytes_per_element=bytes_per_element)
+                        bytes_per_element=bytes_per_element, cfg_guidance=self.kwargs["cfg"] != 0)
 
 
 GENERATORS = {"llamagen": LlamaGenGenerator, "mar": MARGenerator, "var": VARGenerator}

@@ -229,12 +229,12 @@ def var_weight_params(cfg: VARConfig, vocab_size: int, Cvae: int) -> int:
 
 
 def var_work(cfg: VARConfig, batch_size: int, *, vocab_size: int = 4096, Cvae: int = 32,
-             bytes_per_element: int = 4) -> Work:
-    """``VAR.autoregressive_infer_cfg``: one pass per scale on 2B rows ([cond; uncond], always), FLOPs and the
-    attended KV bytes per scale from ``accel.models.var_calc.var_cost``."""
+             bytes_per_element: int = 4, cfg_guidance: bool = True) -> Work:
+    """``VAR.autoregressive_infer_cfg``: one pass per scale on 2B rows ([cond; uncond]; B rows at cfg 0), FLOPs
+    and the attended KV bytes per scale from ``accel.models.var_calc.var_cost``."""
     _check(batch_size, bytes_per_element)
-    cost = var_cost(cfg, vocab_size, Cvae, bytes_per_element=bytes_per_element, cfg_guidance=True)
-    C, hidden, rows = cfg.embed_dim, round(cfg.embed_dim * cfg.mlp_ratio), 2 * batch_size
+    cost = var_cost(cfg, vocab_size, Cvae, bytes_per_element=bytes_per_element, cfg_guidance=cfg_guidance)
+    C, hidden, rows = cfg.embed_dim, round(cfg.embed_dim * cfg.mlp_ratio), (2 if cfg_guidance else 1) * batch_size
     steps = []
     for s, pn in enumerate(cost.patch_nums):
         t = rows * pn * pn

@@ -317,7 +317,8 @@ class VARSample:
 class ScaleState:
     """The running state of one KV-cached next-scale decode with CFG (``VAR.begin``, ``step``, ``advance``).
 
-    Rows 0..B-1 of ``x_BlC`` / ``cond_BD`` are conditional, rows B..2B-1 the null class. ``si`` is the scale the
+    Rows 0..B-1 of ``x_BlC`` / ``cond_BD`` are conditional, rows B..2B-1 the null class (only when ``guided``: a
+    guidance-free decode, ``cfg = 0``, runs the B conditional rows alone). ``si`` is the scale the
     next ``step`` decodes, ``cur_L`` the number of tokens before it, ``x_BlC`` (2B, pn_si^2, C) its block input
     and ``f_hat`` (B, Cvae, pn_max, pn_max) the accumulated codes of scales < si. ``passes`` counts steps run."""
 
@@ -330,6 +331,7 @@ class ScaleState:
     si: int = 0
     cur_L: int = 0
     passes: int = 0
+    guided: bool = True
 
     @property
     def B(self) -> int:
@@ -432,20 +434,23 @@ class VAR(nn.Module):
             raise ValueError(f"VQVAE (V={vae.vocab_size}, Cvae={vae.Cvae}, patch_nums={vae.v_patch_nums}) does not "
                              f"match VAR (V={self.V}, Cvae={self.Cvae}, patch_nums={self.patch_nums})")
 
-    def begin(self, label_B: Tensor, cache: KVCache | None = None) -> ScaleState:
+    def begin(self, label_B: Tensor, cache: KVCache | None = None, *, guided: bool = True) -> ScaleState:
         """The state before scale 0 for class labels ``label_B`` (B,) (``num_classes`` = the null class):
-        sos = class embedding + pos_start + level/position embedding; ``cache`` defaults to a full KV cache."""
+        sos = class embedding + pos_start + level/position embedding; ``cache`` defaults to a full KV cache.
+        ``guided=False``: the conditional rows only (the official sampler runs the null rows even at cfg 0)."""
         label_B = torch.as_tensor(label_B, device=self.pos_1LC.device).long()
         if label_B.dim() != 1:
             raise ValueError(f"label_B must be (B,); got {tuple(label_B.shape)}")
         B = label_B.shape[0]
-        sos = cond_BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
+        rows = torch.cat((label_B, torch.full_like(label_B, self.num_classes))) if guided else label_B
+        sos = cond_BD = self.class_emb(rows)
+        R = rows.shape[0]
         lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
-        x = (sos.unsqueeze(1).expand(2 * B, self.first_l, -1) + self.pos_start.expand(2 * B, self.first_l, -1)
-             + lvl_pos[:, :self.first_l])  # (2B, first_l, C)
+        x = (sos.unsqueeze(1).expand(R, self.first_l, -1) + self.pos_start.expand(R, self.first_l, -1)
+             + lvl_pos[:, :self.first_l])  # (R, first_l, C), R = 2B under guidance
         f_hat = sos.new_zeros(B, self.Cvae, self.patch_nums[-1], self.patch_nums[-1])
         cache = KVCache(self.depth) if cache is None else cache
-        return ScaleState(cond_BD, self.shared_ada_lin(cond_BD), lvl_pos, x, f_hat, cache)
+        return ScaleState(cond_BD, self.shared_ada_lin(cond_BD), lvl_pos, x, f_hat, cache, guided=guided)
 
     def step(self, state: ScaleState, cfg: float, *, attn_bias: Tensor | None = None,
              token_scales: Tensor | None = None) -> Tensor:
@@ -457,8 +462,12 @@ class VAR(nn.Module):
         ``attn_bias`` (l, L_hist + l) and ``token_scales`` (l,) for the per-token guidance ramp."""
         if state.si >= len(self.patch_nums):
             raise RuntimeError(f"all {len(self.patch_nums)} scales are decoded")
+        if not state.guided and cfg != 0:
+            raise ValueError(f"cfg={cfg}: this decode was begun without guidance (guided=False): use cfg=0")
         x = self.run_blocks(state.x_BlC, state.cond, attn_bias, state.cache, state.si)
         state.passes += 1
+        if not state.guided:
+            return self.get_logits(x, state.cond_BD)  # (B, l, V): what ramped_cfg gives at t = 0
         si = state.si if token_scales is None else token_scales
         return ramped_cfg(self.get_logits(x, state.cond_BD), si, len(self.patch_nums), cfg)
 
@@ -482,7 +491,7 @@ class VAR(nn.Module):
         if state.si < len(pns):
             nxt = nxt.view(B, self.Cvae, -1).transpose(1, 2)  # (B, pn_next^2, Cvae)
             lvl_pos = state.lvl_pos[:, state.cur_L:state.cur_L + pns[state.si] ** 2]
-            state.x_BlC = (self.word_embed(nxt) + lvl_pos).repeat(2, 1, 1)
+            state.x_BlC = (self.word_embed(nxt) + lvl_pos).repeat(2 if state.guided else 1, 1, 1)
 
     @torch.no_grad()
     def autoregressive_infer_cfg(self, vae: VQVAE, B: int, label_B: Tensor | int | None = None, *,
@@ -490,7 +499,8 @@ class VAR(nn.Module):
                                  top_p: float = 0.0, more_smooth: bool = False, policy: CachePolicy | None = None,
                                  keep_logits: bool = False, progress: bool = False) -> VARSample:
         """Next-scale sampling with CFG (rows 0..B-1 conditional, B..2B-1 null class), KV-cached:
-        ``begin``, then per scale ``step`` -> top-k/top-p mask -> sample -> ``advance``.
+        ``begin``, then per scale ``step`` -> top-k/top-p mask -> sample -> ``advance``. ``cfg=0`` (no guidance)
+        runs the conditional rows alone, half the work of the official sampler, which doubles the batch anyway.
 
         ``generator`` is consumed as the official code does: labels (if ``label_B`` is None), then one
         multinomial over all B*l tokens per scale (then the Gumbel noise when ``more_smooth``).
@@ -512,7 +522,7 @@ class VAR(nn.Module):
         label_B = torch.as_tensor(label_B, device=dev).long()
         if label_B.shape != (B,):
             raise ValueError(f"label_B must have shape ({B},); got {tuple(label_B.shape)}")
-        state = self.begin(label_B, KVCache(self.depth, policy))
+        state = self.begin(label_B, KVCache(self.depth, policy), guided=cfg != 0)  # cfg 0: conditional rows only
         idx_list, logits_list = [], []
         for si in tqdm(range(SN), desc="VAR scales", disable=not progress, leave=False):
             logits_BlV = self.step(state, cfg)  # (B, l, V)
