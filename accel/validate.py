@@ -38,8 +38,11 @@ def check_range(name: str, value, lo: float | None = None, hi: float | None = No
 
 
 def check_labels(labels: Tensor, num_classes: int, *, name: str = "class labels", model: str = "model") -> None:
-    """Class labels must be integers in ``[0, num_classes)``; the null (unconditional) class is not a label."""
-    if labels.is_floating_point() or labels.is_complex():
+    """Class labels must be a 1-D tensor of integers in ``[0, num_classes)``; the null (unconditional) class is
+    not a label."""
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor of class ids (B,), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must be integer class ids, got dtype {labels.dtype}")
     if labels.numel() == 0:
         raise ValueError(f"{name} is empty; give at least one class id")
@@ -118,13 +121,19 @@ def vocab_size_of(model) -> int | None:
 
 
 def check_speculative_setup(target, drafter, rule) -> None:
-    """Before any work: the drafter proposes ids of the target's vocabulary, and a LANTERN neighbour table has
-    one row per target token (it must come from the target's own codebook)."""
+    """Before any work: the drafter proposes ids of the target's vocabulary (and, a draft model, for the same token
+    grid and classes), and a LANTERN neighbour table has one row per target token (it must come from the target's
+    own codebook)."""
     V = vocab_size_of(target)
     Vq = vocab_size_of(drafter)
     if V is not None and Vq is not None and Vq != V:
         raise ValueError(f"draft vocabulary ({Vq} tokens, {getattr(drafter, 'name', type(drafter).__name__)}) "
                          f"differs from the target's ({V} tokens); the drafter must share the target's tokenizer")
+    tcfg, dcfg = getattr(target, "config", None), getattr(getattr(drafter, "model", None), "config", None)
+    for field in ("block_size", "num_classes"):
+        if tcfg is not None and dcfg is not None and getattr(dcfg, field, None) != getattr(tcfg, field, None):
+            raise ValueError(f"draft model {field}={getattr(dcfg, field, None)} differs from the target's "
+                             f"{getattr(tcfg, field, None)}: the drafter must decode the same token grid and classes")
     table = getattr(rule, "neighbours", None)
     if V is not None and table is not None and table.shape[0] != V:
         raise ValueError(f"LANTERN neighbour table has {table.shape[0]} rows but the target's codebook has {V} "

@@ -17,17 +17,14 @@ from accel.harness.floor import Work, llamagen_work, mar_work, var_work
 from accel.models.llamagen_generate import generate as llamagen_generate
 from accel.models.mar import decode_tokens, sample_tokens
 from accel.types import Sample
+from accel.validate import check_labels
 
 
-def check_labels(cond: Tensor, num_classes: int, what: str) -> Tensor:
-    """``cond`` as a (B,) long tensor of class ids in ``[0, num_classes)`` (the null class is not a label)."""
+def labels(cond, num_classes: int, model: str) -> Tensor:
+    """``cond`` as a (B,) long tensor, checked by the samplers' own rule (``accel.validate.check_labels``) under the
+    API's argument name."""
     cond = torch.as_tensor(cond)
-    if cond.dim() != 1 or cond.numel() == 0 or cond.dtype.is_floating_point or cond.dtype == torch.bool:
-        raise ValueError(f"cond: expected a non-empty 1-D tensor of integer class ids, got {cond.dtype} "
-                         f"{tuple(cond.shape)}")
-    lo, hi = int(cond.min()), int(cond.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"cond: class ids must be in [0, {num_classes}) for {what}; got values in [{lo}, {hi}]")
+    check_labels(cond, num_classes, name="cond", model=model)
     return cond.long()
 
 
@@ -63,7 +60,7 @@ class LlamaGenGenerator:
 
     @torch.no_grad()
     def tokens(self, cond: Tensor, *, generator: torch.Generator) -> Tensor:
-        cond = check_labels(cond, self.model.config.num_classes, "this LlamaGen model")
+        cond = labels(cond, self.model.config.num_classes, "LlamaGen")
         return llamagen_generate(self.model, cond, sc=self.config, generator=generator)
 
     @torch.no_grad()
@@ -121,7 +118,7 @@ class MARGenerator:
 
     @torch.no_grad()
     def sample(self, cond: Tensor, *, generator: torch.Generator):
-        cond = check_labels(cond, self.model.cfg.class_num, "this MAR model")
+        cond = labels(cond, self.model.cfg.class_num, "MAR")
         return sample_tokens(self.model, cond, generator=generator, **self.kwargs)
 
     @torch.no_grad()
@@ -165,7 +162,7 @@ class VARGenerator:
 
     @torch.no_grad()
     def sample(self, cond: Tensor, *, generator: torch.Generator):
-        cond = check_labels(cond, self.model.num_classes, "this VAR model")
+        cond = labels(cond, self.model.num_classes, "VAR")
         return self.model.autoregressive_infer_cfg(self.tokenizer, cond.shape[0], cond, generator=generator,
                                                    **self.kwargs)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from accel.validate import check_range
+
 from accel.models.llamagen_generate import SamplingConfig
 
 
@@ -32,14 +34,10 @@ class Sampling:
     greedy: bool = False
 
     def __post_init__(self):
-        if not self.cfg_scale >= 1.0:  # `not >=` also catches NaN
-            raise ValueError(f"cfg_scale={self.cfg_scale}: must be >= 1 (1 = no guidance)")
-        if not self.temperature > 0.0:
-            raise ValueError(f"temperature={self.temperature}: must be > 0 (for arg-max decoding pass greedy=True)")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k!r}: must be an int >= 0 (0 = off)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1] (1.0 = off)")
+        check_range("cfg_scale", self.cfg_scale, 1)  # 1 = no guidance
+        check_range("temperature", self.temperature, 0, lo_open=True)  # arg-max decoding is greedy=True
+        check_range("top_k", self.top_k, 0, integer=True)  # 0 = off
+        check_range("top_p", self.top_p, 0, 1, lo_open=True)  # 1.0 = off
         if not isinstance(self.greedy, bool):
             raise ValueError(f"greedy={self.greedy!r}: must be True or False")
 

@@ -33,6 +33,7 @@ from accel.speculative.lantern_deterministic import DeterministicLanternRule
 from accel.speculative.methods import SpeculativeLlamaGen
 from accel.speculative.rules import ExactRule
 from accel.speculative.tree import TREES, Tree
+from accel.validate import check_speculative_setup
 
 
 # ------------------------------------------------------------------------------------ speculative decoding
@@ -101,15 +102,11 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
         raise ValueError(f"gamma={gamma!r}: must be an int >= 1")
     tcfg = target.model.config
     if isinstance(draft, LlamaGenGenerator):
-        dcfg = draft.model.config
-        if (dcfg.vocab_size, dcfg.block_size, dcfg.num_classes) != (tcfg.vocab_size, tcfg.block_size, tcfg.num_classes):
-            raise ValueError(f"draft: vocab/grid/classes {dcfg.vocab_size}/{dcfg.block_size}/{dcfg.num_classes} differ "
-                             f"from the target's {tcfg.vocab_size}/{tcfg.block_size}/{tcfg.num_classes}")
         drafter = ModelDrafter(draft.model)
     elif isinstance(draft, EagleHead):
-        if draft.config.dim != tcfg.dim or draft.config.vocab_size != tcfg.vocab_size:
-            raise ValueError(f"draft: EAGLE head of dim {draft.config.dim} / vocab {draft.config.vocab_size} does not "
-                             f"fit the target (dim {tcfg.dim}, vocab {tcfg.vocab_size})")
+        if draft.config.dim != tcfg.dim:  # the vocabulary is checked with every drafter's, below
+            raise ValueError(f"draft: EAGLE head of dim {draft.config.dim} does not fit the target (dim {tcfg.dim}): "
+                             "it reads the target's hidden states")
         drafter = EagleDrafter(draft, target.model)
     elif hasattr(draft, "propose") and hasattr(draft, "begin"):
         drafter = draft
@@ -118,9 +115,10 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
     rule = exact() if rule is None else rule
     if isinstance(rule, Lantern):
         rule = rule.rule(target.tokenizer.quantize.embedding.weight)
-    spec = TREES[tree] if isinstance(tree, str) else tree
+    check_speculative_setup(target.model, drafter, rule)  # the decode loops' own check, here before any work
     if isinstance(tree, str) and tree not in TREES:
         raise KeyError(f"tree={tree!r}; valid: {sorted(TREES)}")
+    spec = TREES[tree] if isinstance(tree, str) else tree
     params = {"rule": getattr(rule, "name", type(rule).__name__), "gamma": gamma, "tree": tree if isinstance(tree, str) else None,
               "drafter": getattr(drafter, "name", type(drafter).__name__)}
     for k in ("delta", "k", "lam", "drafts"):
@@ -132,7 +130,7 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
             raise TypeError(f"kv_policy: expected accel.snapkv(...)/streamingllm(...)/..., got {type(kv_policy).__name__}")
         if spec is not None:
             raise ValueError("kv_policy composes with chain speculative decoding only (tree=None)")
-        policy = _raster_policy(target, kv_policy)
+        policy = _raster_policy(target, kv_policy)[0]
         params.update(kv_policy=kv_policy.name, budget=kv_policy.budget)
     return SpeculativeLlamaGen(name or f"speculative-{params['rule']}", target.model, drafter, rule, target.tokenizer,
                                target.config, gamma, spec, params, policy=policy)
@@ -302,15 +300,14 @@ def kv_compress(model: VARGenerator | LlamaGenGenerator, policy: CachePolicySpec
         m.params = {"budget": policy.budget, "window": w, "policy": policy.name}
         return m
     if isinstance(model, LlamaGenGenerator):
-        pol = _raster_policy(model, policy)
+        pol, kw = _raster_policy(model, policy)
         m = CompressedLlamaGen(model.model, model.tokenizer, pol, sc=model.config, name=name or f"llamagen-{policy.name}")
-        m.params = {"budget": policy.budget, "policy": policy.name,
-                    **{k: v for k, v in o.items() if k in ("window", "sinks") and v is not None}}
+        m.params = {"budget": policy.budget, "policy": policy.name, **kw}
         return m
     raise TypeError(f"model: KV compression runs on VAR or LlamaGen generators, got {type(model).__name__}")
 
 
 def _raster_policy(model: LlamaGenGenerator, policy: CachePolicySpec):
-    """``policy`` for LlamaGen's raster decode (chunks of one token-grid row)."""
+    """``policy`` for LlamaGen's raster decode (chunks of one token-grid row), and the options it was given."""
     kw = {k: v for k, v in policy.options.items() if k in ("window", "sinks") and v is not None}
-    return build_raster_policy(policy.name, model.model, policy.budget, **kw)
+    return build_raster_policy(policy.name, model.model, policy.budget, **kw), kw
