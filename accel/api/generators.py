@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from accel.api.sampling import Sampling, llamagen_config, mar_kwargs, var_kwargs
+from accel.distill.var_map import split_scales
 from accel.harness.floor import Work, llamagen_work, mar_work, var_work
 from accel.models.llamagen_generate import generate as llamagen_generate
 from accel.models.mar import decode_tokens, sample_tokens
@@ -172,10 +173,7 @@ class VARGenerator:
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
-        ids, a = [], 0
-        for pn in self.model.patch_nums:
-            ids.append(tokens[:, a:a + pn * pn])
-            a += pn * pn
+        ids = split_scales(tokens, self.model.patch_nums)
         return ((self.tokenizer.idxBl_to_img(ids, last_one=True).float() + 1) / 2).clamp(0, 1)
 
     def generate(self, cond: Tensor, *, generator: torch.Generator) -> Sample:
