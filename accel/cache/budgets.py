@@ -96,6 +96,20 @@ class Budget:
     def from_dict(cls, d: dict) -> "Budget":
         return cls(tuple(tuple(m) for m in d["maps"]), tuple(tuple(r) for r in d["tokens"]))
 
+    def kept_tokens(self) -> list[list[int]]:
+        """Tokens each layer holds after every scale: a capped scale keeps its cap, an uncapped one what it
+        attended to (the history so far plus its own tokens). Defined for budgets whose layers keep the same
+        count (``uniform``), since the next scale's history is that count."""
+        kept, prev = [], 0
+        for k, (h, w) in enumerate(self.maps):
+            L = prev + h * w
+            kept.append([L if b is None or b >= L else b for b in self.tokens[k]])
+            if len(set(kept[-1])) != 1:
+                raise ValueError(f"scale {k}: layers keep different counts {kept[-1]}; kept_tokens needs a "
+                                 "layer-uniform budget")
+            prev = kept[-1][0]
+        return kept
+
 
 def uniform(patch_nums, depth: int, fraction: float, *, min_keep: int = 1) -> Budget:
     """B_u(k) = floor(f * H_k) for every layer at every compressed scale (see module docstring)."""

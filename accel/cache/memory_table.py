@@ -15,7 +15,7 @@ fp16 (2 bytes), CFG doubles the rows (conditional + unconditional), as the offic
 """
 from __future__ import annotations
 
-from accel.cache.budgets import map_sizes, uniform
+from accel.cache.budgets import uniform
 from accel.models.var import VARConfig, var_config
 from accel.models.var_calc import kv_bytes, var_cost
 
@@ -41,15 +41,7 @@ def memory_rows(fractions=(0.04, 0.1, 0.2), batches=(1, 8), window: int = 16, by
         for f in fractions:
             budget = uniform(cfg.patch_nums, cfg.depth, f, min_keep=window)
             S = budget.compressed_scales
-            kept = [[b if b is not None else None for b in row] for row in budget.tokens]
-            # tokens kept after every scale (a None scale keeps what it attended to)
-            kept_tok, prev = [], 0
-            for k, (h, w) in enumerate(map_sizes(cfg.patch_nums)):
-                L = prev + h * w
-                kept_tok.append([L if b is None or b >= L else b for b in kept[k]])
-                prev = kept_tok[-1][0] if len(set(kept_tok[-1])) == 1 else None
-                if prev is None:
-                    raise AssertionError("uniform budgets keep the same count in every layer")
+            kept_tok = budget.kept_tokens()  # tokens kept after every scale
             comp = var_cost(cfg, bytes_per_element=bytes_per_element, kept=kept_tok)
             per_tok = kv_bytes(1, 1, cfg.embed_dim, bytes_per_element, 2)  # one layer, one token, CFG rows
             kept_c = sum(sum(kept_tok[k]) for k in S) * per_tok

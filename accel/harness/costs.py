@@ -257,13 +257,7 @@ def var_rows(name: str, cfg: VARConfig, vq: VQVAEConfig, c: _Ctx) -> list[dict]:
 
 def scalekv_kept(cfg: VARConfig, fraction: float, window: int = 16) -> list[list[int]]:
     """Tokens kept per (scale, layer) by a uniform ``fraction`` budget (``accel.cache.budgets.uniform``)."""
-    budget = uniform(cfg.patch_nums, cfg.depth, fraction, min_keep=window)
-    kept, prev = [], 0
-    for k, pn in enumerate(cfg.patch_nums):
-        L = prev + pn * pn
-        kept.append([L if b is None or b >= L else b for b in budget.tokens[k]])
-        prev = kept[-1][0]
-    return kept
+    return uniform(cfg.patch_nums, cfg.depth, fraction, min_keep=window).kept_tokens()
 
 
 def scalekv_rows(name: str, cfg: VARConfig, vq: VQVAEConfig, c: _Ctx) -> list[dict]:
