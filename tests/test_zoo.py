@@ -123,7 +123,7 @@ def test_shipped_models_load_and_run(name):
 
 def test_zoo_under_size_budget():
     total = sum(p.stat().st_size for p in zoo.WEIGHTS_DIR.iterdir() if p.is_file()) if zoo.WEIGHTS_DIR.is_dir() else 0
-    assert total < 40e6, f"zoo weights take {total / 1e6:.1f} MB (budget 40 MB)"
+    assert total < 50e6, f"zoo weights take {total / 1e6:.1f} MB (budget 50 MB)"
 
 
 def _tiny_family_files(d, family):

@@ -5,7 +5,7 @@ of the builder's config) and free-form ``info`` (training step, recipe). fp16 ha
 tensors are restored to fp32 on load. Non-floating tensors (e.g. BatchNorm counters) keep their dtype.
 
 The package ships ``NAME.safetensors.xz`` (``zoo_file``): the safetensors bytes, xz-compressed, which saves
-~12 % of the fp16 bytes (the exponent bits compress) and keeps the whole zoo under its 40 MB budget;
+~12 % of the fp16 bytes (the exponent bits compress) and keeps the whole zoo under its size budget (50 MB, tests/test_zoo.py);
 decompressing takes tens of ms per model. Plain ``.safetensors`` zoo files are read and written as well.
 """
 from __future__ import annotations
