@@ -109,3 +109,24 @@ def choose_chain(verify_s: dict[int, float], accept_at: list[float], draft_step_
     top = max(verify_s) - 1 if max_gamma is None else min(max_gamma, max(verify_s) - 1)
     cands = {f"chain{g}": (g + 1, expected_chain_tokens(accept_at, g), g * draft_step_s) for g in range(0, top + 1)}
     return choose_budget(verify_s, cands, loop_s)
+
+
+def expected_tree_tokens(path_rank_counts: list[int], rounds: int, budget: int) -> float:
+    """E(N) of an EAGLE-2 dynamic tree with node budget N, from one run at a budget >= N:
+    ``1 + sum_{r<=N} path_rank_counts[r] / rounds`` (``dynamic_tree.py``: a smaller budget keeps the best-ranked
+    nodes and its walk stops at the first path node ranked past it)."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: must be >= 1")
+    if not 0 <= budget < len(path_rank_counts):
+        raise ValueError(f"budget={budget}: must be in [0, {len(path_rank_counts) - 1}] (the measured run's budget)")
+    return 1.0 + sum(path_rank_counts[1: budget + 1]) / rounds
+
+
+def choose_tree_budget(verify_s: dict[int, float], path_rank_counts: list[int], rounds: int, draft_s: float,
+                       loop_s: float = 0.0) -> tuple[Budget, list[Budget]]:
+    """Node budget N maximising E(N) / (t_draft + t_verify(N + 1) + t_loop) over the measured verify curve; the
+    drafting cost of a dynamic tree does not depend on N (``depth`` drafter forwards of ``top_k`` nodes)."""
+    top = min(len(path_rank_counts) - 1, max(verify_s) - 1)
+    cands = {f"budget{N}": (N + 1, expected_tree_tokens(path_rank_counts, rounds, N), draft_s)
+             for N in range(1, top + 1)}
+    return choose_budget(verify_s, cands, loop_s)
