@@ -39,12 +39,13 @@ class SpeculativeLlamaGen:
                 raise ValueError(f"tree={tree.name}: the dynamic tree needs an EAGLE drafter, got "
                                  f"{getattr(drafter, 'name', type(drafter).__name__)}")
         self.params = dict(params or {})
+        self.timings: dict | None = None  # a dict: dynamic-tree calls add their draft/verify/loop seconds to it
 
     @torch.no_grad()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         if isinstance(self.tree, DynamicTree):
             codes, st = dynamic_tree_generate(self.target, self.drafter, self.rule, cond, self.sc, spec=self.tree,
-                                              generator=generator)
+                                              generator=generator, timings=self.timings)
         elif self.tree is not None:
             codes, st = tree_generate(self.target, self.drafter, self.rule, cond, self.sc, tree=self.tree,
                                       generator=generator)

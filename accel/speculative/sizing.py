@@ -30,10 +30,10 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None, cfg: bool = True,
-                      repeats: int = 15, warmup: int = 2) -> dict[int, float]:
-    """Median seconds of one target forward over T = 1..``max_tokens`` new tokens at batch 1 (2 rows with
-    ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image), as the verify step does.
-    Clocks are read after a device synchronisation; ``warmup`` calls per T are discarded."""
+                      repeats: int = 15, warmup: int = 2, batch: int = 1) -> dict[int, float]:
+    """Median seconds of one target forward over T = 1..``max_tokens`` new tokens at ``batch`` images (2 rows
+    each with ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image), as the verify
+    step does. Clocks are read after a device synchronisation; ``warmup`` calls per T are discarded."""
     cfg_m = model.config
     if not 1 <= max_tokens < cfg_m.block_size:
         raise ValueError(f"max_tokens={max_tokens}: must be in [1, {cfg_m.block_size - 1}]")
@@ -41,7 +41,9 @@ def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None,
     if not 1 <= prefix <= cfg_m.block_size - max_tokens:
         raise ValueError(f"prefix={prefix}: must be in [1, {cfg_m.block_size - max_tokens}]")
     dev = model.tok_embeddings.weight.device
-    R = 2 if cfg else 1
+    if batch < 1:
+        raise ValueError(f"batch={batch}: must be >= 1")
+    R = (2 if cfg else 1) * batch
     labels = torch.zeros(R, dtype=torch.long, device=dev)
     g = torch.Generator(device="cpu").manual_seed(0)
     toks = torch.randint(0, cfg_m.vocab_size, (R, prefix + max_tokens), generator=g).to(dev)
