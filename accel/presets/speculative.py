@@ -77,6 +77,11 @@ ENTRIES = [
     # the released default LANTERN path: deterministic drafts, q = 1, one-step TV <= δ
     entry("lantern-det-draft", drafter="draft", delta=0.1, drafts="deterministic"),
     entry("lantern-det-eagle", drafter="eagle", delta=0.1, drafts="deterministic"),
+    # issue 18: the head trained on the target's own CFG samples; deterministic LANTERN on the EAGLE-2 dynamic tree
+    # whose node budget (8 of 8 + 3*64 candidates) the verify cost curve of the shared 2-core CPU picked
+    # (experiments/lantern.py --grid dynamic; re-size it per device)
+    entry("sd-eagle-cfg", drafter="eagle-cfg"),
+    entry("lantern-det-eagle-cfg-dyn", drafter="eagle-cfg", delta=0.2, tree="dyn8-k8-d4", drafts="deterministic"),
     # composition: LANTERN on a SnapKV-compressed target cache (25 %, as llamagen-snapkv); a batch runs row by row
     entry("lantern-draft-snapkv", quick=True, drafter="draft", delta=0.1, snapkv_budget=0.25),
 ]
