@@ -229,3 +229,18 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="samples its drafts"):
         SpeculativeLlamaGen("x", target, drafter, ExactRule(), None, sc, tree=DynamicTree(4, 2, 2))
     assert isinstance(drafter, EagleDrafter) and process is not None
+
+
+def test_zoo_preset_builds_the_dynamic_tree_with_the_cfg_drafter():
+    from accel import zoo
+    from accel.harness.registry import BuildContext
+    from accel.presets.speculative import TARGET, build
+
+    if not {TARGET, "fmnist-llamagen-vq", "fmnist-llamagen-eagle-cfg"} <= set(zoo.available()):
+        pytest.skip("zoo weights not shipped")
+    m = build(BuildContext(TARGET), "x", drafter="eagle-cfg", delta=0.2, tree="dyn6-k4-d3", drafts="deterministic")
+    assert m.tree == DynamicTree(6, 4, 3) and m.params["tree"] == "dyn6-k4-d3"
+    m.timings = {}
+    s = m.generate(torch.tensor([1, 7]), generator=torch.Generator().manual_seed(0))
+    assert s.images.shape == (2, 3, 32, 32) and s.stats["mean_accept_len"] > 1.0
+    assert m.timings["verify_s"] > 0 and len(s.stats["path_rank_counts"]) == 7
