@@ -5,6 +5,9 @@
     python experiments/lantern.py --quick --costs-only --out results/lantern-costs   # per-round cost split only
     python experiments/lantern.py --grid deterministic --batch-sizes 1 --n-images 200 \
         --out results/lantern-deterministic     # released default path (deterministic drafts) vs sampled, + step TV
+    python experiments/lantern.py --grid dynamic --out results/lantern-dynamic   # issue 18: EAGLE-2 dynamic tree
+        # sized per device, old vs CFG-trained drafter, batch 1 and 8, FID N=1000 rows, step TV at tree nodes
+    python experiments/lantern.py --grid dynamic --quick --out /tmp/lantern-quick   # the same in a few minutes
 
 Grid: AR baseline (``llamagen-ar``); exact speculative sampling with each drafter (small LlamaGen ``draft``,
 EAGLE head ``eagle``); LANTERN δ ∈ {0.05, 0.1, 0.2, 0.4} at k = 1000 (capped at the codebook size - 1) and a
@@ -31,7 +34,7 @@ from accel.models.llamagen_generate import generate
 from accel.presets.speculative import TARGET, build, entry
 from accel.speculative.lantern import LanternRule
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
-from accel.speculative.sizing import choose_chain, verify_cost_curve
+from accel.speculative.sizing import choose_chain, choose_tree_budget, expected_tree_tokens, verify_cost_curve
 from accel.speculative.step_law import step_tv
 
 
@@ -214,20 +217,232 @@ def sizing(drafter: str, delta: float = 0.1, gamma: int = 8) -> dict:
                 ranked=[(b.name, round(b.tokens_per_second / ranked[-1].tokens_per_second, 3)) for b in ranked])
 
 
+# ----------------------------------------------------------------------------- EAGLE-2 dynamic tree (issue 18)
+CALIB_TREE = "dyn40-k8-d4"  # the calibration run's tree: every budget N <= 40 is read off it
+
+
+def dyn_calibrate(drafter: str, delta: float, batch: int, n_images: int, tree: str = CALIB_TREE) -> dict:
+    """One decode at a large node budget: path_rank_counts (E(N) for every N <= budget) and the per-iteration
+    draft and loop seconds (in AR steps at this batch) of the dynamic tree."""
+    m = build(BuildContext(TARGET), "calib", drafter=drafter, delta=delta, tree=tree, drafts="deterministic")
+    cond = torch.arange(batch) % 10
+    m.generate(cond, generator=torch.Generator().manual_seed(99))  # warm-up
+    counts, rounds, iters, timings = None, 0, 0, {}
+    m.timings = timings
+    for i in range(max(1, n_images // batch)):
+        st = m.generate((torch.arange(batch) + i) % 10, generator=torch.Generator().manual_seed(i)).stats
+        c = st["path_rank_counts"]
+        counts = c if counts is None else [a + b for a, b in zip(counts, c)]
+        rounds += st["verify_steps"]
+        iters += st["nfe_target"] - 1
+    return dict(drafter=drafter, delta=delta, batch=batch, tree=tree, path_rank_counts=counts, rounds=rounds,
+                iterations=iters, draft_s=timings["draft_s"] / iters, loop_s=timings["loop_s"] / iters,
+                verify_s=timings["verify_s"] / iters)
+
+
+def dyn_sizing(drafter: str, delta: float, batch: int, n_images: int, repeats: int = 7) -> dict:
+    """Node budget for this device and batch: the measured verify cost curve (T = 1..41 tokens) and the
+    calibration run's E(N), draft and loop costs -> ``choose_tree_budget``."""
+    target = build(BuildContext(TARGET), "c", drafter=drafter).target
+    curve = verify_cost_curve(target, max_tokens=41, prefix=20, repeats=repeats, batch=batch)
+    cal = dyn_calibrate(drafter, delta, batch, n_images)
+    best, ranked = choose_tree_budget(curve, cal["path_rank_counts"], cal["rounds"], cal["draft_s"], cal["loop_s"])
+    budget = int(best.name.removeprefix("budget"))
+    return dict(**cal, verify_curve_s={t: round(v, 6) for t, v in curve.items()},
+                verify_rel={t: round(v / curve[1], 3) for t, v in curve.items()}, budget=budget,
+                expected_tokens={n: round(expected_tree_tokens(cal["path_rank_counts"], cal["rounds"], n), 3)
+                                 for n in (1, 2, 4, 8, 12, 16, 24, 32, 40)},
+                ranked=[(b.name, round(b.tokens_per_second / ranked[0].tokens_per_second, 3)) for b in ranked[:8]])
+
+
+class StepRecorder:
+    """Wraps a deterministic rule (composition) and keeps the (p, children) of the dynamic tree's nodes that had
+    children: the laws it actually emitted, for ``step_law``'s exact TV."""
+
+    def __init__(self, inner, limit: int):
+        self.inner, self.limit, self.p, self.xs = inner, limit, [], []
+        self.name, self.drafts = inner.name, inner.drafts
+
+    def step(self, p, xs, generator):
+        if sum(len(t) for t in self.p) < self.limit:
+            has = (xs >= 0).any(1)
+            self.p.append(p[has].clone())
+            self.xs.append(xs[has].clone())
+        return self.inner.step(p, xs, generator)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def measured_dyn_step_tv(drafter: str, tree: str, deltas, n_nodes: int = 600) -> list[dict]:
+    """TV(law emitted at a node, p) at the nodes of real dynamic-tree decodes (zoo target and drafter), computed
+    exactly from the node's p and its children by the rule's ``law``."""
+    out = []
+    for delta in deltas:
+        m = build(BuildContext(TARGET), "tv", drafter=drafter, delta=delta, tree=tree, drafts="deterministic")
+        m.rule = rec = StepRecorder(m.rule, n_nodes)
+        for seed in range(50):
+            if sum(len(t) for t in rec.p) >= n_nodes:
+                break
+            m.generate(torch.arange(4) + seed % 10 // 4 * 4 % 10, generator=torch.Generator().manual_seed(seed))
+        p, xs = torch.cat(rec.p)[:n_nodes], torch.cat(rec.xs)[:n_nodes]
+        tv = 0.5 * (rec.inner.law(p, xs) - p.double()).abs().sum(-1)
+        out.append(dict(drafter=drafter, tree=tree, delta=delta, n_nodes=len(p), tv_mean=tv.mean().item(),
+                        tv_max=tv.max().item(), children_mean=(xs >= 0).sum(1).float().mean().item()))
+    return out
+
+
+def pair_stats(drafters, n_pairs: int = 480) -> list[dict]:
+    """Median TV(p, q) and E[p(argmax q)] on real (p, q) pairs (guided target vs guided drafter) met by exact SD."""
+    out = []
+    for d in drafters:
+        m = build(BuildContext(TARGET), "pairs", drafter=d)
+        m.rule = rec = Recorder(m.rule, n_pairs)
+        for seed in range(100):
+            if sum(len(t) for t in rec.p) >= n_pairs:
+                break
+            m.generate(torch.arange(10), generator=torch.Generator().manual_seed(seed))
+        p, q = torch.cat(rec.p)[:n_pairs].double(), torch.cat(rec.q)[:n_pairs].double()
+        tv = 0.5 * (p - q).abs().sum(-1)
+        top = q.topk(10, -1).indices
+        out.append(dict(drafter=d, n_pairs=len(p), tv_median=tv.median().item(), tv_mean=tv.mean().item(),
+                        p_argmax_q=p.gather(1, top[:, :1]).mean().item(),
+                        p_top10_q=p.gather(1, top).sum(1).mean().item()))
+    return out
+
+
+def dyn_cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
+    """``cost_terms`` for a dynamic-tree method, from the loop's own draft/verify/loop clocks."""
+    m = build(BuildContext(TARGET), "costs", **kw)
+    cond = torch.arange(bs) % 10
+    n = m.target.config.block_size
+    ar, rounds, draft, verify, loop, tau = [], [], [], [], [], []
+    for r in range(repeats + 1):
+        g = torch.Generator().manual_seed(r)
+        t = time.perf_counter()
+        generate(m.target, cond, sc=m.sc, generator=g)
+        t_ar = (time.perf_counter() - t) / n
+        m.timings = {}
+        t = time.perf_counter()
+        st = m.generate(cond, generator=g).stats
+        total = time.perf_counter() - t
+        if r:
+            steps = st["nfe_target"] - 1
+            ar.append(t_ar)
+            rounds.append(total / steps)
+            draft.append(m.timings["draft_s"] / steps)
+            verify.append(m.timings["verify_s"] / steps)
+            loop.append((total - m.timings["draft_s"] - m.timings["verify_s"]) / steps)
+            tau.append(st["mean_accept_len"])
+    t_ar, t_round, t_draft, t_verify, t_loop = (statistics.median(x) for x in (ar, rounds, draft, verify, loop))
+    tau = statistics.median(tau)
+    return dict(params=kw, batch_size=bs, mean_accept_len=tau, ar_step_s=t_ar, draft_per_round=t_draft / t_ar,
+                verify_and_loop_per_round=(t_round - t_draft) / t_ar, verify_per_round=t_verify / t_ar,
+                loop_per_round=t_loop / t_ar, predicted_speedup=tau * t_ar / t_round,
+                speedup_if_verify_1_step=tau / (t_draft / t_ar + 1.0 + t_loop / t_ar))
+
+
+def dyn_grid(drafters: list[str], tree: str, quick: bool) -> list:
+    """AR vs exact SD (chain, sampled drafts) vs deterministic LANTERN (chain and dynamic tree) vs sampled
+    LANTERN, per drafter; the new drafter (last) gets the full δ / k / γ sweep."""
+    out = []
+    for i, d in enumerate(drafters):
+        full = i == len(drafters) - 1 and not quick
+        out.append(entry(f"sd-{d}", drafter=d))
+        if full or quick:
+            out.append(entry(f"sd-det-{d}-{tree}", drafter=d, delta=0.0, tree=tree, drafts="deterministic"))
+        for delta in ((0.05, 0.1, 0.2, 0.4) if full else (0.2,) if not quick else (0.1, 0.2)):
+            out.append(entry(f"lantern-det-{d}-d{delta}-{tree}", drafter=d, delta=delta, tree=tree,
+                             drafts="deterministic"))
+        if full:
+            out.append(entry(f"sd-{d}-g5", drafter=d, gamma=5))
+            for delta in (0.2, 0.4):
+                out.append(entry(f"lantern-det-{d}-d{delta}-g5", drafter=d, delta=delta, gamma=5,
+                                 drafts="deterministic"))
+            out.append(entry(f"lantern-{d}-d0.1", drafter=d, delta=0.1))  # sampled drafts, min(1, p~/q)
+            out.append(entry(f"lantern-det-{d}-d0.2-k32-{tree}", drafter=d, delta=0.2, k=32, tree=tree,
+                             drafts="deterministic"))
+            shallow = tree.rsplit("-d", 1)[0] + "-d3"  # same budget, one drafter forward fewer per round
+            out.append(entry(f"lantern-det-{d}-d0.2-{shallow}", drafter=d, delta=0.2, tree=shallow,
+                             drafts="deterministic"))
+    return out
+
+
+def run_dynamic(args, reg) -> None:
+    """``--grid dynamic``: size the tree on this device, time the grid at batch 1 and 8, FID at N for AR, exact SD
+    and the deterministic LANTERN rows named by --fid-methods, measured step TV, pair statistics, cost split."""
+    drafters = args.drafter or ["eagle", "eagle-cfg"]
+    new = drafters[-1]
+    quick = args.quick
+    batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes != "1,16" else ([1] if quick else [1, 8])
+    sizes = {bs: dyn_sizing(new, 0.2, bs, n_images=8 if quick else 24, repeats=3 if quick else 7) for bs in batches}
+    budget = sizes[1]["budget"] if 1 in sizes else sizes[batches[0]]["budget"]
+    tree = f"dyn{budget}-k8-d4"
+    print(f"sized tree for batch 1: {tree}; " + "; ".join(f"batch {b}: budget {z['budget']}" for b, z in sizes.items()),
+          flush=True)
+    entries = [e for e in dyn_grid(drafters, tree, quick) if not e.why_unavailable(TARGET)]
+    if args.methods:
+        entries = [e for e in entries if e.name in args.methods.split(",")]
+    for e in entries:
+        if e.name not in reg.entries:
+            reg.add(e, "experiments/lantern.py")
+    command = current_command()
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = reg.get("llamagen-ar")
+    speed = RunConfig(batch_sizes=tuple(batches), repeats=3 if quick else 5, warmup=1, n_images=0, memory=False)
+    rows = run_group(reg, base, entries, TARGET, speed, command=command, progress=lambda m: print(m, flush=True))
+    fid_names = args.fid_methods.split(",") if args.fid_methods else [f"sd-{new}", f"lantern-det-{new}-d0.2-{tree}"]
+    fid_entries = [e for e in entries if e.name in fid_names]
+    n_fid = args.n_images if args.n_images is not None else (100 if quick else 1000)
+    qual = RunConfig(batch_sizes=(1,), repeats=1, warmup=0, n_images=n_fid, quality_batch=50, memory=False)
+    qrows = run_group(reg, base, fid_entries, TARGET, qual, reference=load_reference(), command=command,
+                      progress=lambda m: print(m, flush=True))
+    for r in qrows:
+        r["method"] += f"@fid{n_fid}"
+    rows += qrows
+    append_rows(args.out / "lantern.jsonl", rows)
+    tv = measured_dyn_step_tv(new, tree, (0.05, 0.1, 0.2, 0.4), n_nodes=200 if quick else 600)
+    pairs = pair_stats(drafters, n_pairs=160 if quick else 480)
+    probe = [e for e in entries if e.name in {f"sd-{new}", f"lantern-det-{new}-d0.2-{tree}", f"sd-det-{new}-{tree}",
+                                             f"lantern-det-{new}-d0.2-g5"}]
+    costs = [(dyn_cost_terms if "dyn" in str(e.params.get("tree")) else cost_terms)(e.params, 1) for e in probe]
+    for name, obj in (("sizing", sizes), ("step_tv", tv), ("pairs", pairs), ("costs", costs)):
+        (args.out / f"{name}.json").write_text(json.dumps(obj, indent=1, default=str))
+    lines = [f"- sizing batch {b}: budget {z['budget']} (verify cost / 1-token {dict(list(z['verify_rel'].items())[::8])}; "
+             f"E(N) {z['expected_tokens']}; draft {z['draft_s'] * 1e3:.1f} ms, loop {z['loop_s'] * 1e3:.1f} ms per "
+             f"iteration; ranking {z['ranked'][:4]})" for b, z in sizes.items()]
+    lines += [f"- step TV at {r['n_nodes']} dynamic-tree nodes ({r['drafter']}, {r['tree']}, δ={r['delta']}, "
+              f"{r['children_mean']:.1f} children per node): mean {r['tv_mean']:.4f} max {r['tv_max']:.4f}" for r in tv]
+    lines += [f"- pairs ({r['drafter']}, {r['n_pairs']} real (p, q)): median TV(p, q) {r['tv_median']:.3f}, "
+              f"E[p(argmax q)] {r['p_argmax_q']:.3f}, E[p(top-10 of q)] {r['p_top10_q']:.3f}" for r in pairs]
+    lines += cost_lines(costs)
+    text = summary_markdown(rows, command=command, plots=[])
+    text += "\n## Sizing, step TV, drafter pairs, cost split (this run)\n\n" + "\n".join(lines) + "\n"
+    (args.out / "summary.md").write_text(text)
+    for r in rows:
+        print(f"{r['method']:<40} bs={r['batch_size']:<3} speedup={r['speedup'] or 0:5.2f} "
+              f"tau={r.get('mean_accept_len') or 0:4.2f} fid={r.get('fid')}")
+    print("\n".join(lines))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("results/lantern"))
-    ap.add_argument("--drafter", action="append", default=None, choices=["draft", "eagle"])
+    ap.add_argument("--drafter", action="append", default=None, choices=["draft", "eagle", "eagle-cfg"])
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--methods", default="", help="comma-separated subset of the grid (baseline always runs)")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--threads", type=int, default=1)  # the shared 2-core box is oversubscribed
-    ap.add_argument("--grid", choices=["default", "deterministic"], default="default")
+    ap.add_argument("--grid", choices=["default", "deterministic", "dynamic"], default="default")
+    ap.add_argument("--fid-methods", default="", help="--grid dynamic: methods scored at N (default: exact SD and "
+                    "deterministic LANTERN δ=0.2 on the sized tree, new drafter)")
     ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = registry()
+    if args.grid == "dynamic":
+        return run_dynamic(args, reg)
     drafters = args.drafter or ["draft", "eagle"]
     make = det_grid(drafters) if args.grid == "deterministic" else grid(args.quick, drafters)
     entries = [e for e in make if not e.why_unavailable(TARGET)]

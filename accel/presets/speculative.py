@@ -10,18 +10,27 @@ from accel import zoo
 from accel.api.techniques import exact, lantern, snapkv, speculative
 from accel.harness.registry import BuildContext, MethodEntry
 from accel.presets.zoo_models import generator, zoo_missing
+from accel.speculative.dynamic_tree import DynamicTree
 from accel.train.drafter import load_eagle
 
 TARGET, DRAFT, EAGLE = "fmnist-llamagen", "fmnist-llamagen-draft", "fmnist-llamagen-eagle"
+EAGLE_CFG = "fmnist-llamagen-eagle-cfg"  # EAGLE head trained on the target's own guided samples (drafter_cfg.py)
+EAGLES = {"eagle": EAGLE, "eagle-cfg": EAGLE_CFG}
 
 
 def load_drafter(kind: str, ctx: BuildContext):
-    """``"draft"``: the zoo's small LlamaGen; ``"eagle"``: the EAGLE head trained on the zoo target."""
+    """``"draft"``: the zoo's small LlamaGen; ``"eagle"``: the EAGLE head trained on real codes with the
+    unguided loss; ``"eagle-cfg"``: the EAGLE head trained on the target's guided samples."""
     if kind == "draft":
         return generator(ctx, model=DRAFT)
-    if kind == "eagle":
-        return load_eagle(zoo.weights_path(EAGLE), device=ctx.device, dtype=ctx.dtype)[0]
-    raise KeyError(f"unknown drafter {kind!r}; valid: ['draft', 'eagle']")
+    if kind in EAGLES:
+        return load_eagle(zoo.weights_path(EAGLES[kind]), device=ctx.device, dtype=ctx.dtype)[0]
+    raise KeyError(f"unknown drafter {kind!r}; valid: {['draft', *EAGLES]}")
+
+
+def tree_spec(tree: str | None):
+    """A static tree name (``tree.TREES``) as is, or an EAGLE-2 dynamic tree from ``"dyn<N>-k<K>-d<D>"``."""
+    return DynamicTree.from_name(tree) if isinstance(tree, str) and tree.startswith("dyn") else tree
 
 
 def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | None = None, k: int = 1000,
@@ -33,8 +42,8 @@ def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | N
     target = generator(ctx, tokenizer_dtype=True)
     rule = exact() if delta is None and lam is None else lantern(delta, k=k, lam=lam, residual=residual, drafts=drafts)
     policy = None if snapkv_budget is None else snapkv(snapkv_budget, window=window)
-    m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree, kv_policy=policy,
-                    name=name)
+    m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree_spec(tree),
+                    kv_policy=policy, name=name)
     m.params = dict(drafter=drafter, gamma=gamma, delta=delta, k=k, lam=lam, tree=tree, residual=residual,
                     drafts=None if delta is None and lam is None else drafts)
     if policy is not None:
@@ -45,8 +54,8 @@ def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | N
 def _missing(drafter: str):
     def check(model: str) -> str | None:
         why = zoo_missing(model, *([DRAFT] if drafter == "draft" else []))
-        if drafter == "eagle" and not zoo.weights_path(EAGLE).is_file():
-            why = (why + ", " if why else "zoo weights not trained in this copy: ") + EAGLE
+        if drafter in EAGLES and not (EAGLES[drafter] in zoo.ZOO and zoo.weights_path(EAGLES[drafter]).is_file()):
+            why = (why + ", " if why else "zoo weights not trained in this copy: ") + EAGLES[drafter]
         return why
 
     return check
@@ -68,6 +77,11 @@ ENTRIES = [
     # the released default LANTERN path: deterministic drafts, q = 1, one-step TV <= δ
     entry("lantern-det-draft", drafter="draft", delta=0.1, drafts="deterministic"),
     entry("lantern-det-eagle", drafter="eagle", delta=0.1, drafts="deterministic"),
+    # issue 18: the head trained on the target's own CFG samples; deterministic LANTERN on the EAGLE-2 dynamic tree
+    # whose node budget (8 of 8 + 3*64 candidates) the verify cost curve of the shared 2-core CPU picked
+    # (experiments/lantern.py --grid dynamic; re-size it per device)
+    entry("sd-eagle-cfg", drafter="eagle-cfg"),
+    entry("lantern-det-eagle-cfg-dyn", drafter="eagle-cfg", delta=0.2, tree="dyn8-k8-d4", drafts="deterministic"),
     # composition: LANTERN on a SnapKV-compressed target cache (25 %, as llamagen-snapkv); a batch runs row by row
     entry("lantern-draft-snapkv", quick=True, drafter="draft", delta=0.1, snapkv_budget=0.25),
 ]

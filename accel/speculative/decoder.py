@@ -47,13 +47,15 @@ class SpecStats:
     nfe_draft: int = 0
     reached: list | None = None  # reached[i]: row-rounds in which draft i was tested
     accepted_at: list | None = None  # accepted_at[i]: ... and accepted
+    path_rank_counts: list | None = None  # dynamic trees: rounds whose accepted path held the r-th ranked node
 
     def as_dict(self) -> dict:
         per_pos = [a / r if r else None for a, r in zip(self.accepted_at, self.reached)]
         return dict(nfe_target=self.nfe_target, nfe_draft=self.nfe_draft, accepted=self.accepted,
                     drafted=self.drafted, verify_steps=self.verify_steps,
                     mean_accept_len=1 + self.accepted / max(self.verify_steps, 1),
-                    acceptance_rate=self.accepted / max(self.drafted, 1), accept_at_position=per_pos, gamma=self.gamma)
+                    acceptance_rate=self.accepted / max(self.drafted, 1), accept_at_position=per_pos, gamma=self.gamma,
+                    **({} if self.path_rank_counts is None else {"path_rank_counts": self.path_rank_counts}))
 
 
 @torch.no_grad()

@@ -211,13 +211,16 @@ class EagleDrafter:
         state.forwards += 1
         return h  # (R, T, dim) predicted next hidden states
 
-    def catch_up(self, state: DraftState, kv_len: int) -> Tensor:
+    def catch_up(self, state: DraftState, kv_len: int, pos_bound: int | None = None) -> Tensor:
         """Feed the pairs (h_s, x_s) the target just produced; return the drafter output ``(R, 1, dim)`` at
-        the last committed pair (it predicts the next token). Pairs past it are overwritten later."""
+        the last committed pair (it predicts the next token). Pairs past it are overwritten later.
+        ``pos_bound``: a host-side bound on the committed lengths (the pairs start before it), which saves the
+        device read of their last position."""
         seq, start, hidden, n_new = (state.extra[k] for k in ("seq", "start", "hidden", "n_new"))
         pos = start[:, None] + torch.arange(hidden.size(1), device=start.device)
         tok = seq.gather(1, pos.clamp(max=seq.size(1) - 1))
-        h = self._step(state, tok, hidden, pos, max(kv_len, int(pos.max()) + 1))
+        last = int(pos.max()) if pos_bound is None else pos_bound - 1 + hidden.size(1) - 1
+        h = self._step(state, tok, hidden, pos, max(kv_len, last + 1))
         last = cfg_rows(n_new - 1, h.size(0))
         return h[torch.arange(h.size(0), device=h.device), last][:, None]
 

@@ -11,12 +11,15 @@ import torch
 from accel.cache.llamagen import raster_cache
 from accel.models.llamagen_generate import SamplingConfig
 from accel.speculative.decoder import SpecStats, speculative_generate
+from accel.speculative.drafters import EagleDrafter
+from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
 from accel.speculative.tree import tree_generate
 from accel.types import Sample
 
 
 class SpeculativeLlamaGen:
-    """Chain (or static-tree, when ``tree`` is given) speculative decoding, images decoded with the VQ."""
+    """Chain, static-tree (``tree`` a ``Tree``) or EAGLE-2 dynamic-tree (``tree`` a ``DynamicTree``: deterministic
+    drafts, EAGLE drafter) speculative decoding, images decoded with the VQ."""
 
     def __init__(self, name, target, drafter, rule, tokenizer, sc: SamplingConfig, gamma: int = 3, tree=None,
                  params: dict | None = None, policy=None, every: int | None = None):
@@ -27,11 +30,23 @@ class SpeculativeLlamaGen:
         self.name, self.target, self.drafter, self.rule = name, target, drafter, rule
         self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, gamma, tree
         self.policy, self.every = policy, every
+        if isinstance(tree, DynamicTree):
+            if getattr(rule, "drafts", "sampled") != "deterministic":
+                raise ValueError(f"tree={tree.name}: the dynamic tree drafts deterministically; rule "
+                                 f"{getattr(rule, 'name', rule)!r} samples its drafts (use lantern(delta), "
+                                 "drafts='deterministic', delta=0 for exact)")
+            if not isinstance(drafter, EagleDrafter):
+                raise ValueError(f"tree={tree.name}: the dynamic tree needs an EAGLE drafter, got "
+                                 f"{getattr(drafter, 'name', type(drafter).__name__)}")
         self.params = dict(params or {})
+        self.timings: dict | None = None  # a dict: dynamic-tree calls add their draft/verify/loop seconds to it
 
     @torch.no_grad()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
-        if self.tree is not None:
+        if isinstance(self.tree, DynamicTree):
+            codes, st = dynamic_tree_generate(self.target, self.drafter, self.rule, cond, self.sc, spec=self.tree,
+                                              generator=generator, timings=self.timings)
+        elif self.tree is not None:
             codes, st = tree_generate(self.target, self.drafter, self.rule, cond, self.sc, tree=self.tree,
                                       generator=generator)
         elif self.policy is None:

@@ -30,10 +30,10 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None, cfg: bool = True,
-                      repeats: int = 15, warmup: int = 2) -> dict[int, float]:
-    """Median seconds of one target forward over T = 1..``max_tokens`` new tokens at batch 1 (2 rows with
-    ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image), as the verify step does.
-    Clocks are read after a device synchronisation; ``warmup`` calls per T are discarded."""
+                      repeats: int = 15, warmup: int = 2, batch: int = 1) -> dict[int, float]:
+    """Median seconds of one target forward over T = 1..``max_tokens`` new tokens at ``batch`` images (2 rows
+    each with ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image), as the verify
+    step does. Clocks are read after a device synchronisation; ``warmup`` calls per T are discarded."""
     cfg_m = model.config
     if not 1 <= max_tokens < cfg_m.block_size:
         raise ValueError(f"max_tokens={max_tokens}: must be in [1, {cfg_m.block_size - 1}]")
@@ -41,7 +41,9 @@ def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None,
     if not 1 <= prefix <= cfg_m.block_size - max_tokens:
         raise ValueError(f"prefix={prefix}: must be in [1, {cfg_m.block_size - max_tokens}]")
     dev = model.tok_embeddings.weight.device
-    R = 2 if cfg else 1
+    if batch < 1:
+        raise ValueError(f"batch={batch}: must be >= 1")
+    R = (2 if cfg else 1) * batch
     labels = torch.zeros(R, dtype=torch.long, device=dev)
     g = torch.Generator(device="cpu").manual_seed(0)
     toks = torch.randint(0, cfg_m.vocab_size, (R, prefix + max_tokens), generator=g).to(dev)
@@ -108,4 +110,25 @@ def choose_chain(verify_s: dict[int, float], accept_at: list[float], draft_step_
     """γ maximising E(γ) / (γ·t_draft_step + t_verify(γ + 1) + t_loop) over the measured curve."""
     top = max(verify_s) - 1 if max_gamma is None else min(max_gamma, max(verify_s) - 1)
     cands = {f"chain{g}": (g + 1, expected_chain_tokens(accept_at, g), g * draft_step_s) for g in range(0, top + 1)}
+    return choose_budget(verify_s, cands, loop_s)
+
+
+def expected_tree_tokens(path_rank_counts: list[int], rounds: int, budget: int) -> float:
+    """E(N) of an EAGLE-2 dynamic tree with node budget N, from one run at a budget >= N:
+    ``1 + sum_{r<=N} path_rank_counts[r] / rounds`` (``dynamic_tree.py``: a smaller budget keeps the best-ranked
+    nodes and its walk stops at the first path node ranked past it)."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: must be >= 1")
+    if not 0 <= budget < len(path_rank_counts):
+        raise ValueError(f"budget={budget}: must be in [0, {len(path_rank_counts) - 1}] (the measured run's budget)")
+    return 1.0 + sum(path_rank_counts[1: budget + 1]) / rounds
+
+
+def choose_tree_budget(verify_s: dict[int, float], path_rank_counts: list[int], rounds: int, draft_s: float,
+                       loop_s: float = 0.0) -> tuple[Budget, list[Budget]]:
+    """Node budget N maximising E(N) / (t_draft + t_verify(N + 1) + t_loop) over the measured verify curve; the
+    drafting cost of a dynamic tree does not depend on N (``depth`` drafter forwards of ``top_k`` nodes)."""
+    top = min(len(path_rank_counts) - 1, max(verify_s) - 1)
+    cands = {f"budget{N}": (N + 1, expected_tree_tokens(path_rank_counts, rounds, N), draft_s)
+             for N in range(1, top + 1)}
     return choose_budget(verify_s, cands, loop_s)

@@ -45,6 +45,8 @@ ZOO = {
     "fmnist-llamagen-dd": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen"),
     "fmnist-var-dd": ("var", "distilled", "DD1 one/two-step student of fmnist-var"),
     "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),
+    "fmnist-llamagen-eagle-cfg": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen trained on its own "
+                                  "CFG samples with a guided loss (accel/train/drafter_cfg.py)"),
     "fmnist-llamagen-cca": ("llamagen", "target", "CCA fine-tune of fmnist-llamagen, sampled guidance-free"),
 }
 # Which tokenizer decodes each generator's output.

@@ -17,6 +17,7 @@ RECIPES = {
     "fmnist-var": "accel.train.recipes.var:VARRecipe",
     # the technique-specific students and drafters
     "fmnist-llamagen-eagle": "accel.train.drafter:EagleRecipe",
+    "fmnist-llamagen-eagle-cfg": "accel.train.drafter_cfg:EagleCFGRecipe",
     "fmnist-llamagen-dd": "accel.train.recipes.dd_llamagen:LlamaGenDistillRecipe",
     "fmnist-var-dd": "accel.train.recipes.dd_var:VARDistillRecipe",
     "fmnist-llamagen-cca": "accel.train.recipes.cca:LlamaGenCCARecipe",

@@ -1,0 +1,72 @@
+"""The drafter trained on the target's own guided samples (accel/train/drafter_cfg.py): resumable data chunks,
+features equal the target's teacher-forced hidden states on both CFG rows, the loss is the guided one and
+trains the head only, and the pair statistics are what they claim."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from accel.models.llamagen_generate import SamplingConfig, generate
+from accel.sampling import cfg_combine
+from accel.train.drafter import EagleTraining
+from accel.train.drafter_cfg import EagleCFGRecipe, cfg_samples, guided_pair_stats, load_chunks, target_features
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_speculative_decoder import tiny  # noqa: E402
+
+
+def test_chunks_are_target_samples_with_features_and_resume(tmp_path):
+    target = tiny(0, block=16, scale=0.5)
+    sc = SamplingConfig(cfg_scale=2.0)
+    paths = cfg_samples(target, tmp_path, 10, chunk=4, seed=3, sc=sc)
+    assert [p.name for p in paths] == ["chunk_0000.pt", "chunk_0001.pt", "chunk_0002.pt"]
+    tokens, labels, hc, hu = load_chunks(paths)
+    assert tokens.shape == (10, 16) and labels.tolist() == [i % 4 for i in range(10)]
+    assert hc.dtype == torch.float16 and hc.shape == (10, 16, 32)
+    # chunk 1 is the target's own sampler with the chunk's seed
+    ref = generate(target, labels[4:8], 16, sc, generator=torch.Generator().manual_seed(3 * 1_000_003 + 1))
+    assert torch.equal(tokens[4:8], ref)
+    c, u = target_features(target, tokens[:2], labels[:2])
+    lab = torch.cat([labels[:2], torch.full((2,), 4)])
+    _, h = target(torch.cat([tokens[:2, :-1]] * 2), lab, input_pos=torch.arange(16), return_hidden=True)
+    assert torch.allclose(c, h[:2]) and torch.allclose(u, h[2:])
+    assert torch.allclose(hc[:2].float(), c, atol=2e-3)
+    mtime = paths[1].stat().st_mtime_ns
+    paths[2].unlink()
+    cfg_samples(target, tmp_path, 10, chunk=4, seed=3, sc=sc)  # resumes: only the missing chunk is written
+    assert paths[1].stat().st_mtime_ns == mtime and paths[2].is_file()
+    assert torch.equal(load_chunks(paths)[0], tokens)
+    with pytest.raises(ValueError, match="chunk"):
+        cfg_samples(target, tmp_path, 10, chunk=0)
+
+
+def test_loss_is_the_guided_cross_entropy_and_trains_the_head_only(tmp_path):
+    target = tiny(0, block=16, scale=0.5)
+    tokens, labels, hc, hu = load_chunks(cfg_samples(target, tmp_path, 4, chunk=4, sc=SamplingConfig(cfg_scale=2.0)))
+    model = EagleTraining(target).eval()  # no dropout: the check below recomputes the loss
+    r = EagleCFGRecipe(init="", noise=0.0)
+    loss, logs = r.loss(model, (tokens, labels, hc, hu), torch.Generator().manual_seed(0), 0)
+    loss.backward()
+    assert model.head.fc.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+    # the CE term is against the target's guided softmax, from the drafter's guided logits (same scale)
+    with torch.no_grad():
+        h = torch.cat([hc, hu]).float()
+        emb = target.tok_embeddings(torch.cat([tokens, tokens]))
+        pred = model.head.forward_train(emb, h)[:, :-1]
+        p = torch.softmax(cfg_combine(*target.output(h[:, 1:]).float().chunk(2), 2.0), -1)
+        logq = torch.log_softmax(cfg_combine(*target.output(pred).float().chunk(2), 2.0), -1)
+        assert logs["ce"].item() == pytest.approx(-(p * logq).sum(-1).mean().item(), rel=1e-4)
+    assert loss.item() == pytest.approx(logs["smooth_l1"].item() + r.p_w * logs["ce"].item(), rel=1e-5)
+
+
+def test_pair_stats():
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    q = torch.tensor([[0.2, 0.6, 0.2], [0.1, 0.1, 0.8]])
+    s = guided_pair_stats(p, q.log())
+    assert s["tv_mean"].item() == pytest.approx(0.15)
+    assert s["p_argmax_q"].item() == pytest.approx((0.3 + 0.8) / 2)
+    assert s["top1"].item() == pytest.approx(0.5)
