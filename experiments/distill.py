@@ -36,6 +36,7 @@ def llamagen_split(batch: int, repeats: int) -> list[str]:
     from dataclasses import replace
 
     from accel import zoo
+    from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
     from accel.zoo.sample import DEFAULTS
 
@@ -52,7 +53,7 @@ def llamagen_split(batch: int, repeats: int) -> list[str]:
         t = time_interleaved({
             "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
             "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
-            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, n // 2)),
+            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
             "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
         }, repeats=repeats, warmup=1)
     return _split_lines(batch, {k: v.median for k, v in t.items()}, "VQ decode")

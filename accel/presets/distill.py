@@ -121,7 +121,7 @@ _var = dict(family="var", models=("fmnist-var",), baseline="var-default", experi
             unavailable=missing_with(VAR_STUDENT))
 ENTRIES = [
     MethodEntry("dd-1step", build=dd_llamagen(1), params={"t_list": [0]}, **_llg),
-    MethodEntry("dd-2step", build=dd_llamagen(2), params={"t_list": [0, "n/2"]}, **_llg),
+    MethodEntry("dd-2step", build=dd_llamagen(2), params={"t_list": [0, "0.3125n"]}, **_llg),
     MethodEntry("llamagen-onestep-marginal", build=MarginalOneStep, params={"marginals": "teacher samples"}, **_llg),
     MethodEntry("dd-teacher-16-48", build=dd_llamagen(teacher_involved=(16, 48)), quick=False,
                 params={"teacher_start": 16, "t_mid": 48}, **_llg),

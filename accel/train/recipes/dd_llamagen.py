@@ -2,8 +2,11 @@
 
 Pairs come from ``accel train distill-data`` (``accel.distill.data``; default folder ``runs/dd-llamagen-pairs``).
 Loss (``student_llamagen.distill_loss``): per batch one t from ``t_list`` (0 trains the one-step map, t2
-the second step of two-step sampling), CE on token ids + MSE on codes at the noise slots. The official
-loss is unreleased; this choice is accel's and the card reports what it gives.
+the second step of two-step sampling, the released 0.3125 n = 20 of 64), CE on token ids + MSE on codes at
+the noise slots. The official loss is unreleased; this choice is accel's and the card reports what it gives.
+The student has the released DD settings: dropouts 0 (``student_config``) and the continuous head on the
+pre-norm state. ``init_from`` (a zoo name or file) warm-starts every weight from an earlier student of the
+same shape instead of the teacher (the head-input change is a change of what the head reads, not of shapes).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from accel.train.recipe import Recipe
 from accel import zoo
 from accel.distill.data import load_pairs
 from accel.distill.sequence import llamagen_codes
-from accel.distill.student_llamagen import DDLlamaGen, distill_loss
+from accel.distill.student_llamagen import DDLlamaGen, default_t2, distill_loss, student_config
 from accel.zoo.store import save_zoo_file, zoo_file
 
 
@@ -27,9 +30,10 @@ class LlamaGenDistillRecipe(Recipe):
     teacher: str = "fmnist-llamagen"
     tokenizer: str = "fmnist-llamagen-vq"
     pairs_dir: str = "runs/dd-llamagen-pairs"
-    t_list: tuple[int, ...] = (0, 32)  # 1-step from X_1; 2-step re-noises slots >= 32 (half the 8x8 grid)
+    t_list: tuple[int, ...] = (0, default_t2(64))  # 1-step from X_1; 2-step re-noises slots >= 20 (released 80/256)
     conti_weight: float = 1.0
     val_pairs: int = 256
+    init_from: str | None = None  # zoo name / file of a student to warm-start from (None: the teacher)
     steps: int = 3000
     batch_size: int = 64
     lr: float = 3e-4
@@ -47,9 +51,13 @@ class LlamaGenDistillRecipe(Recipe):
 
     def build(self):
         teacher, vq = self._teacher()
-        student = DDLlamaGen(teacher.config, llamagen_codes(vq))
-        self.model = {**teacher.config.__dict__}
-        return student.init_from_teacher(teacher)
+        cfg = student_config(teacher.config)
+        student = DDLlamaGen(cfg, llamagen_codes(vq), conti_prenorm=True)
+        self.model = {**cfg.__dict__}
+        if self.init_from is None:
+            return student.init_from_teacher(teacher)
+        student.load_state_dict(zoo.load(self.init_from).state_dict())
+        return student
 
     def train_data(self, run_dir: Path, device):
         d = load_pairs(self.pairs_dir)
@@ -87,6 +95,7 @@ class LlamaGenDistillRecipe(Recipe):
         pairs = load_pairs(self.pairs_dir)
         model.fit_marginals(pairs["tokens"], pairs["labels"])
 
-        cfg = {"gpt": dict(self.model), "code_dim": int(model.codes.size(1)), "t_list": list(self.t_list)}
+        cfg = {"gpt": dict(self.model), "code_dim": int(model.codes.size(1)), "t_list": list(self.t_list),
+               "conti_prenorm": bool(model.conti_prenorm)}
         return [save_zoo_file(zoo_file(out_dir, self.name), model.state_dict(), kind=self.kind,
                               config=cfg, info=info)]

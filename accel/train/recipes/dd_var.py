@@ -72,12 +72,17 @@ class VARDistillRecipe(Recipe):
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
-    solver_steps: int = 32  # per-token flow ODE: Heun steps (the last one an exact-landing Euler step)
+    # per-token flow ODE: Heun steps (the last one an exact-landing Euler step). 16: on 2,048 zoo-LlamaGen
+    # token distributions, 16 / 32 steps give the same token as 128 steps for 99.0 / 99.8 % of tokens, at half
+    # the cost of 32 (the shipped student's pairs used 32).
+    solver_steps: int = 16
     t2: int = -1  # second timestep (scale index); -1: default_split
     split: int = -2  # scales < split from the logits head; -2: all scales (measured), -1: released rule
     ce_weight: float = 1.0
     mse_weight: float = 1.0
     holdout: int = 256  # last pairs kept out of training, for evaluate()
+    depth: int | None = None  # student blocks (None: the teacher's; fewer: DDVAR.from_teacher's block choice)
+    init_from: str | None = None  # zoo name / file of a student of the same shape to warm-start from
     steps: int = 6000
     batch_size: int = 64
     lr: float = 3e-4
@@ -144,7 +149,10 @@ class VARDistillRecipe(Recipe):
 
     def build(self) -> nn.Module:
         vae, var = self.load_teacher()
-        return DDVAR.from_teacher(var, vae)
+        student = DDVAR.from_teacher(var, vae, self.depth)
+        if self.init_from is not None:
+            student.load_state_dict(zoo.load(self.init_from).state_dict())
+        return student
 
     def train_data(self, run_dir: Path, device) -> tuple[Tensor, ...]:
         d = self._pairs()
