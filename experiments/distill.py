@@ -10,9 +10,12 @@ method is timed interleaved with its baseline in one run (accel.harness.runner) 
 
 After the table, the end-to-end time is split (same run, interleaved, medians): tokens only (teacher's AR
 loop vs the student's passes) and the tokenizer decode that both pay, so the ceiling the decode puts on an
-end-to-end speed-up is measured, not guessed.
+end-to-end speed-up is measured, not guessed. Last, the issue #19 goals are checked against this run's
+figures (``goal_lines``). ``--compile`` adds speed-only rows (batch 1) with every network compiled, baseline
+included (``RunConfig.compile``), beside the eager rows.
 """
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,10 +34,9 @@ VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 
 
-def llamagen_split(batch: int, repeats: int) -> list[str]:
-    """Tokens-only and decode-only medians for the teacher and the DD student at one batch size."""
-    from dataclasses import replace
-
+def llamagen_split(batch: int, repeats: int) -> tuple[list[str], float]:
+    """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
+    and the one-step tokens-only speed-up."""
     from accel import zoo
     from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
@@ -56,7 +58,54 @@ def llamagen_split(batch: int, repeats: int) -> list[str]:
             "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
             "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
         }, repeats=repeats, warmup=1)
-    return _split_lines(batch, {k: v.median for k, v in t.items()}, "VQ decode")
+    med = {k: v.median for k, v in t.items()}
+    return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+
+
+def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
+    """The issue #19 'done when' figures from this run's batch-1 rows: met / missed, with the numbers."""
+    by = {r["method"]: r for r in rows if r["batch_size"] == 1 and r.get("compile") is None}
+    out = []
+
+    def fid(name):
+        r = by.get(name)
+        return (r["fid"], r["fid_ci"]) if r and r.get("fid") is not None else (None, None)
+
+    def mark(ok):
+        return "met" if ok else "MISSED"
+
+    if "dd-1step" in by:
+        f_t, _ = fid("llamagen-ar")
+        f1, ci1 = fid("dd-1step")
+        f2, ci2 = fid("dd-2step")
+        e2e = by["dd-1step"]["speedup"]
+        if tok_speedup is not None:
+            out.append(f"LlamaGen one step, tokens only: {tok_speedup:.1f}x (goal >= 30x): {mark(tok_speedup >= 30)}")
+        out.append(f"LlamaGen one step, end to end, batch 1: {e2e:.1f}x (goal >= 20x): {mark(e2e >= 20)}")
+        if f_t is not None and f1 is not None:
+            out.append(f"LlamaGen one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} "
+                       f"(goal <= 1.5): {mark(f1 <= 1.5 * f_t)}")
+        if f1 is not None and f2 is not None:
+            out.append(f"LlamaGen two-step FID {f2:.2f} {_ci(ci2)} vs one-step {f1:.2f} {_ci(ci1)}: better beyond "
+                       f"the intervals: {mark(ci2[1] < ci1[0])}")
+    if "var-dd-1step" in by:
+        f_t, _ = fid("var-default")
+        f1, ci1 = fid("var-dd-1step")
+        fn, cin = fid("var-onestep-marginal")
+        e2e = by["var-dd-1step"]["speedup"]
+        out.append(f"VAR one step, end to end, batch 1: {e2e:.2f}x (goal >= 3x): {mark(e2e >= 3)}")
+        if f_t is not None and f1 is not None:
+            out.append(f"VAR one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} (goal <= 1.5): "
+                       f"{mark(f1 <= 1.5 * f_t)}")
+        if f_t is not None and f1 is not None and fn is not None:
+            gap = cin[0] - ci1[1]
+            out.append(f"VAR one-step vs naive one-step FID {fn:.2f} {_ci(cin)}: intervals {gap:.2f} apart (goal > half "
+                       f"the teacher-naive gap, {(fn - f_t) / 2:.2f}): {mark(gap > (fn - f_t) / 2)}")
+    return out
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _split_lines(batch: int, med: dict[str, float], dec_key: str) -> list[str]:
@@ -115,6 +164,7 @@ def main():
     ap.add_argument("--batch-sizes", default="1,64")
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="add compiled speed-only rows at batch 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = registry()
@@ -137,8 +187,13 @@ def main():
     text = summary_markdown(rows, command=command, plots=plots)
     if skipped:
         text += "\n## Not run\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"
+    tok_speedup = None
     if not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
-        split = [line for b in cfg.batch_sizes for line in llamagen_split(b, cfg.repeats)]
+        split = []
+        for b in cfg.batch_sizes:
+            lines, tok = llamagen_split(b, cfg.repeats)
+            split += lines
+            tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
         text += "\n".join(f"- {s}" for s in split) + "\n"
     if not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
@@ -147,6 +202,20 @@ def main():
         text += ("Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include "
                  "the f_hat build.\n\n")
         text += "\n".join(f"- {s}" for s in split) + "\n"
+    text += "\n## Issue #19 goals (this run, batch 1)\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, tok_speedup))
+    text += "\n"
+    if args.compile:
+        crows = []
+        ccfg = replace(cfg, batch_sizes=(1,), n_images=0, compile="default")
+        for model, base, names in (("fmnist-llamagen", "llamagen-ar", ("dd-1step", "dd-2step")),
+                                   ("fmnist-var", "var-default", ("var-dd-1step", "var-dd-2step"))):
+            if not any(s.startswith(model + ":") for s in skipped):
+                crows += run_group(reg, reg.get(base), [reg.get(n) for n in names], model, ccfg, command=command,
+                                   progress=lambda m: print(m, flush=True))
+        append_rows(args.out / "distill.jsonl", crows)
+        text += "\n## Compiled (accel.compile, every network incl. the baseline's; tokenizers eager), batch 1\n\n"
+        text += "\n".join(f"- {r['method']}: {r['latency_s'] * 1e3:.1f} ms, {r['speedup']:.2f}x vs {r['baseline']} "
+                           f"(compile {r['compile_s']:.0f} s)" for r in crows) + "\n"
     (args.out / "summary.md").write_text(text)
     print(text)
 

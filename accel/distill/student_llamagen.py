@@ -95,21 +95,23 @@ class DDLlamaGen(Transformer):
         self.marginals.copy_(counts / counts.sum(-1, keepdim=True))
         return self
 
-    def predict(self, x: Tensor, cond: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
-        """x (B, n, code_dim) with data in slots < n_data and noise after -> (logits (B, n, V), conti (B, n, d))."""
+    def predict(self, x: Tensor, cond: Tensor, n_data: int, conti: bool = True) -> tuple[Tensor, Tensor | None]:
+        """x (B, n, code_dim) with data in slots < n_data and noise after -> (logits (B, n, V), conti (B, n, d));
+        ``conti=False`` skips the continuous head (None in its place) when the read-out does not use it."""
         B, n, _ = x.shape
         c = self.cls_embedding(cond)  # (B, 1, dim)
         h = torch.cat([c, self.tok_embeddings(x)], 1)  # (B, n+1, dim)
         is_data = (torch.arange(n + 1, device=x.device) <= n_data).long()  # class token + data slots
         h = self.tok_dropout(h + self.n_d_embed(is_data)[None])
         pos = torch.arange(n + 1, device=x.device)
-        rope = self.freqs_cis[pos]
+        rope = self.freqs_cis[: n + 1]  # = freqs_cis[pos], a view
         for layer in self.layers:
             h = layer(h, rope, pos, None, None, 0)
         h = h[:, 1:]
         hn = self.norm(h)
-        conti = self.final_layer_conti(h if self.conti_prenorm else hn, c[:, 0])
-        return self.output(hn).float(), conti.float()
+        if not conti:
+            return self.output(hn).float(), None
+        return self.output(hn).float(), self.final_layer_conti(h if self.conti_prenorm else hn, c[:, 0]).float()
 
     def tokens_from(self, logits: Tensor, conti: Tensor, split: int) -> Tensor:
         """Slots < split take the logits' arg-max, slots >= split the code nearest the continuous output."""
@@ -158,9 +160,10 @@ class DDLlamaGen(Transformer):
         ids = None
         for t in t_list:
             x = noise if ids is None else torch.cat([self.codes[ids[:, :t]], noise[:, t:]], 1)
-            logits, conti = self.predict(x, cond, t)
+            logits, conti = self.predict(x, cond, t, conti=split < n)  # the snapped read-out needs no vectors
             for what, v in (("logits", logits), ("continuous outputs", conti)):  # one read per student pass
-                check_finite(v, what=what, model="DD student (LlamaGen)", step=f"t={t}")
+                if v is not None:
+                    check_finite(v, what=what, model="DD student (LlamaGen)", step=f"t={t}")
             new = self.tokens_from(logits, conti, split)
             ids = new if ids is None else torch.cat([ids[:, :t], new[:, t:]], 1)
         return ids

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from accel.models.kv_cache import KVCache
@@ -136,11 +137,13 @@ class DDVAR(VAR):
         h = torch.cat((sos, self.word_embed(x_BLCv.float())), 1) + (self.lvl_embed(self.lvl_1L) + self.pos_1LC)
         pos = torch.arange(self.L, device=h.device)
         is_data = (pos[None] < 1 + self.n_data(t, B)[:, None]).long()  # (B, L+1): sos and data slots
-        nd = self.n_d_embed(is_data)  # (B, L+1, C)
-        h = h + nd
-        mids = [lin(nd) for lin in self.layerwise_n_d_embed[:-1]]  # block i adds mids[i] between attn and FFN
-        h = self.run_blocks(h, self.shared_ada_lin(cond_BD), self.attn_bias_for_masking, mids=mids)
-        return h + self.layerwise_n_d_embed[-1](nd), cond_BD
+        h = h + self.n_d_embed(is_data)  # (B, L+1, C)
+        # layerwise maps of the two embedding rows, then looked up: lin(n_d_embed(f)) per slot, computed on 2 rows
+        # instead of L+1 (the released code maps the (B, L+1, C) embedding; same values)
+        rows = self.n_d_embed.weight  # (2, C)
+        maps = [F.embedding(is_data, lin(rows)) for lin in self.layerwise_n_d_embed]  # each (B, L+1, C)
+        h = self.run_blocks(h, self.shared_ada_lin(cond_BD), self.attn_bias_for_masking, mids=maps[:-1])
+        return h + maps[-1], cond_BD
 
     def predict(self, x_BLCv: Tensor, label_B: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
         """Logits (B, L, V) and continuous tokens (B, L, Cvae) at the output slots."""
