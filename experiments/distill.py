@@ -29,7 +29,7 @@ from accel.harness.summary import summary_markdown
 from accel.harness.timing import time_interleaved
 
 LLAMAGEN = ("dd-1step", "dd-2step", "llamagen-onestep-marginal")
-LLAMAGEN_FULL = LLAMAGEN + ("dd-teacher-16-48", "llamagen-skip-16")
+LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-skip-16")
 VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 

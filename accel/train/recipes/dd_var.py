@@ -199,8 +199,8 @@ class VARDistillRecipe(Recipe):
         read = {-2: "every scale from the logits head", -1: "the released split rule"}.get(
             self.split, f"split {self.split}")
         return ("Data: not Fashion-MNIST images but (noise, token-sequence) pairs of the teacher's DD1 map (teacher "
-                f"{self.teacher} at its card settings; {self.solver_steps} Heun steps per token), made by "
-                "`accel train distill-data --family var --n-pairs 8192`; the last "
+                f"{self.teacher} at its card settings; 32 Heun steps per token, the recipe default then, now 16), made by "
+                "`accel train distill-data --family var --n-pairs 8192 --flow-steps 32`; the last "
                 f"{self.holdout} pairs are held out. Shipped student: `accel train fmnist-var-dd --steps 1500 "
                 "--threads 1`, then resumed with `--steps 2700` (a cosine warm restart at step 1500), exported "
                 "with `--weights raw`: the recipe's EMA (0.999, no warm-up) still held "
