@@ -1,6 +1,6 @@
 """Distilled Decoding (DD1, arXiv 2412.17153): teacher vs DD 1-step / 2-step vs the failing baselines.
 
-    python experiments/distill.py --quick           # a few minutes on 2 CPU cores
+    python experiments/distill.py --quick           # batch 1, N=200: under 10 minutes on 2 CPU cores
     python experiments/distill.py                   # the table in results/distill/
 
 LlamaGen rows (``llamagen-ar`` baseline): dd-1step, dd-2step, the teacher-involved dd-teacher-16-48, one-step
@@ -15,6 +15,8 @@ figures (``goal_lines``). ``--compile`` adds speed-only rows (batch 1) with ever
 included (``RunConfig.compile``), beside the eager rows.
 """
 import argparse
+import copy
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,9 +36,20 @@ VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 
 
-def llamagen_split(batch: int, repeats: int) -> tuple[list[str], float]:
+def compiled_decoder(tokenizer, decode, dummy):
+    """A copy of ``tokenizer`` whose image decoder is ``torch.compile``d (static shapes), warmed up on
+    ``decode(copy, dummy)``; returns (copy, compile seconds). Teacher and student decode through the same one."""
+    tok = copy.deepcopy(tokenizer)
+    tok.decoder.compile(dynamic=False)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        decode(tok, dummy)
+    return tok, time.perf_counter() - t0
+
+
+def llamagen_split(batch: int, repeats: int, compile_decoder: bool = False) -> tuple[list[str], float]:
     """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
-    and the one-step tokens-only speed-up."""
+    and the one-step tokens-only speed-up. ``compile_decoder``: the compiled VQ decoder timed beside."""
     from accel import zoo
     from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
@@ -51,15 +64,24 @@ def llamagen_split(batch: int, repeats: int) -> tuple[list[str], float]:
     def noise(r):
         return torch.randn(batch, n, d, generator=torch.Generator().manual_seed(r))
 
+    calls = {
+        "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
+        "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
+        "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
+        "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
+    }
+    extra = []
+    if compile_decoder:
+        vqc, sec = compiled_decoder(vq, lambda m, i: m.decode_code(i, hw=(g, g)), ids)
+        calls["VQ decode compiled"] = lambda r: vqc.decode_code(ids, hw=(g, g))
+        extra.append(f"batch {batch}: VQ decoder compile time {sec:.0f} s")
     with torch.no_grad():
-        t = time_interleaved({
-            "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
-            "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
-            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
-            "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
-        }, repeats=repeats, warmup=1)
+        t = time_interleaved(calls, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
-    return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+    lines = _split_lines(batch, med, "VQ decode") + extra
+    if compile_decoder:
+        lines += _split_lines(batch, med, "VQ decode compiled")[1:]
+    return lines, med["teacher tokens"] / med["dd-1step tokens"]
 
 
 def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
@@ -109,18 +131,19 @@ def _ci(ci) -> str:
 
 
 def _split_lines(batch: int, med: dict[str, float], dec_key: str) -> list[str]:
-    """Report lines from medians: ``teacher tokens``, ``{dd-1step,dd-2step} tokens`` and the shared decode."""
+    """Report lines from medians: ``teacher tokens``, ``{dd-1step,dd-2step} tokens`` and the shared decode
+    ``dec_key`` (both sides pay it)."""
     dec = med[dec_key]
     out = [f"batch {batch}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items())]
     for s in ("dd-1step", "dd-2step"):
         tok = med["teacher tokens"] / med[f"{s} tokens"]
         e2e = (med["teacher tokens"] + dec) / (med[f"{s} tokens"] + dec)
-        out.append(f"batch {batch}: {s}: tokens-only speed-up {tok:.1f}x; with the shared decode {e2e:.1f}x; "
+        out.append(f"batch {batch}: {s}: tokens-only speed-up {tok:.1f}x; with the shared {dec_key} {e2e:.1f}x; "
                    f"ceiling if the student cost nothing {(med['teacher tokens'] + dec) / dec:.1f}x")
     return out
 
 
-def var_split(batch: int, repeats: int) -> list[str]:
+def var_split(batch: int, repeats: int, compile_decoder: bool = False) -> list[str]:
     """The same split for VAR. The teacher's loop builds f_hat scale by scale as it samples, so its
     'tokens' time is its full sampling minus the image decoder (``fhat_to_img``, timed alone); the student's
     is its passes plus the f_hat build from its vectors (``embed_to_fhat``, which the teacher does inside its
@@ -144,31 +167,40 @@ def var_split(batch: int, repeats: int) -> list[str]:
         vec, _ = student.sample(cond, noise(r), t_list, split=read)
         return vectors_to_fhat(vae, vec, student.tpns)
 
+    calls = {
+        "teacher full": lambda r: teacher.autoregressive_infer_cfg(
+            vae, batch, cond, generator=torch.Generator().manual_seed(r), **settings),
+        "dd-1step tokens": lambda r: student_tokens(r, (0,)),
+        "dd-2step tokens": lambda r: student_tokens(r, (0, t2)),
+        "image decode": lambda r: vae.fhat_to_img(f_hat),
+    }
+    extra = []
+    if compile_decoder:
+        vaec, sec = compiled_decoder(vae, lambda m, f: m.fhat_to_img(f), f_hat)
+        calls["image decode compiled"] = lambda r: vaec.fhat_to_img(f_hat)
+        extra.append(f"batch {batch}: image decoder compile time {sec:.0f} s")
     with torch.no_grad():
-        t = time_interleaved({
-            "teacher full": lambda r: teacher.autoregressive_infer_cfg(
-                vae, batch, cond, generator=torch.Generator().manual_seed(r), **settings),
-            "dd-1step tokens": lambda r: student_tokens(r, (0,)),
-            "dd-2step tokens": lambda r: student_tokens(r, (0, t2)),
-            "image decode": lambda r: vae.fhat_to_img(f_hat),
-        }, repeats=repeats, warmup=1)
+        t = time_interleaved(calls, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
     med = {"teacher tokens": med.pop("teacher full") - med["image decode"], **med}
-    return _split_lines(batch, med, "image decode")
+    lines = _split_lines(batch, med, "image decode") + extra
+    return lines + (_split_lines(batch, med, "image decode compiled")[1:] if compile_decoder else [])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("results/distill"))
-    ap.add_argument("--batch-sizes", default="1,64")
+    ap.add_argument("--batch-sizes", default=None, help="default: 1 with --quick (the goals' batch), else 1,64")
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--compile", action="store_true", help="add compiled speed-only rows at batch 1")
+    ap.add_argument("--compile", action="store_true",
+                    help="add compiled speed-only rows and compiled-decoder splits at batch 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = registry()
-    cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3 if args.quick else 7,
+    sizes = args.batch_sizes or ("1" if args.quick else "1,64")
+    cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")), repeats=3 if args.quick else 7,
                     warmup=1, n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
                     quality_batch=64, memory=False)
     command, ref, rows, skipped = current_command(), load_reference(), [], []
@@ -191,24 +223,25 @@ def main():
     if not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
         split = []
         for b in cfg.batch_sizes:
-            lines, tok = llamagen_split(b, cfg.repeats)
+            lines, tok = llamagen_split(b, cfg.repeats, compile_decoder=args.compile and b == 1)
             split += lines
             tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
         text += "\n".join(f"- {s}" for s in split) + "\n"
     if not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
-        split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats)]
+        split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats, args.compile and b == 1)]
         text += "\n## VAR time split (tokens vs image decode, interleaved, medians)\n\n"
         text += ("Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include "
                  "the f_hat build.\n\n")
         text += "\n".join(f"- {s}" for s in split) + "\n"
     text += "\n## Issue #19 goals (this run, batch 1)\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, tok_speedup))
     text += "\n"
+    (args.out / "summary.md").write_text(text)  # written again below when compiled rows follow
     if args.compile:
         crows = []
         ccfg = replace(cfg, batch_sizes=(1,), n_images=0, compile="default")
-        for model, base, names in (("fmnist-llamagen", "llamagen-ar", ("dd-1step", "dd-2step")),
-                                   ("fmnist-var", "var-default", ("var-dd-1step", "var-dd-2step"))):
+        for model, base, names in (("fmnist-llamagen", "llamagen-ar", ("dd-1step",)),
+                                   ("fmnist-var", "var-default", ("var-dd-1step",))):
             if not any(s.startswith(model + ":") for s in skipped):
                 crows += run_group(reg, reg.get(base), [reg.get(n) for n in names], model, ccfg, command=command,
                                    progress=lambda m: print(m, flush=True))
