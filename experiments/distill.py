@@ -11,12 +11,9 @@ method is timed interleaved with its baseline in one run (accel.harness.runner) 
 After the table, the end-to-end time is split (same run, interleaved, medians): tokens only (teacher's AR
 loop vs the student's passes) and the tokenizer decode that both pay, so the ceiling the decode puts on an
 end-to-end speed-up is measured, not guessed. Last, the issue #19 goals are checked against this run's
-figures (``goal_lines``). ``--compile`` adds speed-only rows (batch 1) with every network compiled, baseline
-included (``RunConfig.compile``), beside the eager rows.
+figures (``goal_lines``).
 """
 import argparse
-import copy
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,20 +33,9 @@ VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 
 
-def compiled_decoder(tokenizer, decode, dummy):
-    """A copy of ``tokenizer`` whose image decoder is ``torch.compile``d (static shapes), warmed up on
-    ``decode(copy, dummy)``; returns (copy, compile seconds). Teacher and student decode through the same one."""
-    tok = copy.deepcopy(tokenizer)
-    tok.decoder.compile(dynamic=False)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        decode(tok, dummy)
-    return tok, time.perf_counter() - t0
-
-
-def llamagen_split(batch: int, repeats: int, compile_decoder: bool = False) -> tuple[list[str], float]:
+def llamagen_split(batch: int, repeats: int) -> tuple[list[str], float]:
     """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
-    and the one-step tokens-only speed-up. ``compile_decoder``: the compiled VQ decoder timed beside."""
+    and the one-step tokens-only speed-up."""
     from accel import zoo
     from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
@@ -70,18 +56,10 @@ def llamagen_split(batch: int, repeats: int, compile_decoder: bool = False) -> t
         "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
         "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
     }
-    extra = []
-    if compile_decoder:
-        vqc, sec = compiled_decoder(vq, lambda m, i: m.decode_code(i, hw=(g, g)), ids)
-        calls["VQ decode compiled"] = lambda r: vqc.decode_code(ids, hw=(g, g))
-        extra.append(f"batch {batch}: VQ decoder compile time {sec:.0f} s")
     with torch.no_grad():
         t = time_interleaved(calls, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
-    lines = _split_lines(batch, med, "VQ decode") + extra
-    if compile_decoder:
-        lines += _split_lines(batch, med, "VQ decode compiled")[1:]
-    return lines, med["teacher tokens"] / med["dd-1step tokens"]
+    return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
 
 
 def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
@@ -143,7 +121,7 @@ def _split_lines(batch: int, med: dict[str, float], dec_key: str) -> list[str]:
     return out
 
 
-def var_split(batch: int, repeats: int, compile_decoder: bool = False) -> list[str]:
+def var_split(batch: int, repeats: int) -> list[str]:
     """The same split for VAR. The teacher's loop builds f_hat scale by scale as it samples, so its
     'tokens' time is its full sampling minus the image decoder (``fhat_to_img``, timed alone); the student's
     is its passes plus the f_hat build from its vectors (``embed_to_fhat``, which the teacher does inside its
@@ -174,17 +152,11 @@ def var_split(batch: int, repeats: int, compile_decoder: bool = False) -> list[s
         "dd-2step tokens": lambda r: student_tokens(r, (0, t2)),
         "image decode": lambda r: vae.fhat_to_img(f_hat),
     }
-    extra = []
-    if compile_decoder:
-        vaec, sec = compiled_decoder(vae, lambda m, f: m.fhat_to_img(f), f_hat)
-        calls["image decode compiled"] = lambda r: vaec.fhat_to_img(f_hat)
-        extra.append(f"batch {batch}: image decoder compile time {sec:.0f} s")
     with torch.no_grad():
         t = time_interleaved(calls, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
     med = {"teacher tokens": med.pop("teacher full") - med["image decode"], **med}
-    lines = _split_lines(batch, med, "image decode") + extra
-    return lines + (_split_lines(batch, med, "image decode compiled")[1:] if compile_decoder else [])
+    return _split_lines(batch, med, "image decode")
 
 
 def main():
@@ -194,8 +166,6 @@ def main():
     ap.add_argument("--batch-sizes", default=None, help="default: 1 with --quick (the goals' batch), else 1,64")
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--compile", action="store_true",
-                    help="add compiled speed-only rows and compiled-decoder splits at batch 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = registry()
@@ -223,32 +193,19 @@ def main():
     if not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
         split = []
         for b in cfg.batch_sizes:
-            lines, tok = llamagen_split(b, cfg.repeats, compile_decoder=args.compile and b == 1)
+            lines, tok = llamagen_split(b, cfg.repeats)
             split += lines
             tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
         text += "\n".join(f"- {s}" for s in split) + "\n"
     if not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
-        split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats, args.compile and b == 1)]
+        split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats)]
         text += "\n## VAR time split (tokens vs image decode, interleaved, medians)\n\n"
         text += ("Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include "
                  "the f_hat build.\n\n")
         text += "\n".join(f"- {s}" for s in split) + "\n"
     text += "\n## Issue #19 goals (this run, batch 1)\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, tok_speedup))
     text += "\n"
-    (args.out / "summary.md").write_text(text)  # written again below when compiled rows follow
-    if args.compile:
-        crows = []
-        ccfg = replace(cfg, batch_sizes=(1,), n_images=0, compile="default")
-        for model, base, names in (("fmnist-llamagen", "llamagen-ar", ("dd-1step",)),
-                                   ("fmnist-var", "var-default", ("var-dd-1step",))):
-            if not any(s.startswith(model + ":") for s in skipped):
-                crows += run_group(reg, reg.get(base), [reg.get(n) for n in names], model, ccfg, command=command,
-                                   progress=lambda m: print(m, flush=True))
-        append_rows(args.out / "distill.jsonl", crows)
-        text += "\n## Compiled (accel.compile, every network incl. the baseline's; tokenizers eager), batch 1\n\n"
-        text += "\n".join(f"- {r['method']}: {r['latency_s'] * 1e3:.1f} ms, {r['speedup']:.2f}x vs {r['baseline']} "
-                           f"(compile {r['compile_s']:.0f} s)" for r in crows) + "\n"
     (args.out / "summary.md").write_text(text)
     print(text)
 
