@@ -1,6 +1,6 @@
 """Distilled Decoding (DD1, arXiv 2412.17153): teacher vs DD 1-step / 2-step vs the failing baselines.
 
-    python experiments/distill.py --quick           # a few minutes on 2 CPU cores
+    python experiments/distill.py --quick           # batch 1, N=200: under 10 minutes on 2 CPU cores
     python experiments/distill.py                   # the table in results/distill/
 
 LlamaGen rows (``llamagen-ar`` baseline): dd-1step, dd-2step, the teacher-involved dd-teacher-16-48, one-step
@@ -10,9 +10,11 @@ method is timed interleaved with its baseline in one run (accel.harness.runner) 
 
 After the table, the end-to-end time is split (same run, interleaved, medians): tokens only (teacher's AR
 loop vs the student's passes) and the tokenizer decode that both pay, so the ceiling the decode puts on an
-end-to-end speed-up is measured, not guessed.
+end-to-end speed-up is measured, not guessed. Last, the issue #19 goals are checked against this run's
+figures (``goal_lines``).
 """
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,16 +28,16 @@ from accel.harness.summary import summary_markdown
 from accel.harness.timing import time_interleaved
 
 LLAMAGEN = ("dd-1step", "dd-2step", "llamagen-onestep-marginal")
-LLAMAGEN_FULL = LLAMAGEN + ("dd-teacher-16-48", "llamagen-skip-16")
+LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-skip-16")
 VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 
 
-def llamagen_split(batch: int, repeats: int) -> list[str]:
-    """Tokens-only and decode-only medians for the teacher and the DD student at one batch size."""
-    from dataclasses import replace
-
+def llamagen_split(batch: int, repeats: int) -> tuple[list[str], float]:
+    """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
+    and the one-step tokens-only speed-up."""
     from accel import zoo
+    from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
     from accel.zoo.sample import DEFAULTS
 
@@ -48,24 +50,73 @@ def llamagen_split(batch: int, repeats: int) -> list[str]:
     def noise(r):
         return torch.randn(batch, n, d, generator=torch.Generator().manual_seed(r))
 
+    calls = {
+        "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
+        "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
+        "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
+        "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
+    }
     with torch.no_grad():
-        t = time_interleaved({
-            "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
-            "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
-            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, n // 2)),
-            "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
-        }, repeats=repeats, warmup=1)
-    return _split_lines(batch, {k: v.median for k, v in t.items()}, "VQ decode")
+        t = time_interleaved(calls, repeats=repeats, warmup=1)
+    med = {k: v.median for k, v in t.items()}
+    return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+
+
+def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
+    """The issue #19 'done when' figures from this run's batch-1 rows: met / missed, with the numbers."""
+    by = {r["method"]: r for r in rows if r["batch_size"] == 1 and r.get("compile") is None}
+    out = []
+
+    def fid(name):
+        r = by.get(name)
+        return (r["fid"], r["fid_ci"]) if r and r.get("fid") is not None else (None, None)
+
+    def mark(ok):
+        return "met" if ok else "MISSED"
+
+    if "dd-1step" in by:
+        f_t, _ = fid("llamagen-ar")
+        f1, ci1 = fid("dd-1step")
+        f2, ci2 = fid("dd-2step")
+        e2e = by["dd-1step"]["speedup"]
+        if tok_speedup is not None:
+            out.append(f"LlamaGen one step, tokens only: {tok_speedup:.1f}x (goal >= 30x): {mark(tok_speedup >= 30)}")
+        out.append(f"LlamaGen one step, end to end, batch 1: {e2e:.1f}x (goal >= 20x): {mark(e2e >= 20)}")
+        if f_t is not None and f1 is not None:
+            out.append(f"LlamaGen one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} "
+                       f"(goal <= 1.5): {mark(f1 <= 1.5 * f_t)}")
+        if f1 is not None and f2 is not None:
+            out.append(f"LlamaGen two-step FID {f2:.2f} {_ci(ci2)} vs one-step {f1:.2f} {_ci(ci1)}: better beyond "
+                       f"the intervals: {mark(ci2[1] < ci1[0])}")
+    if "var-dd-1step" in by:
+        f_t, _ = fid("var-default")
+        f1, ci1 = fid("var-dd-1step")
+        fn, cin = fid("var-onestep-marginal")
+        e2e = by["var-dd-1step"]["speedup"]
+        out.append(f"VAR one step, end to end, batch 1: {e2e:.2f}x (goal >= 3x): {mark(e2e >= 3)}")
+        if f_t is not None and f1 is not None:
+            out.append(f"VAR one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} (goal <= 1.5): "
+                       f"{mark(f1 <= 1.5 * f_t)}")
+        if f_t is not None and f1 is not None and fn is not None:
+            gap = cin[0] - ci1[1]
+            out.append(f"VAR one-step vs naive one-step FID {fn:.2f} {_ci(cin)}: intervals {gap:.2f} apart (goal > half "
+                       f"the teacher-naive gap, {(fn - f_t) / 2:.2f}): {mark(gap > (fn - f_t) / 2)}")
+    return out
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _split_lines(batch: int, med: dict[str, float], dec_key: str) -> list[str]:
-    """Report lines from medians: ``teacher tokens``, ``{dd-1step,dd-2step} tokens`` and the shared decode."""
+    """Report lines from medians: ``teacher tokens``, ``{dd-1step,dd-2step} tokens`` and the shared decode
+    ``dec_key`` (both sides pay it)."""
     dec = med[dec_key]
     out = [f"batch {batch}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items())]
     for s in ("dd-1step", "dd-2step"):
         tok = med["teacher tokens"] / med[f"{s} tokens"]
         e2e = (med["teacher tokens"] + dec) / (med[f"{s} tokens"] + dec)
-        out.append(f"batch {batch}: {s}: tokens-only speed-up {tok:.1f}x; with the shared decode {e2e:.1f}x; "
+        out.append(f"batch {batch}: {s}: tokens-only speed-up {tok:.1f}x; with the shared {dec_key} {e2e:.1f}x; "
                    f"ceiling if the student cost nothing {(med['teacher tokens'] + dec) / dec:.1f}x")
     return out
 
@@ -94,14 +145,15 @@ def var_split(batch: int, repeats: int) -> list[str]:
         vec, _ = student.sample(cond, noise(r), t_list, split=read)
         return vectors_to_fhat(vae, vec, student.tpns)
 
+    calls = {
+        "teacher full": lambda r: teacher.autoregressive_infer_cfg(
+            vae, batch, cond, generator=torch.Generator().manual_seed(r), **settings),
+        "dd-1step tokens": lambda r: student_tokens(r, (0,)),
+        "dd-2step tokens": lambda r: student_tokens(r, (0, t2)),
+        "image decode": lambda r: vae.fhat_to_img(f_hat),
+    }
     with torch.no_grad():
-        t = time_interleaved({
-            "teacher full": lambda r: teacher.autoregressive_infer_cfg(
-                vae, batch, cond, generator=torch.Generator().manual_seed(r), **settings),
-            "dd-1step tokens": lambda r: student_tokens(r, (0,)),
-            "dd-2step tokens": lambda r: student_tokens(r, (0, t2)),
-            "image decode": lambda r: vae.fhat_to_img(f_hat),
-        }, repeats=repeats, warmup=1)
+        t = time_interleaved(calls, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
     med = {"teacher tokens": med.pop("teacher full") - med["image decode"], **med}
     return _split_lines(batch, med, "image decode")
@@ -111,13 +163,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("results/distill"))
-    ap.add_argument("--batch-sizes", default="1,64")
+    ap.add_argument("--batch-sizes", default=None, help="default: 1 with --quick (the goals' batch), else 1,64")
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = registry()
-    cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3 if args.quick else 7,
+    sizes = args.batch_sizes or ("1" if args.quick else "1,64")
+    cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")), repeats=3 if args.quick else 7,
                     warmup=1, n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
                     quality_batch=64, memory=False)
     command, ref, rows, skipped = current_command(), load_reference(), [], []
@@ -136,8 +189,13 @@ def main():
     text = summary_markdown(rows, command=command, plots=plots)
     if skipped:
         text += "\n## Not run\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"
+    tok_speedup = None
     if not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
-        split = [line for b in cfg.batch_sizes for line in llamagen_split(b, cfg.repeats)]
+        split = []
+        for b in cfg.batch_sizes:
+            lines, tok = llamagen_split(b, cfg.repeats)
+            split += lines
+            tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
         text += "\n".join(f"- {s}" for s in split) + "\n"
     if not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
@@ -146,6 +204,8 @@ def main():
         text += ("Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include "
                  "the f_hat build.\n\n")
         text += "\n".join(f"- {s}" for s in split) + "\n"
+    text += "\n## Issue #19 goals (this run, batch 1)\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, tok_speedup))
+    text += "\n"
     (args.out / "summary.md").write_text(text)
     print(text)
 

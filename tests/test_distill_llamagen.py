@@ -167,3 +167,23 @@ def test_teacher_involved_method_keeps_dd_prefix_and_teacher_segment():
         one = m.student.sample(cond, noise, (0,))
     assert torch.equal(a.stats["tokens"][:, :16], one[:, :16])
     assert a.stats["nfe_target"] == 33 and a.stats["nfe_student"] == 2
+
+
+def test_released_settings_prenorm_head_no_dropout_and_t2():
+    from accel.distill.student_llamagen import default_t2, student_config
+
+    assert default_t2(256) == 80 and default_t2(64) == 20  # released eval_fewstep.py --t_list 0,80
+    cfg = student_config(GPTConfig(dim=32, n_layer=2, n_head=2, vocab_size=8, block_size=9, num_classes=3))
+    assert cfg.token_dropout_p == cfg.resid_dropout_p == cfg.ffn_dropout_p == cfg.attn_dropout_p == 0.0
+    t, c = teacher(), codes()
+    x = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(3))
+    cond = torch.tensor([0, 1])
+    for prenorm in (True, False):
+        s = DDLlamaGen(cfg, c, conti_prenorm=prenorm).init_from_teacher(t).train()  # train(): no dropout left
+        with torch.no_grad():
+            l1, c1 = s.predict(x, cond, 0)
+            assert torch.equal(s.predict(x, cond, 0)[0], l1)  # deterministic in training mode
+            s.norm.weight.mul_(torch.linspace(0.5, 2.0, 32))  # the final RMSNorm feeds the logits head ...
+            l2, c2 = s.predict(x, cond, 0)
+        assert not torch.allclose(l1, l2)
+        assert torch.allclose(c1, c2, atol=1e-5) == prenorm  # ... and the continuous head only when post-norm

@@ -185,3 +185,22 @@ def test_recipe_trains_from_pairs_and_resumes_bitwise(tmp_path):
     # pairs made with other teacher settings are refused
     with pytest.raises(ValueError, match="was made with"):
         TinyRecipe(pairs=str(tmp_path / "pairs"), cfg=3.0).train_data(tmp_path, "cpu")
+
+
+def test_smaller_student_starts_from_evenly_spaced_teacher_blocks():
+    from accel.distill.student_var import teacher_blocks
+
+    assert teacher_blocks(6, 6) == list(range(6)) and teacher_blocks(6, 4) == [0, 2, 3, 5]
+    assert teacher_blocks(6, 1) == [5]
+    with pytest.raises(ValueError, match="depth=7"):
+        teacher_blocks(6, 7)
+    vae, var = tiny(0)
+    if var.depth >= 2:
+        small = DDVAR.from_teacher(var, vae, depth=2)
+        full = DDVAR.from_teacher(var, vae)
+        last = var.depth - 1
+        for k, v in small.state_dict().items():
+            if k == "final_layer_conti.scale_shift_table":
+                continue  # random init, not from the teacher
+            src = k.replace("blocks.1.", f"blocks.{last}.") if k.startswith("blocks.1.") else k
+            assert torch.equal(v, full.state_dict()[src]), k  # block 1 = the teacher's last, the rest shared

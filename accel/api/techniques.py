@@ -204,7 +204,7 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
     (``steps=1``) or two (``steps=2``, second jump at ``t2``) passes, Eq. 9-10. ``student``: the network, or a
     zoo name / student file (``"fmnist-llamagen-dd"``).
 
-    LlamaGen: ``t2`` defaults to n/2 tokens; ``split`` (None: every slot snapped to a code) reads slots before it
+    LlamaGen: ``t2`` defaults to 0.3125 n (80/256); ``split`` (None: every slot snapped to a code) reads slots before it
     from the logits and decodes the continuous head's vectors after it unsnapped (the released read-out);
     ``teacher_involved=(a, b)`` keeps the student's first ``a`` tokens,
     lets the teacher sample tokens ``a..b-1`` and finishes with one student jump from ``b`` (released

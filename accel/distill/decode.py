@@ -2,7 +2,7 @@
 
 - ``DistilledLlamaGen``: the DD1 student of a LlamaGen teacher; one step predicts every token from pure noise
   X_1, two steps re-predict from X_t2 = (q_<t2, eps_>=t2) with the same noise (arXiv 2412.17153, Eq. 9-10 and
-  Alg. 3). ``teacher_involved=(a, b)``: the released ``combine_sample``: a student step from noise, its first
+  Alg. 3); ``t2`` defaults to the released 80 of 256 tokens (``default_t2``: 20 of 64). ``teacher_involved=(a, b)``: the released ``combine_sample``: a student step from noise, its first
   ``a`` tokens kept, the teacher samples tokens ``a..b-1`` (KV-cached, the prefix pre-filled), then a student
   step from X_b.
 - ``DistilledVAR``: the DD1 student of a VAR teacher over the multi-scale token sequence; ``t2`` / ``split``
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from accel.distill.student_llamagen import DDLlamaGen
+from accel.distill.student_llamagen import DDLlamaGen, default_t2
 from accel.distill.student_var import DDVAR, decode_vectors
 from accel.distill.var_map import tokens_before
 from accel.models.llamagen_generate import SamplingConfig, generate
@@ -41,7 +41,7 @@ class DistilledLlamaGen:
         if split is not None and not 0 <= split <= n:
             raise ValueError(f"split={split}: must be in [0, {n}] tokens")
         self.split = split
-        self.t2 = n // 2 if t2 is None else t2
+        self.t2 = default_t2(n) if t2 is None else t2  # released 80 of 256 tokens
         if not 0 < self.t2 < n:
             raise ValueError(f"t2={self.t2}: must be in (0, {n}) tokens")
         self.t_list = (0, self.t2)[:steps]

@@ -61,17 +61,31 @@ class FlowSolver:
             raise ValueError(f"unknown solver {self.method!r}; valid: ['euler', 'heun']")
 
     def endpoint(self, eps: Tensor, codes: Tensor, logp: Tensor) -> Tensor:
-        """Map noise ``eps`` (..., d) to the flow's end point (..., d)."""
+        """Map noise ``eps`` (..., d) to the flow's end point (..., d).
+
+        The posterior logits are one fused ``addmm`` per evaluation: ``logp_i - t^2 ||c_i||^2 / (2 (1-t)^2)``
+        (computed once per t as a row bias) ``+ t / (1-t)^2 * x.c_i`` — the same arithmetic as
+        ``posterior_weights`` (the ``||x||^2`` term cancels), batched over every row (pair x token) at once."""
         ts = torch.linspace(0.0, 1.0, self.steps + 1).tolist()
-        x = eps.float()
+        shape = eps.shape
+        codes = codes.float()
+        x = eps.float().reshape(-1, shape[-1])
+        logp = logp.float().reshape(-1, codes.size(0))
+        csq, cT = codes.pow(2).sum(-1), codes.t().contiguous()
+
+        def mean(x: Tensor, t: float) -> Tensor:  # E[X_1 | X_t = x] (N, d)
+            a = t / (1 - t) ** 2
+            z = torch.addmm(logp - (0.5 * t * a) * csq, x, cT, alpha=a)  # (N, V) posterior logits
+            return torch.softmax(z, dim=-1) @ codes
+
         for t0, t1 in zip(ts[:-2], ts[1:-1]):
-            v0 = velocity(x, t0, codes, logp)
+            v0 = (mean(x, t0) - x) / (1 - t0)
             if self.method == "euler":
                 x = x + (t1 - t0) * v0
             else:
                 x1 = x + (t1 - t0) * v0
-                x = x + (t1 - t0) * 0.5 * (v0 + velocity(x1, t1, codes, logp))
-        return posterior_mean(x, ts[-2], codes, logp)
+                x = x + (t1 - t0) * 0.5 * (v0 + (mean(x1, t1) - x1) / (1 - t1))
+        return mean(x, ts[-2]).view(shape)
 
     def tokens(self, eps: Tensor, codes: Tensor, logp: Tensor) -> Tensor:
         """Map noise to codebook indices (..., ): the code nearest to the flow's end point."""

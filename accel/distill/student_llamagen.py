@@ -5,11 +5,15 @@ the noise token eps_i or the mapped code q_i (``tok_embeddings = Linear(code_dim
 embedding table), ``n_d_embed = Embedding(2, dim)`` marks data (1, also the class token) vs noise (0)
 inputs, plain causal attention, and two heads read at slot i's own position: the teacher's logits head
 (``norm`` + ``output``) predicting q_i's index, and ``final_layer_conti`` (LayerNorm without affine,
-shift/scale from a learned table plus the class embedding, ``Linear(dim, code_dim)``) regressing q_i.
+shift/scale from a learned table plus the class embedding, ``Linear(dim, code_dim)``) regressing q_i. As
+released, the continuous head reads the last block's output *before* the final RMSNorm (``conti_prenorm``;
+the first shipped student read it after, and its zoo file, which lacks the flag, still loads that way), and
+the released DD config sets every dropout to 0 (``student_config``).
 
 Sampling (trajectory X_1 = all noise, X_t = (q_<t, eps_>=t)): one step predicts every q_i from X_1; two
 steps predict from X_1, keep the first ``t2`` predictions as data, put the *same* noise back at
-positions >= t2, and predict again.
+positions >= t2, and predict again. ``default_t2``: the released second-step time, 80 of 256 tokens
+(``eval_fewstep.py --t_list 0,80``), i.e. 0.3125 n.
 """
 from __future__ import annotations
 
@@ -17,8 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dataclasses import replace
+
 from accel.models.llamagen import GPTConfig, Transformer
 from accel.validate import check_finite
+
+RELEASED_T2_FRACTION = 80 / 256  # LlamaGen-B/L two-step time in the released eval_fewstep.py
+
+
+def default_t2(n: int) -> int:
+    """The released second-step time scaled to ``n`` tokens (64 -> 20), at least 1 and below n."""
+    return min(max(1, round(RELEASED_T2_FRACTION * n)), n - 1)
+
+
+def student_config(teacher_cfg: GPTConfig) -> GPTConfig:
+    """The teacher's config with every dropout at 0, as in the released DD config."""
+    return replace(teacher_cfg, token_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
+                   drop_path_rate=0.0)
 
 
 class FinalLayer(nn.Module):
@@ -38,8 +57,9 @@ class FinalLayer(nn.Module):
 class DDLlamaGen(Transformer):
     """Student. ``codes`` (V, code_dim) is the token space (the VQ's l2-normalised codebook)."""
 
-    def __init__(self, cfg: GPTConfig, codes: Tensor):
+    def __init__(self, cfg: GPTConfig, codes: Tensor, conti_prenorm: bool = True):
         super().__init__(cfg)
+        self.conti_prenorm = conti_prenorm  # continuous head on the last block's output before ``norm`` (released)
         code_dim = codes.size(1)
         self.tok_embeddings = nn.Linear(code_dim, cfg.dim)
         self.n_d_embed = nn.Embedding(2, cfg.dim)
@@ -75,19 +95,23 @@ class DDLlamaGen(Transformer):
         self.marginals.copy_(counts / counts.sum(-1, keepdim=True))
         return self
 
-    def predict(self, x: Tensor, cond: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
-        """x (B, n, code_dim) with data in slots < n_data and noise after -> (logits (B, n, V), conti (B, n, d))."""
+    def predict(self, x: Tensor, cond: Tensor, n_data: int, conti: bool = True) -> tuple[Tensor, Tensor | None]:
+        """x (B, n, code_dim) with data in slots < n_data and noise after -> (logits (B, n, V), conti (B, n, d));
+        ``conti=False`` skips the continuous head (None in its place) when the read-out does not use it."""
         B, n, _ = x.shape
         c = self.cls_embedding(cond)  # (B, 1, dim)
         h = torch.cat([c, self.tok_embeddings(x)], 1)  # (B, n+1, dim)
         is_data = (torch.arange(n + 1, device=x.device) <= n_data).long()  # class token + data slots
         h = self.tok_dropout(h + self.n_d_embed(is_data)[None])
         pos = torch.arange(n + 1, device=x.device)
-        rope = self.freqs_cis[pos]
+        rope = self.freqs_cis[: n + 1]  # = freqs_cis[pos], a view
         for layer in self.layers:
             h = layer(h, rope, pos, None, None, 0)
-        h = self.norm(h[:, 1:])
-        return self.output(h).float(), self.final_layer_conti(h, c[:, 0]).float()
+        h = h[:, 1:]
+        hn = self.norm(h)
+        if not conti:
+            return self.output(hn).float(), None
+        return self.output(hn).float(), self.final_layer_conti(h if self.conti_prenorm else hn, c[:, 0]).float()
 
     def tokens_from(self, logits: Tensor, conti: Tensor, split: int) -> Tensor:
         """Slots < split take the logits' arg-max, slots >= split the code nearest the continuous output."""
@@ -136,9 +160,10 @@ class DDLlamaGen(Transformer):
         ids = None
         for t in t_list:
             x = noise if ids is None else torch.cat([self.codes[ids[:, :t]], noise[:, t:]], 1)
-            logits, conti = self.predict(x, cond, t)
+            logits, conti = self.predict(x, cond, t, conti=split < n)  # the snapped read-out needs no vectors
             for what, v in (("logits", logits), ("continuous outputs", conti)):  # one read per student pass
-                check_finite(v, what=what, model="DD student (LlamaGen)", step=f"t={t}")
+                if v is not None:
+                    check_finite(v, what=what, model="DD student (LlamaGen)", step=f"t={t}")
             new = self.tokens_from(logits, conti, split)
             ids = new if ids is None else torch.cat([ids[:, :t], new[:, t:]], 1)
         return ids

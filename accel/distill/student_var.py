@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from accel.models.kv_cache import KVCache
@@ -71,9 +72,12 @@ class DDVAR(VAR):
         self.L_out = self.L - 1  # output slots = the teacher's L
 
     @classmethod
-    def from_teacher(cls, teacher: VAR, vae: VQVAE) -> "DDVAR":
+    def from_teacher(cls, teacher: VAR, vae: VQVAE, depth: int | None = None) -> "DDVAR":
+        """A student of the teacher's shape, or with ``depth`` blocks (a smaller student: its blocks start from
+        evenly spaced teacher blocks, ``teacher_blocks``)."""
         teacher.check_vae(vae)
-        student = cls(teacher.cfg, teacher.V, teacher.Cvae, vae.quantize.embedding.weight)
+        cfg = teacher.cfg if depth is None else replace(teacher.cfg, depth=depth)
+        student = cls(cfg, teacher.V, teacher.Cvae, vae.quantize.embedding.weight)
         return student.to(teacher.pos_1LC.device).init_with_teacher(teacher)
 
     @torch.no_grad()
@@ -88,9 +92,15 @@ class DDVAR(VAR):
             raise ValueError(f"teacher (patch_nums {teacher.cfg.patch_nums}, V {teacher.V}, Cvae {teacher.Cvae}) does not "
                              f"match this student (patch_nums {self.tpns}, V {self.V}, Cvae {self.Cvae})")
         own, skip = self.state_dict(), ("lvl_embed.weight", "pos_1LC", "lvl_1L", "attn_bias_for_masking", "pos_start")
+        src = {f"blocks.{t}.": f"blocks.{i}." for i, t in enumerate(teacher_blocks(teacher.depth, self.depth))}
         for k, v in teacher.state_dict().items():
             if k in skip:
                 continue
+            if k.startswith("blocks."):
+                pre = "blocks." + k.split(".")[1] + "."
+                if pre not in src:
+                    continue  # a teacher block the smaller student does not keep
+                k = src[pre] + k[len(pre):]
             if k not in own or own[k].shape != v.shape:
                 raise ValueError(f"teacher tensor {k} {tuple(v.shape)} has no student counterpart")
             own[k].copy_(v)
@@ -127,11 +137,13 @@ class DDVAR(VAR):
         h = torch.cat((sos, self.word_embed(x_BLCv.float())), 1) + (self.lvl_embed(self.lvl_1L) + self.pos_1LC)
         pos = torch.arange(self.L, device=h.device)
         is_data = (pos[None] < 1 + self.n_data(t, B)[:, None]).long()  # (B, L+1): sos and data slots
-        nd = self.n_d_embed(is_data)  # (B, L+1, C)
-        h = h + nd
-        mids = [lin(nd) for lin in self.layerwise_n_d_embed[:-1]]  # block i adds mids[i] between attn and FFN
-        h = self.run_blocks(h, self.shared_ada_lin(cond_BD), self.attn_bias_for_masking, mids=mids)
-        return h + self.layerwise_n_d_embed[-1](nd), cond_BD
+        h = h + self.n_d_embed(is_data)  # (B, L+1, C)
+        # layerwise maps of the two embedding rows, then looked up: lin(n_d_embed(f)) per slot, computed on 2 rows
+        # instead of L+1 (the released code maps the (B, L+1, C) embedding; same values)
+        rows = self.n_d_embed.weight  # (2, C)
+        maps = [F.embedding(is_data, lin(rows)) for lin in self.layerwise_n_d_embed]  # each (B, L+1, C)
+        h = self.run_blocks(h, self.shared_ada_lin(cond_BD), self.attn_bias_for_masking, mids=maps[:-1])
+        return h + maps[-1], cond_BD
 
     def predict(self, x_BLCv: Tensor, label_B: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
         """Logits (B, L, V) and continuous tokens (B, L, Cvae) at the output slots."""
@@ -202,6 +214,16 @@ class DDVAR(VAR):
         x = self.codes[torch.cat(per[:t_mid] + [ids[:, tokens_before(self.tpns, t_mid):]], 1)]
         out = self.dd_step(x, label_B, t_mid, noise, split)
         return out, self.nearest(out), {"student_passes": 2, "teacher_passes": st.passes}
+
+
+def teacher_blocks(teacher_depth: int, depth: int) -> list[int]:
+    """Teacher block initialising each of a student's ``depth`` blocks: all of them in order when the depths match,
+    else evenly spaced, first and last kept (6 -> 4: 0, 2, 3, 5)."""
+    if not 1 <= depth <= teacher_depth:
+        raise ValueError(f"depth={depth}: a student needs 1..{teacher_depth} blocks (the teacher's depth)")
+    if depth == 1:
+        return [teacher_depth - 1]
+    return [round(i * (teacher_depth - 1) / (depth - 1)) for i in range(depth)]
 
 
 def _check_t_list(t_list, SN: int) -> None:

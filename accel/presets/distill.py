@@ -2,7 +2,9 @@
 paper shows failing.
 
 LlamaGen (timed against ``llamagen-ar``):
-- ``dd-1step`` / ``dd-2step``: ``fmnist-llamagen-dd``, noise from the harness generator, the zoo VQ decodes.
+- ``dd-1step`` / ``dd-2step``: ``fmnist-llamagen-dd``, noise from the harness generator, the zoo VQ decodes
+  (every slot snapped to its arg-max code); ``dd-1step-split20``: the released read-out (slots >= 20 = 0.3125 n
+  decoded from the continuous head's vectors, unsnapped).
 - ``llamagen-onestep-marginal`` (paper: "onestep*"): every token drawn in ONE parallel step from its
   per-class, per-position marginal (the teacher samples' frequencies shipped with the student).
 - ``dd-teacher-16-48``: the released ``combine_sample`` (teacher-involved; ``distilled(..., teacher_involved)``).
@@ -38,8 +40,10 @@ def _llamagen(ctx: BuildContext):
     return generator(ctx, tokenizer_dtype=True), zoo.load(STUDENT, device=ctx.device, dtype=ctx.dtype)
 
 
-def dd_llamagen(steps: int = 1, teacher_involved: tuple[int, int] | None = None):
-    return lambda ctx: distilled(*_llamagen(ctx), steps=steps, teacher_involved=teacher_involved)
+def dd_llamagen(steps: int = 1, teacher_involved: tuple[int, int] | None = None, split: int | None = None,
+                name: str | None = None):
+    return lambda ctx: distilled(*_llamagen(ctx), steps=steps, teacher_involved=teacher_involved, split=split,
+                                 name=name)
 
 
 class MarginalOneStep:
@@ -121,7 +125,9 @@ _var = dict(family="var", models=("fmnist-var",), baseline="var-default", experi
             unavailable=missing_with(VAR_STUDENT))
 ENTRIES = [
     MethodEntry("dd-1step", build=dd_llamagen(1), params={"t_list": [0]}, **_llg),
-    MethodEntry("dd-2step", build=dd_llamagen(2), params={"t_list": [0, "n/2"]}, **_llg),
+    MethodEntry("dd-2step", build=dd_llamagen(2), params={"t_list": [0, "0.3125n"]}, **_llg),
+    MethodEntry("dd-1step-split20", build=dd_llamagen(1, split=20, name="dd-1step-split20"), quick=False,
+                params={"t_list": [0], "split": 20}, **_llg),
     MethodEntry("llamagen-onestep-marginal", build=MarginalOneStep, params={"marginals": "teacher samples"}, **_llg),
     MethodEntry("dd-teacher-16-48", build=dd_llamagen(teacher_involved=(16, 48)), quick=False,
                 params={"teacher_start": 16, "t_mid": 48}, **_llg),

@@ -91,7 +91,8 @@ def _eagle(cfg: dict) -> nn.Module:
 
 def _dd_llamagen(cfg: dict) -> nn.Module:
     gpt = GPTConfig.from_dict(cfg["gpt"])
-    return DDLlamaGen(gpt, torch.zeros(gpt.vocab_size, cfg["code_dim"]))  # codes come from the file
+    # codes come from the file; files without the flag hold the first student (continuous head after the norm)
+    return DDLlamaGen(gpt, torch.zeros(gpt.vocab_size, cfg["code_dim"]), conti_prenorm=cfg.get("conti_prenorm", False))
 
 
 def _dd_var(cfg: dict) -> nn.Module:
