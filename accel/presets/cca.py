@@ -1,5 +1,5 @@
-"""CCA (guidance-free LlamaGen, arXiv 2410.09347) on the bench, timed against ``llamagen-ar`` (the base target
-with CFG at its card scale, i.e. a doubled batch at every step).
+"""CCA (guidance-free LlamaGen and VAR, arXiv 2410.09347) on the bench, timed against ``llamagen-ar`` /
+``var-default`` (the base target with CFG at its card scale, i.e. a doubled batch at every step / scale).
 
 - ``llamagen-cca``: the CCA fine-tune ``fmnist-llamagen-cca`` sampled guidance-free (cfg_scale 1.0: B rows).
 - ``llamagen-nocfg``: the base ``fmnist-llamagen`` guidance-free (same cost as CCA; shows what the alignment,
@@ -7,6 +7,9 @@ with CFG at its card scale, i.e. a doubled batch at every step).
 - ``llamagen-cfg{s}``: the base at other CFG scales (the CFG side of the paper's trade-off figure).
 - ``sd-cca-draft``: composition: exact speculative decoding of the CCA target with the zoo draft, both
   guidance-free.
+- ``var-cca``: the CCA fine-tune ``fmnist-var-cca`` guidance-free (VAR ``cfg`` 0, i.e. ``cfg_scale`` 1.0: the
+  conditional rows alone; the official VAR sampler would still run the null rows, research trap 8).
+- ``var-nocfg``: the base ``fmnist-var`` guidance-free (same cost as ``var-cca``).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from accel.harness.registry import BuildContext, MethodEntry
 from accel.presets.zoo_models import generator, missing_with, zoo_missing
 
 BASE, CCA, DRAFT = "fmnist-llamagen", "fmnist-llamagen-cca", "fmnist-llamagen-draft"
+VAR_BASE, VAR_CCA = "fmnist-var", "fmnist-var-cca"
 CFG_SCALES = (1.5, 3.0)  # with 1.0 (nocfg) and the card's 2.0 (llamagen-ar): the base's CFG sweep
 
 
@@ -32,9 +36,22 @@ def sd_cca(ctx: BuildContext):
     return speculative(target, draft, rule=exact(), gamma=3, name="sd-cca-draft")
 
 
+def var_cca(ctx: BuildContext):
+    return generator(ctx, model=VAR_CCA, name="var-cca", cast=False)  # its card: cfg 0 (guidance-free)
+
+
+def var_nocfg(ctx: BuildContext):
+    return generator(ctx, name="var-nocfg", cast=False, cfg_scale=1.0)
+
+
 def _entry(name, build, quick, unavailable, **params):
     return MethodEntry(name, "llamagen", build, models=(BASE,), baseline="llamagen-ar", experiment="cca",
                        quick=quick, unavailable=unavailable, params=params)
+
+
+def _var_entry(name, build, unavailable, **params):
+    return MethodEntry(name, "var", build, models=(VAR_BASE,), baseline="var-default", experiment="cca",
+                       quick=True, unavailable=unavailable, params=params)
 
 
 ENTRIES = [
@@ -44,4 +61,6 @@ ENTRIES = [
       for s in CFG_SCALES],
     _entry("sd-cca-draft", sd_cca, False, missing_with(CCA, DRAFT), model=CCA, drafter="draft", gamma=3,
            rule="exact", cfg_scale=1.0),
+    _var_entry("var-cca", var_cca, missing_with(VAR_CCA), model=VAR_CCA, cfg_scale=1.0),
+    _var_entry("var-nocfg", var_nocfg, zoo_missing, model=VAR_BASE, cfg_scale=1.0),
 ]

@@ -46,11 +46,13 @@ ZOO = {
     "fmnist-var-dd": ("var", "distilled", "DD1 one/two-step student of fmnist-var"),
     "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),
     "fmnist-llamagen-cca": ("llamagen", "target", "CCA fine-tune of fmnist-llamagen, sampled guidance-free"),
+    "fmnist-var-cca": ("var", "target", "CCA fine-tune of fmnist-var, sampled guidance-free"),
 }
 # Which tokenizer decodes each generator's output.
 TOKENIZER = {"fmnist-llamagen": "fmnist-llamagen-vq", "fmnist-llamagen-draft": "fmnist-llamagen-vq",
              "fmnist-llamagen-cca": "fmnist-llamagen-vq",
-             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae"}
+             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae",
+             "fmnist-var-cca": "fmnist-var-vqvae"}
 
 
 def _cnn(cfg: dict) -> nn.Module:
