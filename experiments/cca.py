@@ -37,7 +37,8 @@ from accel.zoo.sample import ZooSampler, class_grid_labels
 # family -> (baseline entry, base model, --quick entries, full entries)
 GROUPS = {
     "llamagen": ("llamagen-ar", BASE, ("llamagen-cca", "llamagen-nocfg"),
-                 ("llamagen-cca", "llamagen-nocfg", "llamagen-cfg1.5", "llamagen-cfg3.0", "sd-cca-draft")),
+                 ("llamagen-cca", "llamagen-nocfg", "llamagen-cfg1.5", "llamagen-cfg3.0", "sd-cca-draft",
+                  "lantern-cca-draft")),
     "var": ("var-default", VAR_BASE, ("var-cca", "var-nocfg"), ("var-cca", "var-nocfg")),
 }
 
