@@ -114,11 +114,13 @@ def sweep(base: str, cfg_scales: list[float], run_dirs: list[str], zoo_models: l
     return rows
 
 
+@torch.no_grad()
 def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
     """Where a generate call's time goes, for the base with CFG at its card scale (2B rows) and guidance-free
     (B rows), per family: ``tokens`` (the AR/next-scale loop) and ``decode`` (tokens -> images, shared by both);
     for LlamaGen also ``sample`` (probabilities + draw on (B, V) logits, 64 times, what the loop does besides
-    the forwards; CFG adds one combine). Medians of ``repeats`` interleaved calls, warm-up excluded ->
+    the forwards; CFG adds one combine) and ``forward_step_s`` (one decode-step forward at B and at 2B rows:
+    the batch scaling of the network itself). Medians of ``repeats`` interleaved calls, warm-up excluded ->
     cost_split.jsonl. The speed-up a halved batch can give is (tokens_cfg + decode) / (tokens_free + decode)."""
     def clock(fn):
         t = time.perf_counter()
@@ -154,6 +156,19 @@ def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
                    "sample_s": float(torch.tensor(samp[k]).median()) if samp[k] else None,
                    "cfg_scale": gens[k].sampling.cfg_scale, "threads": torch.get_num_threads()}
             rows.append(row)
+        if family == "llamagen":  # one decode-step forward (token 32 of 64) at B rows and at 2B rows
+            net = gens["free"].model
+            step = {}
+            for r in range(repeats + 1):
+                for R in (batch, 2 * batch):
+                    cache = net.new_cache(R, 72)
+                    x = torch.zeros(R, 1, dtype=torch.long)
+                    net(None, torch.zeros(R, dtype=torch.long), input_pos=torch.arange(1), cache=cache, kv_len=1)
+                    t = clock(lambda: [net(x, input_pos=torch.tensor([32]), cache=cache, kv_len=33) for _ in range(8)])
+                    if r:
+                        step.setdefault(R, []).append(t / 8)
+            for k, R in (("free", batch), ("cfg", 2 * batch)):
+                next(r for r in rows[-2:] if r["guidance"] == k)["forward_step_s"] = float(torch.tensor(step[R]).median())
         c, f = med["cfg"], med["free"]
         rows[-1]["speedup_total"] = (c["tokens"] + c["decode"]) / (f["tokens"] + f["decode"])
         rows[-1]["speedup_tokens"] = c["tokens"] / f["tokens"]

@@ -49,3 +49,19 @@ def test_plot_is_written_from_the_jsonl(cca_script, tmp_path):
     out = cca_script.plot_tradeoff(jsonl, tmp_path / "tradeoff.png", n_images=500)
     assert out.is_file() and out.stat().st_size > 1000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_llamagen_cca_train_subset_encodes_the_first_images_and_their_flips(tmp_path):
+    import torch
+
+    from accel import data
+    from accel.train.recipes.cca import LlamaGenCCARecipe
+    from accel.train.recipes.llamagen import encode_dataset, zoo_vq
+
+    torch.set_num_threads(1)
+    codes, labels = LlamaGenCCARecipe(train_subset=6).train_data(tmp_path, "cpu")
+    x, y = (t[:6] for t in data.load_arrays("train"))
+    assert codes.shape == (12, 64) and torch.equal(labels, torch.cat([y, y]))
+    assert torch.equal(codes[:6], encode_dataset(zoo_vq(), x)) and torch.equal(codes[6:], encode_dataset(zoo_vq(), x.flip(-1)))
+    again = LlamaGenCCARecipe(train_subset=6).train_data(tmp_path, "cpu")  # from the run folder's cache
+    assert (tmp_path / "codes-subset6.pt").is_file() and torch.equal(again[0], codes)

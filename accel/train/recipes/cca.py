@@ -28,8 +28,9 @@ from torch import nn
 
 from accel.align.cca import cca_loss, contrastive_conditions, llamagen_sequence_logp, reward_stats, token_logp
 from accel.train.recipe import Recipe
-from accel import zoo
-from accel.train.recipes.llamagen import _codes, _val_codes
+from accel import data, zoo
+from accel.checkpoint import atomic_save
+from accel.train.recipes.llamagen import _codes, _val_codes, encode_dataset, zoo_vq
 from accel.train.recipes.var import VARRecipe
 from accel.zoo.cards import generator_quality
 from accel.zoo.store import save_zoo_file, zoo_file
@@ -129,6 +130,9 @@ class LlamaGenCCARecipe(CCARecipe):
     name: str = "fmnist-llamagen-cca"
     kind: str = "llamagen-gpt"
     base: str = "fmnist-llamagen"
+    # > 0: train on the first ``train_subset`` train images and their flips only (encoded on the fly, cached in
+    # the run folder), for short sweep runs that would otherwise wait on encoding the whole split
+    train_subset: int = 0
 
     @staticmethod
     def _config_of(net) -> dict:
@@ -138,7 +142,18 @@ class LlamaGenCCARecipe(CCARecipe):
         return net.config.null_class
 
     def train_data(self, run_dir: Path, device):
-        return _codes(run_dir, "train")  # (N, 64) codes, (N,) labels: the zoo target's own training data
+        """(N, 64) codes and (N,) labels: the zoo target's own training data (train split and its flips)."""
+        if self.train_subset <= 0:
+            return _codes(run_dir, "train")
+        cache = Path(run_dir) / f"codes-subset{self.train_subset}.pt"
+        if cache.is_file():
+            d = torch.load(cache, weights_only=True)
+            return d["codes"], d["labels"]
+        x, y = (t[:self.train_subset] for t in data.load_arrays("train"))
+        vq = zoo_vq()
+        out = {"codes": torch.cat([encode_dataset(vq, x), encode_dataset(vq, x.flip(-1))]), "labels": torch.cat([y, y])}
+        atomic_save(out, cache)
+        return out["codes"], out["labels"]
 
     def seq_logp(self, net, batch, cond):
         return llamagen_sequence_logp(net, batch[0], cond)
