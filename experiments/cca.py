@@ -1,15 +1,18 @@
-"""CCA (arXiv 2410.09347): guidance-free LlamaGen after Condition Contrastive Alignment vs the base with CFG.
+"""CCA (arXiv 2410.09347): guidance-free LlamaGen and VAR after Condition Contrastive Alignment vs the base with CFG.
 
-    python experiments/cca.py --quick       # < 10 minutes on 2 CPU cores
-    python experiments/cca.py               # N = 1000, the base's CFG-scale sweep and CCA + speculative decoding
-    python experiments/cca.py --score-runs runs/cca-l50 runs/cca-b0.05-l100 --n-images 200   # sweep runs
+    python experiments/cca.py --quick       # < 10 minutes on 2 CPU cores (253 s measured under shared load)
+    python experiments/cca.py               # N = 1000, plus the base's CFG scales 1.5/3.0 and CCA + SD / LANTERN
+    python experiments/cca.py --cfg-scales 1,1.5,2,3 --score-zoo fmnist-llamagen-cca --score-runs runs/cca-sweep-l1 \
+        --n-images 500                      # trade-off sweep points -> sweep.jsonl, tradeoff.png
+    python experiments/cca.py --cost-split --batch-sizes 64   # where a generate call's time goes -> cost_split.jsonl
 
-Rows (all timed interleaved with ``llamagen-ar``, the base at its card's CFG scale 2.0, in one run; batch 1
-latency and batch 64 throughput; FID[fmnist-cnn] with bootstrap intervals at fixed N, same seeds and
-balanced classes for every method): ``llamagen-cca`` (the CCA fine-tune, guidance-free), ``llamagen-nocfg``
-(the base, guidance-free: same cost, shows what the alignment buys), and without ``--quick`` the base at CFG
-scales 1.5 and 3.0 and ``sd-cca-draft`` (exact speculative decoding of the CCA target). Writes
-``cca.jsonl``, ``summary.md`` and ``tradeoff.png`` (FID vs class consistency: the CFG sweep beside CCA).
+Rows, per family, all timed interleaved with the family's baseline (``llamagen-ar``: CFG 2.0; ``var-default``: VAR
+cfg 1.5; a doubled batch at every step) in one run; batch 1 latency and batch 64 throughput; FID[fmnist-cnn]
+with bootstrap intervals at fixed N, same seeds and balanced classes for every method: ``llamagen-cca`` /
+``var-cca`` (the CCA fine-tunes, guidance-free), ``llamagen-nocfg`` / ``var-nocfg`` (the bases guidance-free:
+same cost, shows what the alignment buys), and without ``--quick`` the LlamaGen base at CFG 1.5 and 3.0,
+``sd-cca-draft`` and ``lantern-cca-draft`` (exact / LANTERN speculative decoding of the CCA target with the
+guidance-free zoo draft). Writes ``cca.jsonl``, ``summary.md`` and the speed/quality plots.
 """
 import argparse
 import json
