@@ -1,79 +1,183 @@
-"""CCA (arXiv 2410.09347): guidance-free LlamaGen after Condition Contrastive Alignment vs the base with CFG.
+"""CCA (arXiv 2410.09347): guidance-free LlamaGen and VAR after Condition Contrastive Alignment vs the base with CFG.
 
-    python experiments/cca.py --quick       # < 10 minutes on 2 CPU cores
-    python experiments/cca.py               # N = 1000, the base's CFG-scale sweep and CCA + speculative decoding
-    python experiments/cca.py --score-runs runs/cca-l50 runs/cca-b0.05-l100 --n-images 200   # sweep runs
+    python experiments/cca.py --quick       # < 10 minutes on 2 CPU cores (253 s measured under shared load)
+    python experiments/cca.py               # N = 1000, plus the base's CFG scales 1.5/3.0 and CCA + SD / LANTERN
+    python experiments/cca.py --cfg-scales 1,1.5,2,3 --score-zoo fmnist-llamagen-cca --score-runs runs/cca-sweep-l1 \
+        --n-images 500                      # trade-off sweep points -> sweep.jsonl, tradeoff.png
+    python experiments/cca.py --cost-split --batch-sizes 64   # where a generate call's time goes -> cost_split.jsonl
 
-Rows (all timed interleaved with ``llamagen-ar``, the base at its card's CFG scale 2.0, in one run; batch 1
-latency and batch 64 throughput; FID[fmnist-cnn] with bootstrap intervals at fixed N, same seeds and
-balanced classes for every method): ``llamagen-cca`` (the CCA fine-tune, guidance-free), ``llamagen-nocfg``
-(the base, guidance-free: same cost, shows what the alignment buys), and without ``--quick`` the base at CFG
-scales 1.5 and 3.0 and ``sd-cca-draft`` (exact speculative decoding of the CCA target). Writes
-``cca.jsonl``, ``summary.md`` and ``tradeoff.png`` (FID vs class consistency: the CFG sweep beside CCA).
+Rows, per family, all timed interleaved with the family's baseline (``llamagen-ar``: CFG 2.0; ``var-default``: VAR
+cfg 1.5; a doubled batch at every step) in one run; batch 1 latency and batch 64 throughput; FID[fmnist-cnn]
+with bootstrap intervals at fixed N, same seeds and balanced classes for every method: ``llamagen-cca`` /
+``var-cca`` (the CCA fine-tunes, guidance-free), ``llamagen-nocfg`` / ``var-nocfg`` (the bases guidance-free:
+same cost, shows what the alignment buys), and without ``--quick`` the LlamaGen base at CFG 1.5 and 3.0,
+``sd-cca-draft`` and ``lantern-cca-draft`` (exact / LANTERN speculative decoding of the CCA target with the
+guidance-free zoo draft). Writes ``cca.jsonl``, ``summary.md`` and the speed/quality plots.
 """
 import argparse
+import json
+import time
 from pathlib import Path
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from accel import zoo
 from accel.harness.plots import plot_all
+from accel.harness.quality import evaluate
+from accel.harness.registry import BuildContext
 from accel.harness.results import append_rows, current_command, read_rows
-from accel.harness.runner import RunConfig, run_group
+from accel.harness.runner import RunConfig, new_run_id, run_group
 from accel.harness.summary import summary_markdown
 from accel.presets import registry
-from accel.presets.cca import BASE
-from accel.presets.zoo_models import load_reference
+from accel.presets.cca import BASE, VAR_BASE
+from accel.presets.zoo_models import generator, load_reference
+from accel.sampling import cfg_combine, logits_to_probs, sample_from
+from accel.zoo.cards import feature_reference
+from accel.zoo.sample import ZooSampler, class_grid_labels
 
-QUICK = ("llamagen-cca", "llamagen-nocfg")
-FULL = QUICK + ("llamagen-cfg1.5", "llamagen-cfg3.0", "sd-cca-draft")
+# family -> (baseline entry, base model, --quick entries, full entries)
+GROUPS = {
+    "llamagen": ("llamagen-ar", BASE, ("llamagen-cca", "llamagen-nocfg"),
+                 ("llamagen-cca", "llamagen-nocfg", "llamagen-cfg1.5", "llamagen-cfg3.0", "sd-cca-draft",
+                  "lantern-cca-draft")),
+    "var": ("var-default", VAR_BASE, ("var-cca", "var-nocfg"), ("var-cca", "var-nocfg")),
+}
 
 
-def plot_tradeoff(jsonl: Path, out: Path) -> Path:
-    """FID vs class consistency of the latest run's rows (one point per method, from the JSONL only)."""
-    rows = read_rows(jsonl)
-    run = rows[-1]["run_id"]
-    pts = {r["method"]: r for r in rows if r.get("run_id") == run and r.get("fid") is not None}
-    fig = Figure(figsize=(5, 4))
+def tradeoff_series(rows: list[dict], n_images: int | None = None) -> tuple[list[dict], list[dict]]:
+    """The two sides of the trade-off figure from sweep.jsonl rows at one sample count (default: the last row's):
+    the base's CFG sweep (rows with ``kind`` "cfg", by scale; the latest row per scale) and the CCA fine-tunes
+    sampled guidance-free (``kind`` "cca", or older rows that carry ``lam``; the latest row per run)."""
+    n = n_images if n_images is not None else rows[-1]["n_images"]
+    cfg, cca = {}, {}
+    for r in rows:
+        if r.get("n_images") != n or r.get("fid") is None:
+            continue
+        if r.get("kind", "cca" if "lam" in r else "cfg") == "cfg":
+            cfg[float(r["cfg_scale"])] = r
+        else:
+            cca[r.get("run", r.get("model"))] = r
+    return [cfg[k] for k in sorted(cfg)], list(cca.values())
+
+
+def plot_tradeoff(jsonl: Path, out: Path, n_images: int | None = None) -> Path:
+    """FID vs class consistency (the paper's Fig. 4 trade-off): the base's CFG-scale sweep as a line, each CCA
+    fine-tune (beta, lambda) guidance-free as a star; from sweep.jsonl only, one sample count."""
+    cfg, cca = tradeoff_series(read_rows(jsonl), n_images)
+    fig = Figure(figsize=(5.5, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, r in pts.items():
-        s = (r.get("params") or {}).get("cfg_scale", 2.0)
-        is_cca = "cca" in name
-        ax.scatter(r["class_acc"], r["fid"], marker="*" if is_cca else "o", s=120 if is_cca else 40,
-                   color="C3" if is_cca else "C0")
-        ax.annotate(f"{name} (cfg {s})", (r["class_acc"], r["fid"]), fontsize=7)
+    if cfg:
+        ax.plot([r["class_acc"] for r in cfg], [r["fid"] for r in cfg], "o-", color="C0", label="base, CFG sweep")
+        for r in cfg:
+            ax.annotate(f"s={r['cfg_scale']:g}", (r["class_acc"], r["fid"]), fontsize=7)
+    for i, r in enumerate(cca):
+        ax.scatter(r["class_acc"], r["fid"], marker="*", s=120, color="C3", label="CCA, guidance-free" if i == 0 else None)
+        ax.annotate(f"λ={r['lam']:g}, β={r['beta']:g}" + (f" ({r['step']} st)" if r.get("step") else ""),
+                    (r["class_acc"], r["fid"]), fontsize=7)
+    n = (cfg or cca)[0]["n_images"] if (cfg or cca) else n_images
     ax.set_xlabel("class consistency (fmnist-cnn accuracy)")
-    ax.set_ylabel("FID[fmnist-cnn]")
-    ax.set_title("CCA guidance-free vs the base's CFG sweep")
+    ax.set_ylabel(f"FID[fmnist-cnn, N={n}]")
+    ax.set_title("CCA (lambda sweep) vs the base's CFG-scale sweep")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     return out
 
 
-def score_runs(run_dirs: list[str], n_images: int, out: Path) -> list[dict]:
-    """Guidance-free quality of ``accel train fmnist-llamagen-cca`` run folders (e.g. other beta/lambda, made with
-    ``--set lam=...``), N balanced over classes, seed 0: the CCA side of the trade-off sweep -> sweep.jsonl."""
-    import json
-
-    from accel.harness.quality import evaluate
-    from accel.zoo.cards import feature_reference
-    from accel.zoo.sample import ZooSampler, class_grid_labels
-
-    ref, labels, rows = feature_reference(), class_grid_labels(n_images // 10), []
+def sweep(base: str, cfg_scales: list[float], run_dirs: list[str], zoo_models: list[str], n_images: int,
+          out: Path) -> list[dict]:
+    """Quality points of the trade-off figure, all at N balanced over classes and seed 0 (same labels and seed for
+    every point): the base LlamaGen at each CFG scale, CCA run folders (``accel train fmnist-llamagen-cca
+    --set lam=...``) and zoo CCA models sampled guidance-free -> rows appended to sweep.jsonl."""
+    free = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    points = [({"kind": "cfg", "model": base, "cfg_scale": s}, lambda s=s: ZooSampler(base, cfg_scale=s))
+              for s in cfg_scales]
     for d in run_dirs:
-        state = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=False)
-        s = ZooSampler(d, tokenizer="fmnist-llamagen-vq", cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
-        g = torch.Generator().manual_seed(0)
-        feats, logits = zip(*(ref.extract(s(c, generator=g)) for c in labels.split(100)))
-        q = evaluate(torch.cat(feats), torch.cat(logits), labels, ref, seed=0, n_boot=50)
-        rows.append({"run": str(d), "step": state["step"], "beta": state["recipe"]["beta"],
-                     "lam": state["recipe"]["lam"], "cfg_scale": 1.0, "n_images": len(labels),
-                     **{k: q[k] for k in ("fid", "fid_ci", "class_acc", "precision", "recall")}})
+        r = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=False)
+        meta = {"kind": "cca", "run": str(d), "step": r["step"], "beta": r["recipe"]["beta"], "lam": r["recipe"]["lam"]}
+        points.append(({**meta, "cfg_scale": 1.0}, lambda d=d: ZooSampler(d, tokenizer=zoo.TOKENIZER[base], **free)))
+    for m in zoo_models:
+        info = zoo.load_with_info(m)[1]
+        meta = {"kind": "cca", "model": m, "beta": info["recipe"]["beta"], "lam": info["recipe"]["lam"],
+                "step": info["step"]}
+        points.append(({**meta, "cfg_scale": 1.0}, lambda m=m: ZooSampler(m, **free)))
+    ref, labels, rows = feature_reference(), class_grid_labels(n_images // 10), []
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "sweep.jsonl", "a") as f:
-        f.writelines(json.dumps({**r, "command": current_command()}) + "\n" for r in rows)
+    for meta, make in points:
+        sampler, g = make(), torch.Generator().manual_seed(0)
+        feats, logits = zip(*(ref.extract(sampler(c, generator=g)) for c in labels.split(100)))
+        q = evaluate(torch.cat(feats), torch.cat(logits), labels, ref, seed=0, n_boot=50)
+        row = {**meta, "n_images": len(labels), **{k: q[k] for k in ("fid", "fid_ci", "class_acc", "precision", "recall")}}
+        with open(out / "sweep.jsonl", "a") as f:  # one line per point: a long sweep keeps what it finished
+            f.write(json.dumps({**row, "command": current_command()}) + "\n")
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
+    """Where a generate call's time goes, for the base with CFG at its card scale (2B rows) and guidance-free
+    (B rows), per family: ``tokens`` (the AR/next-scale loop) and ``decode`` (tokens -> images, shared by both);
+    for LlamaGen also ``sample`` (probabilities + draw on (B, V) logits, 64 times, what the loop does besides
+    the forwards; CFG adds one combine) and ``forward_step_s`` (one decode-step forward at B and at 2B rows:
+    the batch scaling of the network itself). Medians of ``repeats`` interleaved calls, warm-up excluded ->
+    cost_split.jsonl. The speed-up a halved batch can give is (tokens_cfg + decode) / (tokens_free + decode)."""
+    def clock(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    rows = []
+    for family, base in (("llamagen", BASE), ("var", "fmnist-var")):
+        ctx = BuildContext(model=base, device=torch.device("cpu"), dtype=torch.float32)
+        gens = {"cfg": generator(ctx, cast=family == "llamagen"),
+                "free": generator(ctx, cast=family == "llamagen", cfg_scale=1.0)}
+        cond = torch.arange(batch) % 10
+        toks = gens["cfg"].tokens(cond, generator=torch.Generator().manual_seed(0))
+        times = {k: {"tokens": [], "decode": []} for k in gens}
+        logits, g = torch.randn(batch, 512), torch.Generator().manual_seed(0)
+        samp = {"free": [], "cfg": []}
+        for r in range(repeats + 1):  # the first round is warm-up
+            for k, gen in gens.items():
+                t_tok = clock(lambda: gen.tokens(cond, generator=torch.Generator().manual_seed(r)))
+                t_dec = clock(lambda: gen.decode(toks))
+                if family == "llamagen":
+                    t_s = clock(lambda: [sample_from(logits_to_probs(cfg_combine(logits, logits, 2.0) if k == "cfg"
+                                                                     else logits), g) for _ in range(toks.size(1))])
+                    if r:
+                        samp[k].append(t_s)
+                if r:
+                    times[k]["tokens"].append(t_tok)
+                    times[k]["decode"].append(t_dec)
+        med = {k: {c: float(torch.tensor(v).median()) for c, v in d.items()} for k, d in times.items()}
+        for k in gens:
+            row = {"family": family, "model": base, "guidance": k, "batch_size": batch, "repeats": repeats,
+                   "tokens_s": med[k]["tokens"], "decode_s": med[k]["decode"],
+                   "sample_s": float(torch.tensor(samp[k]).median()) if samp[k] else None,
+                   "cfg_scale": gens[k].sampling.cfg_scale, "threads": torch.get_num_threads()}
+            rows.append(row)
+        if family == "llamagen":  # one decode-step forward (token 32 of 64) at B rows and at 2B rows
+            net = gens["free"].model
+            step = {}
+            for r in range(repeats + 1):
+                for R in (batch, 2 * batch):
+                    cache = net.new_cache(R, 72)
+                    x = torch.zeros(R, 1, dtype=torch.long)
+                    net(None, torch.zeros(R, dtype=torch.long), input_pos=torch.arange(1), cache=cache, kv_len=1)
+                    t = clock(lambda: [net(x, input_pos=torch.tensor([32]), cache=cache, kv_len=33) for _ in range(8)])
+                    if r:
+                        step.setdefault(R, []).append(t / 8)
+            for k, R in (("free", batch), ("cfg", 2 * batch)):
+                next(r for r in rows[-2:] if r["guidance"] == k)["forward_step_s"] = float(torch.tensor(step[R]).median())
+        c, f = med["cfg"], med["free"]
+        rows[-1]["speedup_total"] = (c["tokens"] + c["decode"]) / (f["tokens"] + f["decode"])
+        rows[-1]["speedup_tokens"] = c["tokens"] / f["tokens"]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "cost_split.jsonl", "a") as fh:
+        fh.writelines(json.dumps({**r, "command": current_command()}) + "\n" for r in rows)
     return rows
 
 
@@ -83,29 +187,45 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("results/cca"))
     ap.add_argument("--batch-sizes", default="1,64")
     ap.add_argument("--n-images", type=int, default=None)
+    ap.add_argument("--family", choices=("all", *GROUPS), default="all")
     ap.add_argument("--methods", default="", help="comma-separated subset (the baseline always runs)")
     ap.add_argument("--threads", type=int, default=1)  # the shared 2-core box is oversubscribed
-    ap.add_argument("--score-runs", nargs="+", default=None, help="only score these CCA run folders guidance-free")
+    ap.add_argument("--score-runs", nargs="+", default=[], help="sweep: CCA run folders, scored guidance-free")
+    ap.add_argument("--score-zoo", nargs="+", default=[], help="sweep: zoo CCA models, scored guidance-free")
+    ap.add_argument("--cfg-scales", default="", help="sweep: the base's CFG scales, e.g. 1,1.5,2,3")
+    ap.add_argument("--cost-split", action="store_true", help="only split a generate call's time (batch: the largest)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.score_runs:
-        for r in score_runs(args.score_runs, args.n_images or 200, args.out):
+    if args.cost_split:
+        for r in cost_split(max(int(b) for b in args.batch_sizes.split(",")), 3 if args.quick else 5, args.out):
             print(r)
         return
+    if args.score_runs or args.score_zoo or args.cfg_scales:
+        scales = [float(x) for x in args.cfg_scales.split(",")] if args.cfg_scales else []
+        for r in sweep(BASE, scales, args.score_runs, args.score_zoo, args.n_images or 200, args.out):
+            print(r, flush=True)
+        print(plot_tradeoff(args.out / "sweep.jsonl", args.out / "tradeoff.png", args.n_images or 200))
+        return
     reg = registry()
-    names = args.methods.split(",") if args.methods else (QUICK if args.quick else FULL)
-    entries = [reg.get(n) for n in names]
-    skipped = [f"{e.name}: {w}" for e in entries if (w := e.why_unavailable(BASE))]
-    entries = [e for e in entries if not e.why_unavailable(BASE)]
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3 if args.quick else 5,
                     warmup=1, n_images=args.n_images if args.n_images is not None else (300 if args.quick else 1000),
                     quality_batch=100, memory=False)
-    command = current_command()
-    rows = run_group(reg, reg.get("llamagen-ar"), entries, BASE, cfg, reference=load_reference(), command=command,
-                     progress=lambda m: print(m, flush=True))
+    command, run_id, ref = current_command(), new_run_id(), load_reference()
+    rows, skipped = [], []
+    for family in (GROUPS if args.family == "all" else [args.family]):
+        baseline, base, quick, full = GROUPS[family]
+        names = [n for n in args.methods.split(",") if reg.get(n).family == family] if args.methods else \
+            (quick if args.quick else full)
+        if not names:
+            continue
+        entries = [reg.get(n) for n in names]
+        skipped += [f"{e.name}: {w}" for e in entries if (w := e.why_unavailable(base))]
+        entries = [e for e in entries if not e.why_unavailable(base)]
+        rows += run_group(reg, reg.get(baseline), entries, base, cfg, reference=ref, command=command, run_id=run_id,
+                          progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
-    jsonl = append_rows(args.out / "cca.jsonl", rows)
-    plots = [str(p) for p in plot_all(rows, args.out)] + [str(plot_tradeoff(jsonl, args.out / "tradeoff.png"))]
+    append_rows(args.out / "cca.jsonl", rows)
+    plots = [str(p) for p in plot_all(rows, args.out)]
     text = summary_markdown(rows, command=command, plots=plots)
     if skipped:
         text += "\n## Not run\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"

@@ -48,11 +48,13 @@ ZOO = {
     "fmnist-llamagen-eagle-cfg": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen trained on its own "
                                   "CFG samples with a guided loss (accel/train/drafter_cfg.py)"),
     "fmnist-llamagen-cca": ("llamagen", "target", "CCA fine-tune of fmnist-llamagen, sampled guidance-free"),
+    "fmnist-var-cca": ("var", "target", "CCA fine-tune of fmnist-var, sampled guidance-free"),
 }
 # Which tokenizer decodes each generator's output.
 TOKENIZER = {"fmnist-llamagen": "fmnist-llamagen-vq", "fmnist-llamagen-draft": "fmnist-llamagen-vq",
              "fmnist-llamagen-cca": "fmnist-llamagen-vq",
-             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae"}
+             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae",
+             "fmnist-var-cca": "fmnist-var-vqvae"}
 
 
 def _cnn(cfg: dict) -> nn.Module:

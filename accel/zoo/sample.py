@@ -24,6 +24,7 @@ DEFAULTS: dict[str, dict] = {
     "fmnist-mar-draft": dict(num_iter=16, cfg=5.0, cfg_schedule="constant", temperature=1.0, head_steps=50),
     "fmnist-llamagen-cca": dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0),  # CCA: guidance-free
     "fmnist-var": dict(cfg=1.5, top_k=0, top_p=0.0, more_smooth=False),
+    "fmnist-var-cca": dict(cfg=0.0, top_k=0, top_p=0.0, more_smooth=False),  # CCA: guidance-free
 }
 
 

@@ -1,0 +1,67 @@
+"""experiments/cca.py's trade-off figure from sweep.jsonl: which rows make each side (one sample count, the CFG
+sweep by scale, CCA runs by run, older rows without ``kind``), and a figure written from the JSONL only."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cca_script():
+    spec = importlib.util.spec_from_file_location("cca_experiment", ROOT / "experiments" / "cca.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ROWS = [
+    # an older row (no kind, N=200): CCA by its lam field
+    {"run": "runs/cca-l50", "step": 52, "beta": 0.1, "lam": 50, "cfg_scale": 1.0, "n_images": 200, "fid": 8.6,
+     "class_acc": 0.69},
+    {"kind": "cfg", "model": "fmnist-llamagen", "cfg_scale": 3.0, "n_images": 500, "fid": 6.0, "class_acc": 0.95},
+    {"kind": "cfg", "model": "fmnist-llamagen", "cfg_scale": 1.0, "n_images": 500, "fid": 5.5, "class_acc": 0.70},
+    {"kind": "cfg", "model": "fmnist-llamagen", "cfg_scale": 2.0, "n_images": 500, "fid": 4.7, "class_acc": 0.85},
+    {"kind": "cca", "run": "runs/l3", "step": 30, "beta": 0.1, "lam": 3.0, "cfg_scale": 1.0, "n_images": 500,
+     "fid": 5.0, "class_acc": 0.78},
+    {"kind": "cca", "run": "runs/l3", "step": 40, "beta": 0.1, "lam": 3.0, "cfg_scale": 1.0, "n_images": 500,
+     "fid": 4.9, "class_acc": 0.80},  # the same run scored again later: the latest row wins
+    {"kind": "cca", "model": "fmnist-llamagen-cca", "step": 136, "beta": 0.1, "lam": 10.0, "cfg_scale": 1.0,
+     "n_images": 500, "fid": None, "class_acc": 0.86},  # no FID: left out
+]
+
+
+def test_series_take_one_sample_count_sorted_cfg_and_latest_cca(cca_script):
+    cfg, cca = cca_script.tradeoff_series(ROWS)  # default N: the last row's (500)
+    assert [r["cfg_scale"] for r in cfg] == [1.0, 2.0, 3.0]
+    assert [(r["run"], r["step"]) for r in cca] == [("runs/l3", 40)]
+    cfg200, cca200 = cca_script.tradeoff_series(ROWS, n_images=200)
+    assert cfg200 == [] and [r["lam"] for r in cca200] == [50]
+
+
+def test_plot_is_written_from_the_jsonl(cca_script, tmp_path):
+    jsonl = tmp_path / "sweep.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = cca_script.plot_tradeoff(jsonl, tmp_path / "tradeoff.png", n_images=500)
+    assert out.is_file() and out.stat().st_size > 1000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_llamagen_cca_train_subset_encodes_the_first_images_and_their_flips(tmp_path):
+    import torch
+
+    from accel import data
+    from accel.train.recipes.cca import LlamaGenCCARecipe
+    from accel.train.recipes.llamagen import encode_dataset, zoo_vq
+
+    torch.set_num_threads(1)
+    codes, labels = LlamaGenCCARecipe(train_subset=6).train_data(tmp_path, "cpu")
+    x, y = (t[:6] for t in data.load_arrays("train"))
+    assert codes.shape == (12, 64) and torch.equal(labels, torch.cat([y, y]))
+    assert torch.equal(codes[:6], encode_dataset(zoo_vq(), x)) and torch.equal(codes[6:], encode_dataset(zoo_vq(), x.flip(-1)))
+    again = LlamaGenCCARecipe(train_subset=6).train_data(tmp_path, "cpu")  # from the run folder's cache
+    assert (tmp_path / "codes-subset6.pt").is_file() and torch.equal(again[0], codes)
