@@ -16,7 +16,7 @@ Every MAR sampler in accel is this loop (``accel.models.mar`` re-exports it):
 
 Positions are a bool (B, L) mask (head rows in (sample, position) order, MAR's own) or indices (B, n)
 (rows in (sample, index) order, e.g. a window of the generation order); every row predicts the same
-number of positions per iteration (MAR's encoder needs equal known counts per row).
+number of positions per iteration (rows may know different numbers of tokens: MAR's encoder pads them).
 """
 from __future__ import annotations
 
