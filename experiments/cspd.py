@@ -95,7 +95,8 @@ def registry(args) -> Registry:
     if not args.random:
         hs = {"head_steps": args.head_steps} if args.head_steps else {}
         reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.build_target_only(ctx, **hs),
-                            models=(CM.TARGET,), experiment="cspd", params=hs, unavailable=CM.missing_with(CM.DRAFT)))
+                            models=(CM.TARGET,), experiment="cspd", params={"law": "one-token", **hs},
+                            unavailable=CM.missing_with()))
         for name, kw in grid(args.quick, args.head_steps, args.disa, tuple(args.drafts)):
             if kw.get("draft") == "target-only":
                 reg.add(CM.target_only_entry(name, **{k: v for k, v in kw.items() if k != "draft"}))
@@ -216,12 +217,11 @@ def zoo_acceptance(args) -> list[dict]:
     p = zoo.load(CM.TARGET, device=args.device)
     settings = CM.zoo_settings(CM.TARGET)
     n, gamma, rows = args.n_images or 32, args.gamma, []
-    for d in args.drafts:
-        if not zoo.is_available(DRAFTS[d]):
-            print(f"{DRAFTS[d]} not in this copy of the zoo: skipped")
-            continue
-        q = zoo.load(DRAFTS[d], device=args.device)
-        for loop, kw in (("released", dict(verify="independent")), ("textbook", dict(conditioning="textbook"))):
+    drafts = {d: zoo.load(DRAFTS[d], device=args.device) for d in args.drafts if zoo.is_available(DRAFTS[d])}
+    for d in set(args.drafts) - set(drafts):
+        print(f"{DRAFTS[d]} not in this copy of the zoo: skipped")
+    for loop, kw in (("released", dict(verify="independent")), ("textbook", dict(conditioning="textbook"))):
+        for d, q in drafts.items():  # the cheap released rows of every draft first
             for rule, rk in RULES.items():
                 c = CM.config(**{**settings, "gamma": gamma, **kw, **rk})
                 tot: dict = {}
@@ -239,6 +239,7 @@ def zoo_acceptance(args) -> list[dict]:
                                      params={**CM.describe_config(c), "draft": DRAFTS[d], "law": CM.law(c, d)},
                                      batch_size=16, n_images=n, acceptance_rate=tot["accepted"] / tot["drafted"], seed=0,
                                      env=environment(args.device), command=current_command(), **by_position(tot)))
+                append_rows(args.out / "cspd_acceptance.jsonl", rows[-1:])  # row by row: a cut run keeps its rows
                 print(f"{name:<34} acceptance {tot['accepted'] / tot['drafted']:.3f} by position "
                       f"{rows[-1]['accept_by_pos']} given prefix {rows[-1]['accept_given_prefix_by_pos']} "
                       f"gap/sigma {rows[-1]['gap_sigma_by_pos']}", flush=True)
@@ -272,8 +273,11 @@ def main(argv=None) -> int:
         print(f"plot written to {plot(args.out)}")
         return 0
     if args.acceptance:
-        rows = acceptance_ablation(args) if args.random else zoo_acceptance(args)
-        print(f"rows appended to {append_rows(args.out / 'cspd_acceptance.jsonl', rows)}")
+        if args.random:
+            append_rows(args.out / "cspd_acceptance.jsonl", acceptance_ablation(args))
+        else:
+            zoo_acceptance(args)
+        print(f"rows appended to {args.out / 'cspd_acceptance.jsonl'}")
         return 0
     reg = registry(args)
     base = reg.get("cspd-target-only")
