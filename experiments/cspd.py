@@ -220,9 +220,12 @@ def zoo_acceptance(args) -> list[dict]:
     drafts = {d: zoo.load(DRAFTS[d], device=args.device) for d in args.drafts if zoo.is_available(DRAFTS[d])}
     for d in set(args.drafts) - set(drafts):
         print(f"{DRAFTS[d]} not in this copy of the zoo: skipped")
-    for loop, kw in (("released", dict(verify="independent")), ("textbook", dict(conditioning="textbook"))):
+    loops = {"released": dict(verify="independent"), "textbook": dict(conditioning="textbook")}
+    for loop in args.loops:
+        kw = loops[loop]
         for d, q in drafts.items():  # the cheap released rows of every draft first
-            for rule, rk in RULES.items():
+            for rule in args.rules:
+                rk = RULES[rule]
                 c = CM.config(**{**settings, "gamma": gamma, **kw, **rk})
                 tot: dict = {}
                 for i in range(0, n, 16):
@@ -260,6 +263,10 @@ def main(argv=None) -> int:
     ap.add_argument("--acceptance", action="store_true",
                     help="acceptance only: zoo drafts x loop x rule at --gamma (with --random: perturbed random drafts)")
     ap.add_argument("--gamma", type=int, default=8, help="gamma of --acceptance")
+    ap.add_argument("--loops", nargs="+", default=("released", "textbook"), choices=("released", "textbook"),
+                    help="loops of --acceptance, in this order")
+    ap.add_argument("--rules", nargs="+", default=tuple(RULES), choices=sorted(RULES),
+                    help="rules of --acceptance, in this order")
     ap.add_argument("--drafts", nargs="+", default=("zoo", "aligned"), choices=sorted(DRAFTS),
                     help="zoo drafts of the grid (--quick: the first only)")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
