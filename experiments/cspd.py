@@ -1,15 +1,18 @@
 """CSpD (arXiv 2411.11925) on the zoo MARs: target-only vs CSpD over gamma, alignment, pre-filling, verification.
 
-    python experiments/cspd.py --quick                 # a few minutes on 2 CPU cores
-    python experiments/cspd.py                          # the table in results/cspd/
+    python experiments/cspd.py --quick                 # < 10 minutes on 2 shared CPU cores (gamma 8, batch 1, N=16)
+    python experiments/cspd.py                          # the grid (gamma 4/8/16, batch 1 and 16, N=200)
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
-    python experiments/cspd.py --acceptance --quick     # acceptance vs alignment on perturbed-copy drafts
+    python experiments/cspd.py --acceptance             # acceptance per position / sigma-gap, zoo and aligned draft
+    python experiments/cspd.py --acceptance --random --quick   # acceptance vs alignment on perturbed-copy drafts
     python experiments/cspd.py --quick --disa linear:50:5   # + CSpD composed with a DiSA step schedule
 
 Baseline: the target MAR alone, one token per AR step (``cspd-target-only``), timed interleaved with every
-CSpD variant in the same run (accel.harness.runner). Control ``target-parallel-g*``: the target alone samples
-each gamma-window from one pass, the law that exact per-token CSpD samples (tests/test_cspd_mar.py). After timing, one extra profiled call per method and
-batch size gives the cost split (draft, verify MAR pass, verify head, residual) as ``cost_split_s``.
+CSpD variant in the same run (accel.harness.runner), at the zoo card's settings (cfg 5.0 constant, 50 head steps,
+950 clip). Every row names the law it samples (params["law"], ``accel.presets.cspd.law``) and the grid holds
+the draft-free control of each law (``grid``). After timing, one extra profiled call per method and batch size
+gives the cost split (draft, verify MAR pass, verify head, residual) and the acceptance / sigma-gap per window
+position (``cspd_cost_split.jsonl``).
 ``--disa SPEC`` (issue 9): per schedule, CSpD with both heads on the DiSA schedule (``cspd-disa-*``) and the
 target alone on it (``target-only-disa-*``, DiSA without CSpD), against the same constant-step baseline.
 """
@@ -28,29 +31,46 @@ from accel.presets import cspd as CM
 from accel.speculative.cspd import CSpDConfig
 from accel.speculative.cspd_method import CSpDMAR, TargetOnlyMAR
 
-GAMMAS = (4, 8, 16, 32)
+GAMMAS = (4, 8, 16)
+RULES = {"exact": {}, "T42": dict(std_product="official", inner_temperature=42.0)}  # T42: the released code's rule
+DRAFTS = {"zoo": CM.DRAFT, "aligned": CM.ALIGNED}
 
 
-def grid(quick: bool, head_steps=None, disa=()) -> list[tuple[str, dict]]:
-    """Per-token verification (the official code's loop, speed independent of acceptance) over gamma and the
-    ablations; the paper's left-to-right verification at small gamma (its cost grows as gamma / accepted);
-    per DiSA schedule spec the composition (``draft="target-only"``: the target alone on the schedule)."""
-    ind = dict(verify="independent")
-    pts = [(f"cspd-ind-g{k}", dict(gamma=k, **ind)) for k in ((4, 32) if quick else GAMMAS)]
-    pts += [("cspd-ind-g32-noalign", dict(gamma=32, align=False, **ind)),
-            ("cspd-ind-g32-noprefill", dict(gamma=32, prefill=0.0, **ind))]
-    pts += [(f"target-parallel-g{k}", dict(gamma=k, draft=None)) for k in ((32,) if quick else GAMMAS)]
-    pts += [(f"cspd-ltr-g{k}", dict(gamma=k)) for k in ((4,) if quick else (4, 8))]
-    pts += [("cspd-ltr-g4-noalign", dict(gamma=4, align=False))]
+def grid(quick: bool, head_steps=None, disa=(), drafts=("zoo", "aligned")) -> list[tuple[str, dict]]:
+    """Every CSpD row names its loop, rule, draft and gamma, and (params["law"], ``presets.cspd.law``) the law it
+    samples; the draft-free control of each law is in the grid: ``target-parallel-g<k>`` (the parallel law) and
+    the baseline ``cspd-target-only`` (one token per AR step; ``target-parallel-g1`` is the same law with the
+    last Gaussian step's noise, the textbook rows' exact law).
+
+    - ``released``: the released code's per-window loop (one target pass on the window-start context, every
+      draft accepted or resampled on its own); ``ltr``: the same conditioning, left-to-right (paper's algorithm);
+      ``textbook``: draft j judged given drafts 1..j-1 (left-to-right);
+    - rules: ``exact`` (min(1, p/q) on the last-step Gaussians) and ``T42`` (released inner temperature 42 and
+      std-product term: not distribution-preserving);
+    - drafts: the zoo draft and the aligned draft (``fmnist-mar-draft-aligned``).
+    ``quick``: gamma 8 (textbook: 4), one draft (the first of ``drafts``), no T42 textbook / ltr rows, no one-token
+    control."""
+    gammas = (8,) if quick else GAMMAS
+    drafts = drafts[:1] if quick else drafts
+    pts = [(f"target-parallel-g{k}", dict(gamma=k, draft=None)) for k in gammas]
     if not quick:
-        t42 = dict(gamma=32, verify="independent", std_product="official", inner_temperature=42.0)
-        pts += [("cspd-official-T42-g32", t42), ("cspd-official-T42-g32-noalign", dict(t42, align=False))]
-    for spec in disa:
-        d = describe(make_schedule(spec))
-        pts += [(f"cspd-disa-{d}-ind-g32", dict(gamma=32, schedule=spec, **ind)),
-                (f"target-only-disa-{d}", dict(schedule=spec, draft="target-only"))]
+        pts.append(("target-parallel-g1", dict(gamma=1, draft=None)))
+    for d in drafts:
+        for loop, kw in (("released", dict(verify="independent")), ("textbook", dict(conditioning="textbook"))):
+            for rule, rk in RULES.items():
+                if quick and loop == "textbook" and rule != "exact":
+                    continue
+                ks = (4,) if quick and loop == "textbook" else gammas  # textbook at acceptance ~0: g drafts per token
+                pts += [(f"cspd-{loop}-{rule}-{d}-g{k}", dict(gamma=k, draft=DRAFTS[d], **kw, **rk)) for k in ks]
         if not quick:
-            pts += [(f"cspd-disa-{d}-ltr-g4", dict(gamma=4, schedule=spec))]
+            pts.append((f"cspd-ltr-exact-{d}-g4", dict(gamma=4, draft=DRAFTS[d])))
+    for spec in disa:
+        dname = describe(make_schedule(spec))
+        k = gammas[-1]
+        pts += [(f"cspd-disa-{dname}-released-exact-{drafts[0]}-g{k}",
+                 dict(gamma=k, schedule=spec, verify="independent", draft=DRAFTS[drafts[0]])),
+                (f"target-parallel-disa-{dname}-g{k}", dict(gamma=k, schedule=spec, draft=None)),
+                (f"target-only-disa-{dname}", dict(schedule=spec, draft="target-only"))]
     return [(n, {**kw, **({"head_steps": head_steps} if head_steps else {})}) for n, kw in pts]
 
 
@@ -75,8 +95,9 @@ def registry(args) -> Registry:
     if not args.random:
         hs = {"head_steps": args.head_steps} if args.head_steps else {}
         reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.build_target_only(ctx, **hs),
-                            models=(CM.TARGET,), experiment="cspd", params=hs, unavailable=CM.missing_with(CM.DRAFT)))
-        for name, kw in grid(args.quick, args.head_steps, args.disa):
+                            models=(CM.TARGET,), experiment="cspd", params={"law": "one-token", **hs},
+                            unavailable=CM.missing_with()))
+        for name, kw in grid(args.quick, args.head_steps, args.disa, tuple(args.drafts)):
             if kw.get("draft") == "target-only":
                 reg.add(CM.target_only_entry(name, **{k: v for k, v in kw.items() if k != "draft"}))
             else:
@@ -92,13 +113,13 @@ def registry(args) -> Registry:
     base = CSpDConfig(**({"head_steps": args.head_steps} if args.head_steps else {}))
     reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
                         models=("random-mar",), experiment="cspd", params={"head_steps": base.head_steps}))
-    for name, kw in grid(args.quick, args.head_steps, args.disa):
+    for name, kw in grid(args.quick, args.head_steps, args.disa, ("zoo",)):
         def build(ctx, n=name, kw=kw):
             p, q, vae = get(ctx)
             k = CM.config(**{a: b for a, b in kw.items() if a != "draft"})
             if kw.get("draft") == "target-only":
                 return TargetOnlyMAR(p, vae, k, name=n)
-            return CSpDMAR(p, q if kw.get("draft", "draft") else None, vae, k, name=n)
+            return CSpDMAR(p, q if kw.get("draft") else None, vae, k, name=n)
         reg.add(MethodEntry(name, "mar", build, models=("random-mar",), baseline="cspd-target-only",
                             experiment="cspd", params=kw))
     return reg
@@ -168,8 +189,64 @@ def cost_split(reg: Registry, model: str, batch: int, device) -> dict[str, dict]
         if e.baseline is None:
             continue
         s = e.build(ctx).generate(cond.to(device), generator=torch.Generator(device).manual_seed(0))
-        out[e.name] = {**s.stats.get("time_split_s", {}), "fallbacks": s.stats.get("fallbacks")}
+        out[e.name] = {**s.stats.get("time_split_s", {}), "fallbacks": s.stats.get("fallbacks"),
+                       **by_position(s.stats)}
     return out
+
+
+def by_position(st: dict) -> dict:
+    """Acceptance per window position j: ``accept_by_pos`` (accepted / judged), ``accept_given_prefix_by_pos``
+    (accepted among drafts whose earlier drafts were all accepted: the left-to-right rate) and the mean gap
+    ||mean_q - mean_p|| / rms(std_p) (``gap_sigma_by_pos``); empty for rows without drafts."""
+    d = st.get("drafted_by_pos")
+    if not d or not sum(d):
+        return {}
+    r = lambda a, b: [round(x / y, 4) if y else None for x, y in zip(a, b)]  # noqa: E731
+    return {"accept_by_pos": r(st["accepted_by_pos"], d),
+            "accept_given_prefix_by_pos": r(st["accepted_reached_by_pos"], st["reached_by_pos"]),
+            "gap_sigma_by_pos": [round(x / y, 1) if y else None for x, y in zip(st["gap_sigma_by_pos"], d)]}
+
+
+def zoo_acceptance(args) -> list[dict]:
+    """Acceptance only (no timing, no FID) on the zoo pair, per draft x loop x rule at one gamma: overall and per
+    window position, the mean sigma-gap; ``--n-images`` images (default 32) at batch 16, the card's settings."""
+    from accel import zoo
+    from accel.harness.results import environment, make_row
+    from accel.speculative.cspd import cspd_sample_tokens
+
+    p = zoo.load(CM.TARGET, device=args.device)
+    settings = CM.zoo_settings(CM.TARGET)
+    n, gamma, rows = args.n_images or 32, args.gamma, []
+    drafts = {d: zoo.load(DRAFTS[d], device=args.device) for d in args.drafts if zoo.is_available(DRAFTS[d])}
+    for d in set(args.drafts) - set(drafts):
+        print(f"{DRAFTS[d]} not in this copy of the zoo: skipped")
+    loops = {"released": dict(verify="independent"), "textbook": dict(conditioning="textbook")}
+    for loop in args.loops:
+        kw = loops[loop]
+        for d, q in drafts.items():  # the cheap released rows of every draft first
+            for rule in args.rules:
+                rk = RULES[rule]
+                c = CM.config(**{**settings, "gamma": gamma, **kw, **rk})
+                tot: dict = {}
+                for i in range(0, n, 16):
+                    lab = torch.arange(i, min(n, i + 16)) % 10
+                    st = cspd_sample_tokens(p, q, lab.to(args.device), c,
+                                            generator=torch.Generator(args.device).manual_seed(i)).stats
+                    for k, v in st.items():
+                        if isinstance(v, list) and k.endswith("_by_pos"):
+                            tot[k] = [a + b for a, b in zip(tot.get(k, [0] * len(v)), v)]
+                        elif k in ("accepted", "drafted"):
+                            tot[k] = tot.get(k, 0) + v
+                name = f"cspd-{loop}-{rule}-{d}-g{gamma}"
+                rows.append(make_row(experiment="cspd-acceptance", family="mar", model=CM.TARGET, method=name,
+                                     params={**CM.describe_config(c), "draft": DRAFTS[d], "law": CM.law(c, d)},
+                                     batch_size=16, n_images=n, acceptance_rate=tot["accepted"] / tot["drafted"], seed=0,
+                                     env=environment(args.device), command=current_command(), **by_position(tot)))
+                append_rows(args.out / "cspd_acceptance.jsonl", rows[-1:])  # row by row: a cut run keeps its rows
+                print(f"{name:<34} acceptance {tot['accepted'] / tot['drafted']:.3f} by position "
+                      f"{rows[-1]['accept_by_pos']} given prefix {rows[-1]['accept_given_prefix_by_pos']} "
+                      f"gap/sigma {rows[-1]['gap_sigma_by_pos']}", flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -183,7 +260,15 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--n-images", type=int)
     ap.add_argument("--head-steps", help="DDPM steps of every head, baseline included (default: zoo card / 100)")
-    ap.add_argument("--acceptance", action="store_true", help="acceptance ablation on perturbed random drafts only")
+    ap.add_argument("--acceptance", action="store_true",
+                    help="acceptance only: zoo drafts x loop x rule at --gamma (with --random: perturbed random drafts)")
+    ap.add_argument("--gamma", type=int, default=8, help="gamma of --acceptance")
+    ap.add_argument("--loops", nargs="+", default=("released", "textbook"), choices=("released", "textbook"),
+                    help="loops of --acceptance, in this order")
+    ap.add_argument("--rules", nargs="+", default=tuple(RULES), choices=sorted(RULES),
+                    help="rules of --acceptance, in this order")
+    ap.add_argument("--drafts", nargs="+", default=("zoo", "aligned"), choices=sorted(DRAFTS),
+                    help="zoo drafts of the grid (--quick: the first only)")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
     ap.add_argument("--methods", nargs="+", help="run only these grid entries (the baseline always runs)")
     ap.add_argument("--disa", nargs="+", default=(), metavar="SPEC",
@@ -195,7 +280,11 @@ def main(argv=None) -> int:
         print(f"plot written to {plot(args.out)}")
         return 0
     if args.acceptance:
-        print(f"rows appended to {append_rows(args.out / 'cspd_acceptance.jsonl', acceptance_ablation(args))}")
+        if args.random:
+            append_rows(args.out / "cspd_acceptance.jsonl", acceptance_ablation(args))
+        else:
+            zoo_acceptance(args)
+        print(f"rows appended to {args.out / 'cspd_acceptance.jsonl'}")
         return 0
     reg = registry(args)
     base = reg.get("cspd-target-only")
@@ -204,9 +293,10 @@ def main(argv=None) -> int:
     if why:
         print(f"zoo MARs unavailable ({why}); rerun with --random for a speed-only run on random configs")
         return 2
-    quality = 0 if args.random else (200 if args.quick else 1000)
-    cfg = RunConfig(batch_sizes=tuple(args.batch_sizes or ((1, 16) if args.quick else (1, 64))),
-                    repeats=args.repeats or (2 if args.quick else 5), warmup=1,
+    # --quick (10 minutes on 2 shared cores): gamma 8, one draft, batch 1, one timed repeat, 16 quality images
+    quality = 0 if args.random else (16 if args.quick else 200)
+    cfg = RunConfig(batch_sizes=tuple(args.batch_sizes or ((1,) if args.quick else (1, 16))),
+                    repeats=args.repeats or (1 if args.quick else 3), warmup=1,
                     n_images=quality if args.n_images is None else args.n_images, device=args.device, memory=False)
     ref = None
     if cfg.n_images:

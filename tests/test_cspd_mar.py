@@ -254,3 +254,75 @@ def test_disa_composition_methods_and_registration():
     json.dumps(m.params)
     s = m.generate(LABELS, generator=gen())
     assert s.stats["steps_per_iter"] == steps_per_iteration(VARYING, L) and s.images.shape == (3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(cfg=2.0), dict(gamma=16, prefill=0.0), dict(schedule=VARYING, cfg=2.0)],
+                         ids=["cfg1", "cfg2", "one-window", "disa"])
+def test_textbook_target_as_its_own_draft_is_accepted_at_every_position(kw):
+    """Textbook conditioning (the target judges draft j given drafts 1..j-1, the g prefixes in ONE padded call):
+    with the target as its own draft and shared noise, p = q for every draft, so every position accepts (up to
+    float rounding of the padded batch, far below the last-step std). The released conditioning (window-start
+    context only) does not: its acceptance decays with the position."""
+    r = run(p=P, q=P, conditioning="textbook", **kw)
+    s = r.stats
+    g = kw.get("gamma", 4)
+    assert s["accepted"] == s["drafted"] > 0 and s["residuals"] == 0 and s["fallbacks"] == 0
+    assert all(d > 0 for d in s["drafted_by_pos"][:g]) and s["accepted_by_pos"] == s["drafted_by_pos"]
+    assert s["nfe_target"] == (0 if kw.get("prefill") == 0.0 else math.floor(0.05 * L) + 1) + s["windows"]
+    assert max(s["gap_sigma_by_pos"]) / max(1, min(s["drafted_by_pos"][:g])) < 1e-2
+    released = run(p=P, q=P, **kw).stats
+    assert released["accepted_by_pos"][0] == released["drafted_by_pos"][0]  # position 0: the same context
+    assert released["accepted"] < released["drafted"]
+
+
+def test_textbook_exact_cspd_samples_the_one_token_target_law():
+    """The output law of textbook-conditioned, left-to-right CSpD with the exact rule is the target's one token
+    per AR step (the draft-free control with gamma = 1: every token p(x_n | x_<n), last Gaussian step with noise).
+    Seeded two-sample KS tests on low-dimensional statistics (per channel: the image's mean and its spread over
+    the 16 positions; Bonferroni over 8), N = 300 images each. Power check: the same test at the same N rejects
+    a broken rule (an unrelated draft, every token accepted)."""
+    from scipy import stats
+
+    B = 300
+    lab = torch.full((B,), 3)
+
+    def stat(q, seed, **kw):
+        c = CSpDConfig(**{"gamma": 4, "head_steps": HEAD, "conditioning": "textbook", **kw})
+        r = cspd_sample_tokens(P, q, lab, c, generator=torch.Generator().manual_seed(seed))
+        t = r.tokens.flatten(2)  # (B, C, L)
+        return torch.cat([t.mean(-1), t.std(-1)], 1).numpy(), r.stats  # (B, 2C)
+
+    def min_p(x, y):
+        return min(stats.ks_2samp(x[:, i], y[:, i]).pvalue for i in range(x.shape[1])) * x.shape[1]
+
+    ctrl, s0 = stat(None, 1, gamma=1, conditioning="released")
+    assert s0["nfe_draft"] == 0 and s0["nfe_target"] == L
+    exact, s1 = stat(Q, 2)
+    assert s1["accepted_reached_by_pos"][1] > 0 and s1["residuals"] > 0 and s1["fallbacks"] == 0  # both paths ran
+    assert min_p(exact, ctrl) > 1e-3
+    broken, s2 = stat(mar(5), 2, inner_temperature=1e6)  # relaxed into "accept (almost) every draft"
+    assert s2["accepted"] > 0.99 * s2["drafted"]
+    assert min_p(broken, ctrl) < 1e-6
+
+
+def test_conditioning_is_validated():
+    with pytest.raises(ValueError, match="conditioning must be one of"):
+        CSpDConfig(conditioning="paper")
+    with pytest.raises(ValueError, match="needs verify='left_to_right'"):
+        CSpDConfig(conditioning="textbook", verify="independent")
+
+
+def test_public_api_conditioning():
+    """``accel.cspd(..., conditioning=...)`` reaches the config; a bad value is a ValueError naming the choices."""
+    import accel
+    from accel.api.generators import MARGenerator
+
+    vae = _IdentityVAE()
+    t, d = MARGenerator(P, vae), MARGenerator(Q, vae)
+    m = accel.cspd(t, d, gamma=4, conditioning="textbook")
+    assert m.config.conditioning == "textbook" and m.params["conditioning"] == "textbook"
+    assert accel.cspd(t, d).config.conditioning == "released"
+    with pytest.raises(ValueError, match="'released' or 'textbook'"):
+        accel.cspd(t, d, conditioning="exact")
+    with pytest.raises(ValueError, match="left_to_right"):
+        accel.cspd(t, d, conditioning="textbook", verify="independent")

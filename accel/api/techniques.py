@@ -139,19 +139,25 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
 # ------------------------------------------------------------------------------------------------- CSpD
 def cspd(target: MARGenerator, draft: MARGenerator | None, *, gamma: int = 32, verify: str = "left_to_right",
          prefill: float = 0.05, align: bool = True, schedule=None, relaxed: bool = False,
-         name: str | None = None) -> CSpDMAR:
+         conditioning: str = "released", name: str | None = None) -> CSpDMAR:
     """Continuous speculative decoding of a MAR ``target`` with a smaller MAR ``draft`` (arXiv 2411.11925):
     accept with min(1, p(x)/q(x)) on the diffusion heads' last-step densities (Eq. 3-5), residual by rejection
     sampling. ``verify``: ``"left_to_right"`` or the released code's ``"independent"``; ``schedule``: a DiSA
     step schedule for both heads (``accel.linear(50, 5)``; composition with DiSA); ``relaxed=True``: the released
     code's inner temperature 42 and reciprocal std product (not distribution-preserving). ``draft=None`` is the
-    draft-free control (the target decodes each window from one pass)."""
+    draft-free control (the target decodes each window from one pass). ``conditioning``: ``"released"`` (the
+    target judges every draft of a window on the window-start context, one pass: paper and released code) or
+    ``"textbook"`` (draft j judged given drafts 1..j-1, the window's prefixes batched in one padded call; with
+    ``verify="left_to_right"`` and the exact rule the output has the law of the target alone, one token per
+    AR step)."""
+    if conditioning not in ("released", "textbook"):
+        raise ValueError(f"conditioning must be 'released' or 'textbook', got {conditioning!r}")
     for g, what in ((target, "target"), (draft, "draft")):
         if g is not None and not isinstance(g, MARGenerator):
             raise TypeError(f"{what}: CSpD needs MAR generators (accel.load(...)), got {type(g).__name__}")
     if draft is not None and draft.model.cfg.token_embed_dim != target.model.cfg.token_embed_dim:
         raise ValueError("draft: its token size differs from the target's; CSpD needs the same tokenizer")
-    kw = dict(gamma=gamma, verify=verify, prefill=prefill, align=align, schedule=schedule,
+    kw = dict(gamma=gamma, verify=verify, prefill=prefill, align=align, schedule=schedule, conditioning=conditioning,
               head_steps=target.kwargs.get("head_steps", target.model.cfg.num_sampling_steps),
               temperature=target.sampling.temperature, cfg=target.sampling.cfg_scale,
               cfg_schedule=target.cfg_schedule)

@@ -137,11 +137,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: None (every key attends), or bool (B, 1, 1, N), True = a real key (padding off)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hd)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
         x = self.proj(x.transpose(1, 2).reshape(B, N, C))
         return F.dropout(x, self.proj_drop, self.training)
 
@@ -164,8 +166,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -232,29 +234,45 @@ class MAR(nn.Module):
 
     # -- MAE encoder / decoder ----------------------------------------------------------------------
     def forward_mae_encoder(self, tokens: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L, Ct), mask (B, L) 1 = unknown, class_embedding (B, enc) -> (B, buf + #known, enc)."""
+        """tokens (B, L, Ct), mask (B, L) 1 = unknown, class_embedding (B, enc) -> (B, buf + max #known, enc).
+
+        Rows with equal known counts run exactly the official computation (kept rows in position order, no
+        attention mask). Rows with different counts (CSpD's textbook verification batches a window's prefixes)
+        are right-padded to the largest count and the padded keys are masked out of every encoder attention, so
+        each row computes what it would alone (up to float rounding); the padded outputs are garbage the
+        decoder never reads (``forward_mae_decoder`` scatters only the real rows)."""
         B, L, _ = tokens.shape
         buf = self.cfg.buffer_size
-        known = mask.shape[1] - mask.sum(-1)
-        if not bool((known == known[0]).all()):
-            raise ValueError("every row of the mask must have the same number of known tokens")
         x = self.z_proj(tokens)
         x = torch.cat([class_embedding.unsqueeze(1).expand(B, buf, -1).to(x.dtype), x], dim=1)  # buffer rows
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
         keep = torch.cat([mask.new_ones(B, buf, dtype=torch.bool), mask == 0], dim=1)  # (B, buf + L)
-        x = x[keep].reshape(B, -1, x.shape[-1])  # kept rows, position order
+        n_keep = keep.sum(-1)  # (B,)
+        attn_mask = None
+        if bool((n_keep == n_keep[0]).all()):
+            x = x[keep].reshape(B, -1, x.shape[-1])  # kept rows, position order
+        else:  # kept rows first (position order, stable sort), then padding up to the largest count
+            K = int(n_keep.max())
+            idx = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :K]  # (B, K)
+            x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+            attn_mask = (torch.arange(K, device=x.device)[None] < n_keep[:, None])[:, None, None, :]  # (B,1,1,K)
         for block in self.encoder_blocks:
-            x = block(x)
+            x = block(x, attn_mask)
         return self.encoder_norm(x)
 
     def forward_mae_decoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Encoder output -> z (B, L, dec): scatter into a mask-token canvas, decode, drop the buffer."""
+        """Encoder output -> z (B, L, dec): scatter into a mask-token canvas, decode, drop the buffer. A padded
+        encoder output (rows with different known counts) contributes only its first buf + #known rows."""
         B = x.shape[0]
         buf = self.cfg.buffer_size
         x = self.decoder_embed(x)
         keep = torch.cat([mask.new_ones(B, buf, dtype=torch.bool), mask == 0], dim=1)
         canvas = self.mask_token.to(x.dtype).expand(B, keep.shape[1], -1).clone()
-        canvas[keep] = x.reshape(-1, x.shape[-1])
+        n_keep = keep.sum(-1)
+        if bool((n_keep == x.shape[1]).all()):
+            canvas[keep] = x.reshape(-1, x.shape[-1])
+        else:
+            canvas[keep] = x[torch.arange(x.shape[1], device=x.device)[None] < n_keep[:, None]]
         x = canvas + self.decoder_pos_embed_learned
         for block in self.decoder_blocks:
             x = block(x)

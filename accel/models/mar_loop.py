@@ -16,7 +16,7 @@ Every MAR sampler in accel is this loop (``accel.models.mar`` re-exports it):
 
 Positions are a bool (B, L) mask (head rows in (sample, position) order, MAR's own) or indices (B, n)
 (rows in (sample, index) order, e.g. a window of the generation order); every row predicts the same
-number of positions per iteration (MAR's encoder needs equal known counts per row).
+number of positions per iteration (rows may know different numbers of tokens: MAR's encoder pads them).
 """
 from __future__ import annotations
 
@@ -122,8 +122,9 @@ class Iteration:
 class HeadCall:
     """The head's timesteps and noise for one iteration.
 
-    ``schedule``: one DDPMSchedule for every row, or one per column of index positions (B, n) (columns with
-    the same object share one head run; DiSA inside CSpD); ``noise``: supplied draws for the conditional rows
+    ``schedule``: one DDPMSchedule for every row, or one per column of index positions (B, n), or one per row of
+    index positions (B, 1) (rows / columns with the same object share one head run; DiSA inside CSpD);
+    ``noise``: supplied draws for the conditional rows
     (``HeadNoise`` x_T (B*n, C), steps (S_max, B*n, C) in loop order; a column runs the first S of them) or
     None: drawn from the generator in the official order."""
 
@@ -218,9 +219,14 @@ def predict(model: "MAR", seq: torch.Tensor, mask: torch.Tensor, labels: torch.T
     kw = dict(temperature=it.temperature, generator=generator)
     if isinstance(call.schedule, DDPMSchedule):
         groups = [(None, call.schedule)]
-    else:  # one schedule per column of (B, ncol) index positions: one head run per distinct schedule
-        if it.positions.dtype == torch.bool or len(call.schedule) != it.positions.shape[1]:
-            raise ValueError("per-column schedules need index positions (B, n) and one schedule per column")
+    else:  # one schedule per column of (B, ncol) index positions, or per row of (B, 1): one head run per schedule
+        if it.positions.dtype == torch.bool:
+            raise ValueError("per-column / per-row schedules need index positions (B, n)")
+        B, ncol = it.positions.shape
+        per_row = ncol == 1 and len(call.schedule) == B  # e.g. CSpD's textbook verification: one row per prefix
+        if not per_row and len(call.schedule) != ncol:
+            raise ValueError(f"per-column schedules: got {len(call.schedule)} for positions "
+                             f"{tuple(it.positions.shape)}; give one per column, or one per row of (B, 1) positions")
         cols: dict[int, list[int]] = {}
         for j, sch in enumerate(call.schedule):
             cols.setdefault(id(sch), []).append(j)
@@ -232,9 +238,9 @@ def predict(model: "MAR", seq: torch.Tensor, mask: torch.Tensor, labels: torch.T
         if js is None:
             idx, z_g, cfg, noise = None, z_rows, it.cfg, call.noise
         else:
-            B, ncol = it.positions.shape
             dev = z_rows.device
-            idx = (torch.arange(B, device=dev)[:, None] * ncol + torch.tensor(js, device=dev)).reshape(-1)  # (B*|js|,)
+            idx = (torch.tensor(js, device=dev) if per_row else  # rows, or (B*|js|,) rows of the columns js
+                   (torch.arange(B, device=dev)[:, None] * ncol + torch.tensor(js, device=dev)).reshape(-1))
             z_g = torch.cat([z_rows[idx], z_rows[n + idx]]) if guided else z_rows[idx]
             cfg = it.cfg[idx] if isinstance(it.cfg, torch.Tensor) and it.cfg.ndim else it.cfg
             noise = None if call.noise is None else HeadNoise(call.noise.x_T[idx], call.noise.steps[:, idx])

@@ -17,17 +17,24 @@ encoder/decoder on the context at the window start, then its diffusion head on a
   ``std_product="none"`` is exact (see cspd_math). MAR itself adds no noise at the last step; std there is
   ~1e-2 of the token scale (documented deviation, the official residual proposals add it too).
 - ``verify="left_to_right"`` (paper algorithm): keep drafts up to the first rejection, resample that one,
-  discard the rest. A batch shares one cursor (MAR's encoder needs equal known counts per row), so a window
+  discard the rest. A batch shares one cursor (the draft loop advances all rows together), so a window
   commits min over rows of (accepted prefix) + 1 tokens; each row's committed tokens stay exact (the cut is a
-  stopping time of its own left-to-right test). ``verify="independent"`` (official code): every drafted
-  token is accepted or resampled on its own, the cursor always moves by gamma.
+  stopping time of its own left-to-right test, independent of its later drafts). ``verify="independent"``
+  (official code): every drafted token is accepted or resampled on its own, the cursor always moves by gamma.
 
-What is preserved: the verifier conditions every drafted token on the window-start context (the single
-target pass of the paper and the official code), i.e. the target MAR predicting those positions in one
-iteration, not the one-token-per-step target chain; FID against the one-token-per-step baseline measures it.
-Consequence (tested): exact per-token verification samples the same law as the draft-free control
-``q=None``, which is cheaper; only left-to-right verification (shorter groups) or a relaxed rule (official
-inner temperature 42, drafts kept) make the draft change the output.
+What is preserved depends on ``conditioning``:
+
+- ``"released"`` (paper and official code): the verifier conditions every drafted token on the window-start
+  context (ONE target pass), i.e. the target MAR predicting those positions in one iteration, not the
+  one-token-per-step target chain. Consequence (tested): exact per-token verification samples the same law as
+  the draft-free control ``q=None``, which is cheaper; only left-to-right verification (shorter groups) or a
+  relaxed rule (official inner temperature 42, drafts kept) make the draft change the output.
+- ``"textbook"`` (speculative sampling, Leviathan et al. 2211.17192 Alg. 1 / Chen et al. 2302.01318, with the
+  paper's continuous ratio, Eq. 3-5 of 2411.11925): draft j is judged by p(x_j | context, x_1..x_{j-1}); the g
+  prefixes run as ONE target call of B*g rows with different known-token counts (MAR's encoder pads them,
+  ``textbook_prefixes``). With ``verify="left_to_right"`` and the exact rule the output has the law of the target
+  alone, one token per AR step (tested: KS against the gamma = 1 control, and the target as its own draft is
+  accepted at every window position). Cost: the verifying MAR pass runs g rows per sample instead of one.
 
 Composition with DiSA (arXiv 2505.20297, issue 9): ``CSpDConfig.schedule`` is a ``StepSchedule`` of
 ``accel.annealing`` read at one token per AR step (num_ar_steps = L): the token at AR position n (its index in
@@ -55,6 +62,7 @@ from accel.speculative import cspd_math as M
 from accel.validate import check_finite
 
 VERIFY = ("left_to_right", "independent")
+CONDITIONING = ("released", "textbook")
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,16 @@ class CSpDConfig:
     cfg_schedule: str = "linear"
     max_residual_tries: int = 100  # official cap; rows still open fall back to a target sample (counted)
     schedule: StepSchedule | None = None  # DiSA step schedule per AR position (replaces head_steps); None: constant
+    # what the target sees when judging draft j: "released" = the window-start context (one pass, paper and
+    # released code); "textbook" = the window-start context AND drafts 1..j-1 (speculative sampling's p(x_j | x_<j))
+    conditioning: str = "released"
 
     def __post_init__(self):
+        if self.conditioning not in CONDITIONING:
+            raise ValueError(f"conditioning must be one of {CONDITIONING}, got {self.conditioning!r}")
+        if self.conditioning == "textbook" and self.verify != "left_to_right":
+            raise ValueError(f"conditioning='textbook' needs verify='left_to_right' (draft j is judged given drafts "
+                             f"1..j-1, valid only while they are all kept), got verify={self.verify!r}")
         if self.schedule is not None and not isinstance(self.schedule, StepSchedule):
             raise TypeError(f"schedule must be a StepSchedule (schedule(k, N), timesteps(k, N)), got "
                             f"{type(self.schedule).__name__}")
@@ -218,6 +234,10 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     ar = torch.arange(B, device=dev)
     st = dict(nfe_target=0, nfe_draft=0, head_steps=0, head_rows=0, accepted=0, drafted=0, committed_drafts=0,
               verify_steps=0, windows=0, fallbacks=0, residual_tries=0, residuals=0)
+    # per window position j (0-based): drafts judged, accepted, reached (all earlier drafts of the window accepted),
+    # accepted-and-reached, and the summed gap ||mean_q - mean_p|| / rms(std_p) (the exact rule's scale)
+    for key in ("drafted_by_pos", "accepted_by_pos", "reached_by_pos", "accepted_reached_by_pos", "gap_sigma_by_pos"):
+        st[key] = [0.0 if key.startswith("gap") else 0] * cfg.gamma
     clock = _Clock(dev)
 
     def window(start: int, sizes, noise=None, final_noise=True) -> WindowPlan:
@@ -258,13 +278,18 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         mq, sq, lq = (torch.stack([getattr(t["head"], f) for t in r.trace], 1) for f in HeadStats.FIELDS[:3])
         clock.lap("draft")
         vplan = window(n, [g], (xT_p, steps_p), final_noise=False)
+        if cfg.conditioning == "textbook":
+            v_state, v_labels, v_it, per_row = textbook_prefixes(state, labels, pos, x_q, vplan.iteration(0, orders))
+        else:
+            v_state, v_labels, v_it, per_row = state, labels, vplan.iteration(0, orders), False
 
-        def head(z, vplan=vplan):  # the head's call, once the target's MAR pass is done (timed apart)
+        def head(z, vplan=vplan, per_row=per_row):  # the head's call, once the target's MAR pass is done
             clock.lap("verify_mar")
-            return vplan.head(0, z, model=p, generator=generator, stats=st)
+            call = vplan.head(0, z, model=p, generator=generator, stats=st)
+            return HeadCall(list(call.schedule) * B, call.noise) if per_row else call  # rows (b, j)
 
-        pred = predict(p, *state, labels, vplan.iteration(0, orders), head, guided=use_cfg, generator=generator,
-                       trajectory=True)  # ONE target pass on the window-start context, then its head
+        pred = predict(p, *v_state, v_labels, v_it, head, guided=use_cfg, generator=generator,
+                       trajectory=True)  # ONE target call (released: window-start context; textbook: g prefixes)
         hp = HeadStats(*(getattr(pred.head, f).reshape(B, g, C) for f in HeadStats.FIELDS))
         st["nfe_target"] += 1
         st["head_steps"] += pred.head_steps
@@ -297,6 +322,13 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
         state = (seq, mask)
         st["accepted"] += int(acc.sum())
         st["drafted"] += acc.numel()
+        reached = torch.cat([acc.new_ones(B, 1), acc[:, :-1]], 1).cumprod(1).bool()  # (B, g)
+        gap = (mq - hp.final_mean).norm(dim=-1) / hp.final_std.square().mean(-1).sqrt()  # (B, g)
+        for key, val in (("drafted_by_pos", torch.ones_like(acc)), ("accepted_by_pos", acc),
+                         ("reached_by_pos", reached), ("accepted_reached_by_pos", acc & reached),
+                         ("gap_sigma_by_pos", gap)):
+            for j, v in enumerate(val.sum(0).tolist()):
+                st[key][j] += v
         st["committed_drafts"] += int(keep_draft.sum())
         st["verify_steps"] += B
         st["windows"] += 1
@@ -306,6 +338,29 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
     st["time_split_s"] = clock.parts
     st["steps_per_iter"] = [s.num_steps for s in scheds]
     return CSpDResult(p.unpatchify(state[0]), st)
+
+
+def textbook_prefixes(state, labels, pos: torch.Tensor, x_q: torch.Tensor, it: Iteration):
+    """The g verification contexts of textbook speculative sampling, as ONE batch of B*g rows (b, j):
+    row (b, j) knows row b's window-start context plus drafts x_q[b, :j] at pos[b, :j] and predicts pos[b, j],
+    i.e. the target evaluates p(x_j | context, x_<j) (Leviathan et al. 2211.17192 Alg. 1; CSpD's Eq. 3-5 ratio
+    is then taken on these conditionals). Rows know different numbers of tokens (n .. n+g-1): MAR's encoder
+    pads them. Returns ((seq, mask), labels, the Iteration on (B*g, 1) index positions, per_row=True); the head
+    rows come out in (b, j) order, the order of the released layout, so the window's noise and CFG carry over."""
+    seq, mask = state
+    B, g = pos.shape
+    L, C = seq.shape[1], seq.shape[2]
+    ar = torch.arange(B, device=seq.device)
+    seq = seq.clone()
+    seq[ar[:, None], pos] = x_q.to(seq.dtype)  # drafts written in every copy: a masked position is never read
+    mask = mask[:, None].expand(B, g, L).clone()  # (B, g, L)
+    earlier = torch.ones(g, g, dtype=torch.bool, device=seq.device).tril(-1)  # earlier[j, i] = i < j
+    known = torch.zeros(B, g, L, dtype=torch.bool, device=seq.device)
+    known.scatter_(2, pos[:, None].expand(B, g, g), earlier[None].expand(B, g, g))
+    mask[known] = 0.0
+    rows = (seq.repeat_interleave(g, 0), mask.reshape(B * g, L))
+    lab = None if labels is None else labels.repeat_interleave(g)
+    return rows, lab, Iteration(pos.reshape(B * g, 1), it.cfg, it.temperature, final_noise=False, count=1), True
 
 
 def randn(generator: torch.Generator, device, *shape) -> torch.Tensor:

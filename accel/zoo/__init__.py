@@ -40,6 +40,7 @@ ZOO = {
     "fmnist-mar-vae": ("mar", "tokenizer", "MAR KL-VAE, 32x32 -> 8x8 latents"),
     "fmnist-mar": ("mar", "target", "MAR target with diffusion head"),
     "fmnist-mar-draft": ("mar", "draft", "MAR draft with diffusion head"),
+    "fmnist-mar-draft-aligned": ("mar", "draft", "fmnist-mar-draft distilled onto fmnist-mar for CSpD"),
     "fmnist-var-vqvae": ("var", "tokenizer", "VAR multi-scale VQVAE, scales ending at 8x8"),
     "fmnist-var": ("var", "target", "VAR target"),
     "fmnist-llamagen-dd": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen"),
@@ -53,7 +54,8 @@ ZOO = {
 # Which tokenizer decodes each generator's output.
 TOKENIZER = {"fmnist-llamagen": "fmnist-llamagen-vq", "fmnist-llamagen-draft": "fmnist-llamagen-vq",
              "fmnist-llamagen-cca": "fmnist-llamagen-vq",
-             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae",
+             "fmnist-mar": "fmnist-mar-vae", "fmnist-mar-draft": "fmnist-mar-vae",
+             "fmnist-mar-draft-aligned": "fmnist-mar-vae", "fmnist-var": "fmnist-var-vqvae",
              "fmnist-var-cca": "fmnist-var-vqvae"}
 
 

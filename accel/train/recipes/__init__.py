@@ -21,6 +21,7 @@ RECIPES = {
     "fmnist-llamagen-dd": "accel.train.recipes.dd_llamagen:LlamaGenDistillRecipe",
     "fmnist-var-dd": "accel.train.recipes.dd_var:VARDistillRecipe",
     "fmnist-llamagen-cca": "accel.train.recipes.cca:LlamaGenCCARecipe",
+    "fmnist-mar-draft-aligned": "accel.train.recipes.mar_draft_aligned:AlignedDraftRecipe",
     "fmnist-var-cca": "accel.train.recipes.cca:VARCCARecipe",
     "toy": "accel.train.recipes.toy:ToyRecipe",
 }
