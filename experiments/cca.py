@@ -46,10 +46,12 @@ GROUPS = {
 }
 
 
-def tradeoff_series(rows: list[dict], n_images: int | None = None) -> tuple[list[dict], list[dict]]:
+def tradeoff_series(rows: list[dict], n_images: int | None = None,
+                    min_steps: int = 0) -> tuple[list[dict], list[dict]]:
     """The two sides of the trade-off figure from sweep.jsonl rows at one sample count (default: the last row's):
     the base's CFG sweep (rows with ``kind`` "cfg", by scale; the latest row per scale) and the CCA fine-tunes
-    sampled guidance-free (``kind`` "cca", or older rows that carry ``lam``; the latest row per run)."""
+    sampled guidance-free (``kind`` "cca", or older rows that carry ``lam``; the latest row per run), sorted by
+    lambda; fine-tunes with fewer than ``min_steps`` training steps (unconverged probes) are left out."""
     n = n_images if n_images is not None else rows[-1]["n_images"]
     cfg, cca = {}, {}
     for r in rows:
@@ -57,15 +59,15 @@ def tradeoff_series(rows: list[dict], n_images: int | None = None) -> tuple[list
             continue
         if r.get("kind", "cca" if "lam" in r else "cfg") == "cfg":
             cfg[float(r["cfg_scale"])] = r
-        else:
+        elif r.get("step") is None or r["step"] >= min_steps:
             cca[r.get("run", r.get("model"))] = r
-    return [cfg[k] for k in sorted(cfg)], list(cca.values())
+    return [cfg[k] for k in sorted(cfg)], sorted(cca.values(), key=lambda r: r["lam"])
 
 
-def plot_tradeoff(jsonl: Path, out: Path, n_images: int | None = None) -> Path:
+def plot_tradeoff(jsonl: Path, out: Path, n_images: int | None = None, min_steps: int = 0) -> Path:
     """FID vs class consistency (the paper's Fig. 4 trade-off): the base's CFG-scale sweep as a line, each CCA
     fine-tune (beta, lambda) guidance-free as a star; from sweep.jsonl only, one sample count."""
-    cfg, cca = tradeoff_series(read_rows(jsonl), n_images)
+    cfg, cca = tradeoff_series(read_rows(jsonl), n_images, min_steps)
     fig = Figure(figsize=(5.5, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -193,6 +195,8 @@ def main():
     ap.add_argument("--score-runs", nargs="+", default=[], help="sweep: CCA run folders, scored guidance-free")
     ap.add_argument("--score-zoo", nargs="+", default=[], help="sweep: zoo CCA models, scored guidance-free")
     ap.add_argument("--cfg-scales", default="", help="sweep: the base's CFG scales, e.g. 1,1.5,2,3")
+    ap.add_argument("--min-steps", type=int, default=100,
+                    help="sweep figure: leave out CCA runs trained fewer steps (unconverged probes)")
     ap.add_argument("--cost-split", action="store_true", help="only split a generate call's time (batch: the largest)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -204,7 +208,7 @@ def main():
         scales = [float(x) for x in args.cfg_scales.split(",")] if args.cfg_scales else []
         for r in sweep(BASE, scales, args.score_runs, args.score_zoo, args.n_images or 200, args.out):
             print(r, flush=True)
-        print(plot_tradeoff(args.out / "sweep.jsonl", args.out / "tradeoff.png", args.n_images or 200))
+        print(plot_tradeoff(args.out / "sweep.jsonl", args.out / "tradeoff.png", args.n_images or 200, args.min_steps))
         return
     reg = registry()
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3 if args.quick else 5,

@@ -41,6 +41,8 @@ def test_series_take_one_sample_count_sorted_cfg_and_latest_cca(cca_script):
     assert [(r["run"], r["step"]) for r in cca] == [("runs/l3", 40)]
     cfg200, cca200 = cca_script.tradeoff_series(ROWS, n_images=200)
     assert cfg200 == [] and [r["lam"] for r in cca200] == [50]
+    assert [r["lam"] for r in cca_script.tradeoff_series(ROWS, min_steps=30)[1]] == [3.0]
+    assert cca_script.tradeoff_series(ROWS, min_steps=41)[1] == []  # the 40-step run is an unconverged probe
 
 
 def test_plot_is_written_from_the_jsonl(cca_script, tmp_path):
