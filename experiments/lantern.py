@@ -176,16 +176,22 @@ class Recorder:
         return getattr(self.inner, name)
 
 
-def measured_step_tv(drafter: str, deltas=(0.05, 0.1, 0.2), n_pairs: int = 480) -> list[dict]:
-    """TV(one-step output, p) on real (p, q) pairs of the zoo target and drafter (prefixes decoded by exact SD),
-    for the deterministic rule (argmax draft) and the sampled rule, computed exactly by ``step_law``."""
-    m = build(BuildContext(TARGET), "tv-probe", drafter=drafter)
+def real_pairs(drafter: str, label: str, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n_pairs`` (p, q) rows exact SD of the zoo target with ``drafter`` asks its rule about (seeds 0..99,
+    one image per class each)."""
+    m = build(BuildContext(TARGET), label, drafter=drafter)
     m.rule = rec = Recorder(m.rule, n_pairs)
     for seed in range(100):
         if sum(len(t) for t in rec.p) >= n_pairs:
             break
         m.generate(torch.arange(10), generator=torch.Generator().manual_seed(seed))
-    p, q = torch.cat(rec.p)[:n_pairs], torch.cat(rec.q)[:n_pairs]
+    return torch.cat(rec.p)[:n_pairs], torch.cat(rec.q)[:n_pairs]
+
+
+def measured_step_tv(drafter: str, deltas=(0.05, 0.1, 0.2), n_pairs: int = 480) -> list[dict]:
+    """TV(one-step output, p) on real (p, q) pairs of the zoo target and drafter (prefixes decoded by exact SD),
+    for the deterministic rule (argmax draft) and the sampled rule, computed exactly by ``step_law``."""
+    p, q = real_pairs(drafter, "tv-probe", n_pairs)
     table = build(BuildContext(TARGET), "tv-probe", drafter=drafter, delta=0.1).rule.neighbours
     out = []
     for delta in deltas:
@@ -296,13 +302,7 @@ def pair_stats(drafters, n_pairs: int = 480) -> list[dict]:
     """Median TV(p, q) and E[p(argmax q)] on real (p, q) pairs (guided target vs guided drafter) met by exact SD."""
     out = []
     for d in drafters:
-        m = build(BuildContext(TARGET), "pairs", drafter=d)
-        m.rule = rec = Recorder(m.rule, n_pairs)
-        for seed in range(100):
-            if sum(len(t) for t in rec.p) >= n_pairs:
-                break
-            m.generate(torch.arange(10), generator=torch.Generator().manual_seed(seed))
-        p, q = torch.cat(rec.p)[:n_pairs].double(), torch.cat(rec.q)[:n_pairs].double()
+        p, q = (t.double() for t in real_pairs(d, "pairs", n_pairs))
         tv = 0.5 * (p - q).abs().sum(-1)
         top = q.topk(10, -1).indices
         out.append(dict(drafter=d, n_pairs=len(p), tv_median=tv.median().item(), tv_mean=tv.mean().item(),
