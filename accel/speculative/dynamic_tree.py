@@ -43,9 +43,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from accel.models.llamagen import Transformer
-from accel.models.llamagen_generate import SamplingConfig, cfg_batch
+from accel.models.llamagen_generate import SamplingConfig
 from accel.speculative.decoder import SpecStats
-from accel.speculative.drafters import EagleDrafter, cfg_rows, draw, process
+from accel.speculative.drafters import EagleDrafter, cfg_rows, process
+from accel.speculative.tree import TreeRound
 from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup, finite_pq, raise_non_finite_pq
 
 TIE = 1e-9  # per-depth tie-break of the node value: a parent always ranks before its child
@@ -224,24 +225,12 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
     check_labels(cond, target.config.num_classes, model="LlamaGen target")
     check_speculative_setup(target, drafter, rule)
     B, dev = cond.size(0), cond.device
-    labels = cfg_batch(target, cond, sc.uses_cfg)
-    R, D, N, K = labels.size(0), spec.depth, spec.budget, spec.top_k
-    cache = target.new_cache(R, 1 + n + N + D + 2)
-    seq = torch.zeros(B, n + 2 * D + 2, dtype=torch.long, device=dev)
-    rows = torch.arange(B, device=dev)
-    st = SpecStats(D, reached=[0] * D, accepted_at=[0] * D)
-    zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
-    logits, hidden = target(None, labels, input_pos=zero, cache=cache, kv_len=1, return_hidden=True)
-    st.nfe_target += 1
-    seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], False, generator)
-    c = torch.ones(B, dtype=torch.long, device=dev)
-    state = drafter.begin(labels, n + (D - 1) * K + D + 4)
-    drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
+    D, N, K = spec.depth, spec.budget, spec.top_k
+    run = TreeRound.start(target, drafter, cond, sc, n=n, D=D, N=N, draft_len=n + (D - 1) * K + D + 4,
+                          generator=generator)
+    R, seq, rows, st, state = run.labels.size(0), run.seq, torch.arange(B, device=dev), run.st, run.state
     nodes = torch.arange(N + 1, device=dev)
     ar = torch.arange(D, device=dev)
-    acc_t = torch.zeros(2, dtype=torch.long, device=dev)  # verify_steps, accepted
-    reach_t = torch.zeros(D, dtype=torch.long, device=dev)
-    okat_t = torch.zeros(D, dtype=torch.long, device=dev)
     ranks_t = torch.zeros(N + 1, dtype=torch.long, device=dev)
     bad = torch.zeros(1, dtype=torch.long, device=dev)
     clock = timings if timings is not None else {}
@@ -251,6 +240,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
     bar.update(B)
     while True:
         t0 = time.perf_counter()
+        c = run.c
         host = torch.cat([c, bad]).tolist()  # the round's one host read
         if host[-1]:
             raise_non_finite_pq(p, None, st.nfe_target - 1, "dynamic-tree speculative decoding")
@@ -266,39 +256,23 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         anc = ancestors(parent, D)
         slots, pos = c[:, None] + nodes, c[:, None] + depth
         mask = rows_tree_mask(c, anc, c_max + N + 1)
-        logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=cfg_rows(slots, R), cache=cache,
-                                mask=cfg_rows(mask, R), return_hidden=True)
+        logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=cfg_rows(slots, R),
+                                cache=run.cache, mask=cfg_rows(mask, R), return_hidden=True)
         st.nfe_target += 1
         t3 = time.perf_counter()
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
         bad = bad | (~finite_pq(p, None)).long()
         path, m, nxt = verify_dynamic(rule, p, toks, parent, depth, anc, children_table(parent, K), generator)
         path = path[:, :D]
-        m = torch.where(live, m, torch.zeros_like(m))
-        at = c[:, None] + ar
-        seq[rows[:, None], at] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], at])
-        seq[rows, c + m] = nxt
-        src = torch.cat([c[:, None], c[:, None] + torch.where(ar[None] < m[:, None], path, ar[None] + 1)], 1)
-        cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
-        keep = torch.cat([torch.zeros_like(path[:, :1]), path], 1)
-        hid = hidden.gather(1, cfg_rows(keep, R)[..., None].expand(-1, -1, hidden.size(-1)))
-        acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum()])
-        reach_t += (live[:, None] & (m[:, None] >= ar[None])).sum(0)
-        okat_t += (live[:, None] & (m[:, None] >= ar[None] + 1)).sum(0)
         on_path = (ar[None] < m[:, None]) & live[:, None]
         ranks_t.scatter_add_(0, rank.gather(1, path).flatten(), on_path.long().flatten())
-        drafter.observe(state, seq, torch.where(live, c, c - 1), hid, torch.where(live, m + 1, torch.ones_like(m)))
+        gained = run.commit(toks, path, m, nxt, hidden, live)
         if progress:
-            bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
-        c = torch.where(live, c + m + 1, c)
+            bar.update(int(gained.sum()))
         t4 = time.perf_counter()
         clock["draft_s"] += t2 - t1
         clock["verify_s"] += t3 - t2
         clock["loop_s"] += (t1 - t0) + (t4 - t3)
     bar.close()
-    st.verify_steps, st.accepted = (int(x) for x in acc_t.tolist())
-    st.drafted = st.verify_steps * N
-    st.reached, st.accepted_at = reach_t.tolist(), okat_t.tolist()
     st.path_rank_counts = ranks_t.tolist()
-    st.nfe_draft = state.forwards
-    return seq[:, :n], st
+    return run.finish(N)

@@ -189,6 +189,81 @@ def _verify_deterministic(rule, D: int, table: Tensor, p: Tensor, toks: Tensor,
     return path, (path > 0).sum(1), nxt
 
 
+@dataclass
+class TreeRound:
+    """What the static- and the dynamic-tree loops share: the prefill, committing a verified path, the counters.
+
+    ``start`` runs the first target step (token 0 drawn from p, the drafter observing it); ``commit`` writes the
+    accepted path ``path[:, :m]`` and the next token into ``seq``, moves the accepted nodes' KV entries to their
+    sequence slots, feeds their hidden states to the drafter and advances the cursors ``c``; the counters stay on
+    the device until ``finish`` reads them once."""
+
+    target: Transformer
+    drafter: object
+    state: object
+    labels: Tensor  # (R,) class labels, CFG rows included
+    cache: object
+    seq: Tensor  # (B, n + 2D + 2)
+    c: Tensor  # (B,) next index to fill
+    st: SpecStats
+    n: int
+    D: int
+    counts: Tensor  # (2 + 2D,): verify steps, accepted, reached per depth, accepted per depth
+
+    @classmethod
+    def start(cls, target: Transformer, drafter, cond: Tensor, sc: SamplingConfig, *, n: int, D: int, N: int,
+              draft_len: int, generator: torch.Generator | None) -> "TreeRound":
+        B, dev = cond.size(0), cond.device
+        labels = cfg_batch(target, cond, sc.uses_cfg)
+        R = labels.size(0)
+        cache = target.new_cache(R, 1 + n + D + N + 2)
+        seq = torch.zeros(B, n + 2 * D + 2, dtype=torch.long, device=dev)
+        st = SpecStats(D, reached=[0] * D, accepted_at=[0] * D)
+        zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
+        logits, hidden = target(None, labels, input_pos=zero, cache=cache, kv_len=1, return_hidden=True)
+        st.nfe_target += 1
+        first = process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0]
+        seq[:, 0] = draw(first, not sc.sample_logits, generator)
+        c = torch.ones(B, dtype=torch.long, device=dev)
+        state = drafter.begin(labels, draft_len)
+        drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
+        counts = torch.zeros(2 + 2 * D, dtype=torch.long, device=dev)
+        return cls(target, drafter, state, labels, cache, seq, c, st, n, D, counts)
+
+    def commit(self, toks: Tensor, path: Tensor, m: Tensor, nxt: Tensor, hidden: Tensor, live: Tensor) -> Tensor:
+        """Commit one verified round (``path`` (B, D) node ids, ``m`` accepted counts, ``nxt`` the next token,
+        ``hidden`` the verify forward's states); returns the tokens each live row gained (m + 1, capped at n)."""
+        seq, c, n, D, R = self.seq, self.c, self.n, self.D, self.labels.size(0)
+        rows, ar = torch.arange(seq.size(0), device=seq.device), torch.arange(D, device=seq.device)
+        m = torch.where(live, m, torch.zeros_like(m))
+        at = c[:, None] + ar
+        seq[rows[:, None], at] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], at])
+        seq[rows, c + m] = nxt
+        src = torch.cat([c[:, None], c[:, None] + torch.where(ar[None] < m[:, None], path, ar[None] + 1)], 1)
+        self.cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=seq.device), R))
+        keep = torch.cat([torch.zeros_like(path[:, :1]), path], 1)
+        hid = hidden.gather(1, cfg_rows(keep, R)[..., None].expand(-1, -1, hidden.size(-1)))
+        self.counts += torch.cat([torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum()]),
+                                  (live[:, None] & (m[:, None] >= ar[None])).sum(0),
+                                  (live[:, None] & (m[:, None] >= ar[None] + 1)).sum(0)])
+        self.drafter.observe(self.state, seq, torch.where(live, c, c - 1), hid,
+                             torch.where(live, m + 1, torch.ones_like(m)))
+        gained = torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m))
+        self.c = torch.where(live, c + m + 1, c)
+        return gained
+
+    def finish(self, drafted_per_round: int) -> tuple[Tensor, SpecStats]:
+        """Tokens ``(B, n)`` and the counters, read from the device once."""
+        st, D = self.st, self.D
+        counts = self.counts.tolist()
+        st.verify_steps, st.accepted = counts[0], counts[1]
+        st.drafted = st.verify_steps * drafted_per_round
+        st.reached, st.accepted_at = counts[2:2 + D], counts[2 + D:]
+        st.nfe_draft = self.state.forwards
+        return self.seq[:, :self.n], st
+
+
+
 @torch.no_grad()
 def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(), *,
                   tree: Tree, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
@@ -199,60 +274,28 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     check_speculative_setup(target, drafter, rule)
     greedy, B, dev = not sc.sample_logits, cond.size(0), cond.device
     draft_greedy = greedy or getattr(rule, "drafts", "sampled") == "deterministic"  # top-m children of q
-    labels = cfg_batch(target, cond, sc.uses_cfg)
-    R, D, N = labels.size(0), len(tree.levels), tree.size
-    max_len = 1 + n + D + N + 2
-    cache = target.new_cache(R, max_len)
-    seq = torch.zeros(B, n + 2 * D + 2, dtype=torch.long, device=dev)
-    rows = torch.arange(B, device=dev)
-    st = SpecStats(D, reached=[0] * D, accepted_at=[0] * D)
-    zero = torch.zeros(R, 1, dtype=torch.long, device=dev)
-    logits, hidden = target(None, labels, input_pos=zero, cache=cache, kv_len=1, return_hidden=True)
-    st.nfe_target += 1
-    seq[:, 0] = draw(process(logits, torch.zeros(B, 1, dtype=torch.long, device=dev), sc)[:, 0], greedy, generator)
-    c = torch.ones(B, dtype=torch.long, device=dev)
-    state = drafter.begin(labels, max_len)
-    drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
+    D, N = len(tree.levels), tree.size
+    run = TreeRound.start(target, drafter, cond, sc, n=n, D=D, N=N, draft_len=1 + n + D + N + 2, generator=generator)
+    R, seq, rows = run.labels.size(0), run.seq, torch.arange(B, device=dev)
     depth = torch.tensor([tree.depth(i) for i in range(N + 1)], device=dev)
     nodes = torch.arange(N + 1, device=dev)
     bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
-    acc_t = torch.zeros(2, dtype=torch.long, device=dev)  # verify_steps, accepted
-    reach_t = torch.zeros(D, dtype=torch.long, device=dev)
-    okat_t = torch.zeros(D, dtype=torch.long, device=dev)
-    while bool((c < n).any()):
+    while bool((run.c < n).any()):
+        c = run.c
         live = c < n
-        d_toks, d_q = drafter.propose_tree(state, tree, sc, draft_greedy, generator)  # (B, N), (B, N, V)
+        d_toks, d_q = drafter.propose_tree(run.state, tree, sc, draft_greedy, generator)  # (B, N), (B, N, V)
         toks = torch.cat([seq[rows, c - 1][:, None], d_toks], 1)  # node 0 = x_{c-1}
         slots = c[:, None] + nodes
         pos = c[:, None] + depth
-        Rs = cfg_rows(slots, R)
-        logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=Rs, cache=cache,
-                                mask=cfg_rows(tree.mask(c, nodes, int(slots.max()) + 1), R), return_hidden=True)
-        st.nfe_target += 1
+        logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=cfg_rows(slots, R),
+                                cache=run.cache, mask=cfg_rows(tree.mask(c, nodes, int(slots.max()) + 1), R),
+                                return_hidden=True)
+        run.st.nfe_target += 1
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
         q = torch.cat([torch.zeros_like(d_q[:, :1]), d_q], 1)
         path, m, nxt = verify_tree(rule, tree, p, q, toks, greedy=greedy, generator=generator)
-        m = torch.where(live, m, torch.zeros_like(m))
-        ar = torch.arange(D, device=dev)
-        at = c[:, None] + ar
-        seq[rows[:, None], at] = torch.where(ar[None] < m[:, None], toks.gather(1, path), seq[rows[:, None], at])
-        seq[rows, c + m] = nxt
-        src = torch.cat([c[:, None], c[:, None] + torch.where(ar[None] < m[:, None], path, ar[None] + 1)], 1)
-        cache.move(cfg_rows(src, R), cfg_rows(c[:, None] + torch.arange(D + 1, device=dev), R))
-        keep = torch.cat([torch.zeros_like(path[:, :1]), path], 1)
-        hid = hidden.gather(1, cfg_rows(keep, R)[..., None].expand(-1, -1, hidden.size(-1)))
-        # statistics on the device (no host sync per round), read once at the end
-        acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum()])
-        depths = torch.arange(D, device=dev)[None]
-        reach_t += (live[:, None] & (m[:, None] >= depths)).sum(0)
-        okat_t += (live[:, None] & (m[:, None] >= depths + 1)).sum(0)
-        drafter.observe(state, seq, torch.where(live, c, c - 1), hid, torch.where(live, m + 1, torch.ones_like(m)))
+        gained = run.commit(toks, path, m, nxt, hidden, live)
         if progress:
-            bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
-        c = torch.where(live, c + m + 1, c)
+            bar.update(int(gained.sum()))
     bar.close()
-    st.verify_steps, st.accepted = (int(x) for x in acc_t.tolist())
-    st.drafted = st.verify_steps * D
-    st.reached, st.accepted_at = reach_t.tolist(), okat_t.tolist()
-    st.nfe_draft = state.forwards
-    return seq[:, :n], st
+    return run.finish(D)
