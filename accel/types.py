@@ -55,12 +55,14 @@ class StepSchedule(Protocol):
 @runtime_checkable
 class Drafter(Protocol):
     """Proposes draft tokens for LlamaGen's speculative loops (``accel/speculative/drafters.py``):
-    ``begin(labels, max_len) -> state``; ``propose(state, gamma, sc, greedy, generator) -> (drafts (B, γ),
-    q (B, γ, V))``; ``observe(state, seq, start, hidden, n_new)`` after each target forward."""
+    ``begin(labels, max_len) -> state``; ``propose(state, gamma, sc, greedy, generator, *, c_max=None) -> (drafts
+    (B, γ), q (B, γ, V))`` (``c_max``: the committed lengths' maximum, already on the host; None = read it);
+    ``observe(state, seq, start, hidden, n_new)`` after each target forward."""
 
     def begin(self, labels: Tensor, max_len: int): ...
 
-    def propose(self, state, gamma: int, sc, greedy: bool, generator: torch.Generator | None): ...
+    def propose(self, state, gamma: int, sc, greedy: bool, generator: torch.Generator | None, *,
+                c_max: int | None = None): ...
 
     def observe(self, state, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None: ...
 

@@ -50,14 +50,14 @@ class TimedDrafter:
     def observe(self, *a):
         return self.inner.observe(*a)
 
-    def _timed(self, fn, *a):
+    def _timed(self, fn, *a, **k):
         t = time.perf_counter()
-        out = fn(*a)
+        out = fn(*a, **k)
         self.seconds += time.perf_counter() - t
         return out
 
-    def propose(self, *a):
-        return self._timed(self.inner.propose, *a)
+    def propose(self, *a, **k):
+        return self._timed(self.inner.propose, *a, **k)
 
     def propose_tree(self, *a):
         return self._timed(self.inner.propose_tree, *a)
@@ -351,12 +351,12 @@ def dyn_grid(drafters: list[str], tree: str, quick: bool) -> list:
         out.append(entry(f"sd-{d}", drafter=d))
         if full or quick:
             out.append(entry(f"sd-det-{d}-{tree}", drafter=d, delta=0.0, tree=tree, drafts="deterministic"))
-        for delta in ((0.05, 0.1, 0.2, 0.4) if full else (0.2,) if not quick else (0.1, 0.2)):
+        for delta in ((0.05, 0.1, 0.2, 0.4, 0.6) if full else (0.2,) if not quick else (0.1, 0.2)):
             out.append(entry(f"lantern-det-{d}-d{delta}-{tree}", drafter=d, delta=delta, tree=tree,
                              drafts="deterministic"))
         if full:
             out.append(entry(f"sd-{d}-g5", drafter=d, gamma=5))
-            for delta in (0.2, 0.4):
+            for delta in (0.2, 0.4, 0.6):
                 out.append(entry(f"lantern-det-{d}-d{delta}-g5", drafter=d, delta=delta, gamma=5,
                                  drafts="deterministic"))
             out.append(entry(f"lantern-{d}-d0.1", drafter=d, delta=0.1))  # sampled drafts, min(1, p~/q)
@@ -368,18 +368,36 @@ def dyn_grid(drafters: list[str], tree: str, quick: bool) -> list:
     return out
 
 
+def fid_rows(args, reg, base, entries, new: str, tree: str, command: str) -> list[dict]:
+    """FID[fmnist-cnn] at N (seeds from the sample index, batch 50) for AR and the rows named by --fid-methods;
+    methods renamed ``<name>@fid<N>`` (their one timing call is not a speed measurement)."""
+    fid_names = args.fid_methods.split(",") if args.fid_methods else [f"sd-{new}", f"lantern-det-{new}-d0.2-{tree}"]
+    fid_entries = [e for e in entries if e.name in fid_names]
+    n_fid = args.n_images if args.n_images is not None else (100 if args.quick else 1000)
+    qual = RunConfig(batch_sizes=(1,), repeats=1, warmup=0, n_images=n_fid, quality_batch=50, memory=False)
+    qrows = run_group(reg, base, fid_entries, TARGET, qual, reference=load_reference(), command=command,
+                      progress=lambda m: print(m, flush=True))
+    for r in qrows:
+        r["method"] += f"@fid{n_fid}"
+    return qrows
+
+
 def run_dynamic(args, reg) -> None:
     """``--grid dynamic``: size the tree on this device, time the grid at batch 1 and 8, FID at N for AR, exact SD
     and the deterministic LANTERN rows named by --fid-methods, measured step TV, pair statistics, cost split."""
     drafters = args.drafter or ["eagle", "eagle-cfg"]
     new = drafters[-1]
     quick = args.quick
+    if args.fid_only and not args.tree:
+        raise SystemExit("--fid-only needs --tree (the tree the speed rows use), e.g. --tree dyn8-k8-d4")
     batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes != "1,16" else ([1] if quick else [1, 8])
-    sizes = {bs: dyn_sizing(new, 0.2, bs, n_images=8 if quick else 24, repeats=3 if quick else 7) for bs in batches}
-    budget = sizes[1]["budget"] if 1 in sizes else sizes[batches[0]]["budget"]
-    tree = f"dyn{budget}-k8-d4"
-    print(f"sized tree for batch 1: {tree}; " + "; ".join(f"batch {b}: budget {z['budget']}" for b, z in sizes.items()),
-          flush=True)
+    sizes = {} if args.fid_only else {bs: dyn_sizing(new, 0.2, bs, n_images=8 if quick else 24,
+                                                     repeats=3 if quick else 7) for bs in batches}
+    if sizes:
+        budget = sizes[1]["budget"] if 1 in sizes else sizes[batches[0]]["budget"]
+        print(f"sized tree for batch 1: dyn{budget}-k8-d4; "
+              + "; ".join(f"batch {b}: budget {z['budget']}" for b, z in sizes.items()), flush=True)
+    tree = args.tree or f"dyn{budget}-k8-d4"  # --tree pins it (e.g. to the tree earlier FID rows were scored on)
     entries = [e for e in dyn_grid(drafters, tree, quick) if not e.why_unavailable(TARGET)]
     if args.methods:
         entries = [e for e in entries if e.name in args.methods.split(",")]
@@ -389,17 +407,11 @@ def run_dynamic(args, reg) -> None:
     command = current_command()
     args.out.mkdir(parents=True, exist_ok=True)
     base = reg.get("llamagen-ar")
+    if args.fid_only:  # quality rows only (deterministic given the seeds), appended to OUT/lantern.jsonl
+        return append_rows(args.out / "lantern.jsonl", fid_rows(args, reg, base, entries, new, tree, command))
     speed = RunConfig(batch_sizes=tuple(batches), repeats=3 if quick else 5, warmup=1, n_images=0, memory=False)
     rows = run_group(reg, base, entries, TARGET, speed, command=command, progress=lambda m: print(m, flush=True))
-    fid_names = args.fid_methods.split(",") if args.fid_methods else [f"sd-{new}", f"lantern-det-{new}-d0.2-{tree}"]
-    fid_entries = [e for e in entries if e.name in fid_names]
-    n_fid = args.n_images if args.n_images is not None else (100 if quick else 1000)
-    qual = RunConfig(batch_sizes=(1,), repeats=1, warmup=0, n_images=n_fid, quality_batch=50, memory=False)
-    qrows = run_group(reg, base, fid_entries, TARGET, qual, reference=load_reference(), command=command,
-                      progress=lambda m: print(m, flush=True))
-    for r in qrows:
-        r["method"] += f"@fid{n_fid}"
-    rows += qrows
+    rows += fid_rows(args, reg, base, entries, new, tree, command)
     append_rows(args.out / "lantern.jsonl", rows)
     tv = measured_dyn_step_tv(new, tree, (0.05, 0.1, 0.2, 0.4), n_nodes=200 if quick else 600)
     pairs = pair_stats(drafters, n_pairs=160 if quick else 480)
@@ -437,6 +449,10 @@ def main():
     ap.add_argument("--grid", choices=["default", "deterministic", "dynamic"], default="default")
     ap.add_argument("--fid-methods", default="", help="--grid dynamic: methods scored at N (default: exact SD and "
                     "deterministic LANTERN δ=0.2 on the sized tree, new drafter)")
+    ap.add_argument("--tree", default="", help="--grid dynamic: pin the dynamic tree (e.g. dyn8-k8-d4) instead of "
+                    "the one the sizing picks (sizing is still run and recorded)")
+    ap.add_argument("--fid-only", action="store_true", help="--grid dynamic: only the FID rows (--fid-methods, "
+                    "needs --tree), appended to OUT/lantern.jsonl")
     ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

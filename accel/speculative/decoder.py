@@ -7,8 +7,10 @@ token. Batches > 1 keep per-row positions (rows accept different numbers of draf
 one forward (``Transformer.forward``) with ``input_pos (B, γ+1)`` and its static cache written at per-row slots.
 
 Drafts: sampled from q, or the argmax of q for a rule with ``drafts == "deterministic"`` (LANTERN's released
-default path, ``lantern_deterministic.py``: q = 1). Statistics stay on the device until the end of the call; the
-loop condition and the verify forward's ``kv_len`` are the remaining host reads per round.
+default path, ``lantern_deterministic.py``: q = 1). Host reads: one per round (issue 18): the committed lengths
+``c`` and the previous verification's NaN flag are copied together; the loop's exit test, the forwards' ``kv_len``
+(``max(c) + g + 1``) and the drafter's cache bound are computed from that copy. Statistics stay on the device until
+the end of the call; a non-finite p or q raises at the next round's read (same step number).
 
 Positions: the class token sits at 0 and image token t at 1 + t; ``c`` (per row) counts committed tokens, so
 the target cache is valid for positions < c and token c - 1 is fed next.
@@ -32,7 +34,8 @@ from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
 from accel.speculative.drafters import cfg_rows, draw, process
 from accel.speculative.rules import verify_chain
-from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup
+from accel.validate import (check_labels, check_max_new_tokens, check_speculative_setup, finite_pq,
+                             raise_non_finite_pq)
 
 
 @dataclass
@@ -99,35 +102,47 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     acc_t = torch.zeros(3, dtype=torch.long, device=dev)  # verify_steps, accepted, drafted
     reach_t = torch.zeros(gamma, dtype=torch.long, device=dev)
     okat_t = torch.zeros(gamma, dtype=torch.long, device=dev)
-    while bool((c < n).any()):
+    bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
+    done, p, q = B, None, None
+    while True:
+        host = torch.cat([c, bad]).tolist()  # the round's one host read
+        if host[-1]:
+            raise_non_finite_pq(p, None if greedy else q, st.nfe_target - 1, "speculative verification")
+        hc = host[:B]
+        if progress:
+            now = sum(min(x, n) for x in hc)
+            bar.update(now - done)
+            done = now
+        if min(hc) >= n:
+            break
         live = c < n
-        g = min(gamma, cache.block_limit(int(c[0])) - 1) if limited else gamma  # g = 0: a plain AR step
-        d, q = drafter.propose(state, g, sc, draft_greedy, generator)  # (B, g), (B, g, V)
+        c_max = max(hc)
+        g = min(gamma, cache.block_limit(hc[0]) - 1) if limited else gamma  # g = 0: a plain AR step
+        d, q = drafter.propose(state, g, sc, draft_greedy, generator, c_max=c_max)  # (B, g), (B, g, V)
         pos = c[:, None] + offs[: g + 1]  # tokens [x_{c-1}, d_1..d_g] at positions c..c+g
         inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
-        logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=int(pos.max()) + 1,
+        logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=c_max + g + 1,
                                 return_hidden=True)
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i
-        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator, step=st.nfe_target - 1)
+        v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator, check_finite=False)
+        bad = bad | (~finite_pq(p, None if greedy else q)).long()
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token
-        # statistics over unfinished rows, kept on the device (no host sync per round); drafts past the image end
-        # are not counted as accepted
+        # statistics over unfinished rows, kept on the device; drafts past the image end are not counted as accepted
         acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum(),
                               (torch.minimum(torch.full_like(c, g), (n - c).clamp_min(0)) * live).sum()])
         ok = v.accepted & live[:, None]
         reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
         reach_t[:g] += reach.sum(0)
         okat_t[:g] += (reach & ok).sum(0)
-        if progress:
-            bar.update(int(torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m)).sum()))
         # finished rows stay frozen: the drafter sees "1 new token ending at c - 1" again
         drafter.observe(state, seq, torch.where(live, c, c - 1), hidden, torch.where(live, m + 1, torch.ones_like(m)))
         c = torch.where(live, c + m + 1, c)
     bar.close()
-    st.verify_steps, st.accepted, st.drafted = (int(x) for x in acc_t.tolist())
-    st.reached, st.accepted_at = reach_t.tolist(), okat_t.tolist()
+    counts = torch.cat([acc_t, reach_t, okat_t]).tolist()  # the counters, read once
+    st.verify_steps, st.accepted, st.drafted = counts[:3]
+    st.reached, st.accepted_at = counts[3:3 + gamma], counts[3 + gamma:]
     st.nfe_draft = state.forwards
     return seq[:, :n], st

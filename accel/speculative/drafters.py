@@ -14,7 +14,8 @@ rejected drafts are overwritten before any query can see them.
   (shared, frozen) head; ``embed`` is the target's token embedding. Runs on the CFG batch [cond; null].
 
 Protocol (what ``decoder.py`` calls): ``begin(labels, max_len) -> state``;
-``propose(state, gamma, sc, greedy, generator) -> (drafts (B, γ), q (B, γ, V))``;
+``propose(state, gamma, sc, greedy, generator, *, c_max=None) -> (drafts (B, γ), q (B, γ, V))`` (``c_max``: the
+maximum committed length when the caller already has it on the host, so ``propose`` reads nothing from the device);
 ``observe(state, seq, start, hidden, n_new)`` after each target forward: the target read tokens at
 positions ``start + i`` and produced ``hidden[:, i]`` (R, T, dim); the row's first ``n_new`` of them are
 now committed and ``seq`` (B, *) holds the committed tokens (``seq[:, s]`` = token index s).
@@ -95,12 +96,13 @@ class ModelDrafter:
         state.forwards += 1
         return logits
 
-    def catch_up(self, state: DraftState, kv_len: int) -> Tensor:
+    def catch_up(self, state: DraftState, kv_len: int, c_max: int | None = None) -> Tensor:
         """Write the newly committed tokens; return the logits ``(R, V)`` that predict the next token.
 
         The target read tokens at positions ``start + i``; the committed window is ``seq[start-1 : c]`` at
         positions ``start .. c`` (c = start + n_new), fed padded to a fixed width (entries past c are
-        overwritten before any query can attend to them).
+        overwritten before any query can attend to them). ``c_max``: a host-side max of c, which bounds the
+        window's last position (start <= c - 1) without a device read.
         """
         seq, start, n_new, W = (state.extra[k] for k in ("seq", "start", "n_new", "width"))
         if not state.extra.get("started", False):  # class token at 0 and x_0 at 1 (all rows: c = 1)
@@ -109,16 +111,17 @@ class ModelDrafter:
             return self._forward(state, seq[:, :1], state.labels, pos, kv_len)[:, -1]
         pos = start[:, None] + torch.arange(W + 1, device=start.device)
         idx = seq.gather(1, (pos - 1).clamp(max=seq.size(1) - 1))
-        logits = self._forward(state, idx, None, pos, max(kv_len, int(pos.max()) + 1))
+        last = int(pos.max()) if c_max is None else c_max - 1 + W
+        logits = self._forward(state, idx, None, pos, max(kv_len, last + 1))
         last = cfg_rows(n_new, logits.size(0))
         return logits[torch.arange(logits.size(0), device=logits.device), last]
 
     @torch.no_grad()
     def propose(self, state: DraftState, gamma: int, sc: SamplingConfig, greedy: bool,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                generator: torch.Generator | None, *, c_max: int | None = None) -> tuple[Tensor, Tensor]:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens
-        kv_len = int(c.max()) + gamma + 1
-        logits = self.catch_up(state, kv_len)[:, None]
+        kv_len = (int(c.max()) if c_max is None else c_max) + gamma + 1
+        logits = self.catch_up(state, kv_len, c_max)[:, None]
         if gamma == 0:  # catch up only (the target makes a plain step)
             return c.new_zeros(c.size(0), 0), logits.new_zeros(c.size(0), 0, logits.size(-1))
         drafts, qs = [], []
@@ -226,10 +229,10 @@ class EagleDrafter:
 
     @torch.no_grad()
     def propose(self, state: DraftState, gamma: int, sc: SamplingConfig, greedy: bool,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                generator: torch.Generator | None, *, c_max: int | None = None) -> tuple[Tensor, Tensor]:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens; the last valid pair is at c - 1
-        kv_len = int(c.max()) + gamma + 1
-        h = self.catch_up(state, kv_len)
+        kv_len = (int(c.max()) if c_max is None else c_max) + gamma + 1
+        h = self.catch_up(state, kv_len, pos_bound=c_max)
         if gamma == 0:  # catch up only (the target makes a plain step)
             return c.new_zeros(c.size(0), 0), h.new_zeros(c.size(0), 0, self.target.config.vocab_size)
         drafts, qs = [], []

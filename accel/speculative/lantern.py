@@ -155,10 +155,8 @@ class LanternRule:
             return normalize_or((p.double() - a).clamp_min(0), p.double()).to(p.dtype)
         _, s = self.relaxed(p, x)
         used = s > 0  # zero-mass prefixes count as no relaxation (δ = 0 is exact; see module doc)
-        qq = q.clone()
-        if bool(used.any()):
-            depth = min(self.kk + 1, self.neighbours.shape[1])
-            nb = self.neighbours.to(p.device)[x.long()[used], :depth].long()
-            qu = qq[used].scatter(1, nb, 0.0)
-            qq[used] = normalize_or(qu, torch.zeros_like(qu))
+        depth = min(self.kk + 1, self.neighbours.shape[1])
+        nb = self.neighbours.to(p.device)[x.long(), :depth].long()
+        qu = q.scatter(1, nb, 0.0)  # every row, then a select: no host read on `used`
+        qq = torch.where(used[:, None], normalize_or(qu, torch.zeros_like(qu)), q)
         return normalize_or((p - qq).clamp_min(0), p)

@@ -88,7 +88,7 @@ class ChainVerdict:
 
 
 def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor, *,
-                 greedy: bool, generator: torch.Generator | None, step=None) -> ChainVerdict:
+                 greedy: bool, generator: torch.Generator | None, step=None, check_finite: bool = True) -> ChainVerdict:
     """Verify drafts ``x (B, γ)`` against target ``p (B, γ+1, V)`` and draft ``q (B, γ, V)``.
 
     ``p[:, i]`` is the target distribution for draft ``i`` (``p[:, γ]`` the bonus position after all drafts).
@@ -96,7 +96,8 @@ def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor,
     accepted count is the length of the leading run of ``r < accept_prob``; the next token is sampled from
     the rule's residual at the first rejection, or from ``p[:, γ]`` if every draft was accepted.
     ``q`` may be ``None`` in greedy mode. Non-finite ``p``/``q`` raise ``NonFiniteError`` naming the model
-    and ``step`` (checked once per call, in the same host sync as the rejection test).
+    and ``step`` (one host read per call); ``check_finite=False`` leaves that check to the caller (a decode loop
+    that folds it into its own per-round read, ``decoder.py``) and makes the call free of host reads.
     """
     B, gamma = x.shape
     if p.shape[:2] != (B, gamma + 1):
@@ -116,7 +117,7 @@ def verify_chain(rule, p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor,
     rows = torch.arange(B, device=p.device)
     p_at = p[rows, n_acc]  # (B, V): target at the first rejection, or the bonus position
     rejected = n_acc < gamma
-    if not bool(finite_pq(p, None if greedy else q)):  # one host read per verification (NaN check)
+    if check_finite and not bool(finite_pq(p, None if greedy else q)):  # one host read (NaN check)
         raise_non_finite_pq(p, None if greedy else q, step, "speculative verification")
     if greedy:
         nxt = p_at.argmax(-1)  # the greedy residual is the one-hot of argmax p

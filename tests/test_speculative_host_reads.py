@@ -1,0 +1,108 @@
+"""Host reads of the chain speculative decode loop (``decoder.py``): at most one per round (issue 18, item 4),
+counted at the dispatcher (``_local_scalar_dense`` behind ``bool``/``int``/``item``, ``nonzero`` behind boolean
+indexing, ``equal``) and at ``Tensor.tolist``; and the same tokens as before the change for pinned seeds (the
+tokens below were produced by the loop with several host reads per round, commit 325705a)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from accel.models.llamagen_generate import SamplingConfig
+from accel.speculative.decoder import speculative_generate
+from accel.speculative.lantern import LanternRule, neighbour_table
+from accel.speculative.lantern_deterministic import DeterministicLanternRule
+from accel.speculative.rules import ExactRule
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_speculative_decoder import _drafters, tiny  # noqa: E402
+
+READS = {"_local_scalar_dense", "nonzero", "equal", "masked_select", "is_nonzero"}
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operators that copy a device value to the host (see module doc)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _rule(kind, target):
+    table = neighbour_table(target.tok_embeddings.weight, 8)
+    return {"exact": ExactRule(), "lantern": LanternRule(table, k=7, delta=0.2),
+            "det": DeterministicLanternRule(table, k=7, delta=0.2)}[kind]
+
+
+def _setup(kind, which, greedy=False, gamma=3, seed=7):
+    """The call, built outside it (models, neighbour table, rule); batch 5, CFG, top-k."""
+    target = tiny(0, scale=0.6)
+    drafter, rule = _drafters(target)[which], _rule(kind, target)
+    sc = SamplingConfig(cfg_scale=2.0, top_k=12, sample_logits=not greedy)
+    cond = torch.tensor([0, 1, 2, 3, 1])
+    return lambda: speculative_generate(target, drafter, rule, cond, sc, gamma=gamma,
+                                        generator=torch.Generator().manual_seed(seed))
+
+
+def _run(kind, which, greedy=False):
+    return _setup(kind, which, greedy)()
+
+
+CASES = [("exact", 0, False), ("exact", 1, False), ("lantern", 0, False), ("lantern", 1, False), ("det", 1, False),
+         ("det", 0, False), ("exact", 1, True), ("lantern", 1, True)]
+
+PINNED = {  # (tokens, accepted, nfe_target) before the change
+    ("exact", 0, False): ([[9, 14, 12, 5, 15, 14, 5, 8, 9, 5, 7, 8, 15, 8, 14, 8], [15, 15, 15, 15, 15, 8, 4, 15, 9, 8, 15, 2, 5, 11, 5, 6], [15, 9, 15, 15, 9, 7, 5, 8, 5, 5, 12, 2, 5, 2, 7, 0], [15, 7, 13, 8, 14, 2, 15, 10, 13, 5, 7, 5, 14, 11, 5, 6], [15, 15, 15, 15, 15, 11, 11, 15, 4, 9, 4, 4, 3, 15, 15, 15]], 25, 14),
+    ("exact", 1, False): ([[9, 13, 7, 5, 5, 5, 5, 11, 7, 13, 5, 7, 1, 10, 5, 7], [15, 15, 15, 15, 15, 4, 15, 4, 15, 2, 11, 15, 15, 11, 15, 11], [15, 9, 15, 15, 15, 4, 15, 7, 7, 3, 9, 13, 13, 7, 14, 8], [15, 6, 15, 4, 11, 11, 12, 15, 15, 5, 13, 15, 11, 14, 2, 10], [15, 15, 15, 15, 15, 8, 11, 15, 4, 3, 4, 15, 15, 15, 11, 15]], 10, 16),
+    ("lantern", 0, False): ([[9, 14, 12, 5, 15, 14, 5, 8, 7, 1, 10, 2, 5, 15, 7, 13], [15, 15, 15, 15, 12, 4, 9, 2, 0, 4, 11, 4, 15, 11, 3, 8], [15, 9, 5, 1, 4, 4, 7, 14, 12, 11, 7, 13, 2, 10, 6, 11], [15, 7, 13, 15, 11, 9, 2, 11, 7, 2, 15, 14, 10, 13, 5, 12], [15, 12, 7, 8, 13, 3, 6, 8, 8, 2, 2, 5, 12, 12, 11, 12]], 47, 9),
+    ("lantern", 1, False): ([[9, 13, 7, 15, 7, 4, 9, 5, 11, 10, 5, 9, 8, 15, 14, 5], [15, 15, 15, 15, 15, 5, 2, 15, 5, 13, 15, 4, 7, 7, 8, 9], [15, 9, 15, 15, 15, 4, 15, 7, 7, 3, 9, 13, 13, 7, 13, 0], [15, 6, 15, 4, 11, 10, 13, 15, 15, 11, 14, 10, 5, 14, 15, 11], [15, 5, 2, 9, 11, 2, 5, 4, 9, 6, 15, 1, 4, 5, 9, 11]], 23, 13),
+    ("det", 1, False): ([[9, 13, 7, 12, 13, 5, 5, 6, 12, 8, 14, 12, 11, 7, 11, 10], [15, 15, 15, 15, 15, 2, 15, 11, 11, 15, 15, 11, 11, 4, 4, 15], [15, 9, 15, 15, 15, 11, 7, 12, 8, 10, 14, 0, 10, 8, 12, 2], [15, 7, 13, 6, 6, 7, 2, 14, 7, 0, 0, 0, 6, 2, 7, 4], [15, 3, 8, 15, 3, 3, 5, 4, 0, 9, 5, 3, 15, 10, 7, 2]], 13, 15),
+    ("det", 0, False): ([[9, 13, 7, 12, 6, 7, 8, 7, 6, 9, 15, 8, 11, 13, 15, 8], [15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 15, 11, 4, 8, 15, 2], [15, 9, 15, 15, 15, 4, 15, 15, 15, 4, 2, 9, 5, 10, 8, 9], [15, 7, 13, 13, 8, 4, 15, 11, 11, 7, 11, 2, 8, 7, 15, 0], [15, 15, 15, 15, 15, 11, 4, 15, 11, 15, 4, 11, 15, 9, 15, 11]], 11, 15),
+    ("exact", 1, True): ([[9, 2, 7, 5, 7, 2, 14, 5, 12, 5, 2, 5, 10, 5, 5, 5], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 11, 4, 15], [9, 7, 5, 7, 5, 12, 5, 10, 7, 5, 12, 13, 1, 5, 5, 7], [15, 0, 5, 0, 0, 8, 8, 5, 1, 0, 12, 5, 13, 0, 7, 1], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 11, 4, 15]], 5, 16),
+    ("lantern", 1, True): ([[9, 2, 7, 5, 7, 2, 14, 5, 12, 5, 2, 5, 10, 5, 5, 5], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 11, 4, 15], [9, 7, 5, 7, 5, 12, 5, 10, 7, 5, 13, 2, 5, 7, 0, 5], [15, 0, 5, 0, 0, 8, 8, 5, 1, 0, 12, 5, 13, 14, 7, 1], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 11, 4, 15]], 6, 16),
+}
+
+
+@pytest.mark.parametrize("kind,which,greedy", CASES)
+def test_same_tokens_as_before_for_pinned_seeds(kind, which, greedy):
+    toks, st = _run(kind, which, greedy)
+    want, accepted, nfe = PINNED[(kind, which, greedy)]
+    assert toks.tolist() == want
+    assert (st.accepted, st.nfe_target) == (accepted, nfe)
+
+
+@pytest.mark.parametrize("kind,which,greedy", [("exact", 0, False), ("lantern", 1, False), ("det", 1, False),
+                                               ("exact", 1, True)])
+def test_one_host_read_per_round(kind, which, greedy, monkeypatch):
+    lists = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: lists.append(t.numel()) or tolist(t))
+    call = _setup(kind, which, greedy)
+    with HostReads() as reads:
+        _, st = call()
+    rounds = st.nfe_target - 1
+    # one read per round and one for the loop's exit test, the counters once at the end, and the input checks'
+    # two reads of the labels (check_labels: min and max) before any work
+    assert reads.count + len(lists) <= rounds + 1 + 1 + 2, (reads.count, len(lists), rounds)
+    assert rounds >= 4  # several rounds: the bound is not met trivially
+
+
+def test_non_finite_target_is_still_reported(monkeypatch):
+    """The NaN check moved into the round's one read: a non-finite target still raises NonFiniteError."""
+    from accel.validate import NonFiniteError
+
+    target = tiny(0, scale=0.6)
+    drafter = _drafters(target)[1]
+    with torch.no_grad():
+        target.output.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError):
+        speculative_generate(target, drafter, ExactRule(), torch.tensor([0, 1]), SamplingConfig(cfg_scale=2.0),
+                             gamma=3, generator=torch.Generator().manual_seed(0))
