@@ -106,3 +106,38 @@ def test_non_finite_target_is_still_reported(monkeypatch):
     with pytest.raises(NonFiniteError):
         speculative_generate(target, drafter, ExactRule(), torch.tensor([0, 1]), SamplingConfig(cfg_scale=2.0),
                              gamma=3, generator=torch.Generator().manual_seed(0))
+
+
+def _dyn_setup(delta, seed=3):
+    from test_dynamic_tree import _eagle
+
+    from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
+
+    target = tiny(0, scale=0.6)
+    drafter = _eagle(target, scale=0.05)
+    rule = DeterministicLanternRule(neighbour_table(target.tok_embeddings.weight, 15), k=15, delta=delta)
+    cond, sc = torch.tensor([0, 1, 2, 3, 1]), SamplingConfig(cfg_scale=2.0)
+    return lambda: dynamic_tree_generate(target, drafter, rule, cond, sc, spec=DynamicTree(6, 3, 3),
+                                         generator=torch.Generator().manual_seed(seed))
+
+
+DYN_PINNED = {  # δ: (tokens, accepted, nfe_target) of the dynamic tree at commit 3f28c4c
+    0.0: ([[0, 5, 14, 4, 12, 15, 6, 14, 8, 5, 5, 12, 11, 8, 10, 14], [15, 15, 15, 15, 15, 15, 4, 4, 15, 12, 4, 15, 11, 15, 15, 15], [9, 2, 10, 7, 5, 14, 10, 8, 11, 7, 7, 8, 2, 5, 7, 8], [0, 14, 15, 3, 12, 0, 12, 8, 6, 1, 0, 15, 0, 15, 5, 4], [15, 15, 11, 8, 15, 15, 4, 15, 3, 15, 15, 15, 15, 13, 15, 2]], 11, 15),
+    0.3: ([[0, 8, 12, 15, 5, 13, 10, 3, 13, 14, 8, 15, 11, 5, 5, 5], [15, 5, 13, 7, 4, 11, 15, 11, 3, 10, 5, 7, 1, 10, 5, 15], [9, 2, 10, 7, 5, 14, 8, 8, 11, 7, 7, 11, 4, 8, 6, 14], [0, 14, 15, 5, 13, 8, 11, 11, 5, 7, 8, 5, 5, 7, 1, 5], [15, 15, 15, 15, 11, 11, 11, 13, 2, 8, 14, 13, 3, 11, 13, 15]], 25, 12),
+}
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.3])
+def test_dynamic_tree_same_tokens_and_one_read_per_round(delta, monkeypatch):
+    toks, st = _dyn_setup(delta)()
+    want, accepted, nfe = DYN_PINNED[delta]
+    assert toks.tolist() == want and (st.accepted, st.nfe_target) == (accepted, nfe)
+    lists = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: lists.append(t.numel()) or tolist(t))
+    call = _dyn_setup(delta)
+    with HostReads() as reads:
+        _, st = call()
+    rounds = st.nfe_target - 1
+    # per round one read, the exit test, the counters and the path ranks at the end, the label checks
+    assert reads.count + len(lists) <= rounds + 1 + 2 + 2, (reads.count, len(lists), rounds)

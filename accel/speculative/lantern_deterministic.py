@@ -80,18 +80,27 @@ class DeterministicLanternRule:
         budget = torch.full((N,), float(self.delta), dtype=torch.float64, device=p.device)
         chosen = torch.full((N,), -1, dtype=torch.long, device=p.device)
         emit = torch.zeros(N, W, dtype=torch.float64, device=p.device)
+        x_all = xs.clamp_min(0)
+        nbr_all = self.neighbours.to(p.device)[x_all, : self.kk].long()  # (N, W, k): one gather for all children
+        live_all = xs >= 0
         for i in range(W):  # siblings are sequential by definition (each sees the previous residual)
-            x = xs[:, i].clamp_min(0)
-            has = (xs[:, i] >= 0) & (chosen < 0)
-            s, A = self._relax(m, x, budget)
-            mass_A = m.gather(1, x[:, None])[:, 0] + s  # = m_i(A_i)
-            emit[:, i] = torch.where(has, mass_A, torch.zeros_like(mass_A))
+            x, nbr = x_all[:, i : i + 1], nbr_all[:, i]
+            has = live_all[:, i] & (chosen < 0)
+            g = m.gather(1, nbr)  # m_i(n_1..n_k)
+            cs = g.cumsum(1)  # S_1..S_k (Eq. 6), non-decreasing
+            used = cs <= budget[:, None]  # exactly n_1..n_j* (a prefix, as cs is monotone)
+            s = cs.masked_fill(~used, 0.0).amax(1)  # S_j* (0 when no prefix fits)
+            m_x = m.gather(1, x)
+            mass_A = m_x[:, 0] + s  # = m_i(A_i)
+            emit[:, i] = torch.where(has, mass_A, 0.0)
             if u is not None:
                 acc = has & (u[:, i].double() * m.sum(1) < mass_A)  # accept w.p. m(A) / m(V)
-                chosen = torch.where(acc, torch.full_like(chosen, i), chosen)
+                chosen = torch.where(acc, i, chosen)
                 has = has & ~acc
-            m = torch.where(has[:, None] & A, torch.zeros_like(m), m)
-            budget = torch.where(has, budget - s, budget)
+            # rejected: A_i = {x_i, n_1..n_j*} leaves the residual (written back in place of a (N, V) mask)
+            m = m.scatter(1, nbr, g.masked_fill(used & has[:, None], 0.0))
+            m = m.scatter(1, x, m_x.masked_fill(has[:, None], 0.0))
+            budget = budget - s * has
         return chosen, emit, m
 
     def step(self, p: Tensor, xs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
