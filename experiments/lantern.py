@@ -8,6 +8,11 @@
     python experiments/lantern.py --grid dynamic --out results/lantern-dynamic   # issue 18: EAGLE-2 dynamic tree
         # sized per device, old vs CFG-trained drafter, batch 1 and 8, FID N=1000 rows, step TV at tree nodes
     python experiments/lantern.py --grid dynamic --quick --out /tmp/lantern-quick   # the same in a few minutes
+    python experiments/lantern.py --grid dynamic --drafter eagle-cfg --fid-only --tree dyn8-k8-d4 \
+        --fid-methods lantern-det-eagle-cfg-d0.4-dyn8-k8-d4,lantern-det-eagle-cfg-d0.4-g5 --n-images 1000 --out DIR
+        # FID rows only (deterministic given the seeds: a separate run scores the rows a speed run timed)
+    python experiments/lantern.py --grid dynamic --drafter eagle-cfg --tree dyn8-k8-d4 --compile default \
+        --methods sd-eagle-cfg,lantern-det-eagle-cfg-d0.4-g5 --batch-sizes 1 --out DIR   # compiled speed rows
 
 Grid: AR baseline (``llamagen-ar``); exact speculative sampling with each drafter (small LlamaGen ``draft``,
 EAGLE head ``eagle``); LANTERN δ ∈ {0.05, 0.1, 0.2, 0.4} at k = 1000 (capped at the codebook size - 1) and a
@@ -365,6 +370,10 @@ def dyn_grid(drafters: list[str], tree: str, quick: bool) -> list:
             shallow = tree.rsplit("-d", 1)[0] + "-d3"  # same budget, one drafter forward fewer per round
             out.append(entry(f"lantern-det-{d}-d0.2-{shallow}", drafter=d, delta=0.2, tree=shallow,
                              drafts="deterministic"))
+            budget_part, _, depth_part = tree.split("-")
+            narrow = f"{budget_part}-k4-{depth_part}"  # 4 children per expanded node: 4-token drafter forwards
+            out.append(entry(f"lantern-det-{d}-d0.4-{narrow}", drafter=d, delta=0.4, tree=narrow,
+                             drafts="deterministic"))
     return out
 
 
@@ -374,6 +383,8 @@ def fid_rows(args, reg, base, entries, new: str, tree: str, command: str) -> lis
     fid_names = args.fid_methods.split(",") if args.fid_methods else [f"sd-{new}", f"lantern-det-{new}-d0.2-{tree}"]
     fid_entries = [e for e in entries if e.name in fid_names]
     n_fid = args.n_images if args.n_images is not None else (100 if args.quick else 1000)
+    if n_fid == 0:  # --n-images 0: no FID rows (e.g. scored in a separate --fid-only run with the same seeds)
+        return []
     qual = RunConfig(batch_sizes=(1,), repeats=1, warmup=0, n_images=n_fid, quality_batch=50, memory=False)
     qrows = run_group(reg, base, fid_entries, TARGET, qual, reference=load_reference(), command=command,
                       progress=lambda m: print(m, flush=True))
@@ -388,17 +399,19 @@ def run_dynamic(args, reg) -> None:
     drafters = args.drafter or ["eagle", "eagle-cfg"]
     new = drafters[-1]
     quick = args.quick
-    if args.fid_only and not args.tree:
-        raise SystemExit("--fid-only needs --tree (the tree the speed rows use), e.g. --tree dyn8-k8-d4")
+    if (args.fid_only or args.compile or args.speed_only) and not args.tree:
+        raise SystemExit("--fid-only / --speed-only / --compile need --tree (the tree to run), e.g. --tree dyn8-k8-d4")
     batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes != "1,16" else ([1] if quick else [1, 8])
-    sizes = {} if args.fid_only else {bs: dyn_sizing(new, 0.2, bs, n_images=8 if quick else 24,
+    sizes = {} if args.fid_only or args.compile or args.speed_only else {bs: dyn_sizing(new, 0.2, bs, n_images=8 if quick else 24,
                                                      repeats=3 if quick else 7) for bs in batches}
     if sizes:
         budget = sizes[1]["budget"] if 1 in sizes else sizes[batches[0]]["budget"]
         print(f"sized tree for batch 1: dyn{budget}-k8-d4; "
               + "; ".join(f"batch {b}: budget {z['budget']}" for b, z in sizes.items()), flush=True)
-    tree = args.tree or f"dyn{budget}-k8-d4"  # --tree pins it (e.g. to the tree earlier FID rows were scored on)
-    entries = [e for e in dyn_grid(drafters, tree, quick) if not e.why_unavailable(TARGET)]
+    trees = args.tree.split(",") if args.tree else [f"dyn{budget}-k8-d4"]  # --tree pins it (a list: rows of each)
+    tree = trees[0]  # FID, step TV and cost rows use the first
+    grid_rows = {e.name: e for t in trees for e in dyn_grid(drafters, t, quick)}
+    entries = [e for e in grid_rows.values() if not e.why_unavailable(TARGET)]
     if args.methods:
         entries = [e for e in entries if e.name in args.methods.split(",")]
     for e in entries:
@@ -409,22 +422,32 @@ def run_dynamic(args, reg) -> None:
     base = reg.get("llamagen-ar")
     if args.fid_only:  # quality rows only (deterministic given the seeds), appended to OUT/lantern.jsonl
         return append_rows(args.out / "lantern.jsonl", fid_rows(args, reg, base, entries, new, tree, command))
-    speed = RunConfig(batch_sizes=tuple(batches), repeats=3 if quick else 5, warmup=1, n_images=0, memory=False)
+    speed = RunConfig(batch_sizes=tuple(batches), repeats=args.repeats or (3 if quick else 5), warmup=1, n_images=0,
+                      memory=False,
+                      compile=args.compile or None)
     rows = run_group(reg, base, entries, TARGET, speed, command=command, progress=lambda m: print(m, flush=True))
+    if args.compile or args.speed_only:  # speed rows only (compiled: compile_s per row = first call minus median)
+        return append_rows(args.out / "lantern.jsonl", rows)
     rows += fid_rows(args, reg, base, entries, new, tree, command)
     append_rows(args.out / "lantern.jsonl", rows)
-    tv = measured_dyn_step_tv(new, tree, (0.05, 0.1, 0.2, 0.4), n_nodes=200 if quick else 600)
+    deltas = (0.05, 0.1, 0.2, 0.4) if quick else (0.05, 0.1, 0.2, 0.4, 0.6)
+    tv = measured_dyn_step_tv(new, tree, deltas, n_nodes=200 if quick else 600)
+    chain_tv = [] if quick else measured_step_tv(new, (0.2, 0.4, 0.6))  # chain rows: argmax draft on real pairs
     pairs = pair_stats(drafters, n_pairs=160 if quick else 480)
     probe = [e for e in entries if e.name in {f"sd-{new}", f"lantern-det-{new}-d0.2-{tree}", f"sd-det-{new}-{tree}",
-                                             f"lantern-det-{new}-d0.2-g5"}]
+                                             f"lantern-det-{new}-d0.4-{tree}", f"lantern-det-{new}-d0.4-g5"}]
     costs = [(dyn_cost_terms if "dyn" in str(e.params.get("tree")) else cost_terms)(e.params, 1) for e in probe]
-    for name, obj in (("sizing", sizes), ("step_tv", tv), ("pairs", pairs), ("costs", costs)):
+    for name, obj in (("sizing", sizes), ("step_tv", tv), ("step_tv_chain", chain_tv), ("pairs", pairs),
+                      ("costs", costs)):
         (args.out / f"{name}.json").write_text(json.dumps(obj, indent=1, default=str))
     lines = [f"- sizing batch {b}: budget {z['budget']} (verify cost / 1-token {dict(list(z['verify_rel'].items())[::8])}; "
              f"E(N) {z['expected_tokens']}; draft {z['draft_s'] * 1e3:.1f} ms, loop {z['loop_s'] * 1e3:.1f} ms per "
              f"iteration; ranking {z['ranked'][:4]})" for b, z in sizes.items()]
     lines += [f"- step TV at {r['n_nodes']} dynamic-tree nodes ({r['drafter']}, {r['tree']}, δ={r['delta']}, "
               f"{r['children_mean']:.1f} children per node): mean {r['tv_mean']:.4f} max {r['tv_max']:.4f}" for r in tv]
+    lines += [f"- step TV of the chain rule (argmax draft) on {r['n_pairs']} real (p, q), δ={r['delta']}: mean "
+              f"{r['tv_det_mean']:.4f} max {r['tv_det_max']:.4f}; sampled rule at the same δ: mean "
+              f"{r['tv_sampled_mean']:.3f} max {r['tv_sampled_max']:.3f}" for r in chain_tv]
     lines += [f"- pairs ({r['drafter']}, {r['n_pairs']} real (p, q)): median TV(p, q) {r['tv_median']:.3f}, "
               f"E[p(argmax q)] {r['p_argmax_q']:.3f}, E[p(top-10 of q)] {r['p_top10_q']:.3f}" for r in pairs]
     lines += cost_lines(costs)
@@ -449,10 +472,15 @@ def main():
     ap.add_argument("--grid", choices=["default", "deterministic", "dynamic"], default="default")
     ap.add_argument("--fid-methods", default="", help="--grid dynamic: methods scored at N (default: exact SD and "
                     "deterministic LANTERN δ=0.2 on the sized tree, new drafter)")
-    ap.add_argument("--tree", default="", help="--grid dynamic: pin the dynamic tree (e.g. dyn8-k8-d4) instead of "
-                    "the one the sizing picks (sizing is still run and recorded)")
+    ap.add_argument("--tree", default="", help="--grid dynamic: pin the dynamic tree (e.g. dyn8-k8-d4; a comma list "
+                    "times the tree rows of each) instead of the one the sizing picks (sizing is still run and recorded)")
     ap.add_argument("--fid-only", action="store_true", help="--grid dynamic: only the FID rows (--fid-methods, "
                     "needs --tree), appended to OUT/lantern.jsonl")
+    ap.add_argument("--repeats", type=int, default=None, help="--grid dynamic: interleaved timing rounds (default 5, "
+                    "quick 3)")
+    ap.add_argument("--speed-only", action="store_true", help="--grid dynamic: only the speed rows (needs --tree)")
+    ap.add_argument("--compile", default="", help="--grid dynamic: time the rows (AR included) compiled with "
+                    "accel.compile in this mode (e.g. default); speed rows only")
     ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
