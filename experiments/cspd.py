@@ -12,12 +12,14 @@ CSpD variant in the same run (accel.harness.runner), at the zoo card's settings 
 950 clip). Every row names the law it samples (params["law"], ``accel.presets.cspd.law``) and the grid holds
 the draft-free control of each law (``grid``). After timing, one extra profiled call per method and batch size
 gives the cost split (draft, verify MAR pass, verify head, residual) and the acceptance / sigma-gap per window
-position (``cspd_cost_split.jsonl``).
+position (``cspd_cost_split.jsonl``): read from each method's LAST timed call at that batch size (``Recorded``),
+not from an extra call.
 ``--disa SPEC`` (issue 9): per schedule, CSpD with both heads on the DiSA schedule (``cspd-disa-*``) and the
 target alone on it (``target-only-disa-*``, DiSA without CSpD), against the same constant-step baseline.
 """
 import argparse
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -180,18 +182,33 @@ def plot(out: Path) -> Path:
     return out / "cspd_speedup.png"
 
 
-def cost_split(reg: Registry, model: str, batch: int, device) -> dict[str, dict]:
-    from accel.harness.registry import BuildContext
+class Recorded:
+    """A method that keeps the stats of its latest Sample per batch size in ``store`` (the harness times after
+    the quality pass, so what is kept is the last timed call's): the cost split and per-position acceptance
+    come from the timed calls themselves, no extra call."""
 
-    ctx, out = BuildContext(model=model, device=torch.device(device)), {}
-    cond = torch.arange(batch) % 10
-    for e in reg.entries.values():
-        if e.baseline is None:
-            continue
-        s = e.build(ctx).generate(cond.to(device), generator=torch.Generator(device).manual_seed(0))
-        out[e.name] = {**s.stats.get("time_split_s", {}), "fallbacks": s.stats.get("fallbacks"),
-                       **by_position(s.stats)}
-    return out
+    def __init__(self, method, store: dict):
+        self.method, self.store = method, store
+        self.name, self.params = method.name, getattr(method, "params", {})
+
+    def generate(self, cond: torch.Tensor, *, generator: torch.Generator):
+        s = self.method.generate(cond, generator=generator)
+        self.store[(self.name, len(cond))] = s.stats
+        return s
+
+
+def recorded(reg: Registry, store: dict) -> Registry:
+    """``reg`` with every entry's method wrapped in ``Recorded`` (same names, params and baselines)."""
+    wrap = lambda e: dataclasses.replace(e, build=lambda ctx, b=e.build: Recorded(b(ctx), store))  # noqa: E731
+    return Registry({n: wrap(e) for n, e in reg.entries.items()}, modules=reg.modules)
+
+
+def cost_split(store: dict, name: str, batch: int) -> dict | None:
+    """Cost split (s per part) and per-position acceptance of ``name``'s last timed call at ``batch``."""
+    st = store.get((name, batch))
+    if st is None or "time_split_s" not in st:
+        return None
+    return {**st["time_split_s"], "fallbacks": st.get("fallbacks"), **by_position(st)}
 
 
 def by_position(st: dict) -> dict:
@@ -306,15 +323,16 @@ def main(argv=None) -> int:
     entries = [e for e in reg.entries.values() if e.baseline is not None and (not args.methods or e.name in args.methods)]
     for name in set(args.methods or ()) - set(reg.entries):
         raise KeyError(f"unknown method {name!r}; valid: {sorted(reg.entries)}")
-    reg = Registry({e.name: e for e in [base, *entries]}, modules=reg.modules)
+    store: dict = {}
+    reg = recorded(Registry({e.name: e for e in [base, *entries]}, modules=reg.modules), store)
+    base, entries = reg.get(base.name), [reg.get(e.name) for e in entries]
     rows = run_group(reg, base, entries, model, cfg, reference=ref, command=current_command(),
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     for r in rows:
         r["random_weights"] = bool(args.random)
-    path = append_rows(args.out / "cspd.jsonl", rows)  # saved before the cost split: nothing lost if it fails
-    splits = {bs: cost_split(reg, model, bs, args.device) for bs in cfg.batch_sizes}
     for r in rows:
-        r["cost_split_s"] = splits[r["batch_size"]].get(r["method"])
+        r["cost_split_s"] = cost_split(store, r["method"], r["batch_size"])
+    path = append_rows(args.out / "cspd.jsonl", rows)
     append_rows(args.out / "cspd_cost_split.jsonl",
                 [{"run_id": r.get("run_id"), "method": r["method"], "batch_size": r["batch_size"],
                   "cost_split_s": r["cost_split_s"]} for r in rows])
