@@ -17,10 +17,16 @@ encoder/decoder on the context at the window start, then its diffusion head on a
   ``std_product="none"`` is exact (see cspd_math). MAR itself adds no noise at the last step; std there is
   ~1e-2 of the token scale (documented deviation, the official residual proposals add it too).
 - ``verify="left_to_right"`` (paper algorithm): keep drafts up to the first rejection, resample that one,
-  discard the rest. A batch shares one cursor (the draft loop advances all rows together), so a window
-  commits min over rows of (accepted prefix) + 1 tokens; each row's committed tokens stay exact (the cut is a
-  stopping time of its own left-to-right test, independent of its later drafts). ``verify="independent"``
+  discard the rest. With the released conditioning a batch shares one cursor, so a window commits min over
+  rows of (accepted prefix) + 1 tokens; each row's committed tokens stay exact (the cut is a stopping time of
+  its own left-to-right test, independent of its later drafts). The textbook loop keeps one cursor per row:
+  row b commits its own accepted prefix + 1, so rows sit at different AR positions (the draft's and the
+  verifier's MAR passes pad their different known counts; per-row head schedules and CFG scales under DiSA /
+  the linear CFG schedule), rows that are done leave the batch, and a window's length is
+  min(gamma, tokens left in the most advanced row), fixed before drafting. ``verify="independent"``
   (official code): every drafted token is accepted or resampled on its own, the cursor always moves by gamma.
+- Host reads: one per window (finiteness of the ratios, each row's accepted prefix, the verdicts); the per-
+  position counters stay on the device and are read once after the loop.
 
 What is preserved depends on ``conditioning``:
 
