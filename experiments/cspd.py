@@ -1,11 +1,12 @@
 """CSpD (arXiv 2411.11925) on the zoo MARs: target-only vs CSpD over gamma, alignment, pre-filling, verification.
 
-    python experiments/cspd.py --quick                 # < 10 minutes on 2 shared CPU cores (gamma 8, batch 1, N=16)
+    python experiments/cspd.py --quick                 # < 7 minutes on 2 shared CPU cores (gamma 8, batch 1, no FID)
     python experiments/cspd.py                          # the grid (gamma 4/8/16, batch 1 and 16, N=200)
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
     python experiments/cspd.py --acceptance             # acceptance per position / sigma-gap, zoo and aligned draft
     python experiments/cspd.py --acceptance --random --quick   # acceptance vs alignment on perturbed-copy drafts
     python experiments/cspd.py --quick --disa linear:50:5   # + CSpD composed with a DiSA step schedule
+    python experiments/cspd.py --quality-only --n-images 200 --methods cspd-released-T42-aligned-g8   # FID, no timing
 
 Baseline: the target MAR alone, one token per AR step (``cspd-target-only``), timed interleaved with every
 CSpD variant in the same run (accel.harness.runner), at the zoo card's settings (cfg 5.0 constant, 50 head steps,
@@ -224,6 +225,33 @@ def by_position(st: dict) -> dict:
             "gap_sigma_by_pos": [round(x / y, 1) if y else None for x, y in zip(st["gap_sigma_by_pos"], d)]}
 
 
+def quality_only(args, reg: Registry, model: str) -> list[dict]:
+    """FID etc. of ``--methods`` without timing: the harness's quality pass (``run_group``'s: same seeds, chunks
+    and reference), one method at a time, no baseline; rows carry no speed-up (``experiment`` "cspd-quality")."""
+    from accel.harness.distributed import generate_indexed
+    from accel.harness.quality import evaluate
+    from accel.harness.registry import BuildContext
+    from accel.harness.results import environment, make_row
+    from accel.harness.runner import aggregate_stats
+    from accel.presets.zoo_models import load_reference
+
+    cfg, dev = RunConfig(n_images=args.n_images or 200, device=args.device), torch.device(args.device)
+    ref, rows = load_reference(args.device), []
+    for name in args.methods or ():
+        e = reg.get(name)
+        s = generate_indexed(e.build(BuildContext(model=model, device=dev)), cfg.n_images, chunk=cfg.quality_batch,
+                             seed=cfg.seed, num_classes=cfg.num_classes, device=dev, extract=ref.extract)
+        c = aggregate_stats(s.stats)
+        rows.append(make_row(experiment="cspd-quality", family="mar", model=model, method=name, params=e.params,
+                             batch_size=cfg.quality_batch, n_images=cfg.n_images, seed=cfg.seed,
+                             acceptance_rate=c["acceptance_rate"], mean_accept_len=c["mean_accept_len"],
+                             **evaluate(s.feats, s.logits, s.cond, ref, seed=cfg.seed, n_boot=cfg.n_boot),
+                             env=environment(args.device), command=current_command()))
+        append_rows(args.out / "cspd.jsonl", rows[-1:])
+        print(f"{name:<34} FID {rows[-1]['fid']:.2f} {rows[-1].get('fid_ci')} acceptance {c['acceptance_rate']}")
+    return rows
+
+
 def zoo_acceptance(args) -> list[dict]:
     """Acceptance only (no timing, no FID) on the zoo pair, per draft x loop x rule at one gamma: overall and per
     window position, the mean sigma-gap; ``--n-images`` images (default 32) at batch 16, the card's settings."""
@@ -272,7 +300,9 @@ def main(argv=None) -> int:
     ap.add_argument("--random", action="store_true", help="small random configs instead of the zoo (speed only)")
     ap.add_argument("--out", type=Path, default=Path("results/cspd"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on the shared 2-core CPU two threads per process oversubscribe "
+                         "the cores and run several times slower; 0 = leave torch's default)")
     ap.add_argument("--batch-sizes", type=int, nargs="+")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--n-images", type=int)
@@ -287,6 +317,7 @@ def main(argv=None) -> int:
     ap.add_argument("--drafts", nargs="+", default=("zoo", "aligned"), choices=sorted(DRAFTS),
                     help="zoo drafts of the grid (--quick: the first only)")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
+    ap.add_argument("--quality-only", action="store_true", help="FID of --methods at --n-images (default 200), no timing")
     ap.add_argument("--methods", nargs="+", help="run only these grid entries (the baseline always runs)")
     ap.add_argument("--disa", nargs="+", default=(), metavar="SPEC",
                     help="add CSpD composed with these DiSA schedules, e.g. linear:50:5 (annealing.disa.make_schedule)")
@@ -306,12 +337,16 @@ def main(argv=None) -> int:
     reg = registry(args)
     base = reg.get("cspd-target-only")
     model = base.models[0]
+    if args.quality_only:
+        quality_only(args, reg, model)
+        return 0
     why = base.why_unavailable(model)
     if why:
         print(f"zoo MARs unavailable ({why}); rerun with --random for a speed-only run on random configs")
         return 2
-    # --quick (10 minutes on 2 shared cores): gamma 8, one draft, batch 1, one timed repeat, 16 quality images
-    quality = 0 if args.random else (16 if args.quick else 200)
+    # --quick (< 7 minutes on 2 shared cores): gamma 8, one draft, batch 1, one timed repeat, no quality pass (an
+    # FID needs N >= 200: ``--n-images 200``; at N = 16 the quality pass cost 2/3 of the run and measured noise)
+    quality = 0 if args.random or args.quick else 200
     cfg = RunConfig(batch_sizes=tuple(args.batch_sizes or ((1,) if args.quick else (1, 16))),
                     repeats=args.repeats or (1 if args.quick else 3), warmup=1,
                     n_images=quality if args.n_images is None else args.n_images, device=args.device, memory=False)
