@@ -164,7 +164,7 @@ def plot(out: Path) -> Path:
 
     from accel.harness.results import read_rows
 
-    rows = read_rows(out / "cspd.jsonl")
+    rows = [r for r in read_rows(out / "cspd.jsonl") if r.get("speedup") is not None]  # timed rows only
     rows = [r for r in rows if r.get("run_id") == rows[-1].get("run_id")]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     batches = sorted({r["batch_size"] for r in rows})
@@ -232,11 +232,11 @@ def quality_only(args, reg: Registry, model: str) -> list[dict]:
     from accel.harness.quality import evaluate
     from accel.harness.registry import BuildContext
     from accel.harness.results import environment, make_row
-    from accel.harness.runner import aggregate_stats
+    from accel.harness.runner import aggregate_stats, new_run_id
     from accel.presets.zoo_models import load_reference
 
     cfg, dev = RunConfig(n_images=args.n_images or 200, device=args.device), torch.device(args.device)
-    ref, rows = load_reference(args.device), []
+    ref, rows, run_id = load_reference(args.device), [], new_run_id()
     for name in args.methods or ():
         e = reg.get(name)
         s = generate_indexed(e.build(BuildContext(model=model, device=dev)), cfg.n_images, chunk=cfg.quality_batch,
@@ -246,7 +246,7 @@ def quality_only(args, reg: Registry, model: str) -> list[dict]:
                              batch_size=cfg.quality_batch, n_images=cfg.n_images, seed=cfg.seed,
                              acceptance_rate=c["acceptance_rate"], mean_accept_len=c["mean_accept_len"],
                              **evaluate(s.feats, s.logits, s.cond, ref, seed=cfg.seed, n_boot=cfg.n_boot),
-                             env=environment(args.device), command=current_command()))
+                             env=environment(args.device), command=current_command(), run_id=run_id))
         append_rows(args.out / "cspd.jsonl", rows[-1:])
         print(f"{name:<34} FID {rows[-1]['fid']:.2f} {rows[-1].get('fid_ci')} acceptance {c['acceptance_rate']}")
     return rows
