@@ -1,23 +1,26 @@
 """CSpD (arXiv 2411.11925) on the zoo MARs: target-only vs CSpD over gamma, alignment, pre-filling, verification.
 
-    python experiments/cspd.py --quick                 # < 10 minutes on 2 shared CPU cores (gamma 8, batch 1, N=16)
+    python experiments/cspd.py --quick                 # < 7 minutes on 2 shared CPU cores (gamma 8, batch 1, no FID)
     python experiments/cspd.py                          # the grid (gamma 4/8/16, batch 1 and 16, N=200)
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
     python experiments/cspd.py --acceptance             # acceptance per position / sigma-gap, zoo and aligned draft
     python experiments/cspd.py --acceptance --random --quick   # acceptance vs alignment on perturbed-copy drafts
     python experiments/cspd.py --quick --disa linear:50:5   # + CSpD composed with a DiSA step schedule
+    python experiments/cspd.py --quality-only --n-images 200 --methods cspd-released-T42-aligned-g8   # FID, no timing
 
 Baseline: the target MAR alone, one token per AR step (``cspd-target-only``), timed interleaved with every
 CSpD variant in the same run (accel.harness.runner), at the zoo card's settings (cfg 5.0 constant, 50 head steps,
 950 clip). Every row names the law it samples (params["law"], ``accel.presets.cspd.law``) and the grid holds
 the draft-free control of each law (``grid``). After timing, one extra profiled call per method and batch size
 gives the cost split (draft, verify MAR pass, verify head, residual) and the acceptance / sigma-gap per window
-position (``cspd_cost_split.jsonl``).
+position (``cspd_cost_split.jsonl``): read from each method's LAST timed call at that batch size (``Recorded``),
+not from an extra call.
 ``--disa SPEC`` (issue 9): per schedule, CSpD with both heads on the DiSA schedule (``cspd-disa-*``) and the
 target alone on it (``target-only-disa-*``, DiSA without CSpD), against the same constant-step baseline.
 """
 import argparse
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -161,7 +164,7 @@ def plot(out: Path) -> Path:
 
     from accel.harness.results import read_rows
 
-    rows = read_rows(out / "cspd.jsonl")
+    rows = [r for r in read_rows(out / "cspd.jsonl") if r.get("speedup") is not None]  # timed rows only
     rows = [r for r in rows if r.get("run_id") == rows[-1].get("run_id")]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     batches = sorted({r["batch_size"] for r in rows})
@@ -180,18 +183,33 @@ def plot(out: Path) -> Path:
     return out / "cspd_speedup.png"
 
 
-def cost_split(reg: Registry, model: str, batch: int, device) -> dict[str, dict]:
-    from accel.harness.registry import BuildContext
+class Recorded:
+    """A method that keeps the stats of its latest Sample per batch size in ``store`` (the harness times after
+    the quality pass, so what is kept is the last timed call's): the cost split and per-position acceptance
+    come from the timed calls themselves, no extra call."""
 
-    ctx, out = BuildContext(model=model, device=torch.device(device)), {}
-    cond = torch.arange(batch) % 10
-    for e in reg.entries.values():
-        if e.baseline is None:
-            continue
-        s = e.build(ctx).generate(cond.to(device), generator=torch.Generator(device).manual_seed(0))
-        out[e.name] = {**s.stats.get("time_split_s", {}), "fallbacks": s.stats.get("fallbacks"),
-                       **by_position(s.stats)}
-    return out
+    def __init__(self, method, store: dict):
+        self.method, self.store = method, store
+        self.name, self.params = method.name, getattr(method, "params", {})
+
+    def generate(self, cond: torch.Tensor, *, generator: torch.Generator):
+        s = self.method.generate(cond, generator=generator)
+        self.store[(self.name, len(cond))] = s.stats
+        return s
+
+
+def recorded(reg: Registry, store: dict) -> Registry:
+    """``reg`` with every entry's method wrapped in ``Recorded`` (same names, params and baselines)."""
+    wrap = lambda e: dataclasses.replace(e, build=lambda ctx, b=e.build: Recorded(b(ctx), store))  # noqa: E731
+    return Registry({n: wrap(e) for n, e in reg.entries.items()}, modules=reg.modules)
+
+
+def cost_split(store: dict, name: str, batch: int) -> dict | None:
+    """Cost split (s per part) and per-position acceptance of ``name``'s last timed call at ``batch``."""
+    st = store.get((name, batch))
+    if st is None or "time_split_s" not in st:
+        return None
+    return {**st["time_split_s"], "fallbacks": st.get("fallbacks"), **by_position(st)}
 
 
 def by_position(st: dict) -> dict:
@@ -205,6 +223,33 @@ def by_position(st: dict) -> dict:
     return {"accept_by_pos": r(st["accepted_by_pos"], d),
             "accept_given_prefix_by_pos": r(st["accepted_reached_by_pos"], st["reached_by_pos"]),
             "gap_sigma_by_pos": [round(x / y, 1) if y else None for x, y in zip(st["gap_sigma_by_pos"], d)]}
+
+
+def quality_only(args, reg: Registry, model: str) -> list[dict]:
+    """FID etc. of ``--methods`` without timing: the harness's quality pass (``run_group``'s: same seeds, chunks
+    and reference), one method at a time, no baseline; rows carry no speed-up (``experiment`` "cspd-quality")."""
+    from accel.harness.distributed import generate_indexed
+    from accel.harness.quality import evaluate
+    from accel.harness.registry import BuildContext
+    from accel.harness.results import environment, make_row
+    from accel.harness.runner import aggregate_stats, new_run_id
+    from accel.presets.zoo_models import load_reference
+
+    cfg, dev = RunConfig(n_images=args.n_images or 200, device=args.device), torch.device(args.device)
+    ref, rows, run_id = load_reference(args.device), [], new_run_id()
+    for name in args.methods or ():
+        e = reg.get(name)
+        s = generate_indexed(e.build(BuildContext(model=model, device=dev)), cfg.n_images, chunk=cfg.quality_batch,
+                             seed=cfg.seed, num_classes=cfg.num_classes, device=dev, extract=ref.extract)
+        c = aggregate_stats(s.stats)
+        rows.append(make_row(experiment="cspd-quality", family="mar", model=model, method=name, params=e.params,
+                             batch_size=cfg.quality_batch, n_images=cfg.n_images, seed=cfg.seed,
+                             acceptance_rate=c["acceptance_rate"], mean_accept_len=c["mean_accept_len"],
+                             **evaluate(s.feats, s.logits, s.cond, ref, seed=cfg.seed, n_boot=cfg.n_boot),
+                             env=environment(args.device), command=current_command(), run_id=run_id))
+        append_rows(args.out / "cspd.jsonl", rows[-1:])
+        print(f"{name:<34} FID {rows[-1]['fid']:.2f} {rows[-1].get('fid_ci')} acceptance {c['acceptance_rate']}")
+    return rows
 
 
 def zoo_acceptance(args) -> list[dict]:
@@ -255,7 +300,9 @@ def main(argv=None) -> int:
     ap.add_argument("--random", action="store_true", help="small random configs instead of the zoo (speed only)")
     ap.add_argument("--out", type=Path, default=Path("results/cspd"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on the shared 2-core CPU two threads per process oversubscribe "
+                         "the cores and run several times slower; 0 = leave torch's default)")
     ap.add_argument("--batch-sizes", type=int, nargs="+")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--n-images", type=int)
@@ -270,6 +317,7 @@ def main(argv=None) -> int:
     ap.add_argument("--drafts", nargs="+", default=("zoo", "aligned"), choices=sorted(DRAFTS),
                     help="zoo drafts of the grid (--quick: the first only)")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
+    ap.add_argument("--quality-only", action="store_true", help="FID of --methods at --n-images (default 200), no timing")
     ap.add_argument("--methods", nargs="+", help="run only these grid entries (the baseline always runs)")
     ap.add_argument("--disa", nargs="+", default=(), metavar="SPEC",
                     help="add CSpD composed with these DiSA schedules, e.g. linear:50:5 (annealing.disa.make_schedule)")
@@ -289,12 +337,16 @@ def main(argv=None) -> int:
     reg = registry(args)
     base = reg.get("cspd-target-only")
     model = base.models[0]
+    if args.quality_only:
+        quality_only(args, reg, model)
+        return 0
     why = base.why_unavailable(model)
     if why:
         print(f"zoo MARs unavailable ({why}); rerun with --random for a speed-only run on random configs")
         return 2
-    # --quick (10 minutes on 2 shared cores): gamma 8, one draft, batch 1, one timed repeat, 16 quality images
-    quality = 0 if args.random else (16 if args.quick else 200)
+    # --quick (< 7 minutes on 2 shared cores): gamma 8, one draft, batch 1, one timed repeat, no quality pass (an
+    # FID needs N >= 200: ``--n-images 200``; at N = 16 the quality pass cost 2/3 of the run and measured noise)
+    quality = 0 if args.random or args.quick else 200
     cfg = RunConfig(batch_sizes=tuple(args.batch_sizes or ((1,) if args.quick else (1, 16))),
                     repeats=args.repeats or (1 if args.quick else 3), warmup=1,
                     n_images=quality if args.n_images is None else args.n_images, device=args.device, memory=False)
@@ -306,15 +358,16 @@ def main(argv=None) -> int:
     entries = [e for e in reg.entries.values() if e.baseline is not None and (not args.methods or e.name in args.methods)]
     for name in set(args.methods or ()) - set(reg.entries):
         raise KeyError(f"unknown method {name!r}; valid: {sorted(reg.entries)}")
-    reg = Registry({e.name: e for e in [base, *entries]}, modules=reg.modules)
+    store: dict = {}
+    reg = recorded(Registry({e.name: e for e in [base, *entries]}, modules=reg.modules), store)
+    base, entries = reg.get(base.name), [reg.get(e.name) for e in entries]
     rows = run_group(reg, base, entries, model, cfg, reference=ref, command=current_command(),
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     for r in rows:
         r["random_weights"] = bool(args.random)
-    path = append_rows(args.out / "cspd.jsonl", rows)  # saved before the cost split: nothing lost if it fails
-    splits = {bs: cost_split(reg, model, bs, args.device) for bs in cfg.batch_sizes}
     for r in rows:
-        r["cost_split_s"] = splits[r["batch_size"]].get(r["method"])
+        r["cost_split_s"] = cost_split(store, r["method"], r["batch_size"])
+    path = append_rows(args.out / "cspd.jsonl", rows)
     append_rows(args.out / "cspd_cost_split.jsonl",
                 [{"run_id": r.get("run_id"), "method": r["method"], "batch_size": r["batch_size"],
                   "cost_split_s": r["cost_split_s"]} for r in rows])

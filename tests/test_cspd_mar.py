@@ -53,9 +53,9 @@ def run(p=P, q=Q, seed=0, **kw):
     return cspd_sample_tokens(p, q, LABELS, c, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("verify", ["left_to_right", "independent"])
+@pytest.mark.parametrize("verify", ["left_to_right", "independent", "textbook"])
 def test_bookkeeping(verify):
-    r = run(verify=verify)
+    r = run(verify=verify) if verify != "textbook" else run(conditioning="textbook")
     s = r.stats
     n_pre = math.floor(0.05 * L) + 1
     assert r.tokens.shape == (3, CFG.vae_embed_dim, 4, 4) and torch.isfinite(r.tokens).all()
@@ -64,6 +64,7 @@ def test_bookkeeping(verify):
     assert s["nfe_target"] == n_pre + s["windows"]
     committed = s["committed_drafts"] + s["residuals"]  # summed over the 3 rows
     assert committed == 3 * (L - n_pre)
+    assert sum(s["windows_by_row"]) == s["verify_steps"] and max(s["windows_by_row"]) == s["windows"]
     if verify == "independent":
         assert s["windows"] == math.ceil((L - n_pre) / 4) and s["nfe_draft"] == L - n_pre
         assert s["committed_drafts"] == s["accepted"]
@@ -275,19 +276,22 @@ def test_textbook_target_as_its_own_draft_is_accepted_at_every_position(kw):
     assert released["accepted"] < released["drafted"]
 
 
-def test_textbook_exact_cspd_samples_the_one_token_target_law():
+@pytest.mark.parametrize("kw", [dict(), dict(schedule=VARYING, cfg=2.0)], ids=["constant", "disa-cfg2"])
+def test_textbook_exact_cspd_samples_the_one_token_target_law(kw):
     """The output law of textbook-conditioned, left-to-right CSpD with the exact rule is the target's one token
     per AR step (the draft-free control with gamma = 1: every token p(x_n | x_<n), last Gaussian step with noise).
-    Seeded two-sample KS tests on low-dimensional statistics (per channel: the image's mean and its spread over
-    the 16 positions; Bonferroni over 8), N = 300 images each. Power check: the same test at the same N rejects
-    a broken rule (an unrelated draft, every token accepted)."""
+    Each row has its own cursor (its accepted prefix + 1 per window), so the 300 rows of one batch sit at
+    different AR positions, hence different head schedules and CFG scales under DiSA (asserted: the rows
+    desynchronise). Seeded two-sample KS tests on low-dimensional statistics (per channel: the image's mean and
+    its spread over the 16 positions; Bonferroni over 8), N = 300 images each. Power check: the same test at the
+    same N rejects a broken rule (an unrelated draft, every token accepted)."""
     from scipy import stats
 
     B = 300
     lab = torch.full((B,), 3)
 
-    def stat(q, seed, **kw):
-        c = CSpDConfig(**{"gamma": 4, "head_steps": HEAD, "conditioning": "textbook", **kw})
+    def stat(q, seed, **kw2):
+        c = CSpDConfig(**{"gamma": 4, "head_steps": HEAD, "conditioning": "textbook", **kw, **kw2})
         r = cspd_sample_tokens(P, q, lab, c, generator=torch.Generator().manual_seed(seed))
         t = r.tokens.flatten(2)  # (B, C, L)
         return torch.cat([t.mean(-1), t.std(-1)], 1).numpy(), r.stats  # (B, 2C)
@@ -299,10 +303,49 @@ def test_textbook_exact_cspd_samples_the_one_token_target_law():
     assert s0["nfe_draft"] == 0 and s0["nfe_target"] == L
     exact, s1 = stat(Q, 2)
     assert s1["accepted_reached_by_pos"][1] > 0 and s1["residuals"] > 0 and s1["fallbacks"] == 0  # both paths ran
+    assert len(set(s1["windows_by_row"])) > 1  # per-row cursors: rows took different numbers of windows
     assert min_p(exact, ctrl) > 1e-3
     broken, s2 = stat(mar(5), 2, inner_temperature=1e6)  # relaxed into "accept (almost) every draft"
     assert s2["accepted"] > 0.99 * s2["drafted"]
     assert min_p(broken, ctrl) < 1e-6
+
+
+def test_textbook_per_row_cursors_commit_each_rows_own_prefix():
+    """At batch > 1 the textbook loop advances each row by ITS accepted prefix + 1 (not the shortest across rows):
+    the target as its own draft is accepted at every position of every row (each row: ceil((L - n_pre) / g)
+    windows); with a partly accepted draft, row b's windows are exactly what its own verdicts imply, so the
+    batch takes as many target calls as its slowest row, fewer than the rows' windows summed."""
+    n_pre = math.floor(0.05 * L) + 1
+    lab = torch.arange(8)
+    c = CSpDConfig(gamma=4, head_steps=HEAD, conditioning="textbook", cfg=2.0, schedule=VARYING)
+    same = cspd_sample_tokens(P, P, lab, c, generator=torch.Generator().manual_seed(0)).stats
+    assert same["accepted"] == same["drafted"] > 0 and same["residuals"] == 0
+    assert same["windows_by_row"] == [math.ceil((L - n_pre) / 4)] * 8
+    part = cspd_sample_tokens(P, Q, lab, c, generator=torch.Generator().manual_seed(0)).stats
+    assert part["residuals"] > 0 and len(set(part["windows_by_row"])) > 1
+    assert part["windows"] == max(part["windows_by_row"]) < sum(part["windows_by_row"]) == part["verify_steps"]
+    assert part["committed_drafts"] + part["residuals"] == 8 * (L - n_pre)
+
+
+def test_window_plan_per_row_starts_match_one_row_plans():
+    """A WindowPlan with one start per row predicts, for every row, the positions, CFG scales and head
+    schedules of a one-row plan started at that row's cursor (the per-row cursor loop's plans)."""
+    from accel.speculative.cspd import WindowPlan, step_schedules
+
+    cfg = CSpDConfig(head_steps=HEAD, schedule=VARYING, cfg=2.0)
+    scheds = step_schedules(cfg, L)
+    scales = [1.0 + 0.1 * k for k in range(L)]
+    orders = P.sample_orders(3, torch.Generator().manual_seed(0), "cpu")
+    starts = [1, 5, 9]
+    z = torch.zeros(2 * 3 * 4, 8)  # (rows [cond; uncond], dec): only its length is read
+    many = WindowPlan(starts, [4], scheds, scales)
+    it, call = many.iteration(0, orders), many.head(0, z, model=P, generator=torch.Generator(), stats={})
+    for b, s in enumerate(starts):
+        one = WindowPlan(s, [4], scheds, scales)
+        it1, call1 = one.iteration(0, orders[b:b + 1]), one.head(0, z[:8], model=P, generator=torch.Generator(),
+                                                             stats={})
+        assert torch.equal(it.positions[b], it1.positions[0]) and torch.equal(it.cfg[4 * b:4 * b + 4], it1.cfg)
+        assert list(call.schedule[4 * b:4 * b + 4]) == list(call1.schedule)
 
 
 def test_conditioning_is_validated():

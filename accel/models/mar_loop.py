@@ -271,6 +271,8 @@ def predict(model: "MAR", seq: torch.Tensor, mask: torch.Tensor, labels: torch.T
                 full[f][idx] = val
         out = HeadStats(*(full[f] for f in fields)) if trajectory else full[None]
     stats = out if trajectory else None
+    if record and trace is None:  # several head runs (per-row / per-column schedules): the merged statistics
+        trace = {"z": z_rows, "head": stats}
     tokens = out.sample if trajectory else out
     if it.final_noise:  # the last Gaussian step with the model's own noise (CSpD)
         tokens = stats.final_mean + stats.final_std * torch.randn(

@@ -17,10 +17,16 @@ encoder/decoder on the context at the window start, then its diffusion head on a
   ``std_product="none"`` is exact (see cspd_math). MAR itself adds no noise at the last step; std there is
   ~1e-2 of the token scale (documented deviation, the official residual proposals add it too).
 - ``verify="left_to_right"`` (paper algorithm): keep drafts up to the first rejection, resample that one,
-  discard the rest. A batch shares one cursor (the draft loop advances all rows together), so a window
-  commits min over rows of (accepted prefix) + 1 tokens; each row's committed tokens stay exact (the cut is a
-  stopping time of its own left-to-right test, independent of its later drafts). ``verify="independent"``
+  discard the rest. With the released conditioning a batch shares one cursor, so a window commits min over
+  rows of (accepted prefix) + 1 tokens; each row's committed tokens stay exact (the cut is a stopping time of
+  its own left-to-right test, independent of its later drafts). The textbook loop keeps one cursor per row:
+  row b commits its own accepted prefix + 1, so rows sit at different AR positions (the draft's and the
+  verifier's MAR passes pad their different known counts; per-row head schedules and CFG scales under DiSA /
+  the linear CFG schedule), rows that are done leave the batch, and a window's length is
+  min(gamma, tokens left in the most advanced row), fixed before drafting. ``verify="independent"``
   (official code): every drafted token is accepted or resampled on its own, the cursor always moves by gamma.
+- Host reads: one per window (finiteness of the ratios, each row's accepted prefix, the verdicts); the per-
+  position counters stay on the device and are read once after the loop.
 
 What is preserved depends on ``conditioning``:
 
@@ -135,6 +141,7 @@ def step_schedules(cfg: CSpDConfig, L: int, max_timestep: int | None = None) -> 
 class WindowPlan:
     """CSpD's plan for ``sample_tokens`` / ``predict``: iteration k predicts the next ``sizes[k]`` positions of
     the shared order, from AR position ``start`` on (index positions (B, g): rows in (sample, index) order).
+    ``start`` is one AR position for every row, or one per row (the textbook loop's per-row cursors).
 
     Per AR position n: head schedule ``schedules[n]`` and CFG scale ``cfg_scales[n]`` (the one-token-per-step
     value; None = unguided). ``noise``: the aligned draws (x_T (B, G, C), steps (B, G, S_max, C)) of the plan's
@@ -142,7 +149,7 @@ class WindowPlan:
     head). ``final_noise``: the token is the last Gaussian step with the model's own noise (drawn after the
     head); off for verification, which only reads the statistics."""
 
-    start: int
+    start: int | Sequence[int]
     sizes: Sequence[int]
     schedules: Sequence[DDPMSchedule]
     cfg_scales: Sequence[float] | None
@@ -158,26 +165,46 @@ class WindowPlan:
     def guided(self) -> bool:
         return self.cfg_scales is not None
 
+    @property
+    def per_row(self) -> bool:
+        return not isinstance(self.start, int)
+
     def _window(self, step: int) -> tuple[int, int]:
-        return self.start + sum(self.sizes[:step]), self.sizes[step]
+        """(offset of iteration ``step`` inside the window, its number of positions)."""
+        return sum(self.sizes[:step]), self.sizes[step]
+
+    def _ar(self, step: int, B: int) -> list[list[int]]:
+        """AR positions (B, g) predicted by iteration ``step``, as host lists."""
+        off, g = self._window(step)
+        starts = list(self.start) if self.per_row else [self.start] * B
+        return [[s + off + j for j in range(g)] for s in starts]
 
     def iteration(self, step: int, orders: torch.Tensor) -> Iteration:
-        n, g = self._window(step)
+        off, g = self._window(step)
+        if self.per_row:
+            idx = torch.tensor(self.start, device=orders.device)[:, None] + off + torch.arange(g, device=orders.device)
+            pos = orders.gather(1, idx)  # (B, g): row b's AR positions start_b + off + j
+        else:
+            pos = orders[:, self.start + off:self.start + off + g]
         cfg = 1.0
-        if self.guided:  # each position its own scale, repeated over the batch: (B*g,) in (sample, index) order
-            cfg = torch.tensor([self.cfg_scales[k] for k in range(n, n + g)], device=orders.device).repeat(len(orders))
-        return Iteration(orders[:, n:n + g], cfg, self.temperature, final_noise=self.final_noise, count=g)
+        if self.guided:  # each position its own scale: (B*g,) in (sample, index) order
+            cfg = torch.tensor([self.cfg_scales[k] for ks in self._ar(step, len(orders)) for k in ks],
+                               device=orders.device)
+        return Iteration(pos, cfg, self.temperature, final_noise=self.final_noise, count=g)
 
     def head(self, step: int, z_rows: torch.Tensor, *, model, generator, stats: dict) -> HeadCall:
-        n, g = self._window(step)
-        scheds = [self.schedules[k] for k in range(n, n + g)]
-        S, C = max(s.num_steps for s in scheds), model.cfg.token_embed_dim
+        """Schedules: one per column (shared start) or one per (row, index) in (b, j) order (per-row starts:
+        with one position per row, as the draft loop runs, that is one per row of (B, 1) positions)."""
+        off, g = self._window(step)
         B = len(z_rows) // (2 if self.guided else 1) // g
+        ar = self._ar(step, B)
+        scheds = ([self.schedules[k] for ks in ar for k in ks] if self.per_row else
+                  [self.schedules[k] for k in ar[0]])
+        S, C = max(s.num_steps for s in scheds), model.cfg.token_embed_dim
         if self.noise is None:
             x_T = torch.randn((B, g, C), generator=generator, device=z_rows.device)
             steps = torch.randn((B, g, S, C), generator=generator, device=z_rows.device)
         else:
-            off = n - self.start
             x_T, steps = self.noise[0][:, off:off + g], self.noise[1][:, off:off + g, :S]
         noise = HeadNoise(x_T.reshape(-1, C), steps.permute(2, 0, 1, 3).reshape(S, -1, C))  # loop order, rows (b, j)
         return HeadCall(scheds, noise)
@@ -231,113 +258,145 @@ def cspd_sample_tokens(p, q, labels, cfg: CSpDConfig, *, generator: torch.Genera
                                        for n in range(L)]
     orders = p.sample_orders(B, generator, dev)  # shared random order (B, L)
     state = (torch.zeros(B, L, C, device=dev), torch.ones(B, L, device=dev))
-    ar = torch.arange(B, device=dev)
-    st = dict(nfe_target=0, nfe_draft=0, head_steps=0, head_rows=0, accepted=0, drafted=0, committed_drafts=0,
-              verify_steps=0, windows=0, fallbacks=0, residual_tries=0, residuals=0)
-    # per window position j (0-based): drafts judged, accepted, reached (all earlier drafts of the window accepted),
-    # accepted-and-reached, and the summed gap ||mean_q - mean_p|| / rms(std_p) (the exact rule's scale)
-    for key in ("drafted_by_pos", "accepted_by_pos", "reached_by_pos", "accepted_reached_by_pos", "gap_sigma_by_pos"):
-        st[key] = [0.0 if key.startswith("gap") else 0] * cfg.gamma
+    st = dict(nfe_target=0, nfe_draft=0, head_steps=0, head_rows=0, verify_steps=0, windows=0, residuals=0)
+    # on the device, read once after the loop: per window position j (0-based), drafts judged, accepted, reached
+    # (all earlier drafts of the window accepted), accepted-and-reached, the summed gap ||mean_q - mean_p|| /
+    # rms(std_p) (the exact rule's scale) and drafts committed; then residual fallbacks and proposals
+    by_pos = torch.zeros(len(BY_POS) + 1, cfg.gamma, dtype=torch.float64, device=dev)
+    res_counts = torch.zeros(2, dtype=torch.long, device=dev)
     clock = _Clock(dev)
 
-    def window(start: int, sizes, noise=None, final_noise=True) -> WindowPlan:
+    def window(start, sizes, noise=None, final_noise=True) -> WindowPlan:
         return WindowPlan(start, sizes, scheds, scales, cfg.temperature, noise, final_noise)
 
-    def run(model, plan, nfe: str, record=False):  # MAR's loop from the current state; counts its work
-        r = sample_tokens(model, labels, plan=plan, generator=generator, orders=orders, state=state, record=record)
+    def run(model, plan, nfe: str, rows, record=False):  # MAR's loop from the rows' state; counts its work
+        r = sample_tokens(model, sub(labels, rows), plan=plan, generator=generator, orders=sub(orders, rows),
+                          state=(sub(state[0], rows), sub(state[1], rows)), record=record)
         st[nfe] += r.stats["nfe_target"]
         st["head_steps"] += r.stats["head_steps"]
         st["head_rows"] += r.stats["head_rows"]
         return r
 
-    n = 0
     n_prefill = min(L, math.floor(cfg.prefill * L) + 1) if cfg.prefill > 0 else 0
+    # AR position of each row's next token (host). Shared by all rows except in the textbook loop, where each
+    # row commits its own accepted prefix + 1 (per-row cursors; rows with nothing left leave the batch)
+    cursor = [n_prefill] * B
+    windows_by_row = [0] * B
     bar = tqdm(total=L, disable=not progress, desc="CSpD")
     clock.lap(None)
     if n_prefill:  # token pre-filling by the target alone, one token per iteration
-        r = run(p, window(0, [1] * n_prefill), "nfe_target")
-        state, n = (r.seq, r.mask), n_prefill
+        r = run(p, window(0, [1] * n_prefill), "nfe_target", None)
+        state = (r.seq, r.mask)
         bar.update(n_prefill)
     clock.lap("prefill")
-    while n < L:
-        g = min(cfg.gamma, L - n)
-        pos = orders[:, n:n + g]  # (B, g)
-        S = max(scheds[k].num_steps for k in range(n, n + g))  # step noise is drawn for the longest head
-        xT_q, steps_q = randn(generator, dev, B, g, C), randn(generator, dev, B, g, S, C)
-        xT_p, steps_p = (xT_q, steps_q) if cfg.align else (randn(generator, dev, B, g, C),
-                                                           randn(generator, dev, B, g, S, C))
+    while min(cursor) < L:
+        act = [b for b in range(B) if cursor[b] < L]
+        rows = None if len(act) == B else torch.tensor(act, device=dev)
+        Bw, starts = len(act), [cursor[b] for b in act]
+        start = starts[0] if len(set(starts)) == 1 else starts  # one int: the shared-cursor computation
+        g = min(cfg.gamma, L - max(starts))  # a window length fixed before drafting keeps every row exact
+        plan = window(start, [g])
+        pos = plan.iteration(0, sub(orders, rows)).positions  # (Bw, g)
+        S = max(scheds[k].num_steps for ks in plan._ar(0, Bw) for k in ks)  # step noise for the longest head
+        xT_q, steps_q = randn(generator, dev, Bw, g, C), randn(generator, dev, Bw, g, S, C)
+        xT_p, steps_p = (xT_q, steps_q) if cfg.align else (randn(generator, dev, Bw, g, C),
+                                                           randn(generator, dev, Bw, g, S, C))
         if q is None:  # control: the target alone samples the window from one pass (no draft)
-            r = run(p, window(n, [g], (xT_p, steps_p)), "nfe_target")
+            r = run(p, window(start, [g], (xT_p, steps_p)), "nfe_target", None)
             state = (r.seq, r.mask)
             st["windows"] += 1
-            n += g
+            cursor = [c + g for c in cursor]
             bar.update(g)
             continue
-        r = run(q, window(n, [1] * g, (xT_q, steps_q)), "nfe_draft", record=True)  # draft gamma tokens
-        x_q = r.seq[ar[:, None], pos]  # (B, g, C)
+        r = run(q, window(start, [1] * g, (xT_q, steps_q)), "nfe_draft", rows, record=True)  # draft g tokens
+        x_q = r.seq[torch.arange(Bw, device=dev)[:, None], pos]  # (Bw, g, C)
         mq, sq, lq = (torch.stack([getattr(t["head"], f) for t in r.trace], 1) for f in HeadStats.FIELDS[:3])
         clock.lap("draft")
-        vplan = window(n, [g], (xT_p, steps_p), final_noise=False)
-        if cfg.conditioning == "textbook":
-            v_state, v_labels, v_it, per_row = textbook_prefixes(state, labels, pos, x_q, vplan.iteration(0, orders))
-        else:
-            v_state, v_labels, v_it, per_row = state, labels, vplan.iteration(0, orders), False
+        vplan = window(start, [g], (xT_p, steps_p), final_noise=False)
+        v_it = vplan.iteration(0, sub(orders, rows))
+        v_state, v_labels = (sub(state[0], rows), sub(state[1], rows)), sub(labels, rows)
+        textbook = cfg.conditioning == "textbook"
+        if textbook:
+            v_state, v_labels, v_it = textbook_prefixes(v_state, v_labels, pos, x_q, v_it)
 
-        def head(z, vplan=vplan, per_row=per_row):  # the head's call, once the target's MAR pass is done
+        def head(z, vplan=vplan, textbook=textbook, Bw=Bw):  # the head's call, once the target's MAR pass is done
             clock.lap("verify_mar")
             call = vplan.head(0, z, model=p, generator=generator, stats=st)
-            return HeadCall(list(call.schedule) * B, call.noise) if per_row else call  # rows (b, j)
+            # textbook rows are (b, j) with one position each: one schedule per row
+            return HeadCall(list(call.schedule) * Bw, call.noise) if textbook and not vplan.per_row else call
 
         pred = predict(p, *v_state, v_labels, v_it, head, guided=use_cfg, generator=generator,
                        trajectory=True)  # ONE target call (released: window-start context; textbook: g prefixes)
-        hp = HeadStats(*(getattr(pred.head, f).reshape(B, g, C) for f in HeadStats.FIELDS))
+        hp = HeadStats(*(getattr(pred.head, f).reshape(Bw, g, C) for f in HeadStats.FIELDS))
         st["nfe_target"] += 1
         st["head_steps"] += pred.head_steps
         st["head_rows"] += pred.head_rows
         clock.lap("verify_head")
-        log_sigma = M.log_std_product(hp.log_std_sum, lq, cfg.std_product)  # (B, g)
+        log_sigma = M.log_std_product(hp.log_std_sum, lq, cfg.std_product)  # (Bw, g)
         log_r = M.log_acceptance_ratio(x_q, hp.final_mean, hp.final_std, mq, sq, log_sigma, cfg.inner_temperature)
-        check_finite(log_r, what="log acceptance ratios (target and draft head densities)", model="CSpD",
-                     step=f"window at token {n}")  # one read per window (the loop reads its counters anyway)
         acc, _ = M.accept(log_r, generator)
-        if cfg.verify == "left_to_right":
-            k = M.first_rejection(acc)  # (B,)
-            n_commit = min(int(k.min()) + 1, g)
-            keep_draft = torch.arange(n_commit, device=dev)[None] < k[:, None]  # accepted prefix per row
-        else:
-            n_commit, keep_draft = g, acc
-        need = ~keep_draft  # (B, n_commit): rejected drafts -> residual samples
-        out = x_q[:, :n_commit].clone()
-        if need.any():
-            sel = lambda t: t[:, :n_commit][need]  # noqa: E731
-            res, tries, fb = M.sample_residual(sel(hp.final_mean), sel(hp.final_std), sel(mq), sel(sq),
-                                               sel(log_sigma), generator, cfg.max_residual_tries)
+        k = M.first_rejection(acc)  # (Bw,) leading accepted drafts
+        # the window's ONE host read: finiteness, each row's accepted prefix and (independent) the verdicts
+        host = torch.cat([torch.isfinite(log_r).all().double()[None], k.double(), acc.flatten().double()]).tolist()
+        if not host[0]:
+            check_finite(log_r, what="log acceptance ratios (target and draft head densities)", model="CSpD",
+                         step=f"window at token {min(starts)}")
+        k_host, acc_host = [int(x) for x in host[1:1 + Bw]], host[1 + Bw:]
+        j = torch.arange(g, device=dev)[None]  # (1, g)
+        if cfg.verify == "independent":  # every draft accepted or resampled on its own
+            commit = [g] * Bw
+            keep_draft = acc
+            n_need = g * Bw - int(sum(acc_host))
+        else:  # left to right: the accepted prefix and one resampled token (its own per row in the textbook loop)
+            commit = [min(kk + 1, g) for kk in k_host] if textbook else [min(min(k_host) + 1, g)] * Bw
+            keep_draft = j < k[:, None]
+            n_need = sum(1 for kk, c in zip(k_host, commit) if kk < c)
+        commit_mask = j < torch.tensor(commit, device=dev)[:, None]  # (Bw, g)
+        keep_draft = keep_draft & commit_mask
+        out = x_q.clone()
+        if n_need:  # rejected drafts -> residual samples
+            need = commit_mask & ~keep_draft
+            res, tries, fb = M.sample_residual(hp.final_mean[need], hp.final_std[need], mq[need], sq[need],
+                                               log_sigma[need], generator, cfg.max_residual_tries)
             out[need] = res
-            st["fallbacks"] += int(fb.sum())
-            st["residual_tries"] += int(tries.sum())
-            st["residuals"] += int(need.sum())
+            res_counts += torch.stack([fb.sum(), tries.sum()])
+            st["residuals"] += n_need
         clock.lap("residual")
         seq, mask = state[0].clone(), state[1].clone()
-        write_tokens(seq, mask, pos[:, :n_commit], out.reshape(-1, C))
+        r_idx = (torch.arange(B, device=dev) if rows is None else rows)[:, None].expand(Bw, g)[commit_mask]
+        seq[r_idx, pos[commit_mask]] = out[commit_mask].to(seq.dtype)
+        mask[r_idx, pos[commit_mask]] = 0.0
         state = (seq, mask)
-        st["accepted"] += int(acc.sum())
-        st["drafted"] += acc.numel()
-        reached = torch.cat([acc.new_ones(B, 1), acc[:, :-1]], 1).cumprod(1).bool()  # (B, g)
-        gap = (mq - hp.final_mean).norm(dim=-1) / hp.final_std.square().mean(-1).sqrt()  # (B, g)
-        for key, val in (("drafted_by_pos", torch.ones_like(acc)), ("accepted_by_pos", acc),
-                         ("reached_by_pos", reached), ("accepted_reached_by_pos", acc & reached),
-                         ("gap_sigma_by_pos", gap)):
-            for j, v in enumerate(val.sum(0).tolist()):
-                st[key][j] += v
-        st["committed_drafts"] += int(keep_draft.sum())
-        st["verify_steps"] += B
+        reached = torch.cat([acc.new_ones(Bw, 1), acc[:, :-1]], 1).cumprod(1).bool()  # (Bw, g)
+        gap = (mq - hp.final_mean).norm(dim=-1) / hp.final_std.square().mean(-1).sqrt()  # (Bw, g)
+        by_pos[:, :g] += torch.stack([torch.ones_like(gap), acc.double(), reached.double(), (acc & reached).double(),
+                                      gap.double(), keep_draft.double()]).sum(1)
+        st["verify_steps"] += Bw
         st["windows"] += 1
-        n += n_commit
-        bar.update(n_commit)
+        before = min(cursor)
+        for b, c in zip(act, commit):
+            cursor[b] += c
+            windows_by_row[b] += 1
+        bar.update(min(cursor) - before)
     bar.close()
+    counts, res_host = by_pos.tolist(), res_counts.tolist()  # the loop's one read of its counters
+    for key, row in zip(BY_POS, counts):
+        st[key] = row if key == "gap_sigma_by_pos" else [int(round(v)) for v in row]
+    st["accepted"], st["drafted"] = sum(st["accepted_by_pos"]), sum(st["drafted_by_pos"])
+    st["committed_drafts"] = int(round(sum(counts[-1])))
+    st["fallbacks"], st["residual_tries"] = int(res_host[0]), int(res_host[1])
+    st["windows_by_row"] = windows_by_row
     st["time_split_s"] = clock.parts
     st["steps_per_iter"] = [s.num_steps for s in scheds]
     return CSpDResult(p.unpatchify(state[0]), st)
+
+
+BY_POS = ("drafted_by_pos", "accepted_by_pos", "reached_by_pos", "accepted_reached_by_pos", "gap_sigma_by_pos")
+
+
+def sub(t: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """The rows still decoding (None: all of them)."""
+    return t if t is None or rows is None else t[rows]
 
 
 def textbook_prefixes(state, labels, pos: torch.Tensor, x_q: torch.Tensor, it: Iteration):
@@ -345,7 +404,7 @@ def textbook_prefixes(state, labels, pos: torch.Tensor, x_q: torch.Tensor, it: I
     row (b, j) knows row b's window-start context plus drafts x_q[b, :j] at pos[b, :j] and predicts pos[b, j],
     i.e. the target evaluates p(x_j | context, x_<j) (Leviathan et al. 2211.17192 Alg. 1; CSpD's Eq. 3-5 ratio
     is then taken on these conditionals). Rows know different numbers of tokens (n .. n+g-1): MAR's encoder
-    pads them. Returns ((seq, mask), labels, the Iteration on (B*g, 1) index positions, per_row=True); the head
+    pads them. Returns ((seq, mask), labels, the Iteration on (B*g, 1) index positions); the head
     rows come out in (b, j) order, the order of the released layout, so the window's noise and CFG carry over."""
     seq, mask = state
     B, g = pos.shape
@@ -360,7 +419,7 @@ def textbook_prefixes(state, labels, pos: torch.Tensor, x_q: torch.Tensor, it: I
     mask[known] = 0.0
     rows = (seq.repeat_interleave(g, 0), mask.reshape(B * g, L))
     lab = None if labels is None else labels.repeat_interleave(g)
-    return rows, lab, Iteration(pos.reshape(B * g, 1), it.cfg, it.temperature, final_noise=False, count=1), True
+    return rows, lab, Iteration(pos.reshape(B * g, 1), it.cfg, it.temperature, final_noise=False, count=1)
 
 
 def randn(generator: torch.Generator, device, *shape) -> torch.Tensor:
