@@ -24,6 +24,7 @@ runs one family.
     python experiments/distill.py --batch-sizes 1 --families llamagen --compile decoders,all
 """
 import argparse
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,40 +43,59 @@ LLAMAGEN = ("dd-1step", "dd-2step", "llamagen-onestep-marginal")
 LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-skip-16")
 VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
+# the zoo model each LlamaGen time-split call runs
+SPLIT_OWNER = {"teacher tokens": "fmnist-llamagen", "dd-1step tokens": "fmnist-llamagen-dd",
+               "dd-2step tokens": "fmnist-llamagen-dd", "VQ decode": "fmnist-llamagen-vq"}
 
 
 def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[list[str], float]:
     """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
-    and the one-step tokens-only speed-up. ``parts``: what ``accel.compile`` compiles first (teacher, student and
-    VQ alike; compilation runs in the warm-up round)."""
+    and the one-step tokens-only speed-up. ``parts``: ``accel.compile`` those parts of copies of the teacher,
+    student and VQ alike (compilation runs before timing) and time every compiled call interleaved with its eager
+    original, so the compiled split and the compiled/eager ratio of each part come from the same rounds."""
     from accel import zoo
     from accel.api.compile import compile as compile_parts, compiled_parts
     from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
     from accel.zoo.sample import DEFAULTS
 
-    teacher, vq, student = (zoo.load(n).eval() for n in ("fmnist-llamagen", "fmnist-llamagen-vq", "fmnist-llamagen-dd"))
-    for m in (teacher, vq, student) if parts else ():
-        if compiled_parts(m, parts):
-            compile_parts(m, parts=parts)
+    eager = {n: zoo.load(n).eval() for n in ("fmnist-llamagen", "fmnist-llamagen-vq", "fmnist-llamagen-dd")}
     sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     cond = torch.arange(batch) % 10
+    student = eager["fmnist-llamagen-dd"]
     n, d, g = student.config.block_size, student.codes.size(1), student.config.grid_size
-    ids = generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(0))
+    ids = generate(eager["fmnist-llamagen"], cond, sc=sc, generator=torch.Generator().manual_seed(0))
 
     def noise(r):
         return torch.randn(batch, n, d, generator=torch.Generator().manual_seed(r))
 
-    calls = {
-        "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
-        "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
-        "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
-        "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
-    }
+    def split_calls(teacher, vq, student):
+        return {
+            "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
+            "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
+            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
+            "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
+        }
+
+    calls = split_calls(*eager.values())
+    compiled = {}
+    if parts:
+        fast = {k: compile_parts(copy.deepcopy(m), parts=parts) if compiled_parts(m, parts) else m
+                for k, m in eager.items()}
+        fast_calls = split_calls(*fast.values())
+        compiled = {k + " compiled": fast_calls[k] for k in calls if fast[SPLIT_OWNER[k]] is not eager[SPLIT_OWNER[k]]}
+        with torch.no_grad():
+            for c in compiled.values():  # compilation, before any timed round
+                c(0)
     with torch.no_grad():
-        t = time_interleaved(calls, repeats=repeats, warmup=1)
+        t = time_interleaved({**calls, **compiled}, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
-    return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+    if not parts:
+        return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+    fast_med = {k: med.get(k + " compiled", med[k]) for k in calls}
+    ratios = ", ".join(f"{k} {med[k] / med[k + ' compiled']:.2f}x" for k in calls if k + " compiled" in med)
+    lines = [f"batch {batch}: compiled ({parts}) / eager, same rounds: {ratios}"] + _split_lines(batch, fast_med, "VQ decode")
+    return lines, fast_med["teacher tokens"] / fast_med["dd-1step tokens"]
 
 
 def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
