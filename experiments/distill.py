@@ -12,13 +12,25 @@ After the table, the end-to-end time is split (same run, interleaved, medians): 
 loop vs the student's passes) and the tokenizer decode that both pay, so the ceiling the decode puts on an
 end-to-end speed-up is measured, not guessed. Last, the issue #19 goals are checked against this run's
 figures (``goal_lines``).
+
+``--compile decoders,all`` (issue #19 item 4, the shared fast decode): after the eager rows, speed-only batch-1
+rows and time splits of the same methods with ``accel.compile(..., parts=P)`` applied to every method of the
+group, baseline included (``RunConfig.compile_parts``): ``decoders`` compiles only the tokenizers' image
+decoders (the decode teacher and student both pay), ``all`` also the networks (the teacher's Transformer as
+much as the student's layers), ``networks`` the networks only. Compiled decoders give the eager images up to
+float rounding (tests/test_compile.py), so these rows carry no FID of their own. ``--families llamagen``
+runs one family.
+
+    python experiments/distill.py --batch-sizes 1 --families llamagen --compile decoders,all
 """
 import argparse
+import copy
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from accel.api.compile import PARTS
 from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
 from accel.presets import registry
@@ -31,35 +43,59 @@ LLAMAGEN = ("dd-1step", "dd-2step", "llamagen-onestep-marginal")
 LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-skip-16")
 VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
+# the zoo model each LlamaGen time-split call runs
+SPLIT_OWNER = {"teacher tokens": "fmnist-llamagen", "dd-1step tokens": "fmnist-llamagen-dd",
+               "dd-2step tokens": "fmnist-llamagen-dd", "VQ decode": "fmnist-llamagen-vq"}
 
 
-def llamagen_split(batch: int, repeats: int) -> tuple[list[str], float]:
+def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[list[str], float]:
     """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
-    and the one-step tokens-only speed-up."""
+    and the one-step tokens-only speed-up. ``parts``: ``accel.compile`` those parts of copies of the teacher,
+    student and VQ alike (compilation runs before timing) and time every compiled call interleaved with its eager
+    original, so the compiled split and the compiled/eager ratio of each part come from the same rounds."""
     from accel import zoo
+    from accel.api.compile import compile as compile_parts, compiled_parts
     from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
     from accel.zoo.sample import DEFAULTS
 
-    teacher, vq, student = (zoo.load(n).eval() for n in ("fmnist-llamagen", "fmnist-llamagen-vq", "fmnist-llamagen-dd"))
+    eager = {n: zoo.load(n).eval() for n in ("fmnist-llamagen", "fmnist-llamagen-vq", "fmnist-llamagen-dd")}
     sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     cond = torch.arange(batch) % 10
+    student = eager["fmnist-llamagen-dd"]
     n, d, g = student.config.block_size, student.codes.size(1), student.config.grid_size
-    ids = generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(0))
+    ids = generate(eager["fmnist-llamagen"], cond, sc=sc, generator=torch.Generator().manual_seed(0))
 
     def noise(r):
         return torch.randn(batch, n, d, generator=torch.Generator().manual_seed(r))
 
-    calls = {
-        "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
-        "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
-        "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
-        "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
-    }
+    def split_calls(teacher, vq, student):
+        return {
+            "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
+            "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
+            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
+            "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
+        }
+
+    calls = split_calls(*eager.values())
+    compiled = {}
+    if parts:
+        fast = {k: compile_parts(copy.deepcopy(m), parts=parts) if compiled_parts(m, parts) else m
+                for k, m in eager.items()}
+        fast_calls = split_calls(*fast.values())
+        compiled = {k + " compiled": fast_calls[k] for k in calls if fast[SPLIT_OWNER[k]] is not eager[SPLIT_OWNER[k]]}
+        with torch.no_grad():
+            for c in compiled.values():  # compilation, before any timed round
+                c(0)
     with torch.no_grad():
-        t = time_interleaved(calls, repeats=repeats, warmup=1)
+        t = time_interleaved({**calls, **compiled}, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
-    return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+    if not parts:
+        return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
+    fast_med = {k: med.get(k + " compiled", med[k]) for k in calls}
+    ratios = ", ".join(f"{k} {med[k] / med[k + ' compiled']:.2f}x" for k in calls if k + " compiled" in med)
+    lines = [f"batch {batch}: compiled ({parts}) / eager, same rounds: {ratios}"] + _split_lines(batch, fast_med, "VQ decode")
+    return lines, fast_med["teacher tokens"] / fast_med["dd-1step tokens"]
 
 
 def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
@@ -159,6 +195,21 @@ def var_split(batch: int, repeats: int) -> list[str]:
     return _split_lines(batch, med, "image decode")
 
 
+def compiled_part(reg, cfg: RunConfig, groups, parts: str, command: str) -> tuple[list[dict], list[str]]:
+    """Speed-only batch-1 rows with ``parts`` compiled in every method of a group (baseline included), and the
+    LlamaGen time split compiled alike; returns (rows, report lines)."""
+    ccfg = replace(cfg, batch_sizes=(1,), n_images=0, compile="default", compile_parts=parts)
+    rows = []
+    for model, base, names in groups:
+        rows += run_group(reg, reg.get(base), [reg.get(n) for n in names], model, ccfg, command=command,
+                          progress=lambda m: print(m, flush=True))
+    lines = [f"{r['method']}: {r['latency_s'] * 1e3:.1f} ms, {r['speedup']:.2f}x vs {r['baseline']} "
+             f"(first call incl. compile {r['compile_s']:.0f} s)" for r in rows]
+    if any(model == "fmnist-llamagen" for model, _, _ in groups):
+        lines += llamagen_split(1, cfg.repeats, parts)[0]
+    return rows, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -166,21 +217,34 @@ def main():
     ap.add_argument("--batch-sizes", default=None, help="default: 1 with --quick (the goals' batch), else 1,64")
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--families", default="llamagen,var", help="comma list of llamagen, var")
+    ap.add_argument("--compile", default="", help="comma list of accel.compile parts (decoders, networks, all): "
+                    "speed-only batch-1 rows and splits with them compiled, baselines alike, after the eager rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    families = [f for f in args.families.split(",") if f]
+    compile_parts = [c for c in args.compile.split(",") if c]
+    if bad := sorted(set(families) - {"llamagen", "var"}):
+        raise SystemExit(f"--families: unknown {bad}; valid: llamagen, var")
+    if bad := sorted(set(compile_parts) - set(PARTS)):
+        raise SystemExit(f"--compile: unknown {bad}; valid: {', '.join(PARTS)}")
     reg = registry()
     sizes = args.batch_sizes or ("1" if args.quick else "1,64")
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")), repeats=3 if args.quick else 7,
                     warmup=1, n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
                     quality_batch=64, memory=False)
-    command, ref, rows, skipped = current_command(), load_reference(), [], []
-    for model, base, names in (("fmnist-llamagen", "llamagen-ar", LLAMAGEN if args.quick else LLAMAGEN_FULL),
-                               ("fmnist-var", "var-default", VAR if args.quick else VAR_FULL)):
+    command, ref, rows, skipped, groups = current_command(), load_reference(), [], [], []
+    for family, model, base, names in (
+            ("llamagen", "fmnist-llamagen", "llamagen-ar", LLAMAGEN if args.quick else LLAMAGEN_FULL),
+            ("var", "fmnist-var", "var-default", VAR if args.quick else VAR_FULL)):
+        if family not in families:
+            continue
         entries = [reg.get(n) for n in names]
         why = [w for e in [reg.get(base)] + entries if (w := e.why_unavailable(model))]
         if why:
             skipped.append(f"{model}: {why[0]}")
             continue
+        groups.append((model, base, LLAMAGEN if family == "llamagen" else VAR))
         rows += run_group(reg, reg.get(base), entries, model, cfg, reference=ref, command=command,
                           progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +254,7 @@ def main():
     if skipped:
         text += "\n## Not run\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"
     tok_speedup = None
-    if not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
+    if "llamagen" in families and not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
         split = []
         for b in cfg.batch_sizes:
             lines, tok = llamagen_split(b, cfg.repeats)
@@ -198,15 +262,21 @@ def main():
             tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
         text += "\n".join(f"- {s}" for s in split) + "\n"
-    if not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
+    if "var" in families and not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
         split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats)]
         text += "\n## VAR time split (tokens vs image decode, interleaved, medians)\n\n"
         text += ("Teacher tokens = its full sampling minus the image decoder timed alone; student tokens include "
                  "the f_hat build.\n\n")
         text += "\n".join(f"- {s}" for s in split) + "\n"
-    text += "\n## Issue #19 goals (this run, batch 1)\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, tok_speedup))
+    text += "\n## Issue #19 goals (this run, batch 1, eager)\n\n" + "\n".join(f"- {g}" for g in goal_lines(rows, tok_speedup))
     text += "\n"
-    (args.out / "summary.md").write_text(text)
+    (args.out / "summary.md").write_text(text)  # written again below when compiled rows follow
+    for parts in compile_parts:
+        crows, lines = compiled_part(reg, cfg, groups, parts, command)
+        append_rows(args.out / "distill.jsonl", crows)
+        text += (f"\n## Compiled: accel.compile(parts={parts!r}) in every method, baseline included (batch 1, speed "
+                 "only; same process, after the eager rows)\n\n" + "\n".join(f"- {s}" for s in lines) + "\n")
+        (args.out / "summary.md").write_text(text)
     print(text)
 
 

@@ -127,3 +127,52 @@ def test_compiled_var_is_token_identical():
     for s in range(2):
         assert torch.equal(eager.tokens(labels, generator=seed(s)), compiled.tokens(labels, generator=seed(s)))
     assert graphs() > before
+
+
+def test_compile_parts_choose_step_networks_decoders_or_both():
+    from accel.api.compile import compiled_parts
+    for parts, net, dec in (("networks", True, False), ("decoders", False, True), ("all", True, True)):
+        gpt, vq = tiny_llamagen()
+        g = accel.wrap(gpt, vq)
+        assert accel.compile(g, parts=parts) is g
+        assert (is_compiled(gpt), is_compiled(vq.decoder)) == (net, dec), parts
+        assert not is_compiled(vq) and not is_compiled(vq.encoder)  # only the decoder of a tokenizer
+    vae, var = build_var(VAR_CFG, VAE_CFG)
+    assert compiled_parts(accel.wrap(var.eval(), vae.eval()), "decoders") == [vae.decoder]
+    with pytest.raises(ValueError, match="parts='tokens'"):
+        accel.compile(accel.wrap(*tiny_llamagen()), parts="tokens")
+    with pytest.raises(ValueError, match="no tokenizer decoder"):
+        accel.compile(HoldsNetwork("x"), parts="decoders")
+
+
+def test_bench_compile_parts_name_the_rows_apart():
+    from accel.harness.runner import compile_tag
+    assert compile_tag(RunConfig()) == ""
+    assert compile_tag(RunConfig(compile="default")) == "+compile"  # the rows' names before parts existed
+    assert compile_tag(RunConfig(compile="default", compile_parts="decoders")) == "+compile-decoders"
+    assert compile_tag(RunConfig(compile="max-autotune", compile_parts="all")) == "+compile-all-max-autotune"
+
+
+@pytest.mark.slow
+def test_compiled_decoders_give_the_eager_images():
+    # The shared fast decode (issue #19): a compiled tokenizer decoder must decode what the eager one decodes,
+    # from codes and from a DD student's unsnapped vectors (LlamaGen) and from f_hat (VAR), at two batch sizes.
+    torch.manual_seed(0)
+    vq = VQModel(VQ).eval()
+    fast = copy.deepcopy(vq)
+    before = graphs()
+    accel.compile(fast, parts="decoders")
+    with torch.no_grad():
+        for b in (2, 3):  # one dynamic graph (a batch of 1 would be specialised: a second compile)
+            ids = torch.randint(0, VQ.codebook_size, (b, 16))
+            vec = torch.randn(b, 16, VQ.codebook_embed_dim)
+            torch.testing.assert_close(fast.decode_code(ids, hw=(4, 4)), vq.decode_code(ids, hw=(4, 4)),
+                                       rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(fast.decode_vectors(vec, (4, 4)), vq.decode_vectors(vec, (4, 4)),
+                                       rtol=1e-4, atol=1e-4)
+        assert graphs() > before  # really compiled
+        vae, _ = build_var(VAR_CFG, VAE_CFG)
+        vae = vae.eval()
+        fast_vae = accel.compile(copy.deepcopy(vae), parts="decoders")
+        f_hat = torch.randn(2, VAE_CFG.Cvae, PNS[-1], PNS[-1])
+        torch.testing.assert_close(fast_vae.fhat_to_img(f_hat), vae.fhat_to_img(f_hat), rtol=1e-4, atol=1e-4)

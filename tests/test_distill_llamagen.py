@@ -187,3 +187,21 @@ def test_released_settings_prenorm_head_no_dropout_and_t2():
             l2, c2 = s.predict(x, cond, 0)
         assert not torch.allclose(l1, l2)
         assert torch.allclose(c1, c2, atol=1e-5) == prenorm  # ... and the continuous head only when post-norm
+
+
+def test_shipped_student_loads_with_the_released_settings():
+    import pytest
+
+    from accel import zoo
+
+    if not zoo.is_available("fmnist-llamagen-dd"):
+        pytest.skip("fmnist-llamagen-dd not shipped in this checkout")
+    s, info = zoo.load_with_info("fmnist-llamagen-dd")
+    assert isinstance(s, DDLlamaGen) and s.conti_prenorm  # the released head input
+    assert info["config"]["t_list"] == [0, 20] and info["config"]["conti_prenorm"] is True
+    assert s.config.token_dropout_p == s.config.resid_dropout_p == s.config.ffn_dropout_p == 0.0
+    assert torch.allclose(s.marginals.sum(-1), torch.ones(s.marginals.shape[:2]), atol=1e-2)  # fp16 storage
+    n, d = s.config.block_size, s.codes.size(1)
+    noise = torch.randn(2, n, d, generator=torch.Generator().manual_seed(0))
+    ids = s.eval().sample(torch.tensor([1, 7]), noise, (0, 20))
+    assert ids.shape == (2, n) and int(ids.min()) >= 0 and int(ids.max()) < s.codes.size(0)

@@ -14,7 +14,13 @@ Which modules are compiled, per network (the ones called through ``module(...)``
 - MAR: each encoder and decoder block and the diffusion head's residual blocks and final layer (the head's
   sampler calls those, not ``net.forward``).
 
-Tokenizers are left eager (one decode per image, not per step). Compilation happens at the first call;
+``parts`` chooses what is compiled: ``"networks"`` (default, the step networks above; tokenizers stay eager),
+``"decoders"`` (only the tokenizers' image decoders, ``decoder_modules``: the decode every method pays once per
+image, a student and its teacher alike) or ``"all"`` (both). The decoder switch is the shared fast decode of
+issue #19: one explicit option that a baseline and the method it is compared with both receive (the harness
+compiles every method of a group alike), so a speed-up ratio never credits a method with a faster decoder.
+Compiled decoders give the eager images up to float rounding (tests/test_compile.py). Compilation happens at
+the first call;
 :func:`warm_up` runs that call and returns its wall time, so compile time is reported apart from the
 steady-state latency. ``dynamic=True`` (default) traces the step with symbolic sizes (LlamaGen's ``kv_len``
 grows by one per token, batch sizes vary), so one graph serves every step.
@@ -37,6 +43,7 @@ from accel.models.var_vqvae import VQVAE
 from accel.speculative.drafters import EagleHead
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PARTS = ("networks", "decoders", "all")
 TOKENIZERS = (VQModel, AutoencoderKL, VQVAE)
 
 
@@ -59,10 +66,25 @@ def step_modules(net: nn.Module) -> list[nn.Module]:
     return []
 
 
+def decoder_modules(tokenizer: nn.Module) -> list[nn.Module]:
+    """The image decoder of a tokenizer (LlamaGen ``decode_code``/``decode_vectors``, VAR ``fhat_to_img``, MAR
+    ``decode`` all run ``self.decoder(self.post_quant_conv(z))``; the 1x1 ``post_quant_conv`` stays eager)."""
+    return [tokenizer.decoder] if isinstance(tokenizer, TOKENIZERS) else []
+
+
 def networks(method, depth: int = 3) -> list[nn.Module]:
     """The networks (not tokenizers) held by ``method``: its ``nn.Module`` attributes and those of the accel
     objects it holds (a drafter's model, ...), ``depth`` levels down, each once. ``method`` itself may be of
     any class (a plugin's); below it only accel objects are searched."""
+    return [m for m in _held_modules(method, depth) if not isinstance(m, TOKENIZERS)]
+
+
+def tokenizers(method, depth: int = 3) -> list[nn.Module]:
+    """The tokenizers held by ``method``, found as :func:`networks` finds networks."""
+    return [m for m in _held_modules(method, depth) if isinstance(m, TOKENIZERS)]
+
+
+def _held_modules(method, depth: int) -> list[nn.Module]:
     found: dict[int, nn.Module] = {}
     seen: set[int] = set()
 
@@ -71,8 +93,7 @@ def networks(method, depth: int = 3) -> list[nn.Module]:
             return
         seen.add(id(obj))
         if isinstance(obj, nn.Module):
-            if not isinstance(obj, TOKENIZERS):
-                found.setdefault(id(obj), obj)
+            found.setdefault(id(obj), obj)
             return
         if isinstance(obj, (list, tuple)):
             for v in obj:
@@ -86,27 +107,42 @@ def networks(method, depth: int = 3) -> list[nn.Module]:
     return list(found.values())
 
 
-def compile(method, mode: str | bool | None = True, *, dynamic: bool | None = True, fullgraph: bool = False):  # noqa: A001
+def compile(method, mode: str | bool | None = True, *, parts: str = "networks", dynamic: bool | None = True,  # noqa: A001
+            fullgraph: bool = False):
     """Compile, in place, the step networks of ``method`` (a generator from ``accel.load`` or any technique)
     with ``torch.compile``; returns ``method``.
 
     ``mode``: ``True`` or ``"default"``, ``"reduce-overhead"`` (CUDA graphs on GPU), ``"max-autotune"``,
-    ``"max-autotune-no-cudagraphs"``; ``False``/``None`` leaves ``method`` eager. ``dynamic``: passed to
-    ``torch.compile`` (True: symbolic sizes, one graph for every step). Compilation runs at the first call
-    (see :func:`warm_up`)."""
+    ``"max-autotune-no-cudagraphs"``; ``False``/``None`` leaves ``method`` eager. ``parts``: ``"networks"``,
+    ``"decoders"`` (the tokenizers' image decoders only) or ``"all"`` (see the module docstring). ``dynamic``:
+    passed to ``torch.compile`` (True: symbolic sizes, one graph for every step). Compilation runs at the first
+    call (see :func:`warm_up`)."""
     if mode is None or mode is False:
         return method
     if mode is True:
         mode = "default"
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be True, False, None or one of {list(MODES)}")
-    modules = {id(m): m for net in networks(method) for m in step_modules(net)}
+    if parts not in PARTS:
+        raise ValueError(f"parts={parts!r}: must be one of {list(PARTS)}")
+    modules = compiled_parts(method, parts)
     if not modules:
-        raise ValueError(f"method: found no network to compile in {type(method).__name__} (expected LlamaGen, MAR, "
-                         "VAR, EAGLE or Distilled Decoding networks among its attributes)")
-    for m in modules.values():
+        what = {"networks": "network", "decoders": "tokenizer decoder", "all": "network or tokenizer decoder"}[parts]
+        raise ValueError(f"method: found no {what} to compile in {type(method).__name__} (expected LlamaGen, MAR, "
+                         "VAR, EAGLE or Distilled Decoding networks, or their tokenizers, among its attributes)")
+    for m in modules:
         m.compile(mode=None if mode == "default" else mode, dynamic=dynamic, fullgraph=fullgraph)
     return method
+
+
+def compiled_parts(method, parts: str = "networks") -> list[nn.Module]:
+    """The modules :func:`compile` would compile in ``method`` for ``parts`` (each once)."""
+    found = []
+    if parts in ("networks", "all"):
+        found += [m for net in networks(method) for m in step_modules(net)]
+    if parts in ("decoders", "all"):
+        found += [m for tok in tokenizers(method) for m in decoder_modules(tok)]
+    return list({id(m): m for m in found}.values())
 
 
 def is_compiled(module: nn.Module) -> bool:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed
 from tqdm.auto import tqdm
 
-from accel.api.compile import compile as compile_method, networks, warm_up
+from accel.api.compile import compile as compile_method, compiled_parts, warm_up
 from accel.harness import metrics as M
 from accel.harness.distributed import IndexedSamples, autocast, chunk_seed, class_cond, generate_indexed, rank_world
 from accel.harness.floor import floor_fields
@@ -49,6 +49,7 @@ class RunConfig:
     n_boot: int = 100
     samples_dir: Path | None = None  # write ADM-style samples.npz per method here
     compile: str | None = None  # torch.compile mode for every method of the group, baseline included (accel.compile)
+    compile_parts: str = "networks"  # what accel.compile compiles: "networks", "decoders" (tokenizer decoders) or "all"
 
 
 def aggregate_stats(stats: list[dict[str, Any]]) -> dict[str, float | int | None]:
@@ -71,6 +72,17 @@ def aggregate_stats(stats: list[dict[str, Any]]) -> dict[str, float | int | None
 
 def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+
+
+def compile_tag(cfg: RunConfig) -> str:
+    """Suffix of compiled rows' method and baseline names (method and baseline alike), so they sit beside an eager
+    run's rows: ``+compile`` (networks, default mode), ``+compile-decoders``, ``+compile-all``, then ``-MODE``
+    for another mode."""
+    if not cfg.compile:
+        return ""
+    parts = "" if cfg.compile_parts == "networks" else f"-{cfg.compile_parts}"
+    mode = "" if cfg.compile == "default" else f"-{cfg.compile}"
+    return f"+compile{parts}{mode}"
 
 
 def _timing_call(method: Method, bs: int, cfg: RunConfig, device: torch.device) -> Callable[[int], Sample]:
@@ -134,11 +146,11 @@ def run_group(
         if reg.baseline_of(e).name != baseline.name:
             raise ValueError(f"{e.name!r} is compared with {e.baseline!r}, not {baseline.name!r}")
     methods = {e.name: e.build(ctx) for e in group}
-    if cfg.compile:  # every method with networks, baseline included; one without (a table sampler) stays eager
-        methods = {k: compile_method(m, cfg.compile) if networks(m) else m for k, m in methods.items()}
+    if cfg.compile:  # every method with such parts, baseline included; one without (a table sampler) stays eager
+        methods = {k: compile_method(m, cfg.compile, parts=cfg.compile_parts) if compiled_parts(m, cfg.compile_parts)
+                   else m for k, m in methods.items()}
     compile_s: dict[str, float | None] = {e.name: None for e in group}
-    # compiled rows are named apart (method and baseline alike), so they sit beside an eager run's rows
-    tag = "" if not cfg.compile else "+compile" if cfg.compile == "default" else f"+compile-{cfg.compile}"
+    tag = compile_tag(cfg)
     if cfg.compile:  # compile time: the first call (compilation + one call), before any quality or timed call
         for e in group:
             say(f"{model}: compiling {e.name} ({cfg.compile})")
@@ -200,7 +212,8 @@ def run_group(
             mem = _peak_memory(e, calls[e.name], model, bs, cfg, reg, device)
             rows.append(make_row(
                 experiment=e.group, family=e.family, model=model, method=e.name + tag,
-                params={**e.params, **getattr(methods[e.name], 'params', {}), **({"compile": cfg.compile} if cfg.compile else {})},
+                params={**e.params, **getattr(methods[e.name], 'params', {}),
+                        **({"compile": cfg.compile, "compile_parts": cfg.compile_parts} if cfg.compile else {})},
                 batch_size=bs, compile=cfg.compile, compile_s=compile_s[e.name],
                 n_images=cfg.n_images or None, seed=cfg.seed, latency_s=t.median, latency_spread_s=t.spread,
                 images_per_s=bs / t.median, speedup=speedup(base_t, t), baseline=baseline.name + tag, repeats=cfg.repeats,
