@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from accel.align.cca import cca_loss, contrastive_conditions, llamagen_sequence_logp, reward_stats, token_logp
+from accel.align.cca import (cca_loss, contrastive_conditions, llamagen_sequence_logp, reward_stats, token_logp,
+                             var_scale_ramp)
 from accel.train.recipe import Recipe
 from accel import data, zoo
 from accel.checkpoint import atomic_save
@@ -175,6 +176,21 @@ class VARCCARecipe(CCARecipe):
     name: str = "fmnist-var-cca"
     kind: str = "var"
     base: str = "fmnist-var"
+    # "uniform": Delta summed over all tokens (the paper); "ramp": weighted by ``var_scale_ramp`` (ours: the contrast
+    # where VAR's ramped CFG acts, none on the first scale)
+    scale_weights: str = "uniform"
+
+    def __post_init__(self):
+        if self.scale_weights not in ("uniform", "ramp"):
+            raise ValueError(f"scale_weights must be 'uniform' or 'ramp', got {self.scale_weights!r}")
+
+    def describe(self) -> dict:
+        """As ``Recipe.describe``, without ``scale_weights`` at its default: runs and zoo files made before the
+        field existed (the shipped model) keep their identity and resume."""
+        d = super().describe()
+        if d.get("scale_weights") == "uniform":
+            del d["scale_weights"]
+        return d
 
     def _config_of(self, net) -> dict:
         return dict(zoo.load_with_info(self.base)[1]["config"])  # with the VQVAE's _vocab_size / _Cvae
@@ -190,7 +206,8 @@ class VARCCARecipe(CCARecipe):
 
     def seq_logp(self, net, batch, cond):
         codes, inputs = batch
-        return token_logp(net(cond, inputs.float(), cond_drop_rate=0.0), codes)
+        w = var_scale_ramp(net.patch_nums) if self.scale_weights == "ramp" else None
+        return token_logp(net(cond, inputs.float(), cond_drop_rate=0.0), codes, w)
 
     def card_notes(self) -> str:
         return (f"CCA fine-tune of {self.base} (policy and frozen reference both initialised from the shipped fp16 "
