@@ -4,7 +4,10 @@
     python experiments/cca.py               # N = 1000, plus the base's CFG scales 1.5/3.0 and CCA + SD / LANTERN
     python experiments/cca.py --cfg-scales 1,1.5,2,3 --score-zoo fmnist-llamagen-cca --score-runs runs/cca-sweep-l1 \
         --n-images 500                      # trade-off sweep points -> sweep.jsonl, tradeoff.png
+    python experiments/cca.py --family var --cfg-scales 0,1.5,3 --score-zoo fmnist-var-cca --score-runs runs/... \
+        --sample-set top_k=112 --sample-set top_p=0.96 --n-images 300   # VAR points -> sweep_var.jsonl, tradeoff_var.png
     python experiments/cca.py --cost-split --batch-sizes 64   # where a generate call's time goes -> cost_split.jsonl
+    python experiments/cca.py --dd-pairs --batch-sizes 512 --quick --n-images 500   # CCA as the DD teacher -> dd_pairs.jsonl
 
 Rows, per family, all timed interleaved with the family's baseline (``llamagen-ar``: CFG 2.0; ``var-default``: VAR
 cfg 1.5; a doubled batch at every step) in one run; batch 1 latency and batch 64 throughput; FID[fmnist-cnn]

@@ -242,12 +242,21 @@ def _notes(r: CCARecipe) -> str:
             "1.0); the null class was kept trained (uncond_ratio 0.1), so CFG on top remains possible.")
 
 
-# What the VAR lambda choice rests on (guidance-free, N=300 balanced over classes, seed 0, FID[fmnist-cnn]):
+# What the VAR lambda choice and the sampling filter rest on (guidance-free, balanced classes, seed 0, FID[fmnist-cnn];
+# results/cca/sweep_var.jsonl, `python experiments/cca.py --family var ...`, results/cca/README.md):
 VAR_SWEEP = ("Sweep, guidance-free, N=300, seed 0: the base fmnist-var guidance-free FID 8.53, class consistency "
              "0.72, recall 0.42; with CFG 1.5 (its card) 6.04, 0.86, 0.43; lambda 10, beta 0.1 at steps 20/40/60: "
              "FID 7.26/7.18/7.27, class consistency 0.80/0.84/0.81, recall 0.24/0.31/0.29 (a plateau: the "
              "matched-pair log-ratio settles near -6 nats, ambiguous images lose likelihood and recall drops); "
-             "lambda 3, beta 0.1 at step 30 (runs/var-cca-l3): FID 7.30, 0.81, recall 0.33, the same point. "
-             "Shipped: lambda 10 at step 63 (stopped there: the plateau, not the budget, ended it). Guidance-free "
-             "CCA thus closes about half of the FID gap between the base guidance-free and the base with CFG on "
-             "this VAR, and most of the class-consistency gap, at half the rows per step.")
+             "lambda 3, beta 0.1 at step 30: FID 7.30, 0.81, recall 0.33, the same point. Shipped: lambda 10 at step "
+             "63 (stopped there: the plateau, not the budget, ended it). Session 7 probes in the paper's direction "
+             "(N=300): beta 0.02, lambda 50 (the paper's VAR-d16) at step 20: FID 13.59, recall 0.14 (matched-pair "
+             "log-ratio -197 nats); beta 0.05, lambda 30 at step 10: 9.19, recall 0.31 (-52 nats): with 10 classes "
+             "the optimum beta Delta* = log p(c|x)/p(c) - log lambda pushes matched pairs down once lambda > 10 (the "
+             "paper's lambda 50 sits below its 1000 classes); the scale-ramped log-ratio (scale_weights='ramp'), "
+             "beta 0.1, lambda 10: 7.06 / 8.17 at steps 10 / 20, no gain. Sampling: since session 7 the card samples "
+             "with the paper's VAR filter (top-k 900 of 4096 -> 112 of 512, top-p 0.96; same weights): N=1000, one "
+             "run, FID 6.86 [6.39, 7.32] against 7.11 [6.61, 7.60] unfiltered; the base with the same filter: "
+             "guidance-free 8.10, CFG 1.5 5.46, CFG 3 5.01 (unfiltered 8.53 / 6.03 / 5.17). Guidance-free CCA thus "
+             "closes about half of the FID gap between the base guidance-free and the base with CFG on this VAR, at "
+             "half the rows per step.")
