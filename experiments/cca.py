@@ -88,7 +88,8 @@ def plot_tradeoff(jsonl: Path, out: Path, n_images: int | None = None, min_steps
             ax.annotate(f"{'cfg' if var else 's'}={r['cfg_scale']:g}", (r["class_acc"], r["fid"]), fontsize=7)
     for i, r in enumerate(cca):
         ax.scatter(r["class_acc"], r["fid"], marker="*", s=120, color="C3", label="CCA, guidance-free" if i == 0 else None)
-        ax.annotate(f"λ={r['lam']:g}, β={r['beta']:g}" + (f" ({r['step']} st)" if r.get("step") else ""),
+        ax.annotate(f"λ={r['lam']:g}, β={r['beta']:g}" + (", ramp" if r.get("scale_weights") == "ramp" else "")
+                    + (f" ({r['step']} st)" if r.get("step") else ""),
                     (r["class_acc"], r["fid"]), fontsize=7)
     n = (cfg or cca)[0]["n_images"] if (cfg or cca) else n_images
     ax.set_xlabel("class consistency (fmnist-cnn accuracy)")
@@ -123,7 +124,7 @@ def sweep(family: str, cfg_scales: list[float], run_dirs: list[str], zoo_models:
     for d in run_dirs:
         r = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=False)
         meta = {"kind": "cca", "run": str(d), "step": r["step"], "beta": r["recipe"]["beta"], "lam": r["recipe"]["lam"]}
-        meta.update({k: r["recipe"][k] for k in ("loss_weighting",) if k in r["recipe"]})
+        meta.update({k: r["recipe"][k] for k in ("scale_weights",) if k in r["recipe"]})
         points.append(({**meta, "cfg_scale": free},
                        lambda d=d: ZooSampler(d, tokenizer=zoo.TOKENIZER[base], **free_settings)))
     for m in zoo_models:
