@@ -4,7 +4,10 @@
     python experiments/cca.py               # N = 1000, plus the base's CFG scales 1.5/3.0 and CCA + SD / LANTERN
     python experiments/cca.py --cfg-scales 1,1.5,2,3 --score-zoo fmnist-llamagen-cca --score-runs runs/cca-sweep-l1 \
         --n-images 500                      # trade-off sweep points -> sweep.jsonl, tradeoff.png
+    python experiments/cca.py --family var --cfg-scales 0,1.5,3 --score-zoo fmnist-var-cca --score-runs runs/... \
+        --sample-set top_k=112 --sample-set top_p=0.96 --n-images 300   # VAR points -> sweep_var.jsonl, tradeoff_var.png
     python experiments/cca.py --cost-split --batch-sizes 64   # where a generate call's time goes -> cost_split.jsonl
+    python experiments/cca.py --dd-pairs --batch-sizes 512 --quick --n-images 500   # CCA as the DD teacher -> dd_pairs.jsonl
 
 Rows, per family, all timed interleaved with the family's baseline (``llamagen-ar``: CFG 2.0; ``var-default``: VAR
 cfg 1.5; a doubled batch at every step) in one run; batch 1 latency and batch 64 throughput; FID[fmnist-cnn]
@@ -24,6 +27,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from accel import zoo
+from accel.distill.data import PairSpec, pair_noise
+from accel.distill.flow import FlowSolver
+from accel.distill.sequence import llamagen_pair_map
 from accel.harness.plots import plot_all
 from accel.harness.quality import evaluate
 from accel.harness.registry import BuildContext
@@ -31,11 +37,12 @@ from accel.harness.results import append_rows, current_command, read_rows
 from accel.harness.runner import RunConfig, new_run_id, run_group
 from accel.harness.summary import summary_markdown
 from accel.presets import registry
-from accel.presets.cca import BASE, VAR_BASE
+from accel.presets.cca import BASE, CCA as CCA_MODEL, VAR_BASE
+from accel.models.llamagen_generate import SamplingConfig
 from accel.presets.zoo_models import generator, load_reference
 from accel.sampling import cfg_combine, logits_to_probs, sample_from
 from accel.zoo.cards import feature_reference
-from accel.zoo.sample import ZooSampler, class_grid_labels
+from accel.zoo.sample import DEFAULTS, ZooSampler, class_grid_labels
 
 # family -> (baseline entry, base model, --quick entries, full entries)
 GROUPS = {
@@ -46,74 +53,94 @@ GROUPS = {
 }
 
 
-def tradeoff_series(rows: list[dict], n_images: int | None = None,
-                    min_steps: int = 0) -> tuple[list[dict], list[dict]]:
-    """The two sides of the trade-off figure from sweep.jsonl rows at one sample count (default: the last row's):
-    the base's CFG sweep (rows with ``kind`` "cfg", by scale; the latest row per scale) and the CCA fine-tunes
-    sampled guidance-free (``kind`` "cca", or older rows that carry ``lam``; the latest row per run), sorted by
-    lambda; fine-tunes with fewer than ``min_steps`` training steps (unconverged probes) are left out."""
+def tradeoff_series(rows: list[dict], n_images: int | None = None, min_steps: int = 0,
+                    sampling: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """The two sides of the trade-off figure from sweep rows at one sample count (default: the last row's) and one
+    set of sampling overrides (``sampling``, default none; rows without the field have none): the base's CFG sweep
+    (rows with ``kind`` "cfg", by scale; the latest row per scale) and the CCA fine-tunes sampled guidance-free
+    (``kind`` "cca", or older rows that carry ``lam``; the latest row per run), sorted by lambda; fine-tunes with
+    fewer than ``min_steps`` training steps (unconverged probes) are left out."""
     n = n_images if n_images is not None else rows[-1]["n_images"]
+    want = sampling or {}
     cfg, cca = {}, {}
     for r in rows:
-        if r.get("n_images") != n or r.get("fid") is None:
+        if r.get("n_images") != n or r.get("fid") is None or (r.get("sampling") or {}) != want:
             continue
         if r.get("kind", "cca" if "lam" in r else "cfg") == "cfg":
             cfg[float(r["cfg_scale"])] = r
         elif r.get("step") is None or r["step"] >= min_steps:
             cca[r.get("run", r.get("model"))] = r
-    return [cfg[k] for k in sorted(cfg)], sorted(cca.values(), key=lambda r: r["lam"])
+    return [cfg[k] for k in sorted(cfg)], sorted(cca.values(), key=lambda r: (r["lam"], r["beta"]))
 
 
-def plot_tradeoff(jsonl: Path, out: Path, n_images: int | None = None, min_steps: int = 0) -> Path:
+def plot_tradeoff(jsonl: Path, out: Path, n_images: int | None = None, min_steps: int = 0,
+                  sampling: dict | None = None) -> Path:
     """FID vs class consistency (the paper's Fig. 4 trade-off): the base's CFG-scale sweep as a line, each CCA
-    fine-tune (beta, lambda) guidance-free as a star; from sweep.jsonl only, one sample count."""
-    cfg, cca = tradeoff_series(read_rows(jsonl), n_images, min_steps)
+    fine-tune (beta, lambda) guidance-free as a star; from one sweep JSONL only, one sample count and sampling."""
+    cfg, cca = tradeoff_series(read_rows(jsonl), n_images, min_steps, sampling)
+    var = any(r.get("family") == "var" for r in cfg + cca)
     fig = Figure(figsize=(5.5, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if cfg:
         ax.plot([r["class_acc"] for r in cfg], [r["fid"] for r in cfg], "o-", color="C0", label="base, CFG sweep")
         for r in cfg:
-            ax.annotate(f"s={r['cfg_scale']:g}", (r["class_acc"], r["fid"]), fontsize=7)
+            ax.annotate(f"{'cfg' if var else 's'}={r['cfg_scale']:g}", (r["class_acc"], r["fid"]), fontsize=7)
     for i, r in enumerate(cca):
         ax.scatter(r["class_acc"], r["fid"], marker="*", s=120, color="C3", label="CCA, guidance-free" if i == 0 else None)
-        ax.annotate(f"λ={r['lam']:g}, β={r['beta']:g}" + (f" ({r['step']} st)" if r.get("step") else ""),
+        ax.annotate(f"λ={r['lam']:g}, β={r['beta']:g}" + (", ramp" if r.get("scale_weights") == "ramp" else "")
+                    + (f" ({r['step']} st)" if r.get("step") else ""),
                     (r["class_acc"], r["fid"]), fontsize=7)
     n = (cfg or cca)[0]["n_images"] if (cfg or cca) else n_images
     ax.set_xlabel("class consistency (fmnist-cnn accuracy)")
     ax.set_ylabel(f"FID[fmnist-cnn, N={n}]")
-    ax.set_title("CCA (lambda sweep) vs the base's CFG-scale sweep")
+    extra = ", ".join(f"{k} {v}" for k, v in (sampling or {}).items())
+    ax.set_title(f"{'VAR' if var else 'LlamaGen'}: CCA (λ, β) vs the base's CFG sweep" + (f" ({extra})" if extra else ""),
+                 fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     return out
 
 
-def sweep(base: str, cfg_scales: list[float], run_dirs: list[str], zoo_models: list[str], n_images: int,
-          out: Path) -> list[dict]:
+# family -> (base zoo model, the sampler's guidance setting, its guidance-free value, the sweep's JSONL / figure)
+SWEEP = {"llamagen": (BASE, "cfg_scale", 1.0, "sweep.jsonl", "tradeoff.png"),
+         "var": (VAR_BASE, "cfg", 0.0, "sweep_var.jsonl", "tradeoff_var.png")}
+
+
+def sweep(family: str, cfg_scales: list[float], run_dirs: list[str], zoo_models: list[str], n_images: int,
+          out: Path, sampling: dict | None = None) -> list[dict]:
     """Quality points of the trade-off figure, all at N balanced over classes and seed 0 (same labels and seed for
-    every point): the base LlamaGen at each CFG scale, CCA run folders (``accel train fmnist-llamagen-cca
-    --set lam=...``) and zoo CCA models sampled guidance-free -> rows appended to sweep.jsonl."""
-    free = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
-    points = [({"kind": "cfg", "model": base, "cfg_scale": s}, lambda s=s: ZooSampler(base, cfg_scale=s))
+    every point): the family's base at each CFG scale (VAR: its ramped ``cfg``), CCA run folders (``accel train
+    fmnist-{llamagen,var}-cca --set lam=...``) and zoo CCA models sampled guidance-free, all with the same
+    ``sampling`` overrides (e.g. VAR's top_k / top_p) -> one row per point appended to the family's sweep JSONL."""
+    base, key, free, jsonl, _ = SWEEP[family]
+    sampling = dict(sampling or {})
+    tag = {"family": family, **({"sampling": sampling} if sampling else {})}
+    free_settings = {**({"temperature": 1.0, "top_k": 0, "top_p": 1.0} if family == "llamagen" else
+                        {"top_k": 0, "top_p": 0.0}), **sampling, key: free}
+    points = [({"kind": "cfg", "model": base, "cfg_scale": s}, lambda s=s: ZooSampler(base, **{**sampling, key: s}))
               for s in cfg_scales]
     for d in run_dirs:
         r = torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=False)
         meta = {"kind": "cca", "run": str(d), "step": r["step"], "beta": r["recipe"]["beta"], "lam": r["recipe"]["lam"]}
-        points.append(({**meta, "cfg_scale": 1.0}, lambda d=d: ZooSampler(d, tokenizer=zoo.TOKENIZER[base], **free)))
+        meta.update({k: r["recipe"][k] for k in ("scale_weights",) if k in r["recipe"]})
+        points.append(({**meta, "cfg_scale": free},
+                       lambda d=d: ZooSampler(d, tokenizer=zoo.TOKENIZER[base], **free_settings)))
     for m in zoo_models:
         info = zoo.load_with_info(m)[1]
         meta = {"kind": "cca", "model": m, "beta": info["recipe"]["beta"], "lam": info["recipe"]["lam"],
                 "step": info["step"]}
-        points.append(({**meta, "cfg_scale": 1.0}, lambda m=m: ZooSampler(m, **free)))
+        points.append(({**meta, "cfg_scale": free}, lambda m=m: ZooSampler(m, **free_settings)))
     ref, labels, rows = feature_reference(), class_grid_labels(n_images // 10), []
     out.mkdir(parents=True, exist_ok=True)
     for meta, make in points:
         sampler, g = make(), torch.Generator().manual_seed(0)
         feats, logits = zip(*(ref.extract(sampler(c, generator=g)) for c in labels.split(100)))
         q = evaluate(torch.cat(feats), torch.cat(logits), labels, ref, seed=0, n_boot=50)
-        row = {**meta, "n_images": len(labels), **{k: q[k] for k in ("fid", "fid_ci", "class_acc", "precision", "recall")}}
-        with open(out / "sweep.jsonl", "a") as f:  # one line per point: a long sweep keeps what it finished
+        row = {**meta, **tag, "n_images": len(labels),
+               **{k: q[k] for k in ("fid", "fid_ci", "class_acc", "precision", "recall")}}
+        with open(out / jsonl, "a") as f:  # one line per point: a long sweep keeps what it finished
             f.write(json.dumps({**row, "command": current_command()}) + "\n")
         rows.append(row)
     return rows
@@ -183,6 +210,60 @@ def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def dd_pair_rate(batch: int, flow_steps: int, repeats: int, n_fid: int, out: Path) -> list[dict]:
+    """CCA as the Distilled Decoding teacher (issue item 4): the DD1 (noise -> tokens) pair map
+    (``accel.distill.sequence.llamagen_pair_map``, as ``accel train distill-data`` runs it) with the guidance-free
+    CCA LlamaGen against the base with CFG at its card scale (2B rows per step), same noise and labels, timed
+    interleaved (medians of ``repeats`` calls after one warm-up) -> pairs/s and their ratio; then, when ``n_fid``,
+    the FID of each teacher's own flow-mapped images (the DD1 map is the teacher's sampler with deterministic
+    noise, so this is the quality the pairs carry) at N balanced over classes -> dd_pairs.jsonl."""
+    vq, solver = zoo.load(zoo.TOKENIZER[BASE]).eval(), FlowSolver(flow_steps, "heun")
+    maps = {}
+    for name in (BASE, CCA_MODEL):
+        sc = SamplingConfig(**DEFAULTS[name])
+        maps[name] = (llamagen_pair_map(zoo.load(name).eval(), vq, sc, solver)[0], sc.cfg_scale)
+    spec = PairSpec(max(batch, n_fid), batch, 64, vq.quantize.codebook().size(1), 10, 0)
+    labels = torch.arange(batch) % 10
+    noise = pair_noise(spec, torch.arange(batch))
+    times = {k: [] for k in maps}
+    for r in range(repeats + 1):  # the first round is warm-up
+        for k, (fn, _) in maps.items():
+            t = time.perf_counter()
+            fn(noise, labels)
+            if r:
+                times[k].append(time.perf_counter() - t)
+    med = {k: float(torch.tensor(v).median()) for k, v in times.items()}
+    rows = [{"teacher": k, "cfg_scale": maps[k][1], "batch_size": batch, "flow_steps": flow_steps, "repeats": repeats,
+             "seconds": med[k], "pairs_per_s": batch / med[k], "threads": torch.get_num_threads()} for k in maps]
+    rows[-1]["rate_ratio"] = med[BASE] / med[CCA_MODEL]
+    if n_fid:
+        ref, fid_labels = feature_reference(), class_grid_labels(n_fid // 10)
+        fid_noise = pair_noise(spec, torch.arange(len(fid_labels)))
+        for row, (fn, _) in zip(rows, maps.values()):
+            feats, logits = [], []
+            for i in range(0, len(fid_labels), 100):
+                codes = fn(fid_noise[i:i + 100], fid_labels[i:i + 100])
+                g = int(codes.size(1) ** 0.5)  # square token grid
+                img = ((vq.decode_code(codes, hw=(g, g)).float() + 1) / 2).clamp(0, 1)
+                f, lg = ref.extract(img)
+                feats.append(f)
+                logits.append(lg)
+            q = evaluate(torch.cat(feats), torch.cat(logits), fid_labels, ref, seed=0, n_boot=50)
+            row.update(n_images=len(fid_labels), **{k: q[k] for k in ("fid", "fid_ci", "class_acc", "precision", "recall")})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "dd_pairs.jsonl", "a") as fh:
+        fh.writelines(json.dumps({**r, "command": current_command()}) + "\n" for r in rows)
+    return rows
+
+
+def _setting(kv: str) -> tuple[str, object]:
+    key, _, value = kv.partition("=")
+    if not key or not value:
+        raise SystemExit(f"--sample-set {kv!r}: expected KEY=JSON, e.g. --sample-set top_p=0.96")
+    return key, json.loads(value)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -194,21 +275,35 @@ def main():
     ap.add_argument("--threads", type=int, default=1)  # the shared 2-core box is oversubscribed
     ap.add_argument("--score-runs", nargs="+", default=[], help="sweep: CCA run folders, scored guidance-free")
     ap.add_argument("--score-zoo", nargs="+", default=[], help="sweep: zoo CCA models, scored guidance-free")
-    ap.add_argument("--cfg-scales", default="", help="sweep: the base's CFG scales, e.g. 1,1.5,2,3")
+    ap.add_argument("--cfg-scales", default="", help="sweep: the base's CFG scales, e.g. 1,1.5,2,3 (VAR: its cfg)")
+    ap.add_argument("--sample-set", action="append", default=[], metavar="KEY=JSON",
+                    help="sweep: a sampling override for every point, e.g. --sample-set top_k=112 (VAR)")
     ap.add_argument("--min-steps", type=int, default=100,
                     help="sweep figure: leave out CCA runs trained fewer steps (unconverged probes)")
     ap.add_argument("--cost-split", action="store_true", help="only split a generate call's time (batch: the largest)")
+    ap.add_argument("--dd-pairs", action="store_true",
+                    help="only: DD1 pair-generation rate, CCA vs CFG teacher (batch: the largest), and with "
+                         "--n-images each teacher's flow-mapped FID")
+    ap.add_argument("--flow-steps", type=int, default=16, help="--dd-pairs: Heun steps per token (shipped DD: 16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cost_split:
         for r in cost_split(max(int(b) for b in args.batch_sizes.split(",")), 3 if args.quick else 5, args.out):
             print(r)
         return
-    if args.score_runs or args.score_zoo or args.cfg_scales:
-        scales = [float(x) for x in args.cfg_scales.split(",")] if args.cfg_scales else []
-        for r in sweep(BASE, scales, args.score_runs, args.score_zoo, args.n_images or 200, args.out):
+    if args.dd_pairs:
+        for r in dd_pair_rate(max(int(b) for b in args.batch_sizes.split(",")), args.flow_steps,
+                              3 if args.quick else 5, args.n_images or 0, args.out):
             print(r, flush=True)
-        print(plot_tradeoff(args.out / "sweep.jsonl", args.out / "tradeoff.png", args.n_images or 200, args.min_steps))
+        return
+    if args.score_runs or args.score_zoo or args.cfg_scales:
+        family = "llamagen" if args.family == "all" else args.family
+        scales = [float(x) for x in args.cfg_scales.split(",")] if args.cfg_scales else []
+        sampling = dict(_setting(kv) for kv in args.sample_set)
+        for r in sweep(family, scales, args.score_runs, args.score_zoo, args.n_images or 200, args.out, sampling):
+            print(r, flush=True)
+        _, _, _, jsonl, png = SWEEP[family]
+        print(plot_tradeoff(args.out / jsonl, args.out / png, args.n_images or 200, args.min_steps))
         return
     reg = registry()
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3 if args.quick else 5,

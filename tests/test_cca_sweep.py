@@ -67,3 +67,31 @@ def test_llamagen_cca_train_subset_encodes_the_first_images_and_their_flips(tmp_
     assert torch.equal(codes[:6], encode_dataset(zoo_vq(), x)) and torch.equal(codes[6:], encode_dataset(zoo_vq(), x.flip(-1)))
     again = LlamaGenCCARecipe(train_subset=6).train_data(tmp_path, "cpu")  # from the run folder's cache
     assert (tmp_path / "codes-subset6.pt").is_file() and torch.equal(again[0], codes)
+
+
+def test_series_keep_one_sampling_setting_and_the_var_plot_names_its_guidance(cca_script, tmp_path):
+    top = {"top_k": 112, "top_p": 0.96}
+    rows = [{"kind": "cfg", "family": "var", "model": "fmnist-var", "cfg_scale": s, "n_images": 300, "fid": f,
+             "class_acc": a} for s, f, a in ((0.0, 8.5, 0.72), (1.5, 6.0, 0.86))]
+    rows += [{**rows[1], "sampling": top, "fid": 5.5},
+             {"kind": "cca", "family": "var", "run": "runs/v", "step": 20, "beta": 0.02, "lam": 50, "cfg_scale": 0.0,
+              "n_images": 300, "fid": 7.0, "class_acc": 0.8, "sampling": top}]
+    cfg, cca = cca_script.tradeoff_series(rows, n_images=300)
+    assert [r["fid"] for r in cfg] == [8.5, 6.0] and cca == []  # rows without sampling overrides only
+    cfg, cca = cca_script.tradeoff_series(rows, n_images=300, sampling=top)
+    assert [r["fid"] for r in cfg] == [5.5] and [r["run"] for r in cca] == ["runs/v"]
+    jsonl = tmp_path / "sweep_var.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = cca_script.plot_tradeoff(jsonl, tmp_path / "tradeoff_var.png", n_images=300, sampling=top)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dd_pair_rate_times_both_teachers_on_the_same_noise(cca_script, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    rows = cca_script.dd_pair_rate(batch=2, flow_steps=1, repeats=1, n_fid=0, out=tmp_path)
+    assert [(r["teacher"], r["cfg_scale"]) for r in rows] == [("fmnist-llamagen", 2.0), ("fmnist-llamagen-cca", 1.0)]
+    assert rows[1]["rate_ratio"] == pytest.approx(rows[0]["seconds"] / rows[1]["seconds"])
+    assert all(r["pairs_per_s"] > 0 for r in rows)
+    assert len((tmp_path / "dd_pairs.jsonl").read_text().splitlines()) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from accel import zoo
@@ -83,3 +84,31 @@ def test_var_cca_export_is_bf16_precision_and_loads_as_a_var(tmp_path):
     img = net.autoregressive_infer_cfg(vae, 2, torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0),
                                        cfg=0.0).images
     assert img.shape[0] == 2 and torch.isfinite(img).all()
+
+
+def test_scale_ramp_is_zero_on_the_first_scale_rises_linearly_and_averages_one():
+    from accel.align.cca import var_scale_ramp
+
+    w = var_scale_ramp((1, 2, 3))  # raw ramp 0 | 0.5 x4 | 1 x9, sum 11 over 14 tokens
+    assert w.shape == (14,) and w.mean().item() == pytest.approx(1.0)
+    assert torch.allclose(w, torch.tensor([0.0] + [0.5] * 4 + [1.0] * 9) * 14 / 11)
+    with pytest.raises(ValueError, match="patch_nums"):
+        var_scale_ramp((4,))
+
+
+def test_ramp_weighted_logp_is_the_weighted_token_sum_and_uniform_keeps_the_old_identity():
+    from accel.align.cca import var_scale_ramp
+
+    torch.set_num_threads(1)
+    vae, var = tiny_var()
+    codes, inputs, labels = TinyVARCCARecipe().train_data(None, "cpu")
+    codes, inputs, labels = codes[:4], inputs[:4], labels[:4]
+    logits = var(labels, inputs.float(), cond_drop_rate=0.0)
+    per_tok = torch.log_softmax(logits.float(), -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)  # (B, L)
+    ramp = TinyVARCCARecipe(scale_weights="ramp").seq_logp(var, (codes, inputs), labels)
+    assert torch.allclose(ramp, (per_tok * var_scale_ramp((1, 2, 3))).sum(-1), atol=1e-5)
+    assert torch.allclose(TinyVARCCARecipe().seq_logp(var, (codes, inputs), labels), per_tok.sum(-1), atol=1e-5)
+    assert "scale_weights" not in TinyVARCCARecipe().describe()  # runs made before the field still resume
+    assert TinyVARCCARecipe(scale_weights="ramp").describe()["scale_weights"] == "ramp"
+    with pytest.raises(ValueError, match="scale_weights"):
+        TinyVARCCARecipe(scale_weights="linear")

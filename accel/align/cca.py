@@ -90,10 +90,26 @@ def reward_stats(delta_pos: Tensor, delta_neg: Tensor, neg_is_positive: Tensor, 
     return {"reward_acc": float((m > 0).float().mean()), "reward_margin": float(m.mean())}
 
 
-def token_logp(logits: Tensor, targets: Tensor) -> Tensor:
-    """Sum over positions of log softmax(logits)[target]: (B, T, V), (B, T) -> (B,), in float32."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+def token_logp(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Sum over positions of log softmax(logits)[target]: (B, T, V), (B, T) -> (B,), in float32; with
+    ``weights`` (T,) a weighted sum (see ``var_scale_ramp``)."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return logp.sum(-1) if weights is None else logp @ weights.to(logp)
+
+
+def var_scale_ramp(patch_nums: Sequence[int]) -> Tensor:
+    """Per-token weights (L,) that ramp over VAR's scales as its CFG does (t_k = cfg * k / (K - 1), zero at the
+    first scale: ``accel.models.var``), scaled so that their mean over the L tokens is 1.
+
+    A deviation from the paper, ours: CCA's log-ratio is a whole-sequence sum, so it sharpens the class evidence
+    of the coarse scales (the layout) as much as the fine ones, while VAR's ramped CFG leaves the first scale
+    unguided; weighting Delta = sum_k w_k Delta_k by this ramp puts the contrast where VAR's guidance acts.
+    """
+    K = len(patch_nums)
+    if K < 2:
+        raise ValueError(f"patch_nums needs >= 2 scales for a ramp, got {list(patch_nums)}")
+    ramp = torch.cat([torch.full((pn * pn,), k / (K - 1)) for k, pn in enumerate(patch_nums)])
+    return ramp * (len(ramp) / ramp.sum())
 
 
 def llamagen_sequence_logp(model, codes: Tensor, cond: Tensor) -> Tensor:
@@ -103,8 +119,9 @@ def llamagen_sequence_logp(model, codes: Tensor, cond: Tensor) -> Tensor:
     return token_logp(logits, codes)
 
 
-def var_sequence_logp(model, vae, codes_per_scale: Sequence[Tensor], cond: Tensor) -> Tensor:
+def var_sequence_logp(model, vae, codes_per_scale: Sequence[Tensor], cond: Tensor,
+                      weights: Tensor | None = None) -> Tensor:
     """log p(x|c) of VAR: teacher-forced logits over all scales (``teacher_forced_logits``), summed over the
-    L = sum pn^2 tokens. ``codes_per_scale``: per-scale index tensors (B, pn^2)."""
+    L = sum pn^2 tokens (``weights`` (L,): weighted). ``codes_per_scale``: per-scale index tensors (B, pn^2)."""
     logits = teacher_forced_logits(model, vae, cond, codes_per_scale)  # (B, L, V)
-    return token_logp(logits, torch.cat(list(codes_per_scale), dim=1))
+    return token_logp(logits, torch.cat(list(codes_per_scale), dim=1), weights)

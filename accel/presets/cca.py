@@ -8,8 +8,9 @@
 - ``sd-cca-draft``: composition: exact speculative decoding of the CCA target with the zoo draft, both
   guidance-free; ``lantern-cca-draft``: the same with LANTERN's relaxed acceptance (delta 0.1, k 1000).
 - ``var-cca``: the CCA fine-tune ``fmnist-var-cca`` guidance-free (VAR ``cfg`` 0, i.e. ``cfg_scale`` 1.0: the
-  conditional rows alone; the official VAR sampler would still run the null rows, research trap 8).
-- ``var-nocfg``: the base ``fmnist-var`` guidance-free (same cost as ``var-cca``).
+  conditional rows alone; the official VAR sampler would still run the null rows, research trap 8), with the
+  paper's VAR sampling filter (top-k 900/4096 -> 112/512, top-p 0.96; its card).
+- ``var-nocfg``: the base ``fmnist-var`` guidance-free with the same filter (same cost and settings as ``var-cca``).
 """
 from __future__ import annotations
 
@@ -45,8 +46,11 @@ def var_cca(ctx: BuildContext):
     return generator(ctx, model=VAR_CCA, name="var-cca", cast=False)  # its card: cfg 0 (guidance-free)
 
 
+VAR_FREE = dict(top_k=112, top_p=0.96)  # the CCA card's (the paper's) guidance-free VAR sampling filter
+
+
 def var_nocfg(ctx: BuildContext):
-    return generator(ctx, name="var-nocfg", cast=False, cfg_scale=1.0)
+    return generator(ctx, name="var-nocfg", cast=False, cfg_scale=1.0, **VAR_FREE)  # same settings as var-cca
 
 
 def _entry(name, build, quick, unavailable, **params):
@@ -68,6 +72,6 @@ ENTRIES = [
            rule="exact", cfg_scale=1.0),
     _entry("lantern-cca-draft", lambda ctx: sd_cca(ctx, delta=0.1), False, missing_with(CCA, DRAFT), model=CCA,
            drafter="draft", gamma=3, rule="lantern", delta=0.1, k=1000, drafts="sampled", cfg_scale=1.0),
-    _var_entry("var-cca", var_cca, missing_with(VAR_CCA), model=VAR_CCA, cfg_scale=1.0),
-    _var_entry("var-nocfg", var_nocfg, zoo_missing, model=VAR_BASE, cfg_scale=1.0),
+    _var_entry("var-cca", var_cca, missing_with(VAR_CCA), model=VAR_CCA, cfg_scale=1.0, **VAR_FREE),
+    _var_entry("var-nocfg", var_nocfg, zoo_missing, model=VAR_BASE, cfg_scale=1.0, **VAR_FREE),
 ]
