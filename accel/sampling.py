@@ -37,7 +37,14 @@ def logits_to_probs(logits: Tensor, temperature: float = 1.0, top_k: int = 0, to
     (LlamaGen's own floor of 1e-5 is kept for T in (0, 1e-5)).
     """
     check_token_sampling(temperature=temperature, top_k=top_k, top_p=top_p, where="logits_to_probs")
-    logits = logits / max(temperature, 1e-5)
+    return probs_unchecked(logits, temperature, top_k, top_p)
+
+
+def probs_unchecked(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """:func:`logits_to_probs` without its argument checks, for hot loops whose settings were validated once
+    (a ``SamplingConfig``). T = 1 skips the division (x / 1 = x exactly)."""
+    if temperature != 1.0:
+        logits = logits / max(temperature, 1e-5)
     if top_k > 0 or top_p < 1.0:
         logits = top_k_top_p_filter(logits, top_k, top_p)
     return torch.softmax(logits, dim=-1)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from accel.models.llamagen import Transformer
-from accel.sampling import cfg_combine, logits_to_probs, sample_from
+from accel.sampling import cfg_combine, probs_unchecked, sample_from
 from accel.validate import FiniteWatch, check_labels, check_max_new_tokens, check_range, check_token_sampling
 
 
@@ -118,7 +118,7 @@ def generate(model: Transformer, cond: Tensor, max_new_tokens: int | None = None
             p = c + t - 1
             logits = model(step_in, input_pos=pos[p: p + 1], cache=cache, kv_len=p + 1)[:, -1]
         guided = guided_logits(logits, B, sc, t)
-        probs = logits_to_probs(guided, sc.temperature, sc.top_k, sc.top_p)
+        probs = probs_unchecked(guided, sc.temperature, sc.top_k, sc.top_p)  # sc checked its settings once
         watch(t, probs)
         tok = pick(probs, t) if pick is not None else sample_from(probs, generator, greedy=not sc.sample_logits,
                                                                   step=t, model="LlamaGen")

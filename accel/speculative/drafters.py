@@ -29,23 +29,15 @@ from torch import Tensor, nn
 
 from accel.models.llamagen import GPTConfig, KVCache, Transformer, TransformerBlock, attention_plan, rope_2d_table
 from accel.models.llamagen_generate import SamplingConfig, guided_logits
-from accel.sampling import top_k_top_p_filter
+from accel.sampling import probs_unchecked
 from accel.speculative.rules import sample
 
 
 def process(logits: Tensor, t: Tensor, sc: SamplingConfig) -> Tensor:
     """Target or draft distribution after CFG, temperature, top-k, top-p: ``(B, T, V)`` for logits ``(R, T, V)``
-    (R = 2B under CFG) predicting token indices ``t (B, T)``.
-
-    The same operations as ``sampling.logits_to_probs`` (bit for bit) without its argument checks, which
-    ``SamplingConfig`` already made once: this runs several times per speculative round. T = 1 skips the division
-    (x / 1 = x exactly)."""
-    x = guided_logits(logits, t.size(0), sc, t)
-    if sc.temperature != 1.0:
-        x = x / max(sc.temperature, 1e-5)
-    if sc.top_k > 0 or sc.top_p < 1.0:
-        x = top_k_top_p_filter(x, sc.top_k, sc.top_p)
-    return torch.softmax(x, dim=-1)
+    (R = 2B under CFG) predicting token indices ``t (B, T)``; the settings were checked once by ``SamplingConfig``
+    (this runs several times per speculative round)."""
+    return probs_unchecked(guided_logits(logits, t.size(0), sc, t), sc.temperature, sc.top_k, sc.top_p)
 
 
 def draw(q: Tensor, greedy: bool, generator: torch.Generator | None) -> Tensor:
