@@ -61,8 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 from accel.types import StepSchedule
-from accel.models.mar import (HeadCall, Iteration, cfg_at, head_schedule, mask_len_at, predict, sample_tokens,
-                              write_tokens)
+from accel.models.mar import HeadCall, Iteration, cfg_at, head_schedule, mask_len_at, predict, sample_tokens
 from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, HeadStats
 from accel.speculative import cspd_math as M
 from accel.validate import check_finite
@@ -408,7 +407,7 @@ def textbook_prefixes(state, labels, pos: torch.Tensor, x_q: torch.Tensor, it: I
     rows come out in (b, j) order, the order of the released layout, so the window's noise and CFG carry over."""
     seq, mask = state
     B, g = pos.shape
-    L, C = seq.shape[1], seq.shape[2]
+    L = seq.shape[1]
     ar = torch.arange(B, device=seq.device)
     seq = seq.clone()
     seq[ar[:, None], pos] = x_q.to(seq.dtype)  # drafts written in every copy: a masked position is never read
