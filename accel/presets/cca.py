@@ -17,6 +17,7 @@ from __future__ import annotations
 from accel.api.techniques import exact, lantern, speculative
 from accel.harness.registry import BuildContext, MethodEntry
 from accel.presets.zoo_models import generator, missing_with, zoo_missing
+from accel.zoo.sample import DEFAULTS
 
 BASE, CCA, DRAFT = "fmnist-llamagen", "fmnist-llamagen-cca", "fmnist-llamagen-draft"
 VAR_BASE, VAR_CCA = "fmnist-var", "fmnist-var-cca"
@@ -46,7 +47,8 @@ def var_cca(ctx: BuildContext):
     return generator(ctx, model=VAR_CCA, name="var-cca", cast=False)  # its card: cfg 0 (guidance-free)
 
 
-VAR_FREE = dict(top_k=112, top_p=0.96)  # the CCA card's (the paper's) guidance-free VAR sampling filter
+# the CCA card's (the paper's) guidance-free VAR sampling filter, read from the card defaults (one source)
+VAR_FREE = {k: DEFAULTS[VAR_CCA][k] for k in ("top_k", "top_p")}
 
 
 def var_nocfg(ctx: BuildContext):
