@@ -9,3 +9,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads)
 import torch  # noqa: E402
 
 torch.set_num_threads(int(_threads))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (its module fixtures included), restored afterwards, whatever
+    ACCEL_TEST_THREADS says: the MAR/VAR modules' tiny matmuls run far slower when two threads hand off on a
+    shared, oversubscribed CPU. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,12 +16,7 @@ CFG = MARConfig(img_size=64, vae_stride=16, encoder_embed_dim=32, encoder_depth=
 SCHED = head_schedule("ddim8", 0, 1, max_timestep=875)  # an untrained eps-net blows up at t = 999
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def models(scale=0.0, seed=0):

@@ -19,12 +19,7 @@ CFG = MARConfig(img_size=64, vae_stride=16, encoder_embed_dim=32, encoder_depth=
 L = CFG.seq_len
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread hand-off costs more than the maths on a shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def mar(seed, base=None, scale=0.0):

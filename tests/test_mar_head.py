@@ -5,12 +5,7 @@ import torch
 from accel.models.mar_head import DDPMSchedule, DiffLoss, HeadNoise, space_timesteps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _head(C=4, Dz=8, depth=2, width=16, seed=0):

@@ -19,12 +19,7 @@ SMALL = MARConfig(img_size=48, vae_stride=4, patch_size=2, encoder_embed_dim=24,
 VAE_SMALL = KLVAEConfig(embed_dim=4, ch_mult=(1, 2), ch=32, num_res_blocks=1, resolution=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _mar(cfg=SMALL, seed=0):

@@ -11,19 +11,13 @@ from accel.parity import mar as parity_mar
 from paths import fixtures
 
 FIX = fixtures("mar")
-pytestmark = pytest.mark.skipif(not (FIX / "mar_tiny_io.safetensors").exists(), reason="MAR fixture absent")
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
+              pytest.mark.skipif(not (FIX / "mar_tiny_io.safetensors").exists(), reason="MAR fixture absent")]
 MAR_VAE_FILES = ("README.md", "_manifest_mar.json", "mar_tiny_config.json", "mar_tiny_state_dict.safetensors",
                  "mar_tiny_io.safetensors", "vae_tiny_config.json", "vae_tiny_state_dict.safetensors",
                  "vae_tiny_io.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: OpenMP oversubscription costs ~50x; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _copy(tmp_path: Path, files=MAR_VAE_FILES) -> Path:

@@ -35,12 +35,7 @@ ST = {"seed_torch": 9, "num_sampling_steps": "6", "labels": [2, 6, 0],
       "kwargs": {"bsz": 3, "num_iter": 3, "cfg": 1.5, "cfg_schedule": "constant", "temperature": 0.9}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _randomise(module, seed):
