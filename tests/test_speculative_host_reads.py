@@ -1,7 +1,9 @@
-"""Host reads of the chain speculative decode loop (``decoder.py``): at most one per round (issue 18, item 4),
+"""Host reads of the chain, static-tree and dynamic-tree decode loops (``decoder.py``, ``tree.py``,
+``dynamic_tree.py``, through the shared ``decoder.read_round``): at most one per round (issue 18, item 4),
 counted at the dispatcher (``_local_scalar_dense`` behind ``bool``/``int``/``item``, ``nonzero`` behind boolean
 indexing, ``equal``) and at ``Tensor.tolist``; and the same tokens as before the change for pinned seeds (the
-tokens below were produced by the loop with several host reads per round, commit 325705a)."""
+tokens below were produced by the loops with several host reads per round: chain at commit 325705a, static tree
+at commit 03d6b11)."""
 from __future__ import annotations
 
 import sys
@@ -141,3 +143,69 @@ def test_dynamic_tree_same_tokens_and_one_read_per_round(delta, monkeypatch):
     rounds = st.nfe_target - 1
     # per round one read, the exit test, the counters and the path ranks at the end, the label checks
     assert reads.count + len(lists) <= rounds + 1 + 2 + 2, (reads.count, len(lists), rounds)
+
+
+def _tree_setup(kind, which, greedy, tree, seed=11):
+    from accel.speculative.tree import TREES, tree_generate
+
+    target = tiny(0, scale=0.6)
+    drafter, rule = _drafters(target)[which], _rule(kind, target)
+    sc = SamplingConfig(cfg_scale=2.0, top_k=12, sample_logits=not greedy)
+    return lambda: tree_generate(target, drafter, rule, torch.tensor([0, 1, 2, 3, 1]), sc, tree=TREES[tree],
+                                 generator=torch.Generator().manual_seed(seed))
+
+
+TREE_PINNED = {  # (kind, drafter, greedy, tree): (tokens, accepted, nfe_target) of the static tree at commit 03d6b11
+    ('exact', 0, False, 'b2-2-1-1'): ([[0, 14, 15, 2, 0, 14, 15, 5, 11, 14, 13, 4, 3, 15, 5, 2], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 15, 4, 15, 15, 15], [15, 9, 15, 15, 15, 15, 9, 5, 9, 15, 11, 9, 5, 7, 8, 7], [0, 5, 6, 15, 15, 15, 4, 15, 1, 15, 4, 12, 0, 12, 15, 14], [15, 15, 15, 15, 15, 15, 11, 4, 15, 11, 15, 4, 15, 11, 15, 11]], 28, 12),
+    ('exact', 1, False, 'b3-1-1-1'): ([[0, 14, 15, 8, 8, 2, 7, 11, 5, 7, 11, 5, 5, 7, 9, 5], [15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 2, 7, 0, 5, 2, 5], [15, 9, 11, 11, 2, 0, 5, 5, 0, 5, 7, 8, 7, 8, 7, 12], [0, 14, 15, 1, 0, 13, 5, 6, 12, 5, 8, 9, 15, 15, 15, 0], [15, 15, 15, 15, 15, 4, 15, 4, 15, 15, 15, 9, 11, 15, 15, 15]], 16, 16),
+    ('lantern', 0, False, 'b2-2-1-1'): ([[0, 15, 0, 14, 13, 11, 5, 5, 14, 13, 13, 9, 10, 1, 0, 2], [15, 9, 14, 0, 14, 4, 15, 8, 12, 5, 15, 4, 7, 12, 14, 11], [15, 4, 0, 4, 4, 4, 14, 5, 15, 9, 6, 2, 3, 10, 8, 9], [0, 5, 6, 15, 11, 5, 7, 14, 1, 14, 13, 2, 9, 12, 12, 14], [15, 10, 2, 3, 5, 15, 5, 2, 5, 5, 2, 6, 6, 5, 14, 7]], 55, 7),
+    ('lantern', 1, False, 'b4-2-1'): ([[0, 14, 4, 15, 7, 11, 5, 9, 14, 15, 4, 0, 5, 13, 12, 15], [15, 3, 13, 9, 15, 7, 4, 15, 1, 15, 2, 7, 4, 6, 6, 8], [15, 9, 13, 15, 15, 4, 15, 15, 15, 5, 15, 4, 12, 7, 11, 9], [0, 5, 13, 8, 3, 15, 1, 0, 7, 2, 8, 5, 6, 10, 15, 15], [15, 5, 0, 11, 11, 7, 13, 3, 12, 15, 15, 11, 5, 11, 15, 5]], 45, 9),
+    ('det', 1, False, 'b3-1-1-1'): ([[0, 10, 14, 15, 15, 1, 14, 9, 15, 7, 7, 8, 15, 7, 12, 11], [15, 15, 15, 15, 15, 11, 15, 4, 15, 15, 4, 15, 15, 9, 15, 3], [15, 14, 15, 1, 7, 0, 5, 1, 10, 8, 14, 2, 11, 14, 8, 4], [0, 5, 6, 10, 6, 6, 10, 15, 15, 15, 5, 7, 2, 11, 12, 15], [15, 3, 11, 3, 8, 3, 8, 4, 15, 15, 11, 11, 11, 13, 2, 1]], 21, 16),
+    ('det', 0, False, 'b4-2-1'): ([[0, 8, 12, 5, 8, 5, 5, 1, 1, 10, 5, 7, 8, 13, 5, 5], [15, 11, 11, 11, 11, 4, 15, 4, 15, 11, 15, 8, 15, 11, 15, 15], [15, 9, 15, 4, 14, 15, 4, 2, 3, 9, 7, 3, 15, 8, 9, 5], [0, 15, 15, 5, 5, 12, 11, 5, 5, 7, 8, 7, 13, 5, 7, 2], [15, 15, 15, 15, 15, 2, 15, 11, 4, 15, 8, 15, 15, 15, 15, 8]], 23, 13),
+    ('exact', 1, True, 'b2-2-1-1'): ([[9, 2, 7, 5, 7, 2, 14, 5, 12, 5, 2, 5, 10, 5, 5, 5], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 11, 4, 15], [9, 7, 5, 7, 5, 12, 5, 10, 7, 5, 12, 13, 1, 5, 5, 7], [15, 0, 5, 0, 0, 8, 8, 5, 1, 0, 12, 5, 13, 0, 7, 1], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 11, 4, 15]], 10, 15),
+    ('lantern', 0, True, 'b4-2-1'): ([[9, 2, 7, 5, 7, 2, 6, 7, 0, 7, 5, 10, 7, 7, 5, 10], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 4, 9, 11], [9, 7, 5, 7, 5, 13, 7, 1, 4, 15, 11, 5, 5, 7, 12, 5], [15, 0, 5, 0, 0, 8, 8, 5, 1, 0, 12, 5, 13, 15, 8, 7], [15, 15, 15, 15, 15, 11, 11, 11, 11, 11, 11, 11, 11, 4, 9, 11]], 18, 14),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TREE_PINNED))
+def test_static_tree_same_tokens_as_before(case):
+    """Sampled (exact, LANTERN++), deterministic and greedy static trees: the round's uniforms drawn in one call
+    (``verify_tree``) give the tokens of drawing them as the walk needed them."""
+    toks, st = _tree_setup(*case)()
+    want, accepted, nfe = TREE_PINNED[case]
+    assert toks.tolist() == want and (st.accepted, st.nfe_target) == (accepted, nfe)
+
+
+@pytest.mark.parametrize("case", [("exact", 0, False, "b2-2-1-1"), ("lantern", 1, False, "b4-2-1"),
+                                  ("det", 1, False, "b3-1-1-1"), ("exact", 1, True, "b2-2-1-1")])
+def test_static_tree_one_host_read_per_round(case, monkeypatch):
+    lists = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: lists.append(t.numel()) or tolist(t))
+    call = _tree_setup(*case)
+    with HostReads() as reads:
+        _, st = call()
+    rounds = st.nfe_target - 1
+    # per round one read, the exit test, the counters at the end, the label checks
+    assert reads.count + len(lists) <= rounds + 1 + 1 + 2, (reads.count, len(lists), rounds)
+    assert rounds >= 4
+
+
+@pytest.mark.parametrize("loop", ["tree", "dynamic"])
+def test_non_finite_target_is_still_reported_by_the_tree_loops(loop):
+    from test_dynamic_tree import _eagle
+
+    from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
+    from accel.speculative.tree import TREES, tree_generate
+    from accel.validate import NonFiniteError
+
+    target = tiny(0, scale=0.6)
+    with torch.no_grad():
+        target.output.weight[0, 0] = float("nan")
+    cond, sc, g = torch.tensor([0, 1]), SamplingConfig(cfg_scale=2.0), torch.Generator().manual_seed(0)
+    with pytest.raises(NonFiniteError):
+        if loop == "tree":
+            tree_generate(target, _drafters(target)[1], ExactRule(), cond, sc, tree=TREES["b2-2-1-1"], generator=g)
+        else:
+            rule = DeterministicLanternRule(neighbour_table(target.tok_embeddings.weight, 15), k=15, delta=0.2)
+            dynamic_tree_generate(target, _eagle(target), rule, cond, sc, spec=DynamicTree(6, 3, 3), generator=g)

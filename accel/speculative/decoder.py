@@ -61,6 +61,22 @@ class SpecStats:
                     **({} if self.path_rank_counts is None else {"path_rank_counts": self.path_rank_counts}))
 
 
+def read_round(c: Tensor, bad: Tensor, p: Tensor | None, q: Tensor | None, step: int, where: str) -> list[int]:
+    """The round's one host read, shared by the chain, static-tree and dynamic-tree loops: the committed lengths
+    ``c (B,)`` and the previous verification's NaN flag ``bad (1,)`` (``nan_flag``) copied together. A set flag
+    raises ``NonFiniteError`` for that verification's ``p`` / ``q`` (``step``: its target forward). Returns ``c``
+    as host ints, from which the loop takes its exit test, its forwards' ``kv_len`` and its progress count."""
+    host = torch.cat([c, bad]).tolist()
+    if host[-1]:
+        raise_non_finite_pq(p, q, step, where)
+    return host[:-1]
+
+
+def nan_flag(bad: Tensor, p: Tensor, q: Tensor | None) -> Tensor:
+    """``bad`` or'ed with "``p`` (or ``q``) has a non-finite entry", on the device (read by ``read_round``)."""
+    return bad | (~finite_pq(p, q)).long()
+
+
 @torch.no_grad()
 def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(),
                          *, gamma: int = 4, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
@@ -105,10 +121,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
     done, p, q = B, None, None
     while True:
-        host = torch.cat([c, bad]).tolist()  # the round's one host read
-        if host[-1]:
-            raise_non_finite_pq(p, None if greedy else q, st.nfe_target - 1, "speculative verification")
-        hc = host[:B]
+        hc = read_round(c, bad, p, None if greedy else q, st.nfe_target - 1, "speculative verification")
         if progress:
             now = sum(min(x, n) for x in hc)
             bar.update(now - done)
@@ -126,7 +139,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i
         v = verify_chain(rule, p, q, d, greedy=greedy, generator=generator, check_finite=False)
-        bad = bad | (~finite_pq(p, None if greedy else q)).long()
+        bad = nan_flag(bad, p, None if greedy else q)
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token

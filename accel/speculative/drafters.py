@@ -15,7 +15,8 @@ rejected drafts are overwritten before any query can see them.
 
 Protocol (what ``decoder.py`` calls): ``begin(labels, max_len) -> state``;
 ``propose(state, gamma, sc, greedy, generator, *, c_max=None) -> (drafts (B, γ), q (B, γ, V))`` (``c_max``: the
-maximum committed length when the caller already has it on the host, so ``propose`` reads nothing from the device);
+maximum committed length when the caller already has it on the host, so ``propose`` reads nothing from the device;
+``propose_tree(state, tree, sc, greedy, generator, *, c_max=None)`` likewise);
 ``observe(state, seq, start, hidden, n_new)`` after each target forward: the target read tokens at
 positions ``start + i`` and produced ``hidden[:, i]`` (R, T, dim); the row's first ``n_new`` of them are
 now committed and ``seq`` (B, *) holds the committed tokens (``seq[:, s]`` = token index s).
@@ -136,12 +137,13 @@ class ModelDrafter:
 
     @torch.no_grad()
     def propose_tree(self, state: DraftState, tree, sc: SamplingConfig, greedy: bool,
-                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Draft a static tree: node i at slot c + i, RoPE position c + depth(i); see ``tree.py``."""
+                     generator: torch.Generator | None, *, c_max: int | None = None) -> tuple[Tensor, Tensor]:
+        """Draft a static tree: node i at slot c + i, RoPE position c + depth(i); see ``tree.py``. ``c_max`` as
+        in ``propose``."""
         c = state.extra["start"] + state.extra["n_new"]
-        kv_len = int(c.max()) + tree.size + 1
+        kv_len = (int(c.max()) if c_max is None else c_max) + tree.size + 1
         B = c.size(0)
-        logits = self.catch_up(state, kv_len)  # root (R, V)
+        logits = self.catch_up(state, kv_len, c_max)  # root (R, V)
         toks = torch.zeros(B, tree.size + 1, dtype=torch.long, device=c.device)
         qs = torch.zeros(B, tree.size + 1, logits.size(-1), device=c.device)
         parents, dist = [0], process(logits[:, None], (c)[:, None], sc)  # (B, 1, V)
@@ -247,12 +249,13 @@ class EagleDrafter:
 
     @torch.no_grad()
     def propose_tree(self, state: DraftState, tree, sc: SamplingConfig, greedy: bool,
-                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Static tree: node i's pair (h_parent, token_i) at slot c-1+i, RoPE position c-1+depth(i)."""
+                     generator: torch.Generator | None, *, c_max: int | None = None) -> tuple[Tensor, Tensor]:
+        """Static tree: node i's pair (h_parent, token_i) at slot c-1+i, RoPE position c-1+depth(i). ``c_max`` as
+        in ``propose``."""
         c = state.extra["start"] + state.extra["n_new"]
         B, base = c.size(0), c - 1
-        kv_len = int(c.max()) + tree.size + 1
-        h = self.catch_up(state, kv_len)
+        kv_len = (int(c.max()) if c_max is None else c_max) + tree.size + 1
+        h = self.catch_up(state, kv_len, pos_bound=c_max)
         H = h.new_zeros(h.size(0), tree.size + 1, h.size(-1))
         H[:, :1] = h
         toks = torch.zeros(B, tree.size + 1, dtype=torch.long, device=c.device)

@@ -44,10 +44,10 @@ from tqdm.auto import tqdm
 
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig
-from accel.speculative.decoder import SpecStats
+from accel.speculative.decoder import SpecStats, nan_flag, read_round
 from accel.speculative.drafters import EagleDrafter, cfg_rows, process
 from accel.speculative.tree import TreeRound
-from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup, finite_pq, raise_non_finite_pq
+from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup
 
 TIE = 1e-9  # per-depth tie-break of the node value: a parent always ranks before its child
 
@@ -237,17 +237,20 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
     for k in ("draft_s", "verify_s", "loop_s"):
         clock.setdefault(k, 0.0)
     bar = tqdm(total=B * n, disable=not progress, desc=f"dynamic tree ({spec.name})", leave=False)
+    done, p = B, None
     bar.update(B)
     while True:
         t0 = time.perf_counter()
         c = run.c
-        host = torch.cat([c, bad]).tolist()  # the round's one host read
-        if host[-1]:
-            raise_non_finite_pq(p, None, st.nfe_target - 1, "dynamic-tree speculative decoding")
-        if min(host[:B]) >= n:
+        hc = read_round(c, bad, p, None, st.nfe_target - 1, "dynamic-tree speculative decoding")
+        if progress:
+            now = sum(min(x, n) for x in hc)
+            bar.update(now - done)
+            done = now
+        if min(hc) >= n:
             clock["loop_s"] += time.perf_counter() - t0
             break
-        c_max = max(host[:B])
+        c_max = max(hc)
         live = c < n
         t1 = time.perf_counter()
         toks, parent, depth, rank = draft_dynamic(drafter, state, spec, sc, c, c_max)
@@ -261,14 +264,12 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         st.nfe_target += 1
         t3 = time.perf_counter()
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
-        bad = bad | (~finite_pq(p, None)).long()
+        bad = nan_flag(bad, p, None)
         path, m, nxt = verify_dynamic(rule, p, toks, parent, depth, anc, children_table(parent, K), generator)
         path = path[:, :D]
         on_path = (ar[None] < m[:, None]) & live[:, None]
         ranks_t.scatter_add_(0, rank.gather(1, path).flatten(), on_path.long().flatten())
-        gained = run.commit(toks, path, m, nxt, hidden, live)
-        if progress:
-            bar.update(int(gained.sum()))
+        run.commit(toks, path, m, nxt, hidden, live)
         t4 = time.perf_counter()
         clock["draft_s"] += t2 - t1
         clock["verify_s"] += t3 - t2

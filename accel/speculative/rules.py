@@ -49,15 +49,20 @@ def ratio_accept_prob(p_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
     return torch.where(q_x > 0, (p_x / safe).clamp(max=1.0), (p_x > 0).to(p_x.dtype))
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample(probs: torch.Tensor, generator: torch.Generator | None, *, u: torch.Tensor | None = None) -> torch.Tensor:
     """One id per row of ``probs`` ``(N, V)`` -> ``(N,)`` long, by inverse CDF.
 
     ``u ~ U[0, total)``, index = first i with ``cdf[i] > u``: token i is hit with probability
     ``probs[i] / total`` and zero-probability tokens never. (Several times cheaper than ``torch.multinomial``
-    for the small per-step batches of a decode loop on CPU.)
+    for the small per-step batches of a decode loop on CPU.) ``u (N,)``: uniforms in [0, 1) drawn by the caller
+    (then ``generator`` is not used).
     """
     cdf = probs.float().cumsum(-1)
-    u = torch.rand(*probs.shape[:-1], 1, generator=generator, device=probs.device) * cdf[..., -1:]
+    if u is None:
+        u = torch.rand(*probs.shape[:-1], 1, generator=generator, device=probs.device)
+    else:
+        u = u[..., None]
+    u = u * cdf[..., -1:]
     return torch.searchsorted(cdf, u, right=True)[..., 0].clamp_max(probs.size(-1) - 1)
 
 

@@ -16,10 +16,15 @@ Cache layout (target and small drafter): committed token x_{c-1} at slot c, node
 position c + depth(i); a node attends to slots <= c and to its ancestors. The accepted path is compacted to
 slots c+1..c+m by one gather (``llamagen.KVCache.move``). The target runs LlamaGen's one forward with per-row
 RoPE positions, slots and the tree mask.
+
+Host reads: one per round (issue 18), ``decoder.read_round``: the committed lengths with the previous
+verification's NaN flag; the exit test, the mask width and the drafter's cache bound come from that copy, and
+``verify_tree`` reads nothing (its draws use one batch of uniforms per round, see there).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -27,8 +32,9 @@ from tqdm.auto import tqdm
 
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
-from accel.speculative.decoder import SpecStats
+from accel.speculative.decoder import SpecStats, nan_flag, read_round
 from accel.speculative.drafters import cfg_rows, draw, process
+from accel.speculative.rules import sample
 from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup, finite_pq, raise_non_finite_pq
 
 
@@ -72,12 +78,30 @@ class Tree:
     def children(self, i: int) -> list[int]:
         return [j for j in range(1, self.size + 1) if self.parents[j - 1] == i]
 
-    def ancestors(self) -> Tensor:
-        """``(size+1, size+1)`` bool: [i, j] = j is i or an ancestor of i."""
+    @cached_property
+    def _children_table(self) -> tuple[Tensor, int]:
+        kids = [self.children(i) for i in range(self.size + 1)]
+        width = max(len(k) for k in kids)
+        table = torch.full((self.size + 1, max(width, 1)), -1, dtype=torch.long)
+        for i, k in enumerate(kids):
+            table[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+        return table, width
+
+    def children_table(self, device) -> tuple[Tensor, int]:
+        """``(size+1, W)`` node ids of each node's children (-1 = none) and W, the widest node's child count."""
+        table, width = self._children_table
+        return table.to(device), width
+
+    @cached_property
+    def _ancestors(self) -> Tensor:
         a = torch.eye(self.size + 1, dtype=torch.bool)
         for i in range(1, self.size + 1):
             a[i] |= a[self.parents[i - 1]]
         return a
+
+    def ancestors(self) -> Tensor:
+        """``(size+1, size+1)`` bool: [i, j] = j is i or an ancestor of i."""
+        return self._ancestors
 
     def mask(self, base: Tensor, nodes: Tensor, kv_len: int) -> Tensor:
         """``(B, len(nodes), kv_len)``: slots <= base, plus base + j for every ancestor-or-self j of the node."""
@@ -103,29 +127,35 @@ TREES = {
 
 
 def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy: bool,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+                generator: torch.Generator | None, check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Accepted path ``(B, D)`` of node ids (0-padded) with its length ``(B,)``, and the next token.
 
     p: ``(B, size+1, V)`` target at each node (root = 0); q: ``(B, size+1, V)`` the q each node was drawn from;
-    toks: ``(B, size+1)`` node tokens.
+    toks: ``(B, size+1)`` node tokens. ``check_finite=False`` leaves the NaN check to the caller (the decode loop
+    folds it into its round's one read) and makes the call free of host reads.
+
+    Sampling mode draws the round's uniforms in one call, ``D W B + B`` of them (W = the widest node), and reads
+    them in the order the walk uses them: at each depth one per row for each of the W child slots, then one per
+    row that stopped there (its residual draw, rows in order), and one per row that reached a leaf (its bonus
+    draw). Every uniform is used at most once, so the law is that of the sequential walk; on a CPU generator,
+    where one call of n uniforms equals consecutive calls, the tokens are also those of drawing them as needed.
     """
-    if not bool(finite_pq(p, q)):  # one sync per verify round (the loop syncs many times anyway)
+    if check_finite and not bool(finite_pq(p, q)):  # one host read
         raise_non_finite_pq(p, q, None, "tree speculative decoding")
     B, dev = toks.size(0), toks.device
     rows = torch.arange(B, device=dev)
     D = len(tree.levels)
-    kids = [tree.children(i) for i in range(tree.size + 1)]
-    width = max(len(k) for k in kids)
-    table = torch.full((tree.size + 1, max(width, 1)), -1, dtype=torch.long, device=dev)
-    for i, k in enumerate(kids):
-        table[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+    table, width = tree.children_table(dev)
+    if not greedy and getattr(rule, "drafts", "sampled") == "deterministic":
+        return _verify_deterministic(rule, D, table, p, toks, generator)
     cur = torch.zeros(B, dtype=torch.long, device=dev)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
     path = torch.zeros(B, D, dtype=torch.long, device=dev)
     n = torch.zeros(B, dtype=torch.long, device=dev)
     nxt = torch.zeros(B, dtype=torch.long, device=dev)
-    if not greedy and getattr(rule, "drafts", "sampled") == "deterministic":
-        return _verify_deterministic(rule, D, table, p, toks, generator)
+    if not greedy:
+        u = torch.rand(D * width * B + B, generator=generator, device=dev)  # the round's uniforms (docstring)
+        used = torch.zeros((), dtype=torch.long, device=dev)  # residual draws so far
     for d in range(D):
         resid = p[rows, cur].clone()
         chosen = torch.full((B,), -1, dtype=torch.long, device=dev)
@@ -141,7 +171,7 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
                 acc = has & rule.greedy_accept(p[rows, cur], x)
             else:
                 valid = has & (qj.gather(1, x[:, None])[:, 0] > 0)
-                r = torch.rand(B, generator=generator, device=dev)
+                r = u[used + (d * width + j) * B + rows]
                 acc = valid & (r < rule.accept_prob(resid, qj, x))
                 rej = valid & ~acc  # residual for every row, then a select (no host sync on `rej`)
                 resid = torch.where(rej[:, None], rule.residual(resid, qj, x).to(resid.dtype), resid)
@@ -153,15 +183,21 @@ def verify_tree(rule, tree: Tree, p: Tensor, q: Tensor, toks: Tensor, *, greedy:
         stop = alive & ~moved
         if greedy:
             nxt = torch.where(stop, p[rows, cur].argmax(-1), nxt)
-        elif bool(stop.any()):
-            nxt[stop] = draw(resid[stop], False, generator)
+        else:  # every row's residual draw, kept where the row stopped (uniforms of the stopped rows, in row order)
+            at = used + (d + 1) * width * B + torch.cumsum(stop.long(), 0) - 1
+            nxt = torch.where(stop, sample(resid, None, u=u[at.clamp(0, u.numel() - 1)]), nxt)
+            used = used + stop.sum()
         path[:, d] = torch.where(moved, chosen, 0)
         n += moved.long()
         cur = torch.where(moved, chosen, cur)
         alive &= moved
-    if bool(alive.any()):  # reached a leaf: bonus token from p at the leaf
-        nxt[alive] = draw(p[rows, cur][alive], greedy, generator)
-    return path, n, nxt
+    leaf = p[rows, cur]  # reached a leaf: bonus token from p at the leaf
+    if greedy:
+        bonus = leaf.argmax(-1)
+    else:
+        at = used + D * width * B + torch.cumsum(alive.long(), 0) - 1
+        bonus = sample(leaf, None, u=u[at.clamp(0, u.numel() - 1)])
+    return path, n, torch.where(alive, bonus, nxt)
 
 
 def _verify_deterministic(rule, D: int, table: Tensor, p: Tensor, toks: Tensor,
@@ -280,22 +316,30 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     depth = torch.tensor([tree.depth(i) for i in range(N + 1)], device=dev)
     nodes = torch.arange(N + 1, device=dev)
     bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
-    while bool((run.c < n).any()):
-        c = run.c
+    bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
+    done, p, q = 0, None, None
+    while True:
+        hc = read_round(run.c, bad, p, q, run.st.nfe_target - 1, "tree speculative decoding")
+        if progress:
+            now = sum(min(x, n) for x in hc)
+            bar.update(now - done)
+            done = now
+        if min(hc) >= n:
+            break
+        c, c_max = run.c, max(hc)
         live = c < n
-        d_toks, d_q = drafter.propose_tree(run.state, tree, sc, draft_greedy, generator)  # (B, N), (B, N, V)
+        d_toks, d_q = drafter.propose_tree(run.state, tree, sc, draft_greedy, generator, c_max=c_max)  # (B, N), (B, N, V)
         toks = torch.cat([seq[rows, c - 1][:, None], d_toks], 1)  # node 0 = x_{c-1}
         slots = c[:, None] + nodes
         pos = c[:, None] + depth
         logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=cfg_rows(slots, R),
-                                cache=run.cache, mask=cfg_rows(tree.mask(c, nodes, int(slots.max()) + 1), R),
+                                cache=run.cache, mask=cfg_rows(tree.mask(c, nodes, c_max + N + 1), R),
                                 return_hidden=True)
         run.st.nfe_target += 1
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
         q = torch.cat([torch.zeros_like(d_q[:, :1]), d_q], 1)
-        path, m, nxt = verify_tree(rule, tree, p, q, toks, greedy=greedy, generator=generator)
-        gained = run.commit(toks, path, m, nxt, hidden, live)
-        if progress:
-            bar.update(int(gained.sum()))
+        bad = nan_flag(bad, p, q)
+        path, m, nxt = verify_tree(rule, tree, p, q, toks, greedy=greedy, generator=generator, check_finite=False)
+        run.commit(toks, path, m, nxt, hidden, live)
     bar.close()
     return run.finish(D)
