@@ -215,3 +215,30 @@ def test_relaxation_raises_acceptance_on_a_model_and_greedy_is_ar(use_tree):
     greedy = SamplingConfig(cfg_scale=2.0, sample_logits=False)
     toks, _ = run(0.0, greedy)
     assert torch.equal(toks, generate(target, cond, 16, greedy))
+
+
+# ------------------------------------------------------------------ the sibling test, pinned against the old loop
+SIBLINGS_PINNED = {  # (k, δ, seed): (chosen, token) of DeterministicLanternRule.step at commit 03d6b11 (child by child)
+    (63, 0.3, 0): ([0, -1, -1, 3, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, -1, -1, 0, 1, -1, 1, -1, 0, -1, 1, -1, -1, 3, -1, 4, -1, -1, 0, -1, 0, 0], [14, 17, 9, 4, 26, 25, 13, 30, 9, 32, 13, 14, 22, 11, 55, 59, 20, 44, 5, 0, 12, 20, 43, 52, 58, 6, 62, 17, 21, 46, 52, 39, 33, 4, 45, 9, 19, 21, 49, 36]),
+    (7, 0.1, 1): ([-1, -1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, -1, -1, -1, -1, 2, 5, -1, -1, 0, -1, -1, -1, -1, -1, -1, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1], [4, 38, 9, 20, 1, 23, 25, 29, 14, 26, 1, 51, 0, 21, 12, 34, 26, 26, 18, 8, 47, 54, 63, 19, 28, 28, 10, 10, 14, 61, 58, 9, 61, 12, 0, 0, 58, 63, 57, 37]),
+    (63, 0.0, 2): ([-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1], [2, 28, 19, 38, 27, 19, 29, 17, 4, 15, 15, 9, 44, 13, 49, 6, 31, 37, 33, 26, 35, 38, 23, 40, 59, 55, 58, 5, 21, 33, 26, 42, 5, 1, 9, 2, 26, 19, 54, 25]),
+    (20, 0.6, 3): ([2, 2, -1, 0, -1, -1, -1, -1, -1, -1, -1, 5, 1, -1, -1, -1, -1, -1, -1, -1, -1, 5, -1, -1, -1, -1, 0, 3, 0, -1, -1, 4, -1, -1, 2, 0, -1, -1, 1, -1], [1, 55, 14, 28, 19, 31, 10, 13, 1, 35, 7, 8, 21, 34, 31, 27, 55, 5, 28, 47, 19, 62, 14, 52, 50, 32, 32, 1, 53, 18, 32, 26, 27, 47, 57, 27, 59, 39, 32, 45]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIBLINGS_PINNED))
+def test_sibling_test_gives_the_tokens_of_the_child_by_child_loop(case):
+    """``siblings`` walks the children as if all were rejected and picks the first acceptance at once; with the same
+    uniforms it chooses the same child and draws the same residual token as the old loop, which stopped at the
+    accepted child (zero-mass entries, missing children and δ = 0 included)."""
+    k, delta, seed = case
+    g = torch.Generator().manual_seed(seed)
+    table = neighbour_table(torch.randn(64, 4, generator=g), 63)
+    p = torch.softmax(torch.randn(40, 64, generator=g) * 2.5, -1)
+    p[:10, 40:] = 0  # top-k style zero mass
+    p = p / p.sum(-1, keepdim=True)
+    xs = torch.stack([torch.randperm(64, generator=g)[:6] for _ in range(40)])
+    xs[torch.rand(40, 6, generator=g) < 0.3] = -1
+    xs[5:10, 1:] = -1
+    col, tok = DeterministicLanternRule(table, k=k, delta=delta).step(p, xs, torch.Generator().manual_seed(seed + 1))
+    assert (col.tolist(), tok.tolist()) == SIBLINGS_PINNED[case]

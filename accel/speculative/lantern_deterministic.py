@@ -27,6 +27,7 @@ sibling with a fresh δ (so m siblings can move up to m·δ); here both would br
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -58,6 +59,12 @@ class DeterministicLanternRule:
     def kk(self) -> int:
         return min(self.k, self.neighbours.shape[0] - 1)
 
+    @cached_property
+    def _self_and_neighbours(self) -> Tensor:
+        """``(V, 1 + k)``: each token, then its k nearest neighbours (one gather fetches a child's A-candidates)."""
+        nbr = self.neighbours[:, : self.kk]
+        return torch.cat([torch.arange(nbr.size(0), dtype=nbr.dtype, device=nbr.device)[:, None], nbr], 1)
+
     def _relax(self, m: Tensor, x: Tensor, budget: Tensor) -> tuple[Tensor, Tensor]:
         """``(S, A)``: relaxed mass ``(N,)`` and the bool mask ``(N, V)`` of A_{k,δ}(x) under residual ``m``."""
         nbr = self.neighbours.to(m.device)[x, : self.kk].long()  # (N, k)
@@ -73,34 +80,42 @@ class DeterministicLanternRule:
 
         ``u (N, W)``: uniforms in [0, 1) deciding acceptance (``None``: every child is rejected, which gives the
         law). Returns ``(chosen (N,)`` column index or -1, ``emit (N, W)`` the unconditional probability that
-        child i is emitted, ``rest (N, V)`` the unnormalised residual after all rejections``)``, float64.
+        child i is emitted, ``rest (N, V)`` the unnormalised residual after every child was rejected``)``, float64.
+
+        The walk is computed once, as if every child were rejected (the module's recursion: each child sees the
+        residual and the δ left by the ones before it); a child's acceptance only stops the walk, so ``chosen``
+        is then the first child i with ``u_i m_i(V) < m_i(A_i)``, tested for all children at once. The loop
+        over siblings is sequential by definition (each step sees the previous residual); it gathers each
+        child's token and neighbours, ``[x_i, n_1..n_k]``, in one index and zeroes the rejected A_i with one
+        scatter, so each step is a few small operations on ``(N, k)``.
         """
         m = p.double().clone()
         N, W = xs.shape
         budget = torch.full((N,), float(self.delta), dtype=torch.float64, device=p.device)
-        chosen = torch.full((N,), -1, dtype=torch.long, device=p.device)
-        emit = torch.zeros(N, W, dtype=torch.float64, device=p.device)
-        x_all = xs.clamp_min(0)
-        nbr_all = self.neighbours.to(p.device)[x_all, : self.kk].long()  # (N, W, k): one gather for all children
-        live_all = xs >= 0
-        for i in range(W):  # siblings are sequential by definition (each sees the previous residual)
-            x, nbr = x_all[:, i : i + 1], nbr_all[:, i]
-            has = live_all[:, i] & (chosen < 0)
-            g = m.gather(1, nbr)  # m_i(n_1..n_k)
-            cs = g.cumsum(1)  # S_1..S_k (Eq. 6), non-decreasing
-            used = cs <= budget[:, None]  # exactly n_1..n_j* (a prefix, as cs is monotone)
-            s = cs.masked_fill(~used, 0.0).amax(1)  # S_j* (0 when no prefix fits)
-            m_x = m.gather(1, x)
-            mass_A = m_x[:, 0] + s  # = m_i(A_i)
-            emit[:, i] = torch.where(has, mass_A, 0.0)
-            if u is not None:
-                acc = has & (u[:, i].double() * m.sum(1) < mass_A)  # accept w.p. m(A) / m(V)
-                chosen = torch.where(acc, i, chosen)
-                has = has & ~acc
-            # rejected: A_i = {x_i, n_1..n_j*} leaves the residual (written back in place of a (N, V) mask)
-            m = m.scatter(1, nbr, g.masked_fill(used & has[:, None], 0.0))
-            m = m.scatter(1, x, m_x.masked_fill(has[:, None], 0.0))
+        idx_all = self._self_and_neighbours.to(p.device)[xs.clamp_min(0)].long()  # (N, W, 1 + k): x_i, n_1..n_k
+        live = xs >= 0
+        not_x = torch.ones(1, idx_all.size(-1), dtype=torch.float64, device=p.device)
+        not_x[0, 0] = 0.0
+        emit, total = [], []
+        for i in range(W):
+            idx, has = idx_all[:, i], live[:, i]
+            g = m.gather(1, idx)  # m_i(x_i), m_i(n_1..n_k)
+            cs = (g * not_x).cumsum(1)  # 0, S_1..S_k (Eq. 6), non-decreasing
+            used = cs <= budget[:, None]  # x_i and exactly n_1..n_j* (a prefix, as cs is monotone; 0 <= budget)
+            s = (cs * used).amax(1)  # S_j* (0 when no prefix fits)
+            emit.append(g[:, 0] + s)  # m_i(A_i)
+            total.append(m.sum(1))  # m_i(V)
+            # rejected: A_i = {x_i, n_1..n_j*} leaves the residual (x is never its own neighbour: no duplicate)
+            m = m.scatter(1, idx, g.masked_fill(used & has[:, None], 0.0))
             budget = budget - s * has
+        none = torch.full((N,), -1, dtype=torch.long, device=p.device)
+        if W == 0:
+            return none, m.new_zeros(N, 0), m
+        emit = torch.stack(emit, 1) * live
+        if u is None:
+            return none, emit, m
+        acc = live & (u.double() * torch.stack(total, 1) < emit)  # accept w.p. m_i(A_i) / m_i(V)
+        chosen = torch.where(acc.any(1), acc.long().argmax(1), none)  # the first accepted child
         return chosen, emit, m
 
     def step(self, p: Tensor, xs: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
