@@ -13,6 +13,8 @@
         # FID rows only (deterministic given the seeds: a separate run scores the rows a speed run timed)
     python experiments/lantern.py --grid dynamic --drafter eagle-cfg --tree dyn8-k8-d4 --compile default \
         --methods sd-eagle-cfg,lantern-det-eagle-cfg-d0.4-g5 --batch-sizes 1 --out DIR   # compiled speed rows
+    python experiments/lantern.py --grid dynamic --drafter eagle-cfg --tree dyn8-k8-d4 --speed-only --costs 5 \
+        --methods sd-eagle-cfg,lantern-det-eagle-cfg-d0.4-g5 --batch-sizes 1,8 --out DIR   # speed rows + cost split
 
 Grid: AR baseline (``llamagen-ar``); exact speculative sampling with each drafter (small LlamaGen ``draft``,
 EAGLE head ``eagle``); LANTERN δ ∈ {0.05, 0.1, 0.2, 0.4} at k = 1000 (capped at the codebook size - 1) and a
@@ -427,7 +429,13 @@ def run_dynamic(args, reg) -> None:
                       compile=args.compile or None)
     rows = run_group(reg, base, entries, TARGET, speed, command=command, progress=lambda m: print(m, flush=True))
     if args.compile or args.speed_only:  # speed rows only (compiled: compile_s per row = first call minus median)
-        return append_rows(args.out / "lantern.jsonl", rows)
+        append_rows(args.out / "lantern.jsonl", rows)
+        if args.costs:  # and the per-round cost split of every timed method at every batch size (same process)
+            costs = [(dyn_cost_terms if "dyn" in str(e.params.get("tree")) else cost_terms)(e.params, bs, args.costs)
+                     for bs in batches for e in entries]
+            (args.out / "costs.json").write_text(json.dumps(costs, indent=1, default=str))
+            print("\n".join(cost_lines(costs)))
+        return None
     rows += fid_rows(args, reg, base, entries, new, tree, command)
     append_rows(args.out / "lantern.jsonl", rows)
     deltas = (0.05, 0.1, 0.2, 0.4) if quick else (0.05, 0.1, 0.2, 0.4, 0.6)
@@ -481,6 +489,8 @@ def main():
     ap.add_argument("--speed-only", action="store_true", help="--grid dynamic: only the speed rows (needs --tree)")
     ap.add_argument("--compile", default="", help="--grid dynamic: time the rows (AR included) compiled with "
                     "accel.compile in this mode (e.g. default); speed rows only")
+    ap.add_argument("--costs", type=int, default=0, help="--grid dynamic --speed-only: also the per-round cost split "
+                    "of every timed method at every batch size, from this many rounds (median) -> OUT/costs.json")
     ap.add_argument("--costs-only", action="store_true", help="only the per-round cost split -> OUT/costs.{json,md}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
