@@ -66,8 +66,8 @@ class TimedDrafter:
     def propose(self, *a, **k):
         return self._timed(self.inner.propose, *a, **k)
 
-    def propose_tree(self, *a):
-        return self._timed(self.inner.propose_tree, *a)
+    def propose_tree(self, *a, **k):
+        return self._timed(self.inner.propose_tree, *a, **k)
 
 
 class TimedModel:
