@@ -314,6 +314,7 @@ def chain_gap(args) -> list[dict]:
     from accel.models.mar import head_schedule, sample_tokens
     from accel.models.mar_head import HeadNoise
     from accel.speculative.cspd_math import log_acceptance_ratio
+    from accel.train.recipes.mar_draft_aligned import chain_gaps
 
     p = zoo.load(CM.TARGET, device=args.device)
     settings = CM.zoo_settings(CM.TARGET)
@@ -346,7 +347,6 @@ def chain_gap(args) -> list[dict]:
             tp = p.head.sample_trajectory(zp, schedule=sched, cfg=scale, noise=HeadNoise(x_T, noise))
             sp = (0.5 * tp.log_variance[:, :n]).exp()
             rms = lambda a, b: ((a[:, :n] - b[:, :n]).norm(dim=-1) / sp.square().mean(-1).sqrt())  # noqa: E731
-            unit_last = sp[-1].square().mean(-1).sqrt()  # rms(sigma_0^p) per token: the loop's sigma unit
             out = {}
             for delta in (1e-3, 1e-2, 1e-1):
                 zz = zp + delta * zp.square().mean(-1, keepdim=True).sqrt() * dup(unit)
@@ -358,21 +358,10 @@ def chain_gap(args) -> list[dict]:
                 zq = cond(q)
                 if guided:
                     zq = torch.cat([zq.reshape(len(ctx), 2, B * 4, -1)[:, h].reshape(n, -1) for h in (0, 1)])
-                tq = q.head.sample_trajectory(zq, schedule=sched, cfg=scale, noise=HeadNoise(x_T, noise))
-                co = q.head._prepare(zq, sched)
-                t_emb = q.head.net.time_embed(co["t"])
-                forced = torch.stack([q.head._step(tp.states[k], S - 1 - k, co, t_emb[S - 1 - k], scale).mean
-                                      for k in range(S)])
-                free, tf = rms(tq.mean, tp.mean), rms(forced, tp.mean)
-                handoff = []  # the draft takes over the target's chain at step k and runs the rest on its own
-                for k0 in picks:
-                    x = tp.states[k0]
-                    for k in range(k0, S):
-                        st = q.head._step(x, S - 1 - k, co, t_emb[S - 1 - k], scale)
-                        x = st.mean + (k < S - 1) * (0.5 * st.log_variance).exp() * dup(noise[k])
-                    handoff.append(round(float(((st.mean[:n] - tp.mean[-1, :n]).norm(dim=-1) / unit_last).mean()), 1))
-                mu_q, std_q = tq.mean[-1, :n], (0.5 * tq.log_variance[-1, :n]).exp()
-                lr = log_acceptance_ratio(mu_q, tp.mean[-1, :n], sp[-1], mu_q, std_q, torch.zeros(()), 42.0)
+                cg = chain_gaps(p.head, q.head, zp, zq, sched, scale, HeadNoise(x_T, noise), handoff_at=picks)
+                free, tf, handoff = cg["free"], cg["forced"], [round(float(h.mean()), 1) for h in cg["handoff"]]
+                lr = log_acceptance_ratio(cg["mean_q"], cg["mean_p"], cg["std_p"], cg["mean_q"], cg["std_q"],
+                                          torch.zeros(()), 42.0)
                 r = {**row0, "draft": DRAFTS[d], "steps_k": picks,
                      "free_gap_by_step": [round(float(free[k].mean()), 1) for k in picks],
                      "forced_gap_by_step": [round(float(tf[k].mean()), 2) for k in picks],
