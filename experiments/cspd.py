@@ -5,6 +5,8 @@
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
     python experiments/cspd.py --acceptance             # acceptance per position / sigma-gap, zoo and aligned draft
     python experiments/cspd.py --acceptance --random --quick   # acceptance vs alignment on perturbed-copy drafts
+    python experiments/cspd.py --acceptance --loops released --cfgs 1 2 3 5   # acceptance / sigma-gap per CFG scale
+    python experiments/cspd.py --chain-gap --cfgs 1 2 3 5  # where the sigma-gap is made: per head step, hand-off
     python experiments/cspd.py --quick --disa linear:50:5   # + CSpD composed with a DiSA step schedule
     python experiments/cspd.py --quality-only --n-images 200 --methods cspd-released-T42-aligned-g8   # FID, no timing
 
