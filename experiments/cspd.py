@@ -5,6 +5,8 @@
     python experiments/cspd.py --random --quick         # no zoo MARs: small RANDOM configs, speed only
     python experiments/cspd.py --acceptance             # acceptance per position / sigma-gap, zoo and aligned draft
     python experiments/cspd.py --acceptance --random --quick   # acceptance vs alignment on perturbed-copy drafts
+    python experiments/cspd.py --acceptance --loops released --cfgs 1 2 3 5   # acceptance / sigma-gap per CFG scale
+    python experiments/cspd.py --chain-gap --cfgs 1 2 3 5  # where the sigma-gap is made: per head step, hand-off
     python experiments/cspd.py --quick --disa linear:50:5   # + CSpD composed with a DiSA step schedule
     python experiments/cspd.py --quality-only --n-images 200 --methods cspd-released-T42-aligned-g8   # FID, no timing
 
@@ -262,6 +264,7 @@ def zoo_acceptance(args) -> list[dict]:
     p = zoo.load(CM.TARGET, device=args.device)
     settings = CM.zoo_settings(CM.TARGET)
     n, gamma, rows = args.n_images or 32, args.gamma, []
+    cfgs = args.cfgs or (settings["cfg"],)
     drafts = {d: zoo.load(DRAFTS[d], device=args.device) for d in args.drafts if zoo.is_available(DRAFTS[d])}
     for d in set(args.drafts) - set(drafts):
         print(f"{DRAFTS[d]} not in this copy of the zoo: skipped")
@@ -269,9 +272,9 @@ def zoo_acceptance(args) -> list[dict]:
     for loop in args.loops:
         kw = loops[loop]
         for d, q in drafts.items():  # the cheap released rows of every draft first
-            for rule in args.rules:
+            for rule, scale in ((r, s) for s in cfgs for r in args.rules):
                 rk = RULES[rule]
-                c = CM.config(**{**settings, "gamma": gamma, **kw, **rk})
+                c = CM.config(**{**settings, "gamma": gamma, **kw, **rk, "cfg": scale})
                 tot: dict = {}
                 for i in range(0, n, 16):
                     lab = torch.arange(i, min(n, i + 16)) % 10
@@ -282,7 +285,7 @@ def zoo_acceptance(args) -> list[dict]:
                             tot[k] = [a + b for a, b in zip(tot.get(k, [0] * len(v)), v)]
                         elif k in ("accepted", "drafted"):
                             tot[k] = tot.get(k, 0) + v
-                name = f"cspd-{loop}-{rule}-{d}-g{gamma}"
+                name = f"cspd-{loop}-{rule}-{d}-g{gamma}" + ("" if scale == settings["cfg"] else f"-cfg{scale:g}")
                 rows.append(make_row(experiment="cspd-acceptance", family="mar", model=CM.TARGET, method=name,
                                      params={**CM.describe_config(c), "draft": DRAFTS[d], "law": CM.law(c, d)},
                                      batch_size=16, n_images=n, acceptance_rate=tot["accepted"] / tot["drafted"], seed=0,
@@ -291,6 +294,94 @@ def zoo_acceptance(args) -> list[dict]:
                 print(f"{name:<34} acceptance {tot['accepted'] / tot['drafted']:.3f} by position "
                       f"{rows[-1]['accept_by_pos']} given prefix {rows[-1]['accept_given_prefix_by_pos']} "
                       f"gap/sigma {rows[-1]['gap_sigma_by_pos']}", flush=True)
+    return rows
+
+
+def chain_gap(args) -> list[dict]:
+    """Where the sigma-gap comes from (no loop, no timing): at fixed contexts (16 of the target's own chains at
+    the card's settings; known counts 4/16/32/48/60, 4 predicted positions each, fixed orders and head noise),
+    per CFG scale of both heads (``--cfgs``) and per head step k of the 48 run:
+
+    - ``free``: ||mean_k^q - mean_k^p|| / rms(sigma_k^p), each head on its OWN chain under the shared noise (the
+      last step's value is the loop's sigma-gap: the CSpD token x = mean_0^q is judged against N(mean_0^p, ...));
+    - ``forced``: the same with the draft's step taken on the TARGET's state x_k^p (the per-step error alone);
+    - ``self_delta``: the target against itself with its head condition z moved by delta * rms(z) Gaussian noise
+      (delta 1e-3 / 1e-2 / 1e-1): how much the 48-step chain amplifies a condition error at this CFG scale;
+    - ``handoff``: the last-step gap when the draft takes over the target's chain at step k (k = 0: ``free``;
+      k = 47: ``forced``): which head steps the final gap is made in;
+    - ``accept_T42``: mean min(1, r) of x = mean_0^q under the released relaxation (T = 42, std product none,
+      the target judging on the true context: the window's first position in the textbook loop)."""
+    from accel import zoo
+    from accel.harness.results import environment, make_row
+    from accel.models.mar import head_schedule, sample_tokens
+    from accel.models.mar_head import HeadNoise
+    from accel.speculative.cspd_math import log_acceptance_ratio
+    from accel.train.recipes.mar_draft_aligned import chain_gaps
+
+    p = zoo.load(CM.TARGET, device=args.device)
+    settings = CM.zoo_settings(CM.TARGET)
+    g = torch.Generator(args.device).manual_seed(7)
+    lab = torch.arange(16, device=args.device) % 10
+    seq = sample_tokens(p, lab, generator=g, num_iter=p.cfg.seq_len, cfg=settings["cfg"],
+                        cfg_schedule="constant", head_steps=settings["head_steps"]).seq
+    B, L, C = seq.shape
+    sched = head_schedule(settings["head_steps"], 0, 1, max_timestep=p.cfg.max_timestep)
+    S, rows = sched.num_steps, []
+    ctx = []
+    for k in (4, 16, 32, 48, 60):
+        order = torch.argsort(torch.rand(B, L, generator=g, device=seq.device), dim=1)
+        mask = torch.ones(B, L, device=seq.device).scatter_(1, order[:, :k], 0.0)
+        ctx.append((mask, order[:, k:k + 4]))
+    n = B * 4 * len(ctx)
+    x_T = torch.randn((n, C), generator=g, device=seq.device)
+    noise = torch.randn((S, n, C), generator=g, device=seq.device)
+    unit = torch.randn((n, p.cfg.decoder_embed_dim), generator=g, device=seq.device)
+    drafts = {d: zoo.load(DRAFTS[d], device=args.device) for d in args.drafts if zoo.is_available(DRAFTS[d])}
+    picks = [0, S // 4, S // 2, 3 * S // 4, S - 2, S - 1]
+    with torch.no_grad():
+        for scale in args.cfgs or (settings["cfg"],):
+            guided = scale != 1.0
+            cond = lambda m: torch.cat([m.head_condition(seq, mk, lab, pos, cfg=guided) for mk, pos in ctx])  # noqa: E731
+            dup = lambda t: torch.cat([t, t]) if guided else t  # noqa: E731
+            zp = cond(p)
+            if guided:  # [cond; uncond] per context -> all cond rows first
+                zp = torch.cat([zp.reshape(len(ctx), 2, B * 4, -1)[:, h].reshape(n, -1) for h in (0, 1)])
+            tp = p.head.sample_trajectory(zp, schedule=sched, cfg=scale, noise=HeadNoise(x_T, noise))
+            sp = (0.5 * tp.log_variance[:, :n]).exp()
+            rms = lambda a, b: ((a[:, :n] - b[:, :n]).norm(dim=-1) / sp.square().mean(-1).sqrt())  # noqa: E731
+            out = {}
+            for delta in (1e-3, 1e-2, 1e-1):
+                zz = zp + delta * zp.square().mean(-1, keepdim=True).sqrt() * dup(unit)
+                ts = p.head.sample_trajectory(zz, schedule=sched, cfg=scale, noise=HeadNoise(x_T, noise))
+                out[f"self_delta{delta:g}"] = round(float(rms(ts.mean, tp.mean)[-1].mean()), 1)
+            row0 = dict(cfg=scale, **out)
+            print(f"cfg {scale:g}: target vs itself, z moved by delta: {out}", flush=True)
+            for d, q in drafts.items():
+                zq = cond(q)
+                if guided:
+                    zq = torch.cat([zq.reshape(len(ctx), 2, B * 4, -1)[:, h].reshape(n, -1) for h in (0, 1)])
+                cg = chain_gaps(p.head, q.head, zp, zq, sched, scale, HeadNoise(x_T, noise), handoff_at=picks)
+                free, tf, handoff = cg["free"], cg["forced"], [round(float(h.mean()), 1) for h in cg["handoff"]]
+                lr = log_acceptance_ratio(cg["mean_q"], cg["mean_p"], cg["std_p"], cg["mean_q"], cg["std_q"],
+                                          torch.zeros(()), 42.0)
+                r = {**row0, "draft": DRAFTS[d], "steps_k": picks,
+                     "free_gap_by_step": [round(float(free[k].mean()), 1) for k in picks],
+                     "forced_gap_by_step": [round(float(tf[k].mean()), 2) for k in picks],
+                     "handoff_final_gap": handoff,
+                     "gap_sigma_mean": round(float(free[-1].mean()), 1),
+                     "gap_sigma_median": round(float(free[-1].median()), 1),
+                     "accept_T42": round(float(lr.clamp(max=0).exp().mean()), 4),
+                     "accept_T42_by_known": [round(float(v), 4) for v in
+                                             lr.clamp(max=0).exp().reshape(len(ctx), -1).mean(-1)]}
+                rows.append(make_row(experiment="cspd-chain-gap", family="mar", model=CM.TARGET,
+                                     method=f"chain-gap-{d}-cfg{scale:g}", params={"cfg": scale, "draft": DRAFTS[d],
+                                     "head_steps": settings["head_steps"], "contexts": n}, batch_size=n, seed=7,
+                                     env=environment(args.device), command=current_command(), **r))
+                append_rows(args.out / "cspd_chain_gap.jsonl", rows[-1:])
+                print(f"cfg {scale:g} {d:<8} gap {r['gap_sigma_mean']} (median {r['gap_sigma_median']}) "
+                      f"accept T42 {r['accept_T42']} by known {r['accept_T42_by_known']}; free gap at k={picks} "
+                      f"{r['free_gap_by_step']}; forced {r['forced_gap_by_step']}; final gap when the draft takes over at k: "
+                      f"{r['handoff_final_gap']}", flush=True)
     return rows
 
 
@@ -309,7 +400,11 @@ def main(argv=None) -> int:
     ap.add_argument("--head-steps", help="DDPM steps of every head, baseline included (default: zoo card / 100)")
     ap.add_argument("--acceptance", action="store_true",
                     help="acceptance only: zoo drafts x loop x rule at --gamma (with --random: perturbed random drafts)")
+    ap.add_argument("--chain-gap", action="store_true",
+                    help="sigma-gap per head step and CFG scale (--cfgs) at fixed contexts, zoo and aligned drafts")
     ap.add_argument("--gamma", type=int, default=8, help="gamma of --acceptance")
+    ap.add_argument("--cfgs", type=float, nargs="+",
+                    help="CFG scales of --acceptance (target AND draft; schedule unchanged; default: the card's 5.0)")
     ap.add_argument("--loops", nargs="+", default=("released", "textbook"), choices=("released", "textbook"),
                     help="loops of --acceptance, in this order")
     ap.add_argument("--rules", nargs="+", default=tuple(RULES), choices=sorted(RULES),
@@ -326,6 +421,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.plot:
         print(f"plot written to {plot(args.out)}")
+        return 0
+    if args.chain_gap:
+        chain_gap(args)
         return 0
     if args.acceptance:
         if args.random:

@@ -86,3 +86,35 @@ def test_recipe_defaults_and_continuation_fields():
     assert (r.init, r.heldout_chains, r.free_loss) == ("", 0, "squared") and r.evaluate(None, "unused") == {}
     d = AlignedDraftRecipe(init="fmnist-mar-draft-aligned", free_loss="cauchy").describe()
     assert d["init"] == "fmnist-mar-draft-aligned" and d["free_loss"] == "cauchy"  # a resumed run must match
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_chain_gaps_decompose_the_last_step_gap(cfg):
+    """``chain_gaps``: a draft equal to the target is 0 everywhere; for a perturbed draft the hand-off at step 0
+    is the free-running last-step gap and the hand-off at the last step the teacher-forced one, and a step-0
+    hand-off from a different draft differs (the loop really runs the draft)."""
+    from accel.models.mar_head import HeadNoise
+    from accel.train.recipes.mar_draft_aligned import chain_gaps
+
+    seq, lab, order = batch()
+    mask = torch.ones(seq.shape[:2]).scatter_(1, order[:, :5], 0.0)
+    pos, guided = order[:, 5:8], cfg != 1.0
+    g = torch.Generator().manual_seed(3)
+    n, S = 4 * 3, SCHED.num_steps
+    noise = HeadNoise(torch.randn(n, CFG.vae_embed_dim, generator=g), torch.randn(S, n, CFG.vae_embed_dim, generator=g))
+    at = (0, S // 2, S - 1)
+    with torch.no_grad():
+        p, q = models()
+        z = p.head_condition(seq, mask, lab, pos, cfg=guided)
+        same = chain_gaps(p.head, q.head, z, q.head_condition(seq, mask, lab, pos, cfg=guided), SCHED, cfg, noise, at)
+        assert float(same["free"].abs().max()) < 1e-4 and float(same["forced"].abs().max()) < 1e-4
+        assert float(same["handoff"].abs().max()) < 1e-4
+        _, q = models(scale=0.05)
+        out = chain_gaps(p.head, q.head, z, q.head_condition(seq, mask, lab, pos, cfg=guided), SCHED, cfg, noise, at)
+        assert out["free"].shape == out["forced"].shape == (S, n) and out["handoff"].shape == (3, n)
+        assert float(out["free"][-1].mean()) > 1e-3
+        torch.testing.assert_close(out["handoff"][0], out["free"][-1], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out["handoff"][-1], out["forced"][-1], rtol=1e-4, atol=1e-5)
+        _, q2 = models(scale=0.05, seed=1)
+        other = chain_gaps(p.head, q2.head, z, q2.head_condition(seq, mask, lab, pos, cfg=guided), SCHED, cfg, noise, at)
+        assert not torch.allclose(other["handoff"][0], out["handoff"][0])

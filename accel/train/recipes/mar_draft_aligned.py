@@ -261,3 +261,40 @@ def sigma_gap(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor) -
     """||mu_q - mu_p|| / rms(sigma_p) per token, (..., C) -> (...): the issue's "gap in sigma units"."""
     return (mean_q - mean_p).norm(dim=-1) / std_p.square().mean(-1).sqrt()
 
+
+
+def chain_gaps(p_head, q_head, z_p: torch.Tensor, z_q: torch.Tensor, schedule, cfg: float, noise: HeadNoise,
+               handoff_at=()) -> dict:
+    """Where a draft head's last-step gap is made, under shared noise (CSpD's trajectory alignment, paper eq. for
+    x_{t-1} = mu_t + sqrt(Sigma_t) eps_t with eps^p = eps^q). Rows of ``z_p`` / ``z_q`` as ``DiffLoss.sample``
+    takes them ([cond; uncond] when ``cfg`` != 1, n conditional rows). Returns, per conditional row:
+
+    - ``free`` (S, n): ||mean_k^q - mean_k^p|| / rms(sigma_k^p) at loop step k, each head on its OWN chain;
+    - ``forced`` (S, n): the same with the draft's step taken on the target's state x_k^p (teacher-forced);
+    - ``handoff`` (len(handoff_at), n): the last-step gap in rms(sigma_0^p) units when the draft takes the
+      target's chain over at step k0 (k0 = 0: ``free[-1]``; k0 = S - 1: ``forced[-1]``);
+    - ``mean_p``, ``std_p``, ``mean_q``, ``std_q`` (n, C): the last Gaussian step of each head's own chain."""
+    guided = float(cfg) != 1.0
+    n = z_p.shape[0] // 2 if guided else z_p.shape[0]
+    dup = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)
+    tp = p_head.sample_trajectory(z_p, schedule=schedule, cfg=cfg, noise=noise)
+    tq = q_head.sample_trajectory(z_q, schedule=schedule, cfg=cfg, noise=noise)
+    S = schedule.num_steps
+    sp = (0.5 * tp.log_variance[:, :n]).exp()  # (S, n, C)
+    unit = sp.square().mean(-1).sqrt()  # (S, n)
+    co = q_head._prepare(z_q, schedule)
+    t_emb = q_head.net.time_embed(co["t"])
+    forced = torch.stack([q_head._step(tp.states[k], S - 1 - k, co, t_emb[S - 1 - k], cfg).mean for k in range(S)])
+    steps = noise.steps if noise.steps.shape[1] == z_p.shape[0] else torch.stack([dup(s) for s in noise.steps])
+    handoff = []
+    for k0 in handoff_at:
+        x = tp.states[k0]
+        for k in range(k0, S):
+            st = q_head._step(x, S - 1 - k, co, t_emb[S - 1 - k], cfg)
+            x = st.mean + (k < S - 1) * (0.5 * st.log_variance).exp() * steps[k]
+        handoff.append((st.mean[:n] - tp.mean[-1, :n]).norm(dim=-1) / unit[-1])
+    gap = lambda a: (a[:, :n] - tp.mean[:, :n]).norm(dim=-1) / unit  # noqa: E731
+    return {"free": gap(tq.mean), "forced": gap(forced),
+            "handoff": torch.stack(handoff) if handoff else torch.zeros(0, n),
+            "mean_p": tp.mean[-1, :n], "std_p": sp[-1], "mean_q": tq.mean[-1, :n],
+            "std_q": (0.5 * tq.log_variance[-1, :n]).exp()}
