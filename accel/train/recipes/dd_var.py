@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from accel.distill.data import generate_pairs, load_pairs
 from accel.distill.decode import default_split
 from accel.distill.flow import FlowSolver
-from accel.distill.student_var import DDVAR
+from accel.distill.student_var import DDVAR, teacher_blocks
 from accel.distill.var_map import tokens_before, var_pair_map, var_pair_spec
 from accel.models.var import VARConfig
 from accel.train.recipe import Recipe
@@ -236,7 +236,7 @@ class VARDistillRecipe(Recipe):
 PAIRS_MADE = {"n_pairs": 30720,
               "command": "accel train distill-data --family var --n-pairs 30720 --flow-steps 16 --batch-size 64 "
                          "--threads 1",
-              "note": "120 shards of 256, ~25 pairs/s on one CPU thread"}
+              "note": "120 shards of 256; one CPU thread, ~11 pairs/s under the session's shared load, 22-29 alone"}
 
 
 @dataclass
@@ -250,7 +250,12 @@ class VARDistill4Recipe(VARDistillRecipe):
     depth: int | None = 4
 
     def init_note(self) -> str:
-        return " (blocks 0, 2, 3, 5 and their noise/data maps)" if self.init_from else ""
+        if not self.init_from:
+            return ""
+        deep = zoo.load(self.init_from)
+        return (f" (its blocks {', '.join(map(str, teacher_blocks(deep.depth, self.depth)))} of {deep.depth} and their "
+                "noise/data maps, DDVAR.init_with_student; fmnist-var-dd as shipped before session 8: 2,700 steps on "
+                "7,936 pairs)")
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
         state = {k: (v.bfloat16() if v.is_floating_point() and k != "codes" else v)
