@@ -215,6 +215,7 @@ class VARDistillRecipe(Recipe):
                 f"{self.steps} --threads 1 --weights raw{init}{sets}`. Raw weights are shipped: the recipe's EMA "
                 "(0.999, no warm-up) lags a short run (the first student's held-out agreement: EMA 0.44 vs raw "
                 "0.49 at 1,500 steps). "
+                f"{TEACHER_CHOICE} "
                 f"Loss and read-out: the module docstring of accel/train/recipes/dd_var.py ({read}; the 2-step "
                 f"jump re-noises from scale t2 = {t2} of {len(pns)}). "
                 "Speed and FID against the teacher and the naive one-step baseline: results/distill-var/summary.md.")
@@ -237,6 +238,16 @@ PAIRS_MADE = {"n_pairs": 30720,
               "command": "accel train distill-data --family var --n-pairs 30720 --flow-steps 16 --batch-size 64 "
                          "--threads 1",
               "note": "120 shards of 256; one CPU thread, ~11 pairs/s under the session's shared load, 22-29 alone"}
+
+
+# Why the students distil the CFG base teacher and not the guidance-free CCA one (session 8 measurements).
+TEACHER_CHOICE = (
+    "Teacher: the CFG base fmnist-var, not the guidance-free fmnist-var-cca. CCA pairs are cheaper (30-31 vs 22 "
+    "pairs/s, 256 pairs, same run: the map skips the doubled CFG batch at cfg 0), but the CCA teacher itself samples "
+    "faster at batch 1 (75 vs 92 ms, same run), and a speed-up counts against the teacher a student distils: "
+    "measured split at batch 1 (eager, same rounds), one step end to end, depth 6: 2.72x over the base, 2.22x over "
+    "CCA; depth 4: 3.46x / 2.83x (decoders compiled: 3.62x / 2.95x). Only a depth-4 student of the base teacher "
+    "can clear the issue's 3x.")
 
 
 @dataclass
