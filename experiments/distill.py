@@ -5,8 +5,13 @@
 
 LlamaGen rows (``llamagen-ar`` baseline): dd-1step, dd-2step, the teacher-involved dd-teacher-16-48, one-step
 parallel sampling from per-token marginals and skip-16. VAR rows (``var-default`` baseline), when the zoo
-student ``fmnist-var-dd`` is shipped: var-dd-1step/2step/teacher, onestep from marginals, skip-2. Every
-method is timed interleaved with its baseline in one run (accel.harness.runner) and scored at fixed N.
+student ``fmnist-var-dd`` is shipped: var-dd-1step/2step/teacher, onestep from marginals, skip-2, and
+var-dd4-1step/2step when the smaller (depth-4) ``fmnist-var-dd4`` is shipped too. Every method is timed
+interleaved with its baseline in one run (accel.harness.runner) and scored at fixed N. The VAR table of
+issue #19 (results/distill-var/):
+
+    python experiments/distill.py --families var --batch-sizes 1 --compile decoders --out results/distill-var \
+        --var-methods var-dd-1step,var-dd-2step,var-dd4-1step,var-dd4-2step,var-onestep-marginal
 
 After the table, the end-to-end time is split (same run, interleaved, medians): tokens only (teacher's AR
 loop vs the student's passes) and the tokenizer decode that both pay, so the ceiling the decode puts on an
@@ -41,7 +46,7 @@ from accel.harness.timing import time_interleaved
 
 LLAMAGEN = ("dd-1step", "dd-2step", "llamagen-onestep-marginal")
 LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-skip-16")
-VAR = ("var-dd-1step", "var-dd-2step", "var-onestep-marginal")
+VAR = ("var-dd-1step", "var-dd-2step", "var-dd4-1step", "var-dd4-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 # the zoo model each LlamaGen time-split call runs
 SPLIT_OWNER = {"teacher tokens": "fmnist-llamagen", "dd-1step tokens": "fmnist-llamagen-dd",
@@ -124,19 +129,21 @@ def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
         if f1 is not None and f2 is not None:
             out.append(f"LlamaGen two-step FID {f2:.2f} {_ci(ci2)} vs one-step {f1:.2f} {_ci(ci1)}: better beyond "
                        f"the intervals: {mark(ci2[1] < ci1[0])}")
-    if "var-dd-1step" in by:
+    for method, who in (("var-dd-1step", "VAR (depth-6 student)"), ("var-dd4-1step", "VAR (depth-4 student)")):
+        if method not in by:
+            continue
         f_t, _ = fid("var-default")
-        f1, ci1 = fid("var-dd-1step")
+        f1, ci1 = fid(method)
         fn, cin = fid("var-onestep-marginal")
-        e2e = by["var-dd-1step"]["speedup"]
-        out.append(f"VAR one step, end to end, batch 1: {e2e:.2f}x (goal >= 3x): {mark(e2e >= 3)}")
+        e2e = by[method]["speedup"]
+        out.append(f"{who} one step, end to end, batch 1: {e2e:.2f}x (goal >= 3x): {mark(e2e >= 3)}")
         if f_t is not None and f1 is not None:
-            out.append(f"VAR one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} (goal <= 1.5): "
+            out.append(f"{who} one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} (goal <= 1.5): "
                        f"{mark(f1 <= 1.5 * f_t)}")
         if f_t is not None and f1 is not None and fn is not None:
             gap = cin[0] - ci1[1]
-            out.append(f"VAR one-step vs naive one-step FID {fn:.2f} {_ci(cin)}: intervals {gap:.2f} apart (goal > half "
-                       f"the teacher-naive gap, {(fn - f_t) / 2:.2f}): {mark(gap > (fn - f_t) / 2)}")
+            out.append(f"{who} one-step vs naive one-step FID {fn:.2f} {_ci(cin)}: intervals {gap:.2f} apart (goal > "
+                       f"half the teacher-naive gap, {(fn - f_t) / 2:.2f}): {mark(gap > (fn - f_t) / 2)}")
     return out
 
 
@@ -157,42 +164,54 @@ def _split_lines(batch: int, med: dict[str, float], dec_key: str) -> list[str]:
     return out
 
 
-def var_split(batch: int, repeats: int) -> list[str]:
+def var_split(batch: int, repeats: int, parts: str | None = None) -> list[str]:
     """The same split for VAR. The teacher's loop builds f_hat scale by scale as it samples, so its
-    'tokens' time is its full sampling minus the image decoder (``fhat_to_img``, timed alone); the student's
+    'tokens' time is its full sampling minus the image decoder (``fhat_to_img``, timed alone); a student's
     is its passes plus the f_hat build from its vectors (``embed_to_fhat``, which the teacher does inside its
-    loop). The shared decode is ``fhat_to_img``."""
+    loop). The shared decode is ``fhat_to_img``. Every shipped student (depth 6 ``dd``, depth 4 ``dd4``) is
+    split in the same rounds. ``parts``: also time the decode of an ``accel.compile(parts=...)`` copy of the
+    VQVAE (interleaved with the eager one) and give the split with it."""
     from accel import zoo
-    from accel.presets.distill import VAR_STUDENT as STUDENT
+    from accel.api.compile import compile as compile_parts, compiled_parts
+    from accel.presets.distill import VAR_STUDENT, VAR_STUDENT4
     from accel.distill.student_var import vectors_to_fhat
     from accel.train.recipes import get_recipe
 
-    teacher, vae, student = (zoo.load(n).eval() for n in ("fmnist-var", "fmnist-var-vqvae", STUDENT))
-    recipe = get_recipe(STUDENT)
-    settings, (t2, read) = recipe.sampling(), recipe.timesteps(student)
+    teacher, vae = (zoo.load(n).eval() for n in ("fmnist-var", "fmnist-var-vqvae"))
+    students = {tag: zoo.load(n).eval() for tag, n in (("dd", VAR_STUDENT), ("dd4", VAR_STUDENT4))
+                if zoo.is_available(n)}
+    settings = get_recipe(VAR_STUDENT).sampling()
     cond = torch.arange(batch) % 10
     f_hat = teacher.autoregressive_infer_cfg(vae, batch, cond, generator=torch.Generator().manual_seed(0),
                                              **settings).f_hat
 
-    def noise(r):
-        return torch.randn(batch, student.L_out, student.Cvae, generator=torch.Generator().manual_seed(r))
-
-    def student_tokens(r, t_list):
-        vec, _ = student.sample(cond, noise(r), t_list, split=read)
+    def student_tokens(student, r, t_list, read):
+        noise = torch.randn(batch, student.L_out, student.Cvae, generator=torch.Generator().manual_seed(r))
+        vec, _ = student.sample(cond, noise, t_list, split=read)
         return vectors_to_fhat(vae, vec, student.tpns)
 
-    calls = {
-        "teacher full": lambda r: teacher.autoregressive_infer_cfg(
-            vae, batch, cond, generator=torch.Generator().manual_seed(r), **settings),
-        "dd-1step tokens": lambda r: student_tokens(r, (0,)),
-        "dd-2step tokens": lambda r: student_tokens(r, (0, t2)),
-        "image decode": lambda r: vae.fhat_to_img(f_hat),
-    }
+    calls = {"teacher full": lambda r: teacher.autoregressive_infer_cfg(
+        vae, batch, cond, generator=torch.Generator().manual_seed(r), **settings)}
+    for tag, st in students.items():
+        t2, read = get_recipe({"dd": VAR_STUDENT, "dd4": VAR_STUDENT4}[tag]).timesteps(st)
+        for steps, tl in (("1step", (0,)), ("2step", (0, t2))):
+            calls[f"{tag}-{steps} tokens"] = lambda r, st=st, tl=tl, read=read: student_tokens(st, r, tl, read)
+    calls["image decode"] = lambda r: vae.fhat_to_img(f_hat)
+    fast = compile_parts(copy.deepcopy(vae), parts=parts) if parts and compiled_parts(vae, parts) else None
     with torch.no_grad():
+        if fast is not None:
+            calls["image decode compiled"] = lambda r: fast.fhat_to_img(f_hat)
+            calls["image decode compiled"](0)  # compilation, before any timed round
         t = time_interleaved(calls, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
     med = {"teacher tokens": med.pop("teacher full") - med["image decode"], **med}
-    return _split_lines(batch, med, "image decode")
+    lines = []
+    for dec in ("image decode",) + (("image decode compiled",) if fast is not None else ()):
+        for tag in students:
+            sub = {k: med[k] for k in ("teacher tokens", f"{tag}-1step tokens", f"{tag}-2step tokens", dec)}
+            sub = {k.replace(f"{tag}-", "dd-"): v for k, v in sub.items()}
+            lines += [f"[{tag}, {dec}] {line}" for line in _split_lines(batch, sub, dec)]
+    return lines
 
 
 def compiled_part(reg, cfg: RunConfig, groups, parts: str, command: str) -> tuple[list[dict], list[str]]:
@@ -207,6 +226,8 @@ def compiled_part(reg, cfg: RunConfig, groups, parts: str, command: str) -> tupl
              f"(first call incl. compile {r['compile_s']:.0f} s)" for r in rows]
     if any(model == "fmnist-llamagen" for model, _, _ in groups):
         lines += llamagen_split(1, cfg.repeats, parts)[0]
+    if any(model == "fmnist-var" for model, _, _ in groups):
+        lines += var_split(1, cfg.repeats, parts)
     return rows, lines
 
 
@@ -217,6 +238,8 @@ def main():
     ap.add_argument("--batch-sizes", default=None, help="default: 1 with --quick (the goals' batch), else 1,64")
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds per method (default: 3 quick, else 7)")
+    ap.add_argument("--var-methods", default=None, help="comma list of VAR methods to run instead of the default set")
     ap.add_argument("--families", default="llamagen,var", help="comma list of llamagen, var")
     ap.add_argument("--compile", default="", help="comma list of accel.compile parts (decoders, networks, all): "
                     "speed-only batch-1 rows and splits with them compiled, baselines alike, after the eager rows")
@@ -230,7 +253,8 @@ def main():
         raise SystemExit(f"--compile: unknown {bad}; valid: {', '.join(PARTS)}")
     reg = registry()
     sizes = args.batch_sizes or ("1" if args.quick else "1,64")
-    cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")), repeats=3 if args.quick else 7,
+    cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")),
+                    repeats=args.repeats or (3 if args.quick else 7),
                     warmup=1, n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
                     quality_batch=64, memory=False)
     command, ref, rows, skipped, groups = current_command(), load_reference(), [], [], []
@@ -239,12 +263,16 @@ def main():
             ("var", "fmnist-var", "var-default", VAR if args.quick else VAR_FULL)):
         if family not in families:
             continue
+        if family == "var" and args.var_methods:
+            names = tuple(n for n in args.var_methods.split(",") if n)
+        # a student not shipped in this checkout (e.g. fmnist-var-dd4) drops its rows instead of the family's
+        names = tuple(n for n in names if not (n.startswith("var-dd4-") and reg.get(n).why_unavailable(model)))
         entries = [reg.get(n) for n in names]
         why = [w for e in [reg.get(base)] + entries if (w := e.why_unavailable(model))]
         if why:
             skipped.append(f"{model}: {why[0]}")
             continue
-        groups.append((model, base, LLAMAGEN if family == "llamagen" else VAR))
+        groups.append((model, base, LLAMAGEN if family == "llamagen" else tuple(n for n in VAR if n in names)))
         rows += run_group(reg, reg.get(base), entries, model, cfg, reference=ref, command=command,
                           progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)

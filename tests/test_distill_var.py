@@ -59,12 +59,14 @@ def test_map_is_deterministic_row_independent_and_follows_the_noise():
         var_noise_map(var, vae, lab, eps[:, :-1], solver=SOLVER)
 
 
-def test_each_token_is_the_flow_of_its_teacher_distribution_given_the_mapped_scales():
+@pytest.mark.parametrize("cfg", [2.5, 0.0])
+def test_each_token_is_the_flow_of_its_teacher_distribution_given_the_mapped_scales(cfg):
     """Independent code path: teacher-forced logits (cond and null class) on the mapped ids, ramped CFG,
-    top-k/top-p, then the per-token flow of each token's own noise, reproduce every token of every scale."""
+    top-k/top-p, then the per-token flow of each token's own noise, reproduce every token of every scale.
+    cfg 0 (a guidance-free teacher): the map runs the conditional rows alone, same tokens."""
     vae, var = tiny()
     lab, eps = torch.tensor([0, 4, 2, 2]), noise(4, seed=5)
-    kw = dict(cfg=2.5, top_k=6, top_p=0.9)
+    kw = dict(cfg=cfg, top_k=6, top_p=0.9)
     ids = var_noise_map(var, vae, lab, eps, solver=SOLVER, **kw)
     per = split_scales(ids, PNS)
     with torch.no_grad():

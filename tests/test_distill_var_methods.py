@@ -16,7 +16,8 @@ def stand_ins():
     torch.manual_seed(0)
     vae, var = build_var(VARConfig(**{**VAR_ZOO, "depth": 2}), VQVAEConfig(**VQVAE_ZOO))
     var.init_weights(generator=torch.Generator().manual_seed(0))
-    return {"fmnist-var": var, "fmnist-var-vqvae": vae.eval(), methods_var.VAR_STUDENT: DDVAR.from_teacher(var, vae).eval()}
+    return {"fmnist-var": var, "fmnist-var-vqvae": vae.eval(), methods_var.VAR_STUDENT: DDVAR.from_teacher(var, vae).eval(),
+            methods_var.VAR_STUDENT4: DDVAR.from_teacher(var, vae, depth=1).eval()}  # the smaller student
 
 
 @pytest.fixture
@@ -30,6 +31,7 @@ def fake_zoo(stand_ins, monkeypatch):
 def test_entries_generate_deterministic_images_with_counted_passes(fake_zoo, name):
     entry = next(e for e in methods_var.ENTRIES if e.name == name)
     m = entry.build(BuildContext("fmnist-var"))
+    assert m.name == name
     cond = torch.tensor([1, 4])
     a = m.generate(cond, generator=torch.Generator().manual_seed(0))
     b = m.generate(cond, generator=torch.Generator().manual_seed(0))
@@ -38,7 +40,8 @@ def test_entries_generate_deterministic_images_with_counted_passes(fake_zoo, nam
     L = fake_zoo["fmnist-var"].L
     assert a.stats["tokens"].shape == (2, L)
     SN = len(VAR_ZOO["patch_nums"])
-    expected = {"var-dd-1step": (0, 1), "var-dd-2step": (0, 2), "var-onestep-marginal": (0, None),
+    expected = {"var-dd-1step": (0, 1), "var-dd-2step": (0, 2), "var-dd4-1step": (0, 1), "var-dd4-2step": (0, 2),
+                "var-onestep-marginal": (0, None),
                 "var-skip-2": (SN - 2, None)}
     if name in expected:
         nfe, ns = expected[name]

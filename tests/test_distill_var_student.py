@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from accel.train.recipes.dd_var import VARDistillRecipe, build_student, dd_var_loss, default_split, student_config
+from accel.train.recipes.dd_var import VARDistill4Recipe, VARDistillRecipe, build_student, dd_var_loss, default_split, student_config
 from accel.distill.student_var import DDVAR, decode_vectors
 from accel.models.var import teacher_forced_logits
 from accel.train.loop import fit, trained_model
@@ -204,3 +204,53 @@ def test_smaller_student_starts_from_evenly_spaced_teacher_blocks():
                 continue  # random init, not from the teacher
             src = k.replace("blocks.1.", f"blocks.{last}.") if k.startswith("blocks.1.") else k
             assert torch.equal(v, full.state_dict()[src]), k  # block 1 = the teacher's last, the rest shared
+
+
+def test_smaller_student_starts_from_evenly_spaced_blocks_of_a_deeper_student():
+    _, var, deep = student(scramble_new=True)  # depth 2, every new map nonzero
+    with torch.no_grad():
+        for p in deep.parameters():
+            p.add_(0.01)  # no longer the teacher's weights anywhere
+    small = DDVAR(replace(var.cfg, depth=1), var.V, var.Cvae).init_with_student(deep)
+    want = {"blocks.0.": "blocks.1.", "layerwise_n_d_embed.0.": "layerwise_n_d_embed.1.",
+            "layerwise_n_d_embed.1.": "layerwise_n_d_embed.2."}
+    theirs = deep.state_dict()
+    for k, v in small.state_dict().items():
+        pre = next((p for p in want if k.startswith(p)), None)
+        assert torch.equal(v, theirs[want[pre] + k[len(pre):]] if pre else theirs[k]), k
+    same = DDVAR(var.cfg, var.V, var.Cvae).init_with_student(deep)  # same depth: an exact copy
+    assert all(torch.equal(v, theirs[k]) for k, v in same.state_dict().items())
+    with pytest.raises(ValueError, match="depth=2"):
+        DDVAR(var.cfg, var.V, var.Cvae).init_with_student(small)  # a shallower source cannot fill 2 blocks
+    with pytest.raises(ValueError, match="does not match"):
+        DDVAR(replace(var.cfg, depth=1, embed_dim=64, num_heads=2), var.V, var.Cvae).init_with_student(deep)
+
+
+@dataclass
+class TinyRecipe4(TinyRecipe):
+    name: str = "tiny-var-dd4"
+    depth: int | None = 1
+
+    def export(self, model, out_dir, info):
+        return VARDistill4Recipe.export(self, model, out_dir, info)
+
+
+def test_small_student_recipe_warm_starts_from_a_deeper_file_and_exports_bf16_rounded(tmp_path):
+    from accel import zoo
+    from accel.zoo.store import save_zoo_file
+
+    _, _, deep = student(scramble_new=True)
+    src = save_zoo_file(tmp_path / "deep.safetensors.xz", deep.state_dict(), kind="var-dd", config=student_config(deep))
+    rec = TinyRecipe4(init_from=str(src))
+    small = rec.build()
+    assert small.depth == 1
+    fp16 = lambda t: t.half().float()  # noqa: E731  (zoo files store fp16)
+    assert torch.equal(small.blocks[0].ffn.fc1.weight, fp16(deep.blocks[1].ffn.fc1.weight))
+    assert torch.equal(small.layerwise_n_d_embed[1].weight, fp16(deep.layerwise_n_d_embed[2].weight))
+    (path,) = rec.export(small, tmp_path, {})
+    back = zoo.load(path)
+    assert back.depth == 1 and torch.equal(back.codes, small.codes)  # the codebook is kept exact
+    for k, v in back.state_dict().items():
+        if v.is_floating_point() and k != "codes":
+            assert torch.equal(v, v.bfloat16().float()), k  # bf16-representable
+            assert torch.allclose(v, small.state_dict()[k], rtol=2 ** -8, atol=1e-6), k

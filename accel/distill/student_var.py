@@ -117,6 +117,26 @@ class DDVAR(VAR):
         self.final_layer_conti.linear.bias.zero_()
         return self
 
+    @torch.no_grad()
+    def init_with_student(self, deeper: "DDVAR") -> "DDVAR":
+        """Copy a trained student of the same teacher with at least this many blocks: block i and the layerwise
+        noise/data map added inside it from the deeper student's block ``teacher_blocks(deeper.depth, depth)[i]``,
+        the last layerwise map (before the heads) from its last, every other tensor as is. A smaller student so
+        starts from what the deeper one learned on the DD layout rather than from the teacher."""
+        if (deeper.tpns, deeper.V, deeper.Cvae, deeper.C) != (self.tpns, self.V, self.Cvae, self.C):
+            raise ValueError(f"student (patch_nums {deeper.tpns}, V {deeper.V}, Cvae {deeper.Cvae}, width {deeper.C}) "
+                             f"does not match this one (patch_nums {self.tpns}, V {self.V}, Cvae {self.Cvae}, width "
+                             f"{self.C})")
+        src = {f"blocks.{i}.": f"blocks.{t}." for i, t in enumerate(teacher_blocks(deeper.depth, self.depth))}
+        src.update({f"layerwise_n_d_embed.{i}.": f"layerwise_n_d_embed.{t}."
+                    for i, t in enumerate(teacher_blocks(deeper.depth, self.depth))})
+        src[f"layerwise_n_d_embed.{self.depth}."] = f"layerwise_n_d_embed.{deeper.depth}."
+        theirs, own = deeper.state_dict(), self.state_dict()
+        for k, v in own.items():
+            pre = next((p for p in src if k.startswith(p)), None)
+            v.copy_(theirs[src[pre] + k[len(pre):]] if pre else theirs[k])
+        return self
+
     # ------------------------------------------------------------------------------------------------
     def n_data(self, t: Tensor | int, B: int) -> Tensor:
         """(B,) number of data tokens for timestep(s) t (scale indices)."""

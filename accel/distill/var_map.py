@@ -37,13 +37,14 @@ def var_noise_map(var: VAR, vae: VQVAE, label_B: Tensor, noise: Tensor, *, cfg: 
     """Token ids (B, L) (scales concatenated in order) that the DD1 map assigns to ``noise`` (B, L, Cvae).
 
     ``stop`` maps only scales ``< stop`` (returns (B, tokens before ``stop``)); the rest of ``noise`` is
-    then unused. ``cfg``/``top_k``/``top_p`` are the teacher's sampling settings.
+    then unused. ``cfg``/``top_k``/``top_p`` are the teacher's sampling settings; ``cfg = 0`` (a guidance-free teacher such
+    as a CCA fine-tune) runs the conditional rows alone, half the teacher work, as ``autoregressive_infer_cfg`` does.
     """
     L, Cvae = var.L, var.Cvae
     if noise.dim() != 3 or noise.shape[1:] != (L, Cvae):
         raise ValueError(f"noise must be (B, {L}, {Cvae}); got {tuple(noise.shape)}")
     var.check_vae(vae)
-    st = var.begin(label_B)
+    st = var.begin(label_B, guided=cfg != 0)  # cfg 0: the conditional rows alone, as the sampler runs them
     if noise.shape[0] != st.B:
         raise ValueError(f"{noise.shape[0]} noise rows for {st.B} labels")
     codes = vae.quantize.embedding.weight.detach()

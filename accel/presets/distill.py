@@ -13,7 +13,7 @@ LlamaGen (timed against ``llamagen-ar``):
 
 VAR (timed against ``var-default``):
 - ``var-dd-1step`` / ``var-dd-2step`` / ``var-dd-teacher``: ``fmnist-var-dd`` with the ``t2`` and read-out
-  ``split`` of its recipe.
+  ``split`` of its recipe; ``var-dd4-1step`` / ``var-dd4-2step``: the smaller (depth-4) ``fmnist-var-dd4`` alike.
 - ``var-onestep-marginal``: every token from its class-conditional marginal, estimated at build time from
   ``MARGINAL_SAMPLES`` teacher samples (seeded), so no pair file is needed.
 - ``var-skip-2``: ``baselines_var.skip_sample`` (the last k scales in the teacher's final pass).
@@ -31,7 +31,7 @@ from accel.presets.zoo_models import generator, missing_with
 from accel.train.recipes import get_recipe
 from accel.types import Sample
 
-STUDENT, VAR_STUDENT = "fmnist-llamagen-dd", "fmnist-var-dd"
+STUDENT, VAR_STUDENT, VAR_STUDENT4 = "fmnist-llamagen-dd", "fmnist-var-dd", "fmnist-var-dd4"
 MARGINAL_SAMPLES = 2000
 
 
@@ -79,12 +79,13 @@ class SkipK(MarginalOneStep):
 
 
 # ----------------------------------------------------------------------------------------------------- VAR
-def dd_var(steps: int = 1, teacher_involved: bool = False):
+def dd_var(steps: int = 1, teacher_involved: bool = False, student_name: str = VAR_STUDENT, name: str | None = None):
     def build(ctx: BuildContext):
         teacher = generator(ctx, cast=False)
-        student = zoo.load(VAR_STUDENT, device=ctx.device).eval()
-        t2, split = get_recipe(VAR_STUDENT).timesteps(student)
-        return distilled(teacher, student, steps=steps, t2=t2, split=split, teacher_involved=teacher_involved)
+        student = zoo.load(student_name, device=ctx.device).eval()
+        t2, split = get_recipe(student_name).timesteps(student)
+        return distilled(teacher, student, steps=steps, t2=t2, split=split, teacher_involved=teacher_involved,
+                         name=name)
 
     return build
 
@@ -123,6 +124,7 @@ _llg = dict(family="llamagen", models=("fmnist-llamagen",), baseline="llamagen-a
             unavailable=missing_with(STUDENT))
 _var = dict(family="var", models=("fmnist-var",), baseline="var-default", experiment="distill",
             unavailable=missing_with(VAR_STUDENT))
+_var4 = {**_var, "unavailable": missing_with(VAR_STUDENT4)}
 ENTRIES = [
     MethodEntry("dd-1step", build=dd_llamagen(1), params={"t_list": [0]}, **_llg),
     MethodEntry("dd-2step", build=dd_llamagen(2), params={"t_list": [0, "0.3125n"]}, **_llg),
@@ -135,6 +137,10 @@ ENTRIES = [
                 params={"k": 16, "skip": "last k tokens in one parallel step from marginals"}, **_llg),
     MethodEntry("var-dd-1step", build=dd_var(1), params={"t_list": [0]}, **_var),
     MethodEntry("var-dd-2step", build=dd_var(2), params={"t_list": [0, "t2"]}, **_var),
+    MethodEntry("var-dd4-1step", build=dd_var(1, student_name=VAR_STUDENT4, name="var-dd4-1step"),
+                params={"t_list": [0], "student": VAR_STUDENT4}, **_var4),
+    MethodEntry("var-dd4-2step", build=dd_var(2, student_name=VAR_STUDENT4, name="var-dd4-2step"),
+                params={"t_list": [0, "t2"], "student": VAR_STUDENT4}, **_var4),
     MethodEntry("var-dd-teacher", build=dd_var(teacher_involved=True), quick=False,
                 params={"teacher_start": 1, "t_mid": "t2"}, **_var),
     MethodEntry("var-onestep-marginal", build=VAROneStepMarginal, quick=False,

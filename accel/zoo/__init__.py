@@ -45,6 +45,7 @@ ZOO = {
     "fmnist-var": ("var", "target", "VAR target"),
     "fmnist-llamagen-dd": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen"),
     "fmnist-var-dd": ("var", "distilled", "DD1 one/two-step student of fmnist-var"),
+    "fmnist-var-dd4": ("var", "distilled", "DD1 one/two-step student of fmnist-var, smaller: depth 4 of the teacher's 6"),
     "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),
     "fmnist-llamagen-eagle-cfg": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen trained on its own "
                                   "CFG samples with a guided loss (accel/train/drafter_cfg.py)"),

@@ -20,6 +20,7 @@ RECIPES = {
     "fmnist-llamagen-eagle-cfg": "accel.train.drafter_cfg:EagleCFGRecipe",
     "fmnist-llamagen-dd": "accel.train.recipes.dd_llamagen:LlamaGenDistillRecipe",
     "fmnist-var-dd": "accel.train.recipes.dd_var:VARDistillRecipe",
+    "fmnist-var-dd4": "accel.train.recipes.dd_var:VARDistill4Recipe",
     "fmnist-llamagen-cca": "accel.train.recipes.cca:LlamaGenCCARecipe",
     "fmnist-mar-draft-aligned": "accel.train.recipes.mar_draft_aligned:AlignedDraftRecipe",
     "fmnist-var-cca": "accel.train.recipes.cca:VARCCARecipe",
