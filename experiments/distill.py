@@ -98,6 +98,53 @@ def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[
     return lines, fast_med["teacher tokens"] / fast_med["dd-1step tokens"]
 
 
+# op families of the profile (torch.profiler self times); everything else is counted as "other"
+OP_GROUPS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
+             "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+             "convolution": ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward"),
+             "norm": ("aten::native_group_norm", "aten::native_layer_norm")}
+FLOP_OPS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "convolution": ("aten::conv2d",)}  # counted by the profiler
+
+
+def profile_lines(calls: int = 20) -> list[str]:
+    """Where one batch-1 student pass (one step, snapped read-out) and one VQ decode spend their time: torch
+    profiler self times per op family over ``calls`` calls (after a warm-up), the matmul/conv FLOP rate from the
+    profiler's FLOP counts, and the number of op calls per pass (the per-op overhead both sides pay)."""
+    from torch.profiler import profile
+
+    from accel import zoo
+
+    student, vq = (zoo.load(n).eval() for n in ("fmnist-llamagen-dd", "fmnist-llamagen-vq"))
+    n, d, g = student.config.block_size, student.codes.size(1), student.config.grid_size
+    cond, noise = torch.tensor([3]), torch.randn(1, n, d, generator=torch.Generator().manual_seed(0))
+    ids = student.sample(cond, noise, (0,))
+    out = []
+    for what, fn in (("dd-1step student pass", lambda: student.sample(cond, noise, (0,))),
+                     ("VQ decode", lambda: vq.decode_code(ids, hw=(g, g)))):
+        with torch.no_grad():
+            fn()
+            with profile(with_flops=True) as prof:  # FLOP counts (recording shapes slows the ops: not timed)
+                fn()
+            flops = {e.key: e.flops for e in prof.key_averages()}
+            with profile() as prof:
+                for _ in range(calls):
+                    fn()
+        ev = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        total = sum(e.self_cpu_time_total for e in ev)  # microseconds over all calls
+        parts, grouped = [], 0.0
+        for k, names in OP_GROUPS.items():
+            t = sum(e.self_cpu_time_total for e in ev if e.key in names)
+            fl = sum(flops.get(name, 0) for name in FLOP_OPS.get(k, ()))  # per call
+            grouped += t
+            if t:
+                rate = f", {fl * calls / t / 1e3:.0f} GFLOP/s" if fl else ""
+                parts.append(f"{k} {t / total:.0%} ({t / calls / 1e3:.2f} ms{rate})")
+        rest = total - grouped
+        out.append(f"{what}: {total / calls / 1e3:.2f} ms of aten self time per call (profiled, {calls} calls): "
+                   + ", ".join(parts) + f", other ops {rest / total:.0%} ({rest / calls / 1e3:.2f} ms)")
+    return out
+
+
 def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
     """The issue #19 'done when' figures from this run's batch-1 rows: met / missed, with the numbers."""
     by = {r["method"]: r for r in rows if r["batch_size"] == 1 and r.get("compile") is None}
@@ -218,6 +265,7 @@ def main():
     ap.add_argument("--n-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--families", default="llamagen,var", help="comma list of llamagen, var")
+    ap.add_argument("--profile", action="store_true", help="only the profile of the student pass and the VQ decode")
     ap.add_argument("--compile", default="", help="comma list of accel.compile parts (decoders, networks, all): "
                     "speed-only batch-1 rows and splits with them compiled, baselines alike, after the eager rows")
     args = ap.parse_args()
@@ -228,6 +276,9 @@ def main():
         raise SystemExit(f"--families: unknown {bad}; valid: llamagen, var")
     if bad := sorted(set(compile_parts) - set(PARTS)):
         raise SystemExit(f"--compile: unknown {bad}; valid: {', '.join(PARTS)}")
+    if args.profile:
+        print("\n".join(profile_lines()))
+        return
     reg = registry()
     sizes = args.batch_sizes or ("1" if args.quick else "1,64")
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")), repeats=3 if args.quick else 7,
@@ -261,7 +312,7 @@ def main():
             split += lines
             tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
-        text += "\n".join(f"- {s}" for s in split) + "\n"
+        text += "\n".join(f"- {s}" for s in split + profile_lines()) + "\n"
     if "var" in families and not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
         split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats)]
         text += "\n## VAR time split (tokens vs image decode, interleaved, medians)\n\n"
