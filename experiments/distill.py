@@ -29,7 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.profiler import profile
 
+from accel import zoo
 from accel.api.compile import PARTS
 from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
@@ -110,10 +112,6 @@ def profile_lines(calls: int = 20) -> list[str]:
     """Where one batch-1 student pass (one step, snapped read-out) and one VQ decode spend their time: torch
     profiler self times per op family over ``calls`` calls (after a warm-up), the matmul/conv FLOP rate from the
     profiler's FLOP counts, and the number of op calls per pass (the per-op overhead both sides pay)."""
-    from torch.profiler import profile
-
-    from accel import zoo
-
     student, vq = (zoo.load(n).eval() for n in ("fmnist-llamagen-dd", "fmnist-llamagen-vq"))
     n, d, g = student.config.block_size, student.codes.size(1), student.config.grid_size
     cond, noise = torch.tensor([3]), torch.randn(1, n, d, generator=torch.Generator().manual_seed(0))
