@@ -3,6 +3,12 @@ split (slots before it from the logits' arg-max, the continuous head's vectors a
 the second-step time t2, against the teacher, in one run. No retraining: the shipped student's heads are read.
 
     python experiments/dd_readout.py --n-images 200 --out results/distill/readout
+
+``--t2 8,12,...`` instead sweeps the two-step time alone (snapped read-out, plus the one-step student) at the
+quality seed ``--seed``: choose t2 on probe seeds (e.g. ``--seed 1``), confirm it on the evaluation seeds
+(``--seed 0``, what experiments/distill.py scores). Speed is timed in a single round here (quality sweep).
+
+    python experiments/dd_readout.py --t2 8,12,16,20,24,32,40,48 --n-images 1000 --seed 1 --out results/distill/t2_probe
 """
 from __future__ import annotations
 
@@ -41,15 +47,20 @@ def main():
     ap.add_argument("--n-images", type=int, default=200)
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--out", type=Path, default=Path("results/distill/readout"))
+    ap.add_argument("--t2", default=None, help="comma-separated two-step times to sweep (instead of GRID)")
+    ap.add_argument("--seed", type=int, default=0, help="quality seed (0 = the evaluation seeds of distill.py)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    grid = GRID if args.t2 is None else [("dd1-snapped", 1, None, None)] + [
+        (f"dd2-t{t}-snapped", 2, t, None) for t in (int(v) for v in args.t2.split(","))]
     reg = registry()
-    for e in (entry(*g) for g in GRID):
+    for e in (entry(*g) for g in grid):
         reg.add(e, "experiments/dd_readout.py")
-    cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), repeats=3, warmup=1,
-                    n_images=args.n_images, quality_batch=50, memory=False)
+    cfg = RunConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                    repeats=3 if args.t2 is None else 1, warmup=1, n_images=args.n_images, quality_batch=50,
+                    memory=False, seed=args.seed)
     command = current_command()
-    rows = run_group(reg, reg.get("llamagen-ar"), [reg.get(g[0]) for g in GRID], "fmnist-llamagen", cfg,
+    rows = run_group(reg, reg.get("llamagen-ar"), [reg.get(g[0]) for g in grid], "fmnist-llamagen", cfg,
                      reference=load_reference(), command=command, progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
     append_rows(args.out / "readout.jsonl", rows)

@@ -34,7 +34,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.profiler import profile
 
+from accel import zoo
 from accel.api.compile import PARTS
 from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
@@ -101,6 +103,49 @@ def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[
     ratios = ", ".join(f"{k} {med[k] / med[k + ' compiled']:.2f}x" for k in calls if k + " compiled" in med)
     lines = [f"batch {batch}: compiled ({parts}) / eager, same rounds: {ratios}"] + _split_lines(batch, fast_med, "VQ decode")
     return lines, fast_med["teacher tokens"] / fast_med["dd-1step tokens"]
+
+
+# op families of the profile (torch.profiler self times); everything else is counted as "other"
+OP_GROUPS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
+             "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+             "convolution": ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward"),
+             "norm": ("aten::native_group_norm", "aten::native_layer_norm")}
+FLOP_OPS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "convolution": ("aten::conv2d",)}  # counted by the profiler
+
+
+def profile_lines(calls: int = 20) -> list[str]:
+    """Where one batch-1 student pass (one step, snapped read-out) and one VQ decode spend their time: torch
+    profiler self times per op family over ``calls`` calls (after a warm-up), the matmul/conv FLOP rate from the
+    profiler's FLOP counts, and the number of op calls per pass (the per-op overhead both sides pay)."""
+    student, vq = (zoo.load(n).eval() for n in ("fmnist-llamagen-dd", "fmnist-llamagen-vq"))
+    n, d, g = student.config.block_size, student.codes.size(1), student.config.grid_size
+    cond, noise = torch.tensor([3]), torch.randn(1, n, d, generator=torch.Generator().manual_seed(0))
+    ids = student.sample(cond, noise, (0,))
+    out = []
+    for what, fn in (("dd-1step student pass", lambda: student.sample(cond, noise, (0,))),
+                     ("VQ decode", lambda: vq.decode_code(ids, hw=(g, g)))):
+        with torch.no_grad():
+            fn()
+            with profile(with_flops=True) as prof:  # FLOP counts (recording shapes slows the ops: not timed)
+                fn()
+            flops = {e.key: e.flops for e in prof.key_averages()}
+            with profile() as prof:
+                for _ in range(calls):
+                    fn()
+        ev = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        total = sum(e.self_cpu_time_total for e in ev)  # microseconds over all calls
+        parts, grouped = [], 0.0
+        for k, names in OP_GROUPS.items():
+            t = sum(e.self_cpu_time_total for e in ev if e.key in names)
+            fl = sum(flops.get(name, 0) for name in FLOP_OPS.get(k, ()))  # per call
+            grouped += t
+            if t:
+                rate = f", {fl * calls / t / 1e3:.0f} GFLOP/s" if fl else ""
+                parts.append(f"{k} {t / total:.0%} ({t / calls / 1e3:.2f} ms{rate})")
+        rest = total - grouped
+        out.append(f"{what}: {total / calls / 1e3:.2f} ms of aten self time per call (profiled, {calls} calls): "
+                   + ", ".join(parts) + f", other ops {rest / total:.0%} ({rest / calls / 1e3:.2f} ms)")
+    return out
 
 
 def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
@@ -241,6 +286,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per method (default: 3 quick, else 7)")
     ap.add_argument("--var-methods", default=None, help="comma list of VAR methods to run instead of the default set")
     ap.add_argument("--families", default="llamagen,var", help="comma list of llamagen, var")
+    ap.add_argument("--profile", action="store_true", help="only the profile of the student pass and the VQ decode")
     ap.add_argument("--compile", default="", help="comma list of accel.compile parts (decoders, networks, all): "
                     "speed-only batch-1 rows and splits with them compiled, baselines alike, after the eager rows")
     args = ap.parse_args()
@@ -251,6 +297,9 @@ def main():
         raise SystemExit(f"--families: unknown {bad}; valid: llamagen, var")
     if bad := sorted(set(compile_parts) - set(PARTS)):
         raise SystemExit(f"--compile: unknown {bad}; valid: {', '.join(PARTS)}")
+    if args.profile:
+        print("\n".join(profile_lines()))
+        return
     reg = registry()
     sizes = args.batch_sizes or ("1" if args.quick else "1,64")
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")),
@@ -289,7 +338,7 @@ def main():
             split += lines
             tok_speedup = tok if b == 1 else tok_speedup
         text += "\n## LlamaGen time split (tokens vs VQ decode, interleaved, medians)\n\n"
-        text += "\n".join(f"- {s}" for s in split) + "\n"
+        text += "\n".join(f"- {s}" for s in split + profile_lines()) + "\n"
     if "var" in families and not reg.get("var-dd-1step").why_unavailable("fmnist-var"):
         split = [line for b in cfg.batch_sizes for line in var_split(b, cfg.repeats)]
         text += "\n## VAR time split (tokens vs image decode, interleaved, medians)\n\n"
