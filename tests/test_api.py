@@ -121,6 +121,17 @@ def test_greedy_speculative_equals_greedy_ar_through_the_api(llamagen):
         assert torch.equal(s.stats["tokens"], target.tokens(LABELS, generator=seed()))
 
 
+def test_generate_decodes_under_inference_mode(llamagen):
+    """The generators and the techniques' generate run without autograd bookkeeping (torch.inference_mode): their
+    outputs are inference tensors, whatever the caller's grad mode."""
+    gpt, vq = llamagen
+    g = accel.wrap(gpt, vq, cfg_scale=2.0)
+    student = DDLlamaGen(GPT, torch.nn.functional.normalize(vq.quantize.embedding.weight.detach(), dim=-1)).eval()
+    for m in (g, accel.speculative(g, EagleHead(GPT).eval(), gamma=2), accel.distilled(g, student)):
+        s = m.generate(LABELS, generator=seed())
+        assert s.images.is_inference() and s.stats["tokens"].is_inference(), m.name
+
+
 def test_distilled_and_kv_compress_on_random_llamagen(llamagen):
     gpt, vq = llamagen
     g = accel.wrap(gpt, vq, cfg_scale=2.0)

@@ -97,6 +97,21 @@ def test_run_group_same_seeds_for_every_method():
     assert [c for _, c in built["fake-base"].log] == [c for _, c in built["fake-fast"].log]
 
 
+def test_run_group_times_every_method_under_inference_mode():
+    reg = discover(["test_harness_fake"])
+    seen = []
+
+    class Probe(FakeMethod):
+        def generate(self, cond, *, generator):
+            seen.append((self.name, torch.is_inference_mode_enabled()))
+            return super().generate(cond, generator=generator)
+
+    entries = [type(e)(**{**e.__dict__, "build": (lambda n: lambda ctx: Probe(n))(e.name)})
+               for e in (reg.get("fake-base"), reg.get("fake-fast"))]
+    run_group(reg, entries[0], entries[1:], "fake-model", RunConfig(batch_sizes=(2,), repeats=2, warmup=1, memory=False))
+    assert len(seen) == 6 and all(on for _, on in seen)
+
+
 def test_cpu_peak_memory_subprocess():
     reg = discover(["test_harness_fake"])
     cfg = RunConfig(batch_sizes=(1, 2), repeats=1, warmup=0, memory=True, memory_all_batches=False)

@@ -126,7 +126,7 @@ class AnnealedMAR:
         out.stats.setdefault("probe_rows", 0)
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         out = self.sample_tokens(cond, generator=generator)
         keep = ("nfe_target", "head_steps", "head_rows", "probe_rows", "steps_per_iter")

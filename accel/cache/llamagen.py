@@ -234,7 +234,7 @@ class CompressedLlamaGen:
     every: int | None = None
     name: str = "llamagen"
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: Tensor, *, generator: torch.Generator) -> Sample:
         r = generate_compressed(self.model, cond, self.policy, sc=self.sc, every=self.every, generator=generator)
         g, st = self.model.config.grid_size, r.cache.store

@@ -25,7 +25,7 @@ class CompressedVAR:
     top_k: int = 0
     top_p: float = 0.0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         out = self.var.autoregressive_infer_cfg(self.vae, cond.shape[0], cond, generator=generator, cfg=self.cfg,
                                                 top_k=self.top_k, top_p=self.top_p, policy=self.policy)

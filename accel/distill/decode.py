@@ -63,7 +63,7 @@ class DistilledLlamaGen:
         x = self.tokenizer.decode_code(ids, hw=(g, g))
         return Sample(((x.float() + 1) / 2).clamp(0, 1), {**stats, "tokens": ids})
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: Tensor, *, generator: torch.Generator) -> Sample:
         s = self.student
         n, d = s.config.block_size, s.codes.size(1)
@@ -103,7 +103,7 @@ class DistilledVAR:
         self.params = ({"teacher_start": 1, "t_mid": self.t2} if teacher_involved
                        else {"t_list": [0, self.t2][:steps]})
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: Tensor, *, generator: torch.Generator) -> Sample:
         s = self.student
         noise = torch.randn(cond.size(0), s.L_out, s.Cvae, generator=generator, device=cond.device)

@@ -86,7 +86,7 @@ def generate_indexed(
         idx = torch.arange(c * chunk, min(n, (c + 1) * chunk))
         cond = class_cond(idx, num_classes)
         g = torch.Generator(device).manual_seed(chunk_seed(seed, c * chunk))
-        with torch.no_grad():
+        with torch.inference_mode():
             with autocast(device, amp_dtype):
                 sample = method.generate(cond.to(device), generator=g)
             images = sample.images.detach().float().cpu()

@@ -95,7 +95,7 @@ def _child(spec: dict) -> dict:
     # Otherwise (no /proc) the process's lifetime max RSS, which may be the loading peak.
     during = _reset_peak_rss() and _status_bytes("VmHWM") is not None
     before = _status_bytes("VmRSS") if during else _max_rss_bytes()
-    with torch.no_grad(), autocast(ctx.device, ctx.dtype):
+    with torch.inference_mode(), autocast(ctx.device, ctx.dtype):
         method.generate(cond, generator=torch.Generator().manual_seed(spec["seed"]))
     peak = _status_bytes("VmHWM") if during else _max_rss_bytes()
     return {"max_rss_bytes": peak, "rss_before_bytes": before, "during_generate": during}

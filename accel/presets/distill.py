@@ -54,7 +54,7 @@ class MarginalOneStep:
     def __init__(self, ctx: BuildContext):
         self.teacher, self.student = _llamagen(ctx)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond, *, generator):
         probs = self.student.marginals[cond]  # (B, n, V)
         ids = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
@@ -68,7 +68,7 @@ class SkipK(MarginalOneStep):
         super().__init__(ctx)
         self.name, self.k = f"llamagen-skip-{k}", k
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond, *, generator):
         n = self.student.config.block_size
         head = generate(self.teacher.model, cond, n - self.k, self.teacher.config, generator=generator)
@@ -102,7 +102,7 @@ class VAROneStepMarginal:
                           for lb in labels.split(250)])
         self.marginals = token_marginals(toks.cpu(), labels.cpu(), var.num_classes, var.V)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond, *, generator):
         ids = onestep_sample(self.marginals, cond, generator).to(cond.device)
         return Sample(self.teacher.decode(ids), {"nfe_target": 0, "tokens": ids})
@@ -112,7 +112,7 @@ class VARSkip:
     def __init__(self, ctx: BuildContext, k: int):
         self.teacher, self.k, self.name = generator(ctx, cast=False), k, f"var-skip-{k}"
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond, *, generator):
         s = self.teacher.kwargs
         ids, st = skip_sample(self.teacher.model, self.teacher.tokenizer, cond, self.k, generator=generator,

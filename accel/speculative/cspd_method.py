@@ -28,7 +28,7 @@ class TargetOnlyMAR:
         self.params = {"num_iter": "seq_len", "head_steps": config.head_steps, "cfg": config.cfg,
                        "temperature": config.temperature, "schedule": describe_config(config)["schedule"]}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         c, L = self.config, self.target.cfg.seq_len
         steps = c.head_steps if c.schedule is None else c.schedule  # a DiSA StepSchedule is a head_steps plan
@@ -46,7 +46,7 @@ class CSpDMAR:
         self.name, self.target, self.draft, self.vae, self.config = name, target, draft, vae, config
         self.params = {**describe_config(config), "draft": None if draft is None else "draft"}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         out = cspd_sample_tokens(self.target, self.draft, cond, self.config, generator=generator)
         return Sample(decode_tokens(self.vae, out.tokens).float(), out.stats)

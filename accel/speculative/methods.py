@@ -41,7 +41,7 @@ class SpeculativeLlamaGen:
         self.params = dict(params or {})
         self.timings: dict | None = None  # a dict: dynamic-tree calls add their draft/verify/loop seconds to it
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         if isinstance(self.tree, DynamicTree):
             codes, st = dynamic_tree_generate(self.target, self.drafter, self.rule, cond, self.sc, spec=self.tree,
