@@ -91,10 +91,10 @@ def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[
                 for k, m in eager.items()}
         fast_calls = split_calls(*fast.values())
         compiled = {k + " compiled": fast_calls[k] for k in calls if fast[SPLIT_OWNER[k]] is not eager[SPLIT_OWNER[k]]}
-        with torch.no_grad():
+        with torch.inference_mode():
             for c in compiled.values():  # compilation, before any timed round
                 c(0)
-    with torch.no_grad():
+    with torch.inference_mode():
         t = time_interleaved({**calls, **compiled}, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
     if not parts:
@@ -124,7 +124,7 @@ def profile_lines(calls: int = 20) -> list[str]:
     out = []
     for what, fn in (("dd-1step student pass", lambda: student.sample(cond, noise, (0,))),
                      ("VQ decode", lambda: vq.decode_code(ids, hw=(g, g)))):
-        with torch.no_grad():
+        with torch.inference_mode():
             fn()
             with profile(with_flops=True) as prof:  # FLOP counts (recording shapes slows the ops: not timed)
                 fn()
@@ -243,7 +243,7 @@ def var_split(batch: int, repeats: int, parts: str | None = None) -> list[str]:
             calls[f"{tag}-{steps} tokens"] = lambda r, st=st, tl=tl, read=read: student_tokens(st, r, tl, read)
     calls["image decode"] = lambda r: vae.fhat_to_img(f_hat)
     fast = compile_parts(copy.deepcopy(vae), parts=parts) if parts and compiled_parts(vae, parts) else None
-    with torch.no_grad():
+    with torch.inference_mode():
         if fast is not None:
             calls["image decode compiled"] = lambda r: fast.fhat_to_img(f_hat)
             calls["image decode compiled"](0)  # compilation, before any timed round

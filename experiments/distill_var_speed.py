@@ -40,7 +40,7 @@ def main():
         def dd(t_list):
             def f(r):
                 eps = torch.randn(B, var.L, var.Cvae, generator=torch.Generator().manual_seed(r))
-                with torch.no_grad():
+                with torch.inference_mode():
                     return decode_vectors(vae, st.sample(lab, eps, t_list, SN)[0], var.patch_nums)
             return f
 

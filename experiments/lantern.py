@@ -87,6 +87,7 @@ class TimedModel:
         return out
 
 
+@torch.inference_mode()  # as the harness times generate
 def cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
     """Per-round cost terms of one method at batch ``bs``, in units of one AR step (same run, medians):
     draft (drafter calls), verify (the target's forward over the gamma+1 / tree tokens, prefill included),
@@ -318,6 +319,7 @@ def pair_stats(drafters, n_pairs: int = 480) -> list[dict]:
     return out
 
 
+@torch.inference_mode()  # as the harness times generate
 def dyn_cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
     """``cost_terms`` for a dynamic-tree method, from the loop's own draft/verify/loop clocks."""
     m = build(BuildContext(TARGET), "costs", **kw)

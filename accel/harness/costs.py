@@ -139,7 +139,7 @@ def llamagen_rows(name: str, cfg: GPTConfig, c: _Ctx) -> list[dict]:
         model = model.to(c.dtype)  # official LlamaGen sampling casts the GPT to the compute dtype
     sc, n = SamplingConfig(cfg_scale=4.0), cfg.block_size
     rows, ar = [], {}
-    with torch.no_grad(), c.amp():
+    with torch.inference_mode(), c.amp():
         for bs in p.batches:
             g = torch.Generator(dev).manual_seed(0)
             cond = _labels(bs, cfg.num_classes, dev)
@@ -192,7 +192,7 @@ def mar_rows(name: str, cfg: MARConfig, c: _Ctx) -> list[dict]:
     with torch.device(dev):
         model = MAR(cfg).eval()
     rows = []
-    with torch.no_grad(), c.amp():
+    with torch.inference_mode(), c.amp():
         for bs in p.batches:
             R = 2 * bs  # [cond; uncond]
             tokens = torch.zeros(bs, L, cfg.token_embed_dim, device=dev)
@@ -231,7 +231,7 @@ def var_rows(name: str, cfg: VARConfig, vq: VQVAEConfig, c: _Ctx) -> list[dict]:
     with torch.device(dev):
         vae, model = VQVAE(vq).eval(), VAR(cfg, vq.vocab_size, vq.z_channels).eval()
     rows, ar = [], {}
-    with torch.no_grad(), c.amp():
+    with torch.inference_mode(), c.amp():
         for bs in p.batches:
             g = torch.Generator(dev).manual_seed(0)
             cond = _labels(bs, cfg.num_classes, dev)

@@ -17,7 +17,7 @@ from accel.harness.timing import Timing, time_interleaved
 from accel.models.mar import mask_len_at, sample_tokens
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def record_conditions(model, labels: torch.Tensor, *, num_iter: int, generator: torch.Generator, cfg: float = 1.0,
                       cfg_schedule: str = "linear", temperature: float = 1.0) -> list[dict]:
     """Per-iteration head conditions (rows [cond; uncond] under CFG) and CFG scales of one plain MAR run."""
@@ -34,7 +34,7 @@ def head_time(model, trace: list[dict], schedules: dict[str, StepSchedule], *, r
     def call_for(schedule: StepSchedule):
         def call(r: int):
             g = torch.Generator(device).manual_seed(seed + r)
-            with torch.no_grad():
+            with torch.inference_mode():
                 for k, it in enumerate(trace):
                     model.head.sample(it["z"], timesteps=schedule.timesteps(k, n), cfg=it["cfg"], generator=g)
         return call
@@ -60,7 +60,7 @@ def mar_pass_time(model, labels: torch.Tensor, *, num_iter: int, cfg: float = 1.
         masks.append(m)
 
     def call(r: int):
-        with torch.no_grad():
+        with torch.inference_mode():
             for m in masks:
                 model.condition(tokens, m, labels.to(device), cfg=float(cfg) != 1.0)
 
