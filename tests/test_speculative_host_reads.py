@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from accel.models.llamagen_generate import SamplingConfig
-from accel.speculative.decoder import speculative_generate
+from accel.speculative.decoder import TokenBar, speculative_generate
 from accel.speculative.lantern import LanternRule, neighbour_table
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
 from accel.speculative.rules import ExactRule
@@ -209,3 +209,17 @@ def test_non_finite_target_is_still_reported_by_the_tree_loops(loop):
         else:
             rule = DeterministicLanternRule(neighbour_table(target.tok_embeddings.weight, 15), k=15, delta=0.2)
             dynamic_tree_generate(target, _eagle(target), rule, cond, sc, spec=DynamicTree(6, 3, 3), generator=g)
+
+
+def test_token_bar_counts_committed_tokens_capped_at_n():
+    """The loops' progress bar: committed tokens per row from the round's host copy of c, a row past n counted as
+    n, the loop's first committed tokens given as ``done``; disabled, it counts nothing."""
+    bar = TokenBar(2, 5, "t", True, done=2)
+    bar.update([3, 7])
+    assert bar.bar.n == 8 and bar.done == 8
+    bar.update([5, 9])
+    assert bar.bar.n == 10 == bar.bar.total
+    bar.close()
+    off = TokenBar(2, 5, "t", False)
+    off.update([3, 3])
+    assert off.done == 0

@@ -72,6 +72,24 @@ def read_round(c: Tensor, bad: Tensor, p: Tensor | None, q: Tensor | None, step:
     return host[:-1]
 
 
+class TokenBar:
+    """The loops' progress bar over committed tokens (``rows · n`` in all), fed each round's host copy of ``c``
+    (``read_round``); ``done``: tokens already committed when the loop starts."""
+
+    def __init__(self, rows: int, n: int, desc: str, enabled: bool, done: int = 0):
+        self.n, self.done = n, done
+        self.bar = tqdm(total=rows * n, initial=done, disable=not enabled, desc=desc, leave=False)
+
+    def update(self, hc: list[int]) -> None:
+        if not self.bar.disable:
+            now = sum(min(x, self.n) for x in hc)
+            self.bar.update(now - self.done)
+            self.done = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def nan_flag(bad: Tensor, p: Tensor, q: Tensor | None) -> Tensor:
     """``bad`` or'ed with "``p`` (or ``q``) has a non-finite entry", on the device (read by ``read_round``)."""
     return bad | (~finite_pq(p, q)).long()
@@ -112,20 +130,16 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     c = torch.ones(B, dtype=torch.long, device=dev)
     state = drafter.begin(labels, max_len)
     drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
-    bar = tqdm(total=B * n, disable=not progress, desc=f"speculative γ={gamma}", leave=False)
-    bar.update(B)
+    bar = TokenBar(B, n, f"speculative γ={gamma}", progress, done=B)
     offs = torch.arange(gamma + 1, device=dev)
     acc_t = torch.zeros(3, dtype=torch.long, device=dev)  # verify_steps, accepted, drafted
     reach_t = torch.zeros(gamma, dtype=torch.long, device=dev)
     okat_t = torch.zeros(gamma, dtype=torch.long, device=dev)
     bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
-    done, p, q = B, None, None
+    p, q = None, None
     while True:
         hc = read_round(c, bad, p, None if greedy else q, st.nfe_target - 1, "speculative verification")
-        if progress:
-            now = sum(min(x, n) for x in hc)
-            bar.update(now - done)
-            done = now
+        bar.update(hc)
         if min(hc) >= n:
             break
         live = c < n

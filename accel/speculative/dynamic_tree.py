@@ -40,11 +40,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig
-from accel.speculative.decoder import SpecStats, nan_flag, read_round
+from accel.speculative.decoder import SpecStats, TokenBar, nan_flag, read_round
 from accel.speculative.drafters import EagleDrafter, cfg_rows, process
 from accel.speculative.tree import TreeRound
 from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup
@@ -236,17 +235,13 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
     clock = timings if timings is not None else {}
     for k in ("draft_s", "verify_s", "loop_s"):
         clock.setdefault(k, 0.0)
-    bar = tqdm(total=B * n, disable=not progress, desc=f"dynamic tree ({spec.name})", leave=False)
-    done, p = B, None
-    bar.update(B)
+    bar = TokenBar(B, n, f"dynamic tree ({spec.name})", progress, done=B)
+    p = None
     while True:
         t0 = time.perf_counter()
         c = run.c
         hc = read_round(c, bad, p, None, st.nfe_target - 1, "dynamic-tree speculative decoding")
-        if progress:
-            now = sum(min(x, n) for x in hc)
-            bar.update(now - done)
-            done = now
+        bar.update(hc)
         if min(hc) >= n:
             clock["loop_s"] += time.perf_counter() - t0
             break

@@ -28,11 +28,10 @@ from functools import cached_property
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
-from accel.speculative.decoder import SpecStats, nan_flag, read_round
+from accel.speculative.decoder import SpecStats, TokenBar, nan_flag, read_round
 from accel.speculative.drafters import cfg_rows, draw, process
 from accel.speculative.rules import sample
 from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup, finite_pq, raise_non_finite_pq
@@ -315,15 +314,12 @@ def tree_generate(target: Transformer, drafter, rule, cond: Tensor, sc: Sampling
     R, seq, rows = run.labels.size(0), run.seq, torch.arange(B, device=dev)
     depth = torch.tensor([tree.depth(i) for i in range(N + 1)], device=dev)
     nodes = torch.arange(N + 1, device=dev)
-    bar = tqdm(total=B * n, disable=not progress, desc=f"tree speculative ({N} nodes)", leave=False)
+    bar = TokenBar(B, n, f"tree speculative ({N} nodes)", progress)
     bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
-    done, p, q = 0, None, None
+    p, q = None, None
     while True:
         hc = read_round(run.c, bad, p, q, run.st.nfe_target - 1, "tree speculative decoding")
-        if progress:
-            now = sum(min(x, n) for x in hc)
-            bar.update(now - done)
-            done = now
+        bar.update(hc)
         if min(hc) >= n:
             break
         c, c_max = run.c, max(hc)
