@@ -84,7 +84,8 @@ def _card(recipe, name: str, run_dir: Path) -> int:
     with_threads = torch.get_num_threads()
     latency = forward_latency(name)
     cmd = f"accel train {name} --card-only  # quality and latency, torch threads: {with_threads}"
-    out = write_card(name, run_dir, command=cmd, quality=quality, latency=latency, notes=recipe.card_notes())
+    out = write_card(name, run_dir, command=cmd, quality=quality, latency=latency, notes=recipe.card_notes(),
+                     data=recipe.card_data())
     print(f"wrote {out}")
     return 0
 

@@ -188,6 +188,10 @@ class EagleCFGRecipe(Recipe):
         _, ce, p, logq = self._forward(model, tokens, hc, hu)
         return {"val_ce": float(ce), **{f"val_{k}": float(v) for k, v in guided_pair_stats(p, logq).items()}}
 
+    def card_data(self) -> str:
+        return ("Data: the target's own CFG samples (token sequences at its card settings) with its hidden states on "
+                "both CFG rows, not Fashion-MNIST images.")
+
     def deployable(self, model):
         return model.head
 

@@ -82,6 +82,12 @@ class Recipe:
         """Deviations from the official recipe and other facts the card must state."""
         return ""
 
+    def card_data(self) -> str:
+        """The card's data line: what the model was trained on (default: the Fashion-MNIST images)."""
+        from accel.zoo.cards import IMAGE_DATA
+
+        return IMAGE_DATA
+
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
         """Write the shipped fp16 zoo file(s) for the trained ``model`` (EMA weights when kept)."""
         model = self.deployable(model)

@@ -146,11 +146,16 @@ def _fmt(d: dict) -> str:
     return "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in d.items())
 
 
+IMAGE_DATA = ("Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
+              "padded to 32x32, 3 channels, [-1, 1].")
+
+
 def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, latency: dict | None,
-               notes: str = "", out_dir: Path | None = None) -> Path:
+               notes: str = "", data: str = IMAGE_DATA, out_dir: Path | None = None) -> Path:
     """Write ``cards/NAME.md`` from the run checkpoint/log plus measured quality and latency. Without the run
     folder (``runs/`` is not versioned), the training facts come from the shipped file's ``info`` and the
-    card says that the log is not available."""
+    card says that the log is not available. ``data``: the card's data line (the recipe's ``card_data``: the
+    Fashion-MNIST images, or what a distilled model was trained on instead)."""
     role = zoo.ZOO[name]
     wpath = zoo.weights_path(name)
     info = read_zoo_file(wpath)[2] if wpath.is_file() else None  # read (decompressed) once
@@ -171,8 +176,7 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
     shipped = "-" if info is None else f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)"
     lines = [f"# {name}", "", f"{role[2]} (family `{role[0]}`, role `{role[1]}`).", "",
              "Made by (from the repository root):", "", "```", f"accel train {name}", command, "```", "",
-             "Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
-             "padded to 32x32, 3 channels, [-1, 1].", "",
+             data, "",
              "## Training", "", "| field | value |", "|---|---|",
              _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),
                    "wall time (s, all sessions)": run["wall_s"], "sessions": run["sessions"],

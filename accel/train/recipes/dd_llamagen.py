@@ -82,20 +82,25 @@ class LlamaGenDistillRecipe(Recipe):
         model.train()
         return out
 
+    def card_data(self) -> str:
+        return "Data: teacher (noise, token-sequence) pairs of the DD1 map, not images; the notes at the end say which."
+
     def card_notes(self) -> str:
         return ("Data: not Fashion-MNIST images but (noise, token-sequence) pairs of the teacher's DD1 map, made by "
-                "`accel train distill-data --family llamagen --n-pairs 20480 --shard-size 512 --batch-size 512 "
-                "--flow-steps 16 --threads 1` (teacher fmnist-llamagen at its card settings, cfg 2.0; 16 Heun steps "
-                "per token; 40 shards in 34.7 minutes on the shared 2-core CPU, 9.8 pairs/s on average, 31/s while "
-                "the machine was quiet); the last 256 pairs are held out. Shipped student (issue #19, replaced in "
-                "place): the released DD settings (continuous head on the pre-norm state, dropouts 0, t_list (0, 20) "
-                "= the released 0.3125 n), warm-started from the previous fmnist-llamagen-dd (itself trained 600 "
-                "steps on the first 12,032 of these same pairs: same seeds and spec), then `accel train fmnist-llamagen-dd --steps 650 --threads 1 --set "
-                "'init_from=\"fmnist-llamagen-dd\"' --set lr=2e-4 --set warmup=20 --set eval_every=100000` on all "
-                "20,224 training pairs (started with --steps 800, resumed with 900 at step 22 and with 650 at step 169 to fit the "
-                "session under load: the cosine horizon moved twice; 1.3-10 s/step under the shared load). Held-out token agreement with the teacher map on the 256 held-out pairs (none seen "
-                "by either student): 0.468 (1 step), 0.469 (2 steps) from the fp16 zoo file (the same to 3 digits in fp32), "
-                "against 0.454 / 0.451 for the previous student on the same pairs. Speed and FID against the teacher: results/distill/summary.md (experiments/distill.py).")
+                "`accel train distill-data --family llamagen --n-pairs 40960 --shard-size 512 --batch-size 512 "
+                "--flow-steps 16 --threads 1 --seed 1` (teacher fmnist-llamagen at its card settings, cfg 2.0; 16 Heun "
+                "steps per token; 80 shards in 21.6 minutes, 31.6 pairs/s, with one other 1-thread job on the 2-core "
+                "CPU); the last 256 pairs are held out. Shipped student (issue #19, replaced in place in session 9): "
+                "the released DD settings (continuous head on the pre-norm state, dropouts 0, t_list (0, 20) = the "
+                "released 0.3125 n), warm-started from the session-7 student (650 steps on 20,480 pairs of seed 0, "
+                "itself warm-started from 600 steps on 12,032 of them), then `accel train fmnist-llamagen-dd --run-dir "
+                "runs/dd-l9 --steps 1500 --threads 1 --seed 9 --set 'init_from=\"fmnist-llamagen-dd\"' --set lr=2e-4 "
+                "--set warmup=20 --set eval_every=100000 --set ckpt_every=100` on the 40,704 training pairs of seed 1 "
+                "(1.1-1.4 s/step; about 2.4 epochs). Held-out token agreement with the teacher map on the 256 held-out "
+                "seed-1 pairs (seen by neither student), fp16 zoo file: 0.481 (1 step), 0.479 (2 steps), against 0.459 / "
+                "0.460 for the session-7 student on the same pairs. The naive one-step baseline's marginals (stored "
+                "with the student) are refitted on the 40,960 pairs. Speed and FID against the teacher: "
+                "results/distill/summary.md (experiments/distill.py).")
 
     def export(self, model, out_dir: Path, info: dict):
         pairs = load_pairs(self.pairs_dir)

@@ -197,6 +197,9 @@ class VARDistillRecipe(Recipe):
         out = self.evaluate(zoo.load(name), Path(self.pairs))
         return {f"held-out {k} ({self.holdout} pairs)": round(v, 4) for k, v in out.items() if v is not None}
 
+    def card_data(self) -> str:
+        return "Data: teacher (noise, token-sequence) pairs of the DD1 map, not images; the notes at the end say which."
+
     def card_notes(self) -> str:
         pns = self.load_teacher()[1].patch_nums
         t2 = default_split(pns) if self.t2 < 0 else self.t2

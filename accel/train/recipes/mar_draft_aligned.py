@@ -230,6 +230,9 @@ class AlignedDraftRecipe(Recipe):
                                        sched, g, self.free_loss, self.relaxed_temperature))
         return {key: float(torch.stack([r[key] for r in rows]).mean()) for key in rows[0]}
 
+    def card_data(self) -> str:
+        return "Data: the target fmnist-mar's own sampling chains under shared head noise, not images (the notes)."
+
     def card_notes(self) -> str:
         return ("Distilled from fmnist-mar-draft onto fmnist-mar's own one-token-per-step chains (cfg 5 constant, "
                 "50 head steps, 950 clip) under shared head noise: loss = the draft's free-running last-step "
