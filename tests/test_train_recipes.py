@@ -107,3 +107,15 @@ def test_vq_loss_reaches_the_codebook():
 def test_every_recipe_resolves():
     for name in RECIPES:
         assert get_recipe(name).name == name
+
+
+def test_card_data_names_what_each_recipe_trained_on():
+    """A model card's data line comes from its recipe: the zoo images by default, the teacher pairs / target chains /
+    target samples for the distilled members (whose cards used to claim the Fashion-MNIST train split)."""
+    from accel.train.recipes import get_recipe
+    from accel.zoo.store import IMAGE_DATA
+
+    assert get_recipe("fmnist-llamagen").card_data() == IMAGE_DATA
+    for name in ("fmnist-llamagen-dd", "fmnist-var-dd", "fmnist-var-dd4", "fmnist-mar-draft-aligned",
+                 "fmnist-llamagen-eagle-cfg"):
+        assert "Fashion-MNIST train split" not in get_recipe(name).card_data(), name

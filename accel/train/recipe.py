@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from accel.zoo.store import save_zoo_file, zoo_file
+from accel.zoo.store import IMAGE_DATA, save_zoo_file, zoo_file
 
 
 # May differ between the sessions of one run: cadence fields do not change what it computes; a changed
@@ -84,8 +84,6 @@ class Recipe:
 
     def card_data(self) -> str:
         """The card's data line: what the model was trained on (default: the Fashion-MNIST images)."""
-        from accel.zoo.cards import IMAGE_DATA
-
         return IMAGE_DATA
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:

@@ -18,7 +18,7 @@ from accel import zoo
 from accel.checkpoint import read_checkpoint
 from accel.harness.quality import evaluate, FeatureReference
 from accel.zoo.sample import class_grid_labels, ZooSampler
-from accel.zoo.store import read_zoo_file
+from accel.zoo.store import IMAGE_DATA, read_zoo_file
 from accel.zoo.sample import DEFAULTS
 
 
@@ -144,10 +144,6 @@ def run_summary(run_dir: Path) -> dict:
 
 def _fmt(d: dict) -> str:
     return "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in d.items())
-
-
-IMAGE_DATA = ("Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
-              "padded to 32x32, 3 channels, [-1, 1].")
 
 
 def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, latency: dict | None,

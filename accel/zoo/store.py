@@ -25,6 +25,11 @@ from accel.checkpoint import CheckpointError
 SUFFIX = ".safetensors.xz"
 
 
+# the data line of a model card trained on the zoo's images (``Recipe.card_data``'s default)
+IMAGE_DATA = ("Data: Fashion-MNIST train split (55,000 images; 5,000 held out for validation, accel/data.py), "
+              "padded to 32x32, 3 channels, [-1, 1].")
+
+
 def zoo_file(directory: str | Path, name: str) -> Path:
     """Where the zoo file of ``name`` lives in ``directory`` (the shipped, compressed form)."""
     return Path(directory) / f"{name}{SUFFIX}"
