@@ -112,7 +112,6 @@ def test_every_recipe_resolves():
 def test_card_data_names_what_each_recipe_trained_on():
     """A model card's data line comes from its recipe: the zoo images by default, the teacher pairs / target chains /
     target samples for the distilled members (whose cards used to claim the Fashion-MNIST train split)."""
-    from accel.train.recipes import get_recipe
     from accel.zoo.store import IMAGE_DATA
 
     assert get_recipe("fmnist-llamagen").card_data() == IMAGE_DATA
