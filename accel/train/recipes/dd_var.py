@@ -266,6 +266,10 @@ class VARDistill4Recipe(VARDistillRecipe):
     def init_note(self) -> str:
         if not self.init_from:
             return ""
+        if self.init_from == self.name:
+            return (" (the previous zoo depth-4 student, same name: blocks 0, 2, 3, 5 of the depth-6 fmnist-var-dd, "
+                    "DDVAR.init_with_student, then 450 steps on these pairs, held-out agreement 0.502 / 0.509; "
+                    "continued in session 9 for 1,200 steps with 2 threads, about 1 s/step; replaced in place)")
         deep = zoo.load(self.init_from)
         return (f" (its blocks {', '.join(map(str, teacher_blocks(deep.depth, self.depth)))} of {deep.depth} and their "
                 "noise/data maps, DDVAR.init_with_student; fmnist-var-dd as shipped before session 8: 2,700 steps on "
