@@ -60,6 +60,11 @@ def test_two_processes_match_one(tmp_path):
     assert torch.equal(single["cond"], torch.arange(N) % 10)
 
 
-def test_chunk_seeds_distinct():
+def test_chunk_seeds_give_distinct_streams_on_cpu():
+    """Distinct seeds for every (seed, start), and distinct CPU random streams: a CPU generator keeps only the low
+    32 bits of its seed, which made seed 1 replay seed 0 before; seed 0 keeps its seeds (start)."""
+    draws = {s: torch.randn(4, generator=torch.Generator().manual_seed(chunk_seed(s, 0))) for s in range(3)}
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert [chunk_seed(0, i) for i in (0, 8, 64)] == [0, 8, 64]
     seeds = {chunk_seed(s, i) for s in range(3) for i in range(0, 1000, 8)}
     assert len(seeds) == 3 * 125

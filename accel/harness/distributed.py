@@ -31,11 +31,18 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype if enabled else None, enabled=enabled)
 
 
+SEED_STRIDE = 0x9E3779B1  # odd multiplier (2^32 / golden ratio): seeds s and s' start 2^32-scale offsets apart
+
+
 def chunk_seed(seed: int, start: int) -> int:
-    """Seed of the chunk whose first global sample index is ``start`` (distinct for every (seed, start))."""
+    """Seed of the chunk whose first global sample index is ``start``: ``(start + seed · SEED_STRIDE) mod 2^32``.
+
+    32 bits because a CPU ``torch.Generator`` keeps only the low 32 bits of its seed (Mersenne Twister): the
+    earlier ``(seed << 32) + start`` gave every ``seed`` the streams of seed 0 on CPU. Seed 0 keeps its seeds
+    (``start``), so every seed-0 result stands; other seeds are distinct from them for any start below ~2.6e9."""
     if seed < 0 or start < 0:
         raise ValueError("seed and start must be non-negative")
-    return (seed << 32) + start
+    return (start + seed * SEED_STRIDE) % 2**32
 
 
 def class_cond(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
