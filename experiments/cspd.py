@@ -341,11 +341,12 @@ def chain_gap(args) -> list[dict]:
     with torch.no_grad():
         for scale in args.cfgs or (settings["cfg"],):
             guided = scale != 1.0
-            cond = lambda m: torch.cat([m.head_condition(seq, mk, lab, pos, cfg=guided) for mk, pos in ctx])  # noqa: E731
+            def cond(m):  # head conditions of every context; under CFG [cond; uncond] per context -> all cond rows first
+                z = torch.cat([m.head_condition(seq, mk, lab, pos, cfg=guided) for mk, pos in ctx])
+                return torch.cat([z.reshape(len(ctx), 2, B * 4, -1)[:, h].reshape(n, -1) for h in (0, 1)]) if guided else z
+
             dup = lambda t: torch.cat([t, t]) if guided else t  # noqa: E731
             zp = cond(p)
-            if guided:  # [cond; uncond] per context -> all cond rows first
-                zp = torch.cat([zp.reshape(len(ctx), 2, B * 4, -1)[:, h].reshape(n, -1) for h in (0, 1)])
             tp = p.head.sample_trajectory(zp, schedule=sched, cfg=scale, noise=HeadNoise(x_T, noise))
             sp = (0.5 * tp.log_variance[:, :n]).exp()
             rms = lambda a, b: ((a[:, :n] - b[:, :n]).norm(dim=-1) / sp.square().mean(-1).sqrt())  # noqa: E731
@@ -357,10 +358,7 @@ def chain_gap(args) -> list[dict]:
             row0 = dict(cfg=scale, **out)
             print(f"cfg {scale:g}: target vs itself, z moved by delta: {out}", flush=True)
             for d, q in drafts.items():
-                zq = cond(q)
-                if guided:
-                    zq = torch.cat([zq.reshape(len(ctx), 2, B * 4, -1)[:, h].reshape(n, -1) for h in (0, 1)])
-                cg = chain_gaps(p.head, q.head, zp, zq, sched, scale, HeadNoise(x_T, noise), handoff_at=picks)
+                cg = chain_gaps(p.head, q.head, zp, cond(q), sched, scale, HeadNoise(x_T, noise), handoff_at=picks)
                 free, tf, handoff = cg["free"], cg["forced"], [round(float(h.mean()), 1) for h in cg["handoff"]]
                 lr = log_acceptance_ratio(cg["mean_q"], cg["mean_p"], cg["std_p"], cg["mean_q"], cg["std_q"],
                                           torch.zeros(()), 42.0)

@@ -29,6 +29,10 @@ from accel.checkpoint import atomic_save
 NoiseMap = Callable[[Tensor, Tensor], Tensor]
 
 
+# the model-card data line of a student trained on these pairs (``Recipe.card_data``)
+CARD_DATA = "Data: teacher (noise, token-sequence) pairs of the DD1 map, not images; the notes at the end say which."
+
+
 @dataclass(frozen=True)
 class PairSpec:
     n_pairs: int

@@ -265,9 +265,9 @@ class TreeRound:
         counts = torch.zeros(2 + 2 * D, dtype=torch.long, device=dev)
         return cls(target, drafter, state, labels, cache, seq, c, st, n, D, counts)
 
-    def commit(self, toks: Tensor, path: Tensor, m: Tensor, nxt: Tensor, hidden: Tensor, live: Tensor) -> Tensor:
+    def commit(self, toks: Tensor, path: Tensor, m: Tensor, nxt: Tensor, hidden: Tensor, live: Tensor) -> None:
         """Commit one verified round (``path`` (B, D) node ids, ``m`` accepted counts, ``nxt`` the next token,
-        ``hidden`` the verify forward's states); returns the tokens each live row gained (m + 1, capped at n)."""
+        ``hidden`` the verify forward's states); the loops read progress from ``c`` (``decoder.TokenBar``)."""
         seq, c, n, D, R = self.seq, self.c, self.n, self.D, self.labels.size(0)
         rows, ar = torch.arange(seq.size(0), device=seq.device), torch.arange(D, device=seq.device)
         m = torch.where(live, m, torch.zeros_like(m))
@@ -283,9 +283,7 @@ class TreeRound:
                                   (live[:, None] & (m[:, None] >= ar[None] + 1)).sum(0)])
         self.drafter.observe(self.state, seq, torch.where(live, c, c - 1), hid,
                              torch.where(live, m + 1, torch.ones_like(m)))
-        gained = torch.where(live, torch.minimum(m + 1, n - c), torch.zeros_like(m))
         self.c = torch.where(live, c + m + 1, c)
-        return gained
 
     def finish(self, drafted_per_round: int) -> tuple[Tensor, SpecStats]:
         """Tokens ``(B, n)`` and the counters, read from the device once."""

@@ -17,7 +17,7 @@ import torch
 
 from accel.train.recipe import Recipe
 from accel import zoo
-from accel.distill.data import load_pairs
+from accel.distill.data import CARD_DATA as PAIRS_CARD_DATA, load_pairs
 from accel.distill.sequence import llamagen_codes
 from accel.distill.student_llamagen import DDLlamaGen, default_t2, distill_loss, student_config
 from accel.zoo.store import save_zoo_file, zoo_file
@@ -83,7 +83,7 @@ class LlamaGenDistillRecipe(Recipe):
         return out
 
     def card_data(self) -> str:
-        return "Data: teacher (noise, token-sequence) pairs of the DD1 map, not images; the notes at the end say which."
+        return PAIRS_CARD_DATA
 
     def card_notes(self) -> str:
         return ("Data: not Fashion-MNIST images but (noise, token-sequence) pairs of the teacher's DD1 map, made by "

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from accel.distill.data import generate_pairs, load_pairs
+from accel.distill.data import CARD_DATA as PAIRS_CARD_DATA, generate_pairs, load_pairs
 from accel.distill.decode import default_split
 from accel.distill.flow import FlowSolver
 from accel.distill.student_var import DDVAR, teacher_blocks
@@ -198,7 +198,7 @@ class VARDistillRecipe(Recipe):
         return {f"held-out {k} ({self.holdout} pairs)": round(v, 4) for k, v in out.items() if v is not None}
 
     def card_data(self) -> str:
-        return "Data: teacher (noise, token-sequence) pairs of the DD1 map, not images; the notes at the end say which."
+        return PAIRS_CARD_DATA
 
     def card_notes(self) -> str:
         pns = self.load_teacher()[1].patch_nums

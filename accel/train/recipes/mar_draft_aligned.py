@@ -265,7 +265,6 @@ def sigma_gap(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor) -
     return (mean_q - mean_p).norm(dim=-1) / std_p.square().mean(-1).sqrt()
 
 
-
 def chain_gaps(p_head, q_head, z_p: torch.Tensor, z_q: torch.Tensor, schedule, cfg: float, noise: HeadNoise,
                handoff_at=()) -> dict:
     """Where a draft head's last-step gap is made, under shared noise (CSpD's trajectory alignment, paper eq. for
