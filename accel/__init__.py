@@ -22,7 +22,7 @@ Techniques (each returns an object with ``generate``):
     kv_compress(model, policy=scalekv(0.1) | snapkv(...) | pyramidkv(...) | streamingllm(...) | sliding(...))  VAR, LlamaGen
 
 Compilation (explicit, in place, of the networks a method runs per step; compile time = first call):
-    compile(method, mode=True | "reduce-overhead" | "max-autotune", dynamic=True)   every generator and technique
+    compile(method, mode=True | "reduce-overhead" | "max-autotune", dynamic=None)   every generator and technique
     load(..., compile=True)                                                         the same, at loading
     warm_up(method, cond) -> seconds of the first (compiling) call
 

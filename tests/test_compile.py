@@ -2,7 +2,7 @@
 token-identical to eager (sampled and greedy LlamaGen, speculative decoding, VAR) on tiny random models.
 
 The compiled tests check that a graph was really compiled (dynamo's unique-graph counter grows), so a silent
-fall-back to eager cannot pass them. They are slow (compilation) but small: tiny models, ``dynamic=True``.
+fall-back to eager cannot pass them. They are slow (compilation) but small: tiny models, the default ``dynamic=None`` (static_shapes).
 """
 import copy
 
@@ -163,7 +163,7 @@ def test_compiled_decoders_give_the_eager_images():
     before = graphs()
     accel.compile(fast, parts="decoders")
     with torch.no_grad():
-        for b in (2, 3):  # one dynamic graph (a batch of 1 would be specialised: a second compile)
+        for b in (2, 3):  # decoders compile with static shapes: one graph per batch size
             ids = torch.randint(0, VQ.codebook_size, (b, 16))
             vec = torch.randn(b, 16, VQ.codebook_embed_dim)
             torch.testing.assert_close(fast.decode_code(ids, hw=(4, 4)), vq.decode_code(ids, hw=(4, 4)),
@@ -176,3 +176,34 @@ def test_compiled_decoders_give_the_eager_images():
         fast_vae = accel.compile(copy.deepcopy(vae), parts="decoders")
         f_hat = torch.randn(2, VAE_CFG.Cvae, PNS[-1], PNS[-1])
         torch.testing.assert_close(fast_vae.fhat_to_img(f_hat), vae.fhat_to_img(f_hat), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_dd_students_compile_whole_with_static_shapes_and_keep_their_tokens():
+    # A student pass is one fixed-shape call: accel.compile compiles the whole student (predict and dd_step go
+    # through forward, so the compiled graph is what sampling runs) with static shapes, as it does the image
+    # decoders; the step networks whose sizes grow stay symbolic.
+    from accel.api.compile import static_shapes
+    from test_distill_llamagen import codes, teacher
+    from test_distill_var_student import student as var_student
+    from accel.distill.student_llamagen import DDLlamaGen, student_config
+    t, c = teacher(), codes()
+    s = DDLlamaGen(student_config(t.config), c).init_from_teacher(t).eval()
+    vae, var, sv = var_student(scramble_new=True)
+    gpt, vq = tiny_llamagen()
+    assert step_modules(s) == [s] and step_modules(sv) == [sv]
+    assert [static_shapes(m) for m in (s, sv, vq.decoder, vae.decoder, gpt, var.blocks[0])] == [True] * 4 + [False] * 2
+    fast, fast_v = copy.deepcopy(s), copy.deepcopy(sv)
+    fast.compile(dynamic=False)
+    fast_v.compile(dynamic=False)
+    before = graphs()
+    noise = torch.randn(2, t.config.block_size, c.size(1), generator=seed(3))
+    eps = torch.randn(2, sv.L_out, sv.Cvae, generator=seed(4))
+    lab = torch.tensor([1, 2])
+    with torch.no_grad():
+        for t_list in ((0,), (0, 4)):
+            assert torch.equal(fast.sample(lab, noise, t_list, split=5), s.sample(lab, noise, t_list, split=5))
+        for t_list in ((0,), (0, 1)):
+            a, b = fast_v.sample(lab, eps, t_list, split=1)[1], sv.sample(lab, eps, t_list, split=1)[1]
+            assert torch.equal(a, b)
+    assert graphs() > before  # the whole pass really compiled

@@ -97,7 +97,12 @@ class DDLlamaGen(Transformer):
 
     def predict(self, x: Tensor, cond: Tensor, n_data: int, conti: bool = True) -> tuple[Tensor, Tensor | None]:
         """x (B, n, code_dim) with data in slots < n_data and noise after -> (logits (B, n, V), conti (B, n, d));
-        ``conti=False`` skips the continuous head (None in its place) when the read-out does not use it."""
+        ``conti=False`` skips the continuous head (None in its place) when the read-out does not use it. Calls
+        the module (``forward``), so ``accel.compile`` compiles one whole student pass."""
+        return self(x, cond, n_data, conti)
+
+    def forward(self, x: Tensor, cond: Tensor, n_data: int, conti: bool = True) -> tuple[Tensor, Tensor | None]:
+        """One student pass (see :meth:`predict`); replaces the teacher's next-token forward."""
         B, n, _ = x.shape
         c = self.cls_embedding(cond)  # (B, 1, dim)
         h = torch.cat([c, self.tok_embeddings(x)], 1)  # (B, n+1, dim)

@@ -194,7 +194,7 @@ class DDVAR(VAR):
     def dd_step(self, x: Tensor, label_B: Tensor, t: int, noise: Tensor, split: int) -> Tensor:
         """One DD call from X_t built out of ``x`` (data part) and ``noise``; data slots pass through."""
         xt = self.perturb(x, t, noise)
-        logits, conti = self.predict(xt, label_B, t)
+        logits, conti = self(xt, label_B, t)  # through the module: accel.compile compiles one whole pass
         for what, v in (("logits", logits), ("continuous outputs", conti)):  # one read per student pass
             check_finite(v, what=what, model="DD student (VAR)", step=f"t={t}")
         n = tokens_before(self.tpns, t)
