@@ -214,14 +214,18 @@ class VARDistillRecipe(Recipe):
                 f"{self.teacher} at its card settings, {self.solver_steps} Heun steps per token): {n_pairs:,} pairs "
                 f"made by `{PAIRS_MADE['command']}` ({PAIRS_MADE['note']}); the last {self.holdout} are held out "
                 f"(the card's agreement figures), {n_pairs - self.holdout:,} train. Student: depth "
-                f"{self.depth or 'of the teacher'}, {start}{self.init_note()}; `accel train {self.name} --steps "
-                f"{self.steps} --threads 1 --weights raw{init}{sets}`. Raw weights are shipped: the recipe's EMA "
+                f"{self.depth or 'of the teacher'}, {start}{self.init_note()}; "
+                f"`{self.run_command(init, sets)}`. Raw weights are shipped: the recipe's EMA "
                 "(0.999, no warm-up) lags a short run (the first student's held-out agreement: EMA 0.44 vs raw "
                 "0.49 at 1,500 steps). "
                 f"{TEACHER_CHOICE} "
                 f"Loss and read-out: the module docstring of accel/train/recipes/dd_var.py ({read}; the 2-step "
                 f"jump re-noises from scale t2 = {t2} of {len(pns)}). "
                 "Speed and FID against the teacher and the naive one-step baseline: results/distill-var/summary.md.")
+
+    def run_command(self, init: str, sets: str) -> str:
+        """The command of the shipped student's last training run (the card's notes)."""
+        return f"accel train {self.name} --steps {self.steps} --threads 1 --weights raw{init}{sets}"
 
     def init_note(self) -> str:
         return (" (the previous zoo student, same name: 2,700 steps on 7,936 pairs of 32 Heun steps, held-out "
@@ -269,11 +273,18 @@ class VARDistill4Recipe(VARDistillRecipe):
         if self.init_from == self.name:
             return (" (the previous zoo depth-4 student, same name: blocks 0, 2, 3, 5 of the depth-6 fmnist-var-dd, "
                     "DDVAR.init_with_student, then 450 steps on these pairs, held-out agreement 0.502 / 0.509; "
-                    "continued in session 9 for 1,200 steps with 2 threads, about 1 s/step; replaced in place)")
+                    "continued in session 9 for 1,200 steps (held-out agreement 0.519 / 0.530, one-step FID 9.80) "
+                    "and in session 10 for 2,000 more (38.5 min with 2 threads, 1.0 s/step on a quiet machine; "
+                    "agreement 0.537 / 0.552, one-step FID 8.74 [8.18, 9.30], two steps 7.63, teacher 6.27); each "
+                    "continuation restarts the cosine schedule at lr 2e-4 from the zoo file and replaces it in place)")
         deep = zoo.load(self.init_from)
         return (f" (its blocks {', '.join(map(str, teacher_blocks(deep.depth, self.depth)))} of {deep.depth} and their "
                 "noise/data maps, DDVAR.init_with_student; fmnist-var-dd as shipped before session 8: 2,700 steps on "
                 "7,936 pairs)")
+
+    def run_command(self, init: str, sets: str) -> str:
+        return (f"accel train {self.name} --run-dir runs/dd4-s10 --steps 2000 --threads 2 --weights raw{init}{sets} "
+                "--set 'pairs=\"<the pair folder>\"' --set eval_every=500 --set ckpt_every=100")
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
         state = {k: (v.bfloat16() if v.is_floating_point() and k != "codes" else v)
