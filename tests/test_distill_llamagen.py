@@ -1,4 +1,5 @@
 """DD1 for LlamaGen: resumable pair generation, the student's structure, init and sampling."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -205,3 +206,28 @@ def test_shipped_student_loads_with_the_released_settings():
     noise = torch.randn(2, n, d, generator=torch.Generator().manual_seed(0))
     ids = s.eval().sample(torch.tensor([1, 7]), noise, (0, 20))
     assert ids.shape == (2, n) and int(ids.min()) >= 0 and int(ids.max()) < s.codes.size(0)
+
+
+def test_shallower_student_starts_from_evenly_spaced_layers_of_a_deeper_one():
+    from dataclasses import replace
+
+    deep_cfg = replace(CFG, n_layer=4)
+    c = codes(v=8, d=8)
+    deep = DDLlamaGen(deep_cfg, c)
+    with torch.no_grad():
+        for i, p in enumerate(deep.parameters()):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))  # every tensor distinct
+        deep.marginals.copy_(torch.rand(deep.marginals.shape).softmax(-1))
+    small = DDLlamaGen(replace(CFG, n_layer=2), c, conti_prenorm=False).init_with_student(deep)
+    theirs = deep.state_dict()
+    for k, v in small.state_dict().items():
+        src = k.replace("layers.1.", "layers.3.")  # 4 -> 2 layers: 0 and 3 (first and last kept)
+        assert torch.equal(v, theirs[src]), k
+    assert small.conti_prenorm == deep.conti_prenorm
+    x, cond = torch.randn(2, 9, 8), torch.tensor([0, 2])
+    small.eval(), deep.eval()  # no class-label dropout
+    with torch.no_grad():  # the copied network is the deeper one without layers 1 and 2
+        del deep.layers[1:3]
+        assert torch.allclose(small.predict(x, cond, 3)[0], deep.predict(x, cond, 3)[0])
+    with pytest.raises(ValueError, match="cannot start from"):
+        DDLlamaGen(replace(CFG, n_layer=6), c).init_with_student(DDLlamaGen(deep_cfg, c))

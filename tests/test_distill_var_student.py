@@ -188,7 +188,7 @@ def test_recipe_trains_from_pairs_and_resumes_bitwise(tmp_path):
 
 
 def test_smaller_student_starts_from_evenly_spaced_teacher_blocks():
-    from accel.distill.student_var import teacher_blocks
+    from accel.distill.depth import teacher_blocks
 
     assert teacher_blocks(6, 6) == list(range(6)) and teacher_blocks(6, 4) == [0, 2, 3, 5]
     assert teacher_blocks(6, 1) == [5]

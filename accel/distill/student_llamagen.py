@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from dataclasses import replace
 
+from accel.distill.depth import teacher_blocks
 from accel.models.llamagen import GPTConfig, Transformer
 from accel.validate import check_finite
 
@@ -83,6 +84,27 @@ class DDLlamaGen(Transformer):
         self.tok_embeddings.weight.copy_(sol[:-1].t())
         self.tok_embeddings.bias.copy_(sol[-1])
         self.n_d_embed.weight.zero_()
+        return self
+
+    @torch.no_grad()
+    def init_with_student(self, deeper: "DDLlamaGen") -> "DDLlamaGen":
+        """Copy a trained student of the same teacher with at least this many layers: layer i from the deeper
+        student's layer ``teacher_blocks(deeper depth, depth)[i]`` (evenly spaced, first and last kept: 8 -> 4 is
+        0, 2, 5, 7), every other tensor (embeddings, heads, marginals) as is. A shallower student so starts from
+        what the deeper one learned of the DD map rather than from the teacher."""
+        mine, theirs = self.config, deeper.config
+        if (mine.dim, mine.n_head, mine.vocab_size, mine.block_size) != \
+                (theirs.dim, theirs.n_head, theirs.vocab_size, theirs.block_size) or mine.n_layer > theirs.n_layer:
+            raise ValueError(f"student (dim {mine.dim}, heads {mine.n_head}, vocab {mine.vocab_size}, "
+                             f"{mine.block_size} tokens, {mine.n_layer} layers) cannot start from one with dim "
+                             f"{theirs.dim}, heads {theirs.n_head}, vocab {theirs.vocab_size}, {theirs.block_size} "
+                             f"tokens, {theirs.n_layer} layers")
+        src = {f"layers.{i}.": f"layers.{t}." for i, t in enumerate(teacher_blocks(theirs.n_layer, mine.n_layer))}
+        theirs_sd = deeper.state_dict()
+        for k, v in self.state_dict().items():
+            pre = next((p for p in src if k.startswith(p)), None)
+            v.copy_(theirs_sd[src[pre] + k[len(pre):]] if pre else theirs_sd[k])
+        self.conti_prenorm = deeper.conti_prenorm
         return self
 
     @torch.no_grad()

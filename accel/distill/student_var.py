@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from accel.models.kv_cache import KVCache
 from accel.types import CachePolicy
+from accel.distill.depth import teacher_blocks
 from accel.distill.var_map import split_scales, tokens_before
 from accel.models.var import VAR, VARConfig, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE
@@ -234,16 +235,6 @@ class DDVAR(VAR):
         x = self.codes[torch.cat(per[:t_mid] + [ids[:, tokens_before(self.tpns, t_mid):]], 1)]
         out = self.dd_step(x, label_B, t_mid, noise, split)
         return out, self.nearest(out), {"student_passes": 2, "teacher_passes": st.passes}
-
-
-def teacher_blocks(teacher_depth: int, depth: int) -> list[int]:
-    """Teacher block initialising each of a student's ``depth`` blocks: all of them in order when the depths match,
-    else evenly spaced, first and last kept (6 -> 4: 0, 2, 3, 5)."""
-    if not 1 <= depth <= teacher_depth:
-        raise ValueError(f"depth={depth}: a student needs 1..{teacher_depth} blocks (the teacher's depth)")
-    if depth == 1:
-        return [teacher_depth - 1]
-    return [round(i * (teacher_depth - 1) / (depth - 1)) for i in range(depth)]
 
 
 def _check_t_list(t_list, SN: int) -> None:

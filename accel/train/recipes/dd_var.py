@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from accel.distill.data import CARD_DATA as PAIRS_CARD_DATA, generate_pairs, load_pairs
 from accel.distill.decode import default_split
 from accel.distill.flow import FlowSolver
-from accel.distill.student_var import DDVAR, teacher_blocks
+from accel.distill.depth import teacher_blocks
+from accel.distill.student_var import DDVAR
 from accel.distill.var_map import tokens_before, var_pair_map, var_pair_spec
 from accel.models.var import VARConfig
 from accel.train.recipe import Recipe
