@@ -46,63 +46,72 @@ from accel.harness.runner import RunConfig, run_group
 from accel.harness.summary import summary_markdown
 from accel.harness.timing import time_interleaved
 
-LLAMAGEN = ("dd-1step", "dd-2step", "llamagen-onestep-marginal")
+LLAMAGEN = ("dd-1step", "dd-2step", "dd4-1step", "dd4-2step", "llamagen-onestep-marginal")
 LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-skip-16")
 VAR = ("var-dd-1step", "var-dd-2step", "var-dd4-1step", "var-dd4-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
-# the zoo model each LlamaGen time-split call runs
-SPLIT_OWNER = {"teacher tokens": "fmnist-llamagen", "dd-1step tokens": "fmnist-llamagen-dd",
-               "dd-2step tokens": "fmnist-llamagen-dd", "VQ decode": "fmnist-llamagen-vq"}
+# LlamaGen students by the prefix of their rows (dd-1step, dd4-1step, ...)
+LLAMAGEN_STUDENTS = {"dd": "fmnist-llamagen-dd", "dd4": "fmnist-llamagen-dd4"}
 
 
-def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[list[str], float]:
-    """Tokens-only and decode-only medians for the teacher and the DD student at one batch size: report lines
-    and the one-step tokens-only speed-up. ``parts``: ``accel.compile`` those parts of copies of the teacher,
-    student and VQ alike (compilation runs before timing) and time every compiled call interleaved with its eager
-    original, so the compiled split and the compiled/eager ratio of each part come from the same rounds."""
-    from accel import zoo
+def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[list[str], dict[str, float]]:
+    """Tokens-only and decode-only medians for the teacher and every shipped DD student at one batch size: report
+    lines and each student's one-step tokens-only speed-up (by row prefix, ``dd`` / ``dd4``). ``parts``:
+    ``accel.compile`` those parts of copies of the teacher, students and VQ alike (compilation runs before timing)
+    and time every compiled call interleaved with its eager original, so the compiled split and the compiled/eager
+    ratio of each part come from the same rounds."""
     from accel.api.compile import compile as compile_parts, compiled_parts
     from accel.distill.student_llamagen import default_t2
     from accel.models.llamagen_generate import SamplingConfig, generate
     from accel.zoo.sample import DEFAULTS
 
-    eager = {n: zoo.load(n).eval() for n in ("fmnist-llamagen", "fmnist-llamagen-vq", "fmnist-llamagen-dd")}
+    students = {tag: n for tag, n in LLAMAGEN_STUDENTS.items() if zoo.is_available(n)}
+    eager = {n: zoo.load(n).eval() for n in ("fmnist-llamagen", "fmnist-llamagen-vq", *students.values())}
     sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     cond = torch.arange(batch) % 10
-    student = eager["fmnist-llamagen-dd"]
-    n, d, g = student.config.block_size, student.codes.size(1), student.config.grid_size
-    ids = generate(eager["fmnist-llamagen"], cond, sc=sc, generator=torch.Generator().manual_seed(0))
+    teacher = eager["fmnist-llamagen"]
+    n, g = teacher.config.block_size, teacher.config.grid_size
+    ids = generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(0))
+    owner = {"teacher tokens": "fmnist-llamagen", "VQ decode": "fmnist-llamagen-vq"}
+    owner.update({f"{tag}-{k}step tokens": name for tag, name in students.items() for k in (1, 2)})
 
-    def noise(r):
-        return torch.randn(batch, n, d, generator=torch.Generator().manual_seed(r))
+    def noise(r, student):
+        return torch.randn(batch, n, student.codes.size(1), generator=torch.Generator().manual_seed(r))
 
-    def split_calls(teacher, vq, student):
-        return {
-            "teacher tokens": lambda r: generate(teacher, cond, sc=sc, generator=torch.Generator().manual_seed(r)),
-            "dd-1step tokens": lambda r: student.sample(cond, noise(r), (0,)),
-            "dd-2step tokens": lambda r: student.sample(cond, noise(r), (0, default_t2(n))),
-            "VQ decode": lambda r: vq.decode_code(ids, hw=(g, g)),
-        }
+    def split_calls(m):
+        calls = {"teacher tokens": lambda r: generate(m["fmnist-llamagen"], cond, sc=sc,
+                                                      generator=torch.Generator().manual_seed(r))}
+        for tag, name in students.items():
+            for k, t_list in ((1, (0,)), (2, (0, default_t2(n)))):
+                calls[f"{tag}-{k}step tokens"] = lambda r, st=m[name], tl=t_list: st.sample(cond, noise(r, st), tl)
+        calls["VQ decode"] = lambda r: m["fmnist-llamagen-vq"].decode_code(ids, hw=(g, g))
+        return calls
 
-    calls = split_calls(*eager.values())
+    calls = split_calls(eager)
     compiled = {}
     if parts:
         fast = {k: compile_parts(copy.deepcopy(m), parts=parts) if compiled_parts(m, parts) else m
                 for k, m in eager.items()}
-        fast_calls = split_calls(*fast.values())
-        compiled = {k + " compiled": fast_calls[k] for k in calls if fast[SPLIT_OWNER[k]] is not eager[SPLIT_OWNER[k]]}
+        fast_calls = split_calls(fast)
+        compiled = {k + " compiled": fast_calls[k] for k in calls if fast[owner[k]] is not eager[owner[k]]}
         with torch.inference_mode():
             for c in compiled.values():  # compilation, before any timed round
                 c(0)
     with torch.inference_mode():
         t = time_interleaved({**calls, **compiled}, repeats=repeats, warmup=1)
     med = {k: v.median for k, v in t.items()}
-    if not parts:
-        return _split_lines(batch, med, "VQ decode"), med["teacher tokens"] / med["dd-1step tokens"]
-    fast_med = {k: med.get(k + " compiled", med[k]) for k in calls}
-    ratios = ", ".join(f"{k} {med[k] / med[k + ' compiled']:.2f}x" for k in calls if k + " compiled" in med)
-    lines = [f"batch {batch}: compiled ({parts}) / eager, same rounds: {ratios}"] + _split_lines(batch, fast_med, "VQ decode")
-    return lines, fast_med["teacher tokens"] / fast_med["dd-1step tokens"]
+    lines = []
+    if parts:
+        ratios = ", ".join(f"{k} {med[k] / med[k + ' compiled']:.2f}x" for k in calls if k + " compiled" in med)
+        lines.append(f"batch {batch}: compiled ({parts}) / eager, same rounds: {ratios}")
+        med = {k: med.get(k + " compiled", med[k]) for k in calls}
+    tok = {}
+    for tag in students:
+        sub = {k.replace(f"{tag}-", "dd-"): v for k, v in med.items()
+               if k in ("teacher tokens", "VQ decode", f"{tag}-1step tokens", f"{tag}-2step tokens")}
+        lines += [f"[{tag}] {line}" for line in _split_lines(batch, sub, "VQ decode")]
+        tok[tag] = med["teacher tokens"] / med[f"{tag}-1step tokens"]
+    return lines, tok
 
 
 # op families of the profile (torch.profiler self times); everything else is counted as "other"
@@ -148,8 +157,9 @@ def profile_lines(calls: int = 20) -> list[str]:
     return out
 
 
-def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
-    """The issue #19 'done when' figures from this run's batch-1 rows: met / missed, with the numbers."""
+def goal_lines(rows: list[dict], tok_speedup: dict[str, float]) -> list[str]:
+    """The issue #19 'done when' figures from this run's batch-1 rows: met / missed, with the numbers.
+    ``tok_speedup``: each LlamaGen student's one-step tokens-only speed-up by row prefix (``llamagen_split``)."""
     by = {r["method"]: r for r in rows if r["batch_size"] == 1 and r.get("compile") is None}
     out = []
 
@@ -160,19 +170,22 @@ def goal_lines(rows: list[dict], tok_speedup: float | None) -> list[str]:
     def mark(ok):
         return "met" if ok else "MISSED"
 
-    if "dd-1step" in by:
+    for tag, who in (("dd", "LlamaGen (8-layer student)"), ("dd4", "LlamaGen (4-layer student)")):
+        if f"{tag}-1step" not in by:
+            continue
         f_t, _ = fid("llamagen-ar")
-        f1, ci1 = fid("dd-1step")
-        f2, ci2 = fid("dd-2step")
-        e2e = by["dd-1step"]["speedup"]
-        if tok_speedup is not None:
-            out.append(f"LlamaGen one step, tokens only: {tok_speedup:.1f}x (goal >= 30x): {mark(tok_speedup >= 30)}")
-        out.append(f"LlamaGen one step, end to end, batch 1: {e2e:.1f}x (goal >= 20x): {mark(e2e >= 20)}")
+        f1, ci1 = fid(f"{tag}-1step")
+        f2, ci2 = fid(f"{tag}-2step")
+        e2e = by[f"{tag}-1step"]["speedup"]
+        if tag in tok_speedup:
+            out.append(f"{who} one step, tokens only: {tok_speedup[tag]:.1f}x (goal >= 30x): "
+                       f"{mark(tok_speedup[tag] >= 30)}")
+        out.append(f"{who} one step, end to end, batch 1: {e2e:.1f}x (goal >= 20x): {mark(e2e >= 20)}")
         if f_t is not None and f1 is not None:
-            out.append(f"LlamaGen one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} "
+            out.append(f"{who} one-step FID {f1:.2f} {_ci(ci1)} vs teacher {f_t:.2f}: ratio {f1 / f_t:.2f} "
                        f"(goal <= 1.5): {mark(f1 <= 1.5 * f_t)}")
         if f1 is not None and f2 is not None:
-            out.append(f"LlamaGen two-step FID {f2:.2f} {_ci(ci2)} vs one-step {f1:.2f} {_ci(ci1)}: better beyond "
+            out.append(f"{who} two-step FID {f2:.2f} {_ci(ci2)} vs one-step {f1:.2f} {_ci(ci1)}: better beyond "
                        f"the intervals: {mark(ci2[1] < ci1[0])}")
     for method, who in (("var-dd-1step", "VAR (depth-6 student)"), ("var-dd4-1step", "VAR (depth-4 student)")):
         if method not in by:
@@ -314,14 +327,15 @@ def main():
             continue
         if family == "var" and args.var_methods:
             names = tuple(n for n in args.var_methods.split(",") if n)
-        # a student not shipped in this checkout (e.g. fmnist-var-dd4) drops its rows instead of the family's
-        names = tuple(n for n in names if not (n.startswith("var-dd4-") and reg.get(n).why_unavailable(model)))
+        # a smaller student not shipped in this checkout (fmnist-var-dd4, fmnist-llamagen-dd4) drops its rows
+        # instead of the family's
+        names = tuple(n for n in names if not (n.startswith(("var-dd4-", "dd4-")) and reg.get(n).why_unavailable(model)))
         entries = [reg.get(n) for n in names]
         why = [w for e in [reg.get(base)] + entries if (w := e.why_unavailable(model))]
         if why:
             skipped.append(f"{model}: {why[0]}")
             continue
-        groups.append((model, base, LLAMAGEN if family == "llamagen" else tuple(n for n in VAR if n in names)))
+        groups.append((model, base, tuple(n for n in (LLAMAGEN if family == "llamagen" else VAR) if n in names)))
         rows += run_group(reg, reg.get(base), entries, model, cfg, reference=ref, command=command,
                           progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +344,7 @@ def main():
     text = summary_markdown(rows, command=command, plots=plots)
     if skipped:
         text += "\n## Not run\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"
-    tok_speedup = None
+    tok_speedup = {}
     if "llamagen" in families and not reg.get("dd-1step").why_unavailable("fmnist-llamagen"):
         split = []
         for b in cfg.batch_sizes:

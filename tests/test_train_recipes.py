@@ -115,6 +115,6 @@ def test_card_data_names_what_each_recipe_trained_on():
     from accel.zoo.store import IMAGE_DATA
 
     assert get_recipe("fmnist-llamagen").card_data() == IMAGE_DATA
-    for name in ("fmnist-llamagen-dd", "fmnist-var-dd", "fmnist-var-dd4", "fmnist-mar-draft-aligned",
+    for name in ("fmnist-llamagen-dd", "fmnist-llamagen-dd4", "fmnist-var-dd", "fmnist-var-dd4", "fmnist-mar-draft-aligned",
                  "fmnist-llamagen-eagle-cfg"):
         assert "Fashion-MNIST train split" not in get_recipe(name).card_data(), name

@@ -4,7 +4,8 @@ paper shows failing.
 LlamaGen (timed against ``llamagen-ar``):
 - ``dd-1step`` / ``dd-2step``: ``fmnist-llamagen-dd``, noise from the harness generator, the zoo VQ decodes
   (every slot snapped to its arg-max code); ``dd-1step-split20``: the released read-out (slots >= 20 = 0.3125 n
-  decoded from the continuous head's vectors, unsnapped).
+  decoded from the continuous head's vectors, unsnapped); ``dd4-1step`` / ``dd4-2step``: the smaller student
+  ``fmnist-llamagen-dd4`` (4 of the 8 layers) alike.
 - ``llamagen-onestep-marginal`` (paper: "onestep*"): every token drawn in ONE parallel step from its
   per-class, per-position marginal (the teacher samples' frequencies shipped with the student).
 - ``dd-teacher-16-48``: the released ``combine_sample`` (teacher-involved; ``distilled(..., teacher_involved)``).
@@ -31,19 +32,20 @@ from accel.presets.zoo_models import generator, missing_with
 from accel.train.recipes import get_recipe
 from accel.types import Sample
 
-STUDENT, VAR_STUDENT, VAR_STUDENT4 = "fmnist-llamagen-dd", "fmnist-var-dd", "fmnist-var-dd4"
+STUDENT, STUDENT4 = "fmnist-llamagen-dd", "fmnist-llamagen-dd4"
+VAR_STUDENT, VAR_STUDENT4 = "fmnist-var-dd", "fmnist-var-dd4"
 MARGINAL_SAMPLES = 2000
 
 
 # ------------------------------------------------------------------------------------------------ LlamaGen
-def _llamagen(ctx: BuildContext):
-    return generator(ctx, tokenizer_dtype=True), zoo.load(STUDENT, device=ctx.device, dtype=ctx.dtype)
+def _llamagen(ctx: BuildContext, student: str = STUDENT):
+    return generator(ctx, tokenizer_dtype=True), zoo.load(student, device=ctx.device, dtype=ctx.dtype)
 
 
 def dd_llamagen(steps: int = 1, teacher_involved: tuple[int, int] | None = None, split: int | None = None,
-                name: str | None = None):
-    return lambda ctx: distilled(*_llamagen(ctx), steps=steps, teacher_involved=teacher_involved, split=split,
-                                 name=name)
+                name: str | None = None, student: str = STUDENT):
+    return lambda ctx: distilled(*_llamagen(ctx, student), steps=steps, teacher_involved=teacher_involved,
+                                 split=split, name=name)
 
 
 class MarginalOneStep:
@@ -122,12 +124,17 @@ class VARSkip:
 
 _llg = dict(family="llamagen", models=("fmnist-llamagen",), baseline="llamagen-ar", experiment="distill",
             unavailable=missing_with(STUDENT))
+_llg4 = {**_llg, "unavailable": missing_with(STUDENT4)}
 _var = dict(family="var", models=("fmnist-var",), baseline="var-default", experiment="distill",
             unavailable=missing_with(VAR_STUDENT))
 _var4 = {**_var, "unavailable": missing_with(VAR_STUDENT4)}
 ENTRIES = [
     MethodEntry("dd-1step", build=dd_llamagen(1), params={"t_list": [0]}, **_llg),
     MethodEntry("dd-2step", build=dd_llamagen(2), params={"t_list": [0, "0.3125n"]}, **_llg),
+    MethodEntry("dd4-1step", build=dd_llamagen(1, name="dd4-1step", student=STUDENT4),
+                params={"t_list": [0], "student": STUDENT4}, **_llg4),
+    MethodEntry("dd4-2step", build=dd_llamagen(2, name="dd4-2step", student=STUDENT4),
+                params={"t_list": [0, "0.3125n"], "student": STUDENT4}, **_llg4),
     MethodEntry("dd-1step-split20", build=dd_llamagen(1, split=20, name="dd-1step-split20"), quick=False,
                 params={"t_list": [0], "split": 20}, **_llg),
     MethodEntry("llamagen-onestep-marginal", build=MarginalOneStep, params={"marginals": "teacher samples"}, **_llg),

@@ -44,6 +44,8 @@ ZOO = {
     "fmnist-var-vqvae": ("var", "tokenizer", "VAR multi-scale VQVAE, scales ending at 8x8"),
     "fmnist-var": ("var", "target", "VAR target"),
     "fmnist-llamagen-dd": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen"),
+    "fmnist-llamagen-dd4": ("llamagen", "distilled", "DD1 one/two-step student of fmnist-llamagen, smaller: 4 of the "
+                            "teacher's 8 layers"),
     "fmnist-var-dd": ("var", "distilled", "DD1 one/two-step student of fmnist-var"),
     "fmnist-var-dd4": ("var", "distilled", "DD1 one/two-step student of fmnist-var, smaller: depth 4 of the teacher's 6"),
     "fmnist-llamagen-eagle": ("llamagen", "drafter", "EAGLE drafter head of fmnist-llamagen (accel/train/drafter.py)"),

@@ -19,6 +19,7 @@ RECIPES = {
     "fmnist-llamagen-eagle": "accel.train.drafter:EagleRecipe",
     "fmnist-llamagen-eagle-cfg": "accel.train.drafter_cfg:EagleCFGRecipe",
     "fmnist-llamagen-dd": "accel.train.recipes.dd_llamagen:LlamaGenDistillRecipe",
+    "fmnist-llamagen-dd4": "accel.train.recipes.dd_llamagen:LlamaGenDistill4Recipe",
     "fmnist-var-dd": "accel.train.recipes.dd_var:VARDistillRecipe",
     "fmnist-var-dd4": "accel.train.recipes.dd_var:VARDistill4Recipe",
     "fmnist-llamagen-cca": "accel.train.recipes.cca:LlamaGenCCARecipe",
