@@ -231,3 +231,18 @@ def test_shallower_student_starts_from_evenly_spaced_layers_of_a_deeper_one():
         assert torch.allclose(small.predict(x, cond, 3)[0], deep.predict(x, cond, 3)[0])
     with pytest.raises(ValueError, match="cannot start from"):
         DDLlamaGen(replace(CFG, n_layer=6), c).init_with_student(DDLlamaGen(deep_cfg, c))
+
+
+def test_bench_entries_of_the_smaller_student_run_the_four_layer_zoo_file():
+    from accel import zoo
+    from accel.harness.registry import BuildContext
+    from accel.presets import distill as presets
+
+    if not (zoo.is_available(presets.STUDENT4) and zoo.is_available("fmnist-llamagen")):
+        pytest.skip("fmnist-llamagen-dd4 not shipped in this checkout")
+    for name, steps in (("dd4-1step", 1), ("dd4-2step", 2)):
+        entry = next(e for e in presets.ENTRIES if e.name == name)
+        m = entry.build(BuildContext("fmnist-llamagen"))
+        assert m.name == name and m.student.config.n_layer == 4 and m.t_list == (0, 20)[:steps]
+        s = m.generate(torch.tensor([1, 7]), generator=torch.Generator().manual_seed(0))
+        assert s.images.shape == (2, 3, 32, 32) and s.stats["nfe_student"] == steps
