@@ -41,6 +41,7 @@ from accel.api.compile import PARTS
 from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
 from accel.presets import registry
+from accel.presets.distill import STUDENT, STUDENT4
 from accel.harness.results import append_rows, current_command
 from accel.harness.runner import RunConfig, run_group
 from accel.harness.summary import summary_markdown
@@ -51,7 +52,7 @@ LLAMAGEN_FULL = LLAMAGEN + ("dd-1step-split20", "dd-teacher-16-48", "llamagen-sk
 VAR = ("var-dd-1step", "var-dd-2step", "var-dd4-1step", "var-dd4-2step", "var-onestep-marginal")
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 # LlamaGen students by the prefix of their rows (dd-1step, dd4-1step, ...)
-LLAMAGEN_STUDENTS = {"dd": "fmnist-llamagen-dd", "dd4": "fmnist-llamagen-dd4"}
+LLAMAGEN_STUDENTS = {"dd": STUDENT, "dd4": STUDENT4}
 
 
 def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[list[str], dict[str, float]]:
@@ -329,7 +330,8 @@ def main():
             names = tuple(n for n in args.var_methods.split(",") if n)
         # a smaller student not shipped in this checkout (fmnist-var-dd4, fmnist-llamagen-dd4) drops its rows
         # instead of the family's
-        names = tuple(n for n in names if not (n.startswith(("var-dd4-", "dd4-")) and reg.get(n).why_unavailable(model)))
+        names = tuple(n for n in names
+                      if not (n.startswith(("var-dd4-", "dd4-")) and reg.get(n).why_unavailable(model)))
         entries = [reg.get(n) for n in names]
         why = [w for e in [reg.get(base)] + entries if (w := e.why_unavailable(model))]
         if why:

@@ -1,5 +1,7 @@
-"""Which blocks of a deeper network initialise a shallower student (DD students of LlamaGen and VAR)."""
+"""Which blocks of a deeper network initialise a shallower student (DD students of LlamaGen and VAR), and the copy."""
 from __future__ import annotations
+
+import torch
 
 
 def teacher_blocks(teacher_depth: int, depth: int) -> list[int]:
@@ -10,3 +12,12 @@ def teacher_blocks(teacher_depth: int, depth: int) -> list[int]:
     if depth == 1:
         return [teacher_depth - 1]
     return [round(i * (teacher_depth - 1) / (depth - 1)) for i in range(depth)]
+
+
+@torch.no_grad()
+def copy_renamed(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], src: dict[str, str]) -> None:
+    """Fill every tensor of ``own`` (a state dict) from ``theirs``: a name starting with a prefix in ``src`` from the
+    name with that prefix replaced by ``src[prefix]`` (``"blocks.1." -> "blocks.3."``), any other name from itself."""
+    for k, v in own.items():
+        pre = next((p for p in src if k.startswith(p)), None)
+        v.copy_(theirs[src[pre] + k[len(pre):]] if pre else theirs[k])

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dataclasses import replace
 
-from accel.distill.depth import teacher_blocks
+from accel.distill.depth import copy_renamed, teacher_blocks
 from accel.models.llamagen import GPTConfig, Transformer
 from accel.validate import check_finite
 
@@ -100,10 +100,7 @@ class DDLlamaGen(Transformer):
                              f"{theirs.dim}, heads {theirs.n_head}, vocab {theirs.vocab_size}, {theirs.block_size} "
                              f"tokens, {theirs.n_layer} layers")
         src = {f"layers.{i}.": f"layers.{t}." for i, t in enumerate(teacher_blocks(theirs.n_layer, mine.n_layer))}
-        theirs_sd = deeper.state_dict()
-        for k, v in self.state_dict().items():
-            pre = next((p for p in src if k.startswith(p)), None)
-            v.copy_(theirs_sd[src[pre] + k[len(pre):]] if pre else theirs_sd[k])
+        copy_renamed(self.state_dict(), deeper.state_dict(), src)
         self.conti_prenorm = deeper.conti_prenorm
         return self
 

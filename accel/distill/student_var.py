@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from accel.models.kv_cache import KVCache
 from accel.types import CachePolicy
-from accel.distill.depth import teacher_blocks
+from accel.distill.depth import copy_renamed, teacher_blocks
 from accel.distill.var_map import split_scales, tokens_before
 from accel.models.var import VAR, VARConfig, mask_top_k_top_p, sample_from_logits
 from accel.models.var_vqvae import VQVAE
@@ -132,10 +132,7 @@ class DDVAR(VAR):
         src.update({f"layerwise_n_d_embed.{i}.": f"layerwise_n_d_embed.{t}."
                     for i, t in enumerate(teacher_blocks(deeper.depth, self.depth))})
         src[f"layerwise_n_d_embed.{self.depth}."] = f"layerwise_n_d_embed.{deeper.depth}."
-        theirs, own = deeper.state_dict(), self.state_dict()
-        for k, v in own.items():
-            pre = next((p for p in src if k.startswith(p)), None)
-            v.copy_(theirs[src[pre] + k[len(pre):]] if pre else theirs[k])
+        copy_renamed(self.state_dict(), deeper.state_dict(), src)
         return self
 
     # ------------------------------------------------------------------------------------------------

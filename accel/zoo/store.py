@@ -40,6 +40,14 @@ def is_zoo_path(path: str | Path) -> bool:
     return Path(path).name.endswith((SUFFIX, ".safetensors"))
 
 
+def bf16_rounded(tensors: dict[str, torch.Tensor], exact: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], str]:
+    """Floating tensors rounded to bf16 precision (8-bit mantissa) before ``save_zoo_file``'s fp16 cast, which
+    makes the file xz-compress ~20% smaller (the zoo's size budget); ``exact``: names kept as they are. Returns the
+    tensors and the ``precision`` line for the file's info."""
+    out = {k: (v.bfloat16() if v.is_floating_point() and k not in exact else v) for k, v in tensors.items()}
+    return out, "bf16-rounded, stored as fp16" + (f" ({', '.join(exact)} exact)" if exact else "")
+
+
 def save_zoo_file(path: str | Path, tensors: dict[str, torch.Tensor], *, kind: str, config: dict,
                   info: dict | None = None, dtype: torch.dtype | None = torch.float16) -> Path:
     """Write ``tensors`` (floating ones cast to ``dtype``; ``None`` keeps each dtype) with kind/config

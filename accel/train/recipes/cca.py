@@ -34,7 +34,7 @@ from accel.checkpoint import atomic_save
 from accel.train.recipes.llamagen import _codes, _val_codes, encode_dataset, zoo_vq
 from accel.train.recipes.var import VARRecipe
 from accel.zoo.cards import generator_quality
-from accel.zoo.store import save_zoo_file, zoo_file
+from accel.zoo.store import bf16_rounded, save_zoo_file, zoo_file
 
 
 class CCATraining(nn.Module):
@@ -121,9 +121,9 @@ class CCARecipe(Recipe):
         """The zoo file, with weights rounded to bf16 precision (8-bit mantissa) before the fp16 cast: the file
         then xz-compresses ~20% smaller (LlamaGen: 3.8 MB instead of 4.8 MB), which keeps the zoo within its
         size budget. LlamaGen's official sampler runs in bf16, so this precision is the one it is used at."""
-        state = {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in self.deployable(model).state_dict().items()}
+        state, precision = bf16_rounded(self.deployable(model).state_dict())
         return [save_zoo_file(zoo_file(out_dir, self.name), state, kind=self.kind, config=self.model_config(),
-                              info={**info, "precision": "bf16-rounded, stored as fp16"})]
+                              info={**info, "precision": precision})]
 
 
 @dataclass

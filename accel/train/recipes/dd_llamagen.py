@@ -24,7 +24,7 @@ from accel import zoo
 from accel.distill.data import CARD_DATA as PAIRS_CARD_DATA, load_pairs
 from accel.distill.sequence import llamagen_codes
 from accel.distill.student_llamagen import DDLlamaGen, default_t2, distill_loss, student_config
-from accel.zoo.store import save_zoo_file, zoo_file
+from accel.zoo.store import bf16_rounded, save_zoo_file, zoo_file
 
 
 @dataclass
@@ -116,8 +116,8 @@ class LlamaGenDistillRecipe(Recipe):
                 "0.460 for the session-7 student on the same pairs. The naive one-step baseline's marginals (stored "
                 "with the student) are refitted on the 40,960 pairs. Session 11 re-stored the same weights rounded "
                 "to bf16 precision (4.80 -> 3.86 MB, for the zoo budget when fmnist-llamagen-dd4 joined; held-out "
-                "agreement 0.4804 / 0.4786 against 0.4803 / 0.4790 before, on the regenerated seed-1 pairs). Speed and FID against the teacher: "
-                "results/distill/summary.md (experiments/distill.py).")
+                "agreement 0.4804 / 0.4786 against 0.4803 / 0.4790 before, on the regenerated seed-1 pairs). Speed "
+                "and FID against the teacher: results/distill/summary.md (experiments/distill.py).")
 
     def export(self, model, out_dir: Path, info: dict):
         pairs = load_pairs(self.pairs_dir)
@@ -125,14 +125,11 @@ class LlamaGenDistillRecipe(Recipe):
 
         cfg = {"gpt": dict(self.model), "code_dim": int(model.codes.size(1)), "t_list": list(self.t_list),
                "conti_prenorm": bool(model.conti_prenorm)}
-        state, info = self.stored(model.state_dict(), info)
-        return [save_zoo_file(zoo_file(out_dir, self.name), state, kind=self.kind, config=cfg, info=info)]
-
-    def stored(self, state: dict, info: dict) -> tuple[dict, dict]:
-        """The tensors and info the zoo file holds: weights rounded to bf16 precision (the zoo's size budget; held-out
-        agreement of the 8-layer student 0.4803 / 0.4790 -> 0.4804 / 0.4786), the codebook exact."""
-        state = {k: (v.bfloat16() if v.is_floating_point() and k != "codes" else v) for k, v in state.items()}
-        return state, {**info, "precision": "bf16-rounded, stored as fp16 (codes exact)"}
+        # weights rounded to bf16 precision, the codebook exact (held-out agreement of the 8-layer student
+        # 0.4803 / 0.4790 -> 0.4804 / 0.4786)
+        state, precision = bf16_rounded(model.state_dict(), exact=("codes",))
+        return [save_zoo_file(zoo_file(out_dir, self.name), state, kind=self.kind, config=cfg,
+                              info={**info, "precision": precision})]
 
 
 @dataclass

@@ -41,7 +41,7 @@ from accel.distill.var_map import tokens_before, var_pair_map, var_pair_spec
 from accel.models.var import VARConfig
 from accel.train.recipe import Recipe
 from accel import zoo
-from accel.zoo.store import save_zoo_file, zoo_file
+from accel.zoo.store import bf16_rounded, save_zoo_file, zoo_file
 from accel.zoo.sample import DEFAULTS
 
 
@@ -288,10 +288,9 @@ class VARDistill4Recipe(VARDistillRecipe):
                 "--set 'pairs=\"<the pair folder>\"' --set eval_every=500 --set ckpt_every=100")
 
     def export(self, model: nn.Module, out_dir: Path, info: dict) -> list[Path]:
-        state = {k: (v.bfloat16() if v.is_floating_point() and k != "codes" else v)
-                 for k, v in model.state_dict().items()}
+        state, precision = bf16_rounded(model.state_dict(), exact=("codes",))
         return [save_zoo_file(zoo_file(out_dir, self.name), state, kind=self.kind, config=student_config(model),
-                              info={**info, "precision": "bf16-rounded, stored as fp16 (codes exact)"})]
+                              info={**info, "precision": precision})]
 
 
 def student_config(model: DDVAR) -> dict:
