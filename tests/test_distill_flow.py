@@ -67,6 +67,11 @@ def test_llamagen_noise_map_is_deterministic_and_follows_the_noise():
     assert a.shape == (2, 4) and torch.equal(a, b)
     other = llamagen_noise_map(model, codes, cond, torch.randn(2, 4, 8), sc, FlowSolver(steps=8))
     assert not torch.equal(a, other)
+    # a prefix from the map's own trajectory continues it exactly; another prefix is kept and changes the rest
+    assert torch.equal(llamagen_noise_map(model, codes, cond, noise, sc, FlowSolver(steps=8), prefix=a[:, :2]), a)
+    bent = (a[:, :2] + 1) % 16
+    c = llamagen_noise_map(model, codes, cond, noise, sc, FlowSolver(steps=8), prefix=bent)
+    assert torch.equal(c[:, :2], bent) and not torch.equal(c[:, 2:], a[:, 2:])
 
 
 def test_fused_solver_matches_the_reference_velocity_integration():

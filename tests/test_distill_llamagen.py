@@ -246,3 +246,41 @@ def test_bench_entries_of_the_smaller_student_run_the_four_layer_zoo_file():
         assert m.name == name and m.student.config.n_layer == 4 and m.t_list == (0, 20)[:steps]
         s = m.generate(torch.tensor([1, 7]), generator=torch.Generator().manual_seed(0))
         assert s.images.shape == (2, 3, 32, 32) and s.stats["nfe_student"] == steps
+
+
+def test_onpolicy_pairs_continue_the_students_prefix_and_feed_its_second_step(tmp_path):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from accel.distill.sequence import llamagen_pair_map
+    from accel.train.recipes.dd_llamagen import LlamaGenDistillRecipe
+
+    t, c = teacher(), codes()
+    vq = SimpleNamespace(quantize=SimpleNamespace(codebook=lambda: c))
+    torch.manual_seed(2)
+    s = DDLlamaGen(CFG, c).eval()
+    sc, solver = SamplingConfig(cfg_scale=2.0), FlowSolver(6)
+    spec = PairSpec(n_pairs=8, shard_size=4, seq_len=9, token_dim=8, num_classes=3, seed=5)
+    plain, onp, other = tmp_path / "plain", tmp_path / "onpolicy", tmp_path / "other"
+    generate_pairs(llamagen_pair_map(t, vq, sc, solver)[0], spec, plain, progress=False)
+    nm = llamagen_pair_map(t, vq, sc, solver, prefix_student=s, prefix_len=3)[0]
+    generate_pairs(nm, spec, onp, meta={"prefix": {"student": "toy", "len": 3}}, progress=False)
+    d, o = load_pairs(plain), load_pairs(onp)
+    own = s.sample(d["labels"], d["noise"], (0,))[:, :3]
+    assert torch.equal(o["noise"], d["noise"]) and torch.equal(o["tokens"][:, :3].long(), own)
+    assert torch.equal(o["tokens"].long(), llamagen_noise_map(t, c, d["labels"], d["noise"], sc, solver, prefix=own))
+    assert not torch.equal(o["tokens"], d["tokens"])
+
+    r = LlamaGenDistillRecipe(pairs_dir=str(plain), onpolicy_dir=str(onp), t_list=(0, 3), val_pairs=2)
+    batch = r.train_data(tmp_path, "cpu")
+    assert len(batch) == 4 and torch.equal(batch[3], o["tokens"][:6].long())
+    # the first step learns the teacher trajectory, the second (t = 3) the on-policy targets from their prefix
+    for step, t_, tokens in ((0, 0, batch[1]), (1, 3, batch[3])):
+        got, _ = r.loss(s, batch, None, step)
+        assert torch.allclose(got, distill_loss(s, batch[0], tokens, batch[2], torch.tensor(t_))[0])
+    assert 0 <= r.evaluate(s, tmp_path)["token_acc_step2_onpolicy"] <= 1
+    with pytest.raises(ValueError, match="second-step time"):
+        replace(r, t_list=(0, 4)).train_data(tmp_path, "cpu")
+    generate_pairs(nm, replace(spec, seed=6), other, meta={"prefix": {"student": "toy", "len": 3}}, progress=False)
+    with pytest.raises(ValueError, match="different pairs"):
+        replace(r, onpolicy_dir=str(other)).train_data(tmp_path, "cpu")

@@ -6,6 +6,12 @@ processes by shard index:
     accel train distill-data --family llamagen --n-pairs 20000            # -> runs/dd-llamagen-pairs
     accel train distill-data --family var --n-pairs 20000                 # -> runs/fmnist-var-dd-pairs
     accelerate launch --num_processes 2 -m accel train distill-data ...   # same files, two processes
+
+On-policy pairs for a LlamaGen student's second step (``llamagen_pair_map``): the first ``--prefix-len`` tokens
+are the student's one-step tokens, the rest the teacher map continued from them with the same noise:
+
+    accel train distill-data --family llamagen --prefix-student fmnist-llamagen-dd4 --prefix-len 20 \
+        --out runs/dd4-onpolicy-pairs --seed 1 ...                      # the same noise as the seed-1 pairs
 """
 from __future__ import annotations
 
@@ -43,6 +49,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--prefix-student", default=None,
+                   help="LlamaGen: zoo name or file of a DD student whose one-step tokens fill the first --prefix-len "
+                        "slots (on-policy pairs for its second step)")
+    p.add_argument("--prefix-len", type=int, default=0, help="with --prefix-student: the second-step time t2")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -70,15 +80,23 @@ def _llamagen(args, state):
                  "temperature": args.temperature}
     sc = replace(sc, **{k: v for k, v in overrides.items() if v is not None})
     solver = FlowSolver(args.flow_steps, args.solver)
-    noise_map, seq_len, dim, n_cls = llamagen_pair_map(teacher, vq, sc, solver)
+    if args.prefix_len and not args.prefix_student:
+        raise SystemExit("--prefix-len needs --prefix-student (whose one-step tokens fill those slots)")
+    student = zoo.load(args.prefix_student).eval() if args.prefix_student else None
+    noise_map, seq_len, dim, n_cls = llamagen_pair_map(teacher, vq, sc, solver, prefix_student=student,
+                                                       prefix_len=args.prefix_len)
     spec = PairSpec(args.n_pairs, args.shard_size, seq_len, dim, n_cls, args.seed)
     meta = {"teacher": args.teacher, "tokenizer": args.tokenizer, "sampling": sc.__dict__,
             "solver": solver.__dict__}
+    if student is not None:
+        meta["prefix"] = {"student": args.prefix_student, "len": args.prefix_len}
     return generate_pairs(noise_map, spec, args.out, rank=state.process_index, world=state.num_processes,
                           batch_size=args.batch_size, meta=meta, progress=state.is_local_main_process)
 
 
 def _var(args, state):
+    if args.prefix_student:
+        raise SystemExit("--prefix-student: on-policy pairs are built for LlamaGen students only")
     if args.solver != "heun":
         raise SystemExit("--solver: the VAR recipe integrates the flow with Heun steps")
     recipe = VARDistillRecipe(teacher=args.teacher, tokenizer=args.tokenizer, pairs=args.out, cfg=args.cfg_scale,

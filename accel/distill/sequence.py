@@ -25,11 +25,14 @@ def llamagen_codes(vq) -> Tensor:
 
 @torch.no_grad()
 def llamagen_noise_map(model: Transformer, codes: Tensor, cond: Tensor, noise: Tensor,
-                       sc: SamplingConfig = SamplingConfig(), solver: FlowSolver = FlowSolver()) -> Tensor:
+                       sc: SamplingConfig = SamplingConfig(), solver: FlowSolver = FlowSolver(),
+                       prefix: Tensor | None = None) -> Tensor:
     """Token ids (B, n) that the DD1 map assigns to ``noise`` (B, n, d) under teacher ``model``.
 
     ``sc`` sets the teacher distribution (CFG, temperature, top-k/top-p); its ``sample_logits`` is unused:
     the flow map replaces sampling, so the result is a deterministic function of (cond, noise).
+    ``prefix`` (B, P): the first P tokens are given and only ``noise[:, P:]`` is mapped, conditioned on them:
+    the trajectory from X_{P+1} = (prefix, eps_>P) on.
     """
     n = noise.size(1)
     if noise.size(-1) != codes.size(-1):
@@ -40,15 +43,27 @@ def llamagen_noise_map(model: Transformer, codes: Tensor, cond: Tensor, noise: T
     def pick(probs: Tensor, t: int) -> Tensor:
         return solver.tokens(noise[:, t], codes, probs.clamp_min(0).log())
 
-    return generate(model, cond, n, sc, pick=pick)
+    return generate(model, cond, n, sc, pick=pick, prefix=prefix)
 
 
-def llamagen_pair_map(teacher: Transformer, vq, sc: SamplingConfig, solver: FlowSolver):
-    """(noise_map, seq_len, token_dim, num_classes) for ``accel.distill.data.generate_pairs``."""
+def llamagen_pair_map(teacher: Transformer, vq, sc: SamplingConfig, solver: FlowSolver, *,
+                      prefix_student=None, prefix_len: int = 0):
+    """(noise_map, seq_len, token_dim, num_classes) for ``accel.distill.data.generate_pairs``.
+
+    ``prefix_student`` (a ``DDLlamaGen``) with ``prefix_len`` = t: on-policy pairs for the student's second step
+    (accel's addition; the paper builds X_t from the teacher's own trajectory). The first t tokens are the
+    student's one-step tokens from the noise, the rest the teacher map continued from them with the same noise,
+    so a pair's (X_t, end point) is what two-step sampling feeds the student and what the teacher would make of it.
+    """
     codes = llamagen_codes(vq)
+    if prefix_student is not None and not 0 < prefix_len < teacher.config.block_size:
+        raise ValueError(f"prefix_len={prefix_len}: must be in (0, {teacher.config.block_size}) tokens")
 
     def noise_map(noise: Tensor, labels: Tensor) -> Tensor:
-        return llamagen_noise_map(teacher, codes, labels, noise, sc, solver)
+        prefix = None
+        if prefix_student is not None:
+            prefix = prefix_student.sample(labels, noise, (0,))[:, :prefix_len]
+        return llamagen_noise_map(teacher, codes, labels, noise, sc, solver, prefix=prefix)
 
     cfg = teacher.config
     return noise_map, cfg.block_size, codes.size(1), cfg.num_classes

@@ -8,12 +8,18 @@ The student has the released DD settings: dropouts 0 (``student_config``) and th
 pre-norm state. ``init_from`` (a zoo name or file) warm-starts every weight from an earlier student of the
 same shape instead of the teacher (the head-input change is a change of what the head reads, not of shapes), or,
 when it is deeper than ``depth``, its evenly spaced layers (``DDLlamaGen.init_with_student``).
+``onpolicy_dir``: on-policy pairs for the second step (``accel train distill-data --prefix-student S --prefix-len
+t2``, the same noise as ``pairs_dir``): batches with t = t2 take their X_t2 prefix and targets from them (the
+student's own one-step prefix and the teacher map continued from it) instead of the teacher's trajectory, so the
+second step learns from what two-step sampling actually feeds it (accel's addition: the official loss and data
+are unreleased; the paper builds every X_t from the teacher trajectory).
 ``fmnist-llamagen-dd4`` (``LlamaGenDistill4Recipe``): the same student with 4 of the teacher's 8 layers, whose
 pass costs about 0.6 of the full-depth one at batch 1 (issue #19: the student pass and the shared decode decide the
 end-to-end ratio). Both export weights rounded to bf16 precision (the zoo's size budget).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +44,7 @@ class LlamaGenDistillRecipe(Recipe):
     conti_weight: float = 1.0
     val_pairs: int = 256
     init_from: str | None = None  # zoo name / file of a student to warm-start from (None: the teacher)
+    onpolicy_dir: str | None = None  # on-policy second-step pairs (None: X_t2 from the teacher trajectory)
     depth: int | None = None  # layers of the student (None: the teacher's)
     steps: int = 3000
     batch_size: int = 64
@@ -74,14 +81,31 @@ class LlamaGenDistillRecipe(Recipe):
             student.init_with_student(src)
         return student
 
+    def _onpolicy(self, d: dict) -> torch.Tensor:
+        """The on-policy pairs' tokens, row for row with ``d`` (same pair indices, labels and noise)."""
+        on = load_pairs(self.onpolicy_dir)
+        prefix = json.loads((Path(self.onpolicy_dir) / "spec.json").read_text())["meta"].get("prefix", {})
+        if len(self.t_list) != 2 or prefix.get("len") != self.t_list[1]:
+            raise ValueError(f"{self.onpolicy_dir}: on-policy prefix {prefix or 'absent'} does not match the "
+                             f"second-step time of t_list {self.t_list}")
+        if not (torch.equal(on["index"], d["index"]) and torch.equal(on["labels"], d["labels"])
+                and torch.equal(on["noise"], d["noise"])):
+            raise ValueError(f"{self.onpolicy_dir} and {self.pairs_dir} hold different pairs (index, label or noise)")
+        return on["tokens"]
+
     def train_data(self, run_dir: Path, device):
         d = load_pairs(self.pairs_dir)
         n = len(d["labels"]) - self.val_pairs
-        return d["noise"][:n].to(device), d["tokens"][:n].long().to(device), d["labels"][:n].to(device)
+        data = (d["noise"][:n], d["tokens"][:n].long(), d["labels"][:n])
+        if self.onpolicy_dir:
+            data += (self._onpolicy(d)[:n].long(),)
+        return tuple(x.to(device) for x in data)
 
     def loss(self, model, batch, generator, step):
-        noise, tokens, labels = batch
+        noise, tokens, labels = batch[:3]
         t = self.t_list[step % len(self.t_list)]
+        if t > 0 and len(batch) == 4:  # the second step learns from the on-policy pairs
+            tokens = batch[3]
         raw = model.module if hasattr(model, "module") else model
         return distill_loss(raw, noise, tokens, labels, torch.tensor(t), self.conti_weight)
 
@@ -94,6 +118,11 @@ class LlamaGenDistillRecipe(Recipe):
         for steps in (1, 2):
             ids = model.sample(labels, noise, self.t_list[:steps])
             out[f"token_acc_{steps}step"] = float((ids == tokens.long()).float().mean())
+        if self.onpolicy_dir:  # the second step from the on-policy X_t2, scored on the slots it predicts
+            t = self.t_list[1]
+            on = self._onpolicy(d)[-self.val_pairs:].long()
+            logits, _ = model.predict(torch.cat([model.codes[on[:, :t]], noise[:, t:]], 1), labels, t, conti=False)
+            out["token_acc_step2_onpolicy"] = float((logits[:, t:].argmax(-1) == on[:, t:]).float().mean())
         model.train()
         return out
 
