@@ -17,7 +17,10 @@ After the table, the end-to-end time is split (same run, interleaved, medians): 
 loop vs the student's passes) and the tokenizer decode that both pay, so the ceiling the decode puts on an
 end-to-end speed-up is measured, not guessed. Last, the issue #19 goals are checked against this run's
 figures (``goal_lines``). Two steps vs one is also checked on ``--steps-n`` images (default 5000; students only, so
-cheap), where the FID intervals are about half as wide as at the table's N=1000 (``steps_lines``).
+cheap), where the FID intervals are about half as wide as at the table's N=1000, next to the ceiling of a second
+step (the one-step prefix continued by the teacher map; ``steps_lines``). That check alone:
+
+    python experiments/distill.py --steps-only --out results/distill/steps
 
 ``--compile decoders,all`` (issue #19 item 4, the shared fast decode): after the eager rows, speed-only batch-1
 rows and time splits of the same methods with ``accel.compile(..., parts=P)`` applied to every method of the
@@ -54,6 +57,7 @@ VAR = ("var-dd-1step", "var-dd-2step", "var-dd4-1step", "var-dd4-2step", "var-on
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 # LlamaGen students by the prefix of their rows (dd-1step, dd4-1step, ...)
 LLAMAGEN_STUDENTS = {"dd": STUDENT, "dd4": STUDENT4}
+QUALITY_BATCH = 64  # chunk of the quality pass (its seeds), shared by the table and the two-steps check
 
 
 def llamagen_split(batch: int, repeats: int, parts: str | None = None) -> tuple[list[str], dict[str, float]]:
@@ -207,29 +211,57 @@ def goal_lines(rows: list[dict], tok_speedup: dict[str, float]) -> list[str]:
     return out
 
 
+class PrefixTeacherMap:
+    """The ceiling of a second student step (a diagnostic, not a method to ship): the student's one-step tokens
+    before ``t2`` kept, the rest the teacher's DD1 map continued from them with the same noise
+    (``llamagen_noise_map(prefix=...)``), i.e. what a second step that reproduced the teacher map exactly would
+    give. Noise is drawn as ``DistilledLlamaGen`` draws it, so on the same seeds the prefix is the one-step row's."""
+
+    def __init__(self, method, teacher, sc, flow_steps: int = 16):
+        from accel.distill.flow import FlowSolver
+
+        self.m, self.teacher, self.sc, self.solver = method, teacher, sc, FlowSolver(flow_steps, "heun")
+        self.name = f"{method.name}-prefix-teacher-map"
+
+    @torch.inference_mode()
+    def generate(self, cond, *, generator):
+        from accel.distill.sequence import llamagen_noise_map
+
+        s = self.m.student
+        noise = torch.randn(cond.size(0), s.config.block_size, s.codes.size(1), generator=generator)
+        prefix = s.sample(cond, noise, (0,))[:, :self.m.t2]
+        ids = llamagen_noise_map(self.teacher, s.codes, cond, noise, self.sc, self.solver, prefix=prefix)
+        return self.m._images(ids, {"tokens": ids})
+
+
 def steps_lines(reg, ref, n_images: int, chunk: int, seed: int = 0) -> list[str]:
     """Two steps vs one at a larger N than the table's (issue #19: "two steps better than one step in FID beyond
     the intervals"): each shipped LlamaGen student's one- and two-step rows scored on ``n_images`` images by the
-    harness's quality pass (same seeds, chunks and bootstrap as the table, so its first images are the table's).
-    Students only, so cheap; the intervals narrow as 1/sqrt(N)."""
+    harness's quality pass (same seeds, chunks and bootstrap as the table, so its first images are the table's;
+    the intervals narrow as 1/sqrt(N)), and the ceiling of the second step (``PrefixTeacherMap``)."""
     from accel.harness.distributed import generate_indexed
     from accel.harness.quality import evaluate
     from accel.harness.registry import BuildContext
+    from accel.models.llamagen_generate import SamplingConfig
+    from accel.zoo.sample import DEFAULTS
 
     ctx = BuildContext(model="fmnist-llamagen", device=torch.device("cpu"), dtype=torch.float32)
+    teacher = zoo.load("fmnist-llamagen").eval()
+    sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     out = []
     for tag, who in (("dd", "LlamaGen (8-layer student)"), ("dd4", "LlamaGen (4-layer student)")):
         if reg.get(f"{tag}-1step").why_unavailable("fmnist-llamagen"):
             continue
+        methods = {k: reg.get(f"{tag}-{k}step").build(ctx) for k in (1, 2)}
+        methods["ceiling"] = PrefixTeacherMap(methods[2], teacher, sc)
         fid = {}
-        for k in (1, 2):
-            s = generate_indexed(reg.get(f"{tag}-{k}step").build(ctx), n_images, chunk=chunk, seed=seed,
-                                 num_classes=10, extract=ref.extract)
+        for k, m in methods.items():
+            s = generate_indexed(m, n_images, chunk=chunk, seed=seed, num_classes=10, extract=ref.extract)
             r = evaluate(s.feats, s.logits, s.cond, ref, seed=seed)
-            fid[k] = (r["fid"], r["fid_ci"])
-        (f1, ci1), (f2, ci2) = fid[1], fid[2]
-        out.append(f"{who} at N={n_images}: two-step FID {f2:.2f} {_ci(ci2)} vs one-step {f1:.2f} {_ci(ci1)}: better "
-                   f"beyond the intervals: {'met' if ci2[1] < ci1[0] else 'MISSED'}")
+            fid[k] = f"{r['fid']:.2f} {_ci(r['fid_ci'])}", r["fid_ci"]
+        out.append(f"{who} at N={n_images}: two-step FID {fid[2][0]} vs one-step {fid[1][0]}: better beyond the "
+                   f"intervals: {'met' if fid[2][1][1] < fid[1][1][0] else 'MISSED'}; a second step that reproduced "
+                   f"the teacher map after the one-step prefix (t2 = {methods[2].t2}) would give {fid['ceiling'][0]}")
     return out
 
 
@@ -330,6 +362,8 @@ def main():
     ap.add_argument("--profile", action="store_true", help="only the profile of the student pass and the VQ decode")
     ap.add_argument("--steps-n", type=int, default=None, help="N of the two-steps-vs-one check of the LlamaGen "
                     "students (default: 0 = none with --quick, else 5000)")
+    ap.add_argument("--steps-only", action="store_true", help="only the two-steps-vs-one check (--steps-n images, "
+                    "default 5000), into OUT/summary.md")
     ap.add_argument("--compile", default="", help="comma list of accel.compile parts (decoders, networks, all): "
                     "speed-only batch-1 rows and splits with them compiled, baselines alike, after the eager rows")
     args = ap.parse_args()
@@ -344,11 +378,18 @@ def main():
         print("\n".join(profile_lines()))
         return
     reg = registry()
+    if args.steps_only:
+        text = ("# Two steps vs one (issue #19), LlamaGen students\n\n" + f"`{current_command()}`\n\n" + "\n".join(
+            f"- {g}" for g in steps_lines(reg, load_reference(), args.steps_n or 5000, QUALITY_BATCH)) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "summary.md").write_text(text)
+        print(text)
+        return
     sizes = args.batch_sizes or ("1" if args.quick else "1,64")
     cfg = RunConfig(batch_sizes=tuple(int(b) for b in sizes.split(",")),
                     repeats=args.repeats or (3 if args.quick else 7),
                     warmup=1, n_images=args.n_images if args.n_images is not None else (200 if args.quick else 1000),
-                    quality_batch=64, memory=False)
+                    quality_batch=QUALITY_BATCH, memory=False)
     command, ref, rows, skipped, groups = current_command(), load_reference(), [], [], []
     for family, model, base, names in (
             ("llamagen", "fmnist-llamagen", "llamagen-ar", LLAMAGEN if args.quick else LLAMAGEN_FULL),
