@@ -264,6 +264,12 @@ def test_onpolicy_pairs_continue_the_students_prefix_and_feed_its_second_step(tm
     plain, onp, other = tmp_path / "plain", tmp_path / "onpolicy", tmp_path / "other"
     generate_pairs(llamagen_pair_map(t, vq, sc, solver)[0], spec, plain, progress=False)
     nm = llamagen_pair_map(t, vq, sc, solver, prefix_student=s, prefix_len=3)[0]
+    with pytest.raises(TypeError, match="DDLlamaGen"):
+        llamagen_pair_map(t, vq, sc, solver, prefix_student=t, prefix_len=3)
+    with pytest.raises(ValueError, match="codebook"):
+        llamagen_pair_map(t, vq, sc, solver, prefix_student=DDLlamaGen(CFG, codes(seed=9)), prefix_len=3)
+    with pytest.raises(ValueError, match="prefix_len"):
+        llamagen_pair_map(t, vq, sc, solver, prefix_student=s, prefix_len=9)
     generate_pairs(nm, spec, onp, meta={"prefix": {"student": "toy", "len": 3}}, progress=False)
     d, o = load_pairs(plain), load_pairs(onp)
     own = s.sample(d["labels"], d["noise"], (0,))[:, :3]
