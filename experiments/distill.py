@@ -57,6 +57,7 @@ VAR = ("var-dd-1step", "var-dd-2step", "var-dd4-1step", "var-dd4-2step", "var-on
 VAR_FULL = VAR + ("var-dd-teacher", "var-skip-2")
 # LlamaGen students by the prefix of their rows (dd-1step, dd4-1step, ...)
 LLAMAGEN_STUDENTS = {"dd": STUDENT, "dd4": STUDENT4}
+LLAMAGEN_WHO = {"dd": "LlamaGen (8-layer student)", "dd4": "LlamaGen (4-layer student)"}  # goal-line labels
 QUALITY_BATCH = 64  # chunk of the quality pass (its seeds), shared by the table and the two-steps check
 
 
@@ -176,7 +177,7 @@ def goal_lines(rows: list[dict], tok_speedup: dict[str, float]) -> list[str]:
     def mark(ok):
         return "met" if ok else "MISSED"
 
-    for tag, who in (("dd", "LlamaGen (8-layer student)"), ("dd4", "LlamaGen (4-layer student)")):
+    for tag, who in LLAMAGEN_WHO.items():
         if f"{tag}-1step" not in by:
             continue
         f_t, _ = fid("llamagen-ar")
@@ -249,7 +250,7 @@ def steps_lines(reg, ref, n_images: int, chunk: int, seed: int = 0) -> list[str]
     teacher = zoo.load("fmnist-llamagen").eval()
     sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     out = []
-    for tag, who in (("dd", "LlamaGen (8-layer student)"), ("dd4", "LlamaGen (4-layer student)")):
+    for tag, who in LLAMAGEN_WHO.items():
         if reg.get(f"{tag}-1step").why_unavailable("fmnist-llamagen"):
             continue
         methods = {k: reg.get(f"{tag}-{k}step").build(ctx) for k in (1, 2)}

@@ -57,14 +57,16 @@ def llamagen_pair_map(teacher: Transformer, vq, sc: SamplingConfig, solver: Flow
     so a pair's (X_t, end point) is what two-step sampling feeds the student and what the teacher would make of it.
     """
     codes = llamagen_codes(vq)
-    if prefix_student is not None and not isinstance(prefix_student, DDLlamaGen):
-        raise TypeError(f"prefix_student must be a LlamaGen DD student (DDLlamaGen), got {type(prefix_student).__name__}")
-    if prefix_student is not None and (prefix_student.codes.shape != codes.shape or not torch.equal(
-            torch.cdist(prefix_student.codes.float(), codes.float()).argmin(-1), torch.arange(codes.size(0)))):
-        # the same codebook up to storage rounding: every student code's nearest tokenizer code has its index
-        raise ValueError("prefix_student's token space (its codes) is not this tokenizer's codebook")
-    if prefix_student is not None and not 0 < prefix_len < teacher.config.block_size:
-        raise ValueError(f"prefix_len={prefix_len}: must be in (0, {teacher.config.block_size}) tokens")
+    if prefix_student is not None:
+        if not isinstance(prefix_student, DDLlamaGen):
+            raise TypeError(f"prefix_student must be a LlamaGen DD student (DDLlamaGen), got "
+                            f"{type(prefix_student).__name__}")
+        if prefix_student.codes.shape != codes.shape or not torch.equal(
+                torch.cdist(prefix_student.codes.float(), codes.float()).argmin(-1), torch.arange(codes.size(0))):
+            # the same codebook up to storage rounding: every student code's nearest tokenizer code has its index
+            raise ValueError("prefix_student's token space (its codes) is not this tokenizer's codebook")
+        if not 0 < prefix_len < teacher.config.block_size:
+            raise ValueError(f"prefix_len={prefix_len}: must be in (0, {teacher.config.block_size}) tokens")
 
     def noise_map(noise: Tensor, labels: Tensor) -> Tensor:
         prefix = None
