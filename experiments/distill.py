@@ -37,6 +37,7 @@ import copy
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.profiler import profile
 
@@ -235,11 +236,16 @@ class PrefixTeacherMap:
         return self.m._images(ids, {"tokens": ids})
 
 
-def steps_lines(reg, ref, n_images: int, chunk: int, seed: int = 0) -> list[str]:
+def steps_lines(reg, ref, n_images: int, chunk: int, seed: int = 0, students=tuple(LLAMAGEN_WHO),
+                ceiling: bool = True) -> list[str]:
     """Two steps vs one at a larger N than the table's (issue #19: "two steps better than one step in FID beyond
     the intervals"): each shipped LlamaGen student's one- and two-step rows scored on ``n_images`` images by the
     harness's quality pass (same seeds, chunks and bootstrap as the table, so its first images are the table's;
-    the intervals narrow as 1/sqrt(N)), and the ceiling of the second step (``PrefixTeacherMap``)."""
+    the intervals narrow as 1/sqrt(N)), the paired bootstrap interval of their difference (row i of both rows
+    comes from the same seed and the same first-step noise), and, with ``ceiling``, the ceiling of the second
+    step (``PrefixTeacherMap``, the slow part: the teacher's flow map per token)."""
+    from accel.harness.metrics import paired_difference_interval
+    from accel.harness.quality import fid_statistic
     from accel.harness.distributed import generate_indexed
     from accel.harness.quality import evaluate
     from accel.harness.registry import BuildContext
@@ -250,19 +256,28 @@ def steps_lines(reg, ref, n_images: int, chunk: int, seed: int = 0) -> list[str]
     teacher = zoo.load("fmnist-llamagen").eval()
     sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     out = []
-    for tag, who in LLAMAGEN_WHO.items():
+    if bad := sorted(set(students) - set(LLAMAGEN_WHO)):
+        raise ValueError(f"unknown students {bad}; valid: {', '.join(LLAMAGEN_WHO)}")
+    for tag in students:
         if reg.get(f"{tag}-1step").why_unavailable("fmnist-llamagen"):
             continue
         methods = {k: reg.get(f"{tag}-{k}step").build(ctx) for k in (1, 2)}
-        methods["ceiling"] = PrefixTeacherMap(methods[2], teacher, sc)
-        fid = {}
+        if ceiling:
+            methods["ceiling"] = PrefixTeacherMap(methods[2], teacher, sc)
+        fid, feats = {}, {}
         for k, m in methods.items():
             s = generate_indexed(m, n_images, chunk=chunk, seed=seed, num_classes=10, extract=ref.extract)
             r = evaluate(s.feats, s.logits, s.cond, ref, seed=seed)
-            fid[k] = f"{r['fid']:.2f} {_ci(r['fid_ci'])}", r["fid_ci"]
-        out.append(f"{who} at N={n_images}: two-step FID {fid[2][0]} vs one-step {fid[1][0]}: better beyond the "
-                   f"intervals: {'met' if fid[2][1][1] < fid[1][1][0] else 'MISSED'}; a second step that reproduced "
-                   f"the teacher map after the one-step prefix (t2 = {methods[2].t2}) would give {fid['ceiling'][0]}")
+            fid[k], feats[k] = (f"{r['fid']:.2f} {_ci(r['fid_ci'])}", r["fid_ci"]), s.feats.double().numpy()
+        d, lo, hi = paired_difference_interval(fid_statistic(ref), feats[2], feats[1],
+                                               rng=np.random.default_rng(seed), n_boot=100)
+        line = (f"{LLAMAGEN_WHO[tag]} at N={n_images}: two-step FID {fid[2][0]} vs one-step {fid[1][0]}: better "
+                f"beyond the intervals: {'met' if fid[2][1][1] < fid[1][1][0] else 'MISSED'}; paired difference "
+                f"(two - one, same seeds) {d:+.3f} {_ci((lo, hi))}")
+        if ceiling:
+            line += (f"; a second step that reproduced the teacher map after the one-step prefix "
+                     f"(t2 = {methods[2].t2}) would give {fid['ceiling'][0]}")
+        out.append(line)
     return out
 
 
@@ -365,6 +380,10 @@ def main():
                     "students (default: 0 = none with --quick, else 5000)")
     ap.add_argument("--steps-only", action="store_true", help="only the two-steps-vs-one check (--steps-n images, "
                     "default 5000), into OUT/summary.md")
+    ap.add_argument("--steps-students", default=",".join(LLAMAGEN_WHO),
+                    help=f"comma list of the students in the two-steps check (default: all: {','.join(LLAMAGEN_WHO)})")
+    ap.add_argument("--no-steps-ceiling", action="store_true", help="skip the ceiling row of the two-steps check "
+                    "(the teacher's flow map per token: most of its time)")
     ap.add_argument("--compile", default="", help="comma list of accel.compile parts (decoders, networks, all): "
                     "speed-only batch-1 rows and splits with them compiled, baselines alike, after the eager rows")
     args = ap.parse_args()
@@ -379,9 +398,12 @@ def main():
         print("\n".join(profile_lines()))
         return
     reg = registry()
+    steps_kw = {"students": tuple(t for t in args.steps_students.split(",") if t),
+                "ceiling": not args.no_steps_ceiling}
     if args.steps_only:
         text = ("# Two steps vs one (issue #19), LlamaGen students\n\n" + f"`{current_command()}`\n\n" + "\n".join(
-            f"- {g}" for g in steps_lines(reg, load_reference(), args.steps_n or 5000, QUALITY_BATCH)) + "\n")
+            f"- {g}" for g in steps_lines(reg, load_reference(), args.steps_n or 5000, QUALITY_BATCH, **steps_kw))
+            + "\n")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.md").write_text(text)
         print(text)
@@ -435,7 +457,7 @@ def main():
     goals = goal_lines(rows, tok_speedup)
     steps_n = args.steps_n if args.steps_n is not None else (0 if args.quick else 5000)
     if steps_n and "llamagen" in families:
-        goals += steps_lines(reg, ref, steps_n, cfg.quality_batch, cfg.seed)
+        goals += steps_lines(reg, ref, steps_n, cfg.quality_batch, cfg.seed, **steps_kw)
     text += "\n## Issue #19 goals (this run, batch 1, eager)\n\n" + "\n".join(f"- {g}" for g in goals)
     text += "\n"
     (args.out / "summary.md").write_text(text)  # written again below when compiled rows follow

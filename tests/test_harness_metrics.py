@@ -126,6 +126,26 @@ def test_bootstrap_normal_interval_contains_biased_fid():
         M.bootstrap_interval(np.mean, x, rng=rng(0), method="bca")
 
 
+def test_paired_difference_interval_cancels_shared_noise():
+    # b = a + 0.1 + small noise: rows paired, so the difference of means has se ~ 0.01/sqrt(n), far below either
+    # set's own se (~1/sqrt(n)); the unpaired intervals overlap, the paired one excludes 0 and covers -0.1
+    g = rng(16)
+    a = g.normal(size=(400, 1))
+    b = a + 0.1 + 0.01 * g.normal(size=(400, 1))
+    mean = lambda x: float(x.mean())  # noqa: E731
+    d, lo, hi = M.paired_difference_interval(mean, a, b, rng=rng(17), n_boot=200)
+    assert d == pytest.approx(mean(a) - mean(b))
+    assert lo < -0.1 < hi and hi < 0 and hi - lo < 0.01
+    ia = M.bootstrap_interval(mean, a, rng=rng(18), n_boot=200)
+    ib = M.bootstrap_interval(mean, b, rng=rng(18), n_boot=200)
+    assert ib[0] < ia[1]  # unpaired: overlapping
+    # unpaired rows (b shuffled): the same estimate, an interval as wide as the sets' own
+    _, lo2, hi2 = M.paired_difference_interval(mean, a, b[g.permutation(400)], rng=rng(17), n_boot=200)
+    assert hi2 - lo2 > 10 * (hi - lo)
+    with pytest.raises(ValueError):
+        M.paired_difference_interval(mean, a, b[:10], rng=rng(0))
+
+
 def test_real_floor_decreases_with_n():
     x = rng(12).normal(size=(4000, 4))
     small = M.real_floor(x, 50, rng=rng(13))

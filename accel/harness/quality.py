@@ -23,6 +23,14 @@ class FeatureReference:
     real_feats: np.ndarray  # (M, D) real features for precision/recall, KID and the floor
 
 
+def fid_statistic(ref: FeatureReference) -> Callable[[np.ndarray], float]:
+    """FID of a feature array against ``ref``'s statistics: the same distance as ``M.fid``, via the eigenvalue
+    form with the reference's square root computed once (fast enough for bootstrap replicates)."""
+    mu_r, sigma_r = ref.ref_stats
+    root_r = M.psd_sqrt(sigma_r)
+    return lambda a: M.frechet_distance_eig(*M.feature_stats(a), mu_r, sigma_r, sqrt_sigma2=root_r)
+
+
 def evaluate(feats: torch.Tensor, logits: torch.Tensor, cond: torch.Tensor, ref: FeatureReference, *,
              seed: int, n_boot: int = 100, k: int = 3) -> dict[str, Any]:
     """FID (with bootstrap interval and real floor at the same N), KID, precision/recall (k), class accuracy."""
@@ -30,14 +38,8 @@ def evaluate(feats: torch.Tensor, logits: torch.Tensor, cond: torch.Tensor, ref:
     n = fake.shape[0]
     rng = np.random.default_rng(seed)
     fid = M.fid(fake, ref_stats=ref.ref_stats)
-    mu_r, sigma_r = ref.ref_stats
-    root_r = M.psd_sqrt(sigma_r)
-
-    def replicate(a):  # exact same distance as M.fid, via the eigenvalue form (fast enough for n_boot replicates)
-        return M.frechet_distance_eig(*M.feature_stats(a), mu_r, sigma_r, sqrt_sigma2=root_r)
-
     # normal-approximation interval centred on the estimate (FID's resampling bias shifts percentile intervals)
-    ci = M.bootstrap_interval(replicate, fake, rng=rng, n_boot=n_boot, method="normal") if n_boot else None
+    ci = M.bootstrap_interval(fid_statistic(ref), fake, rng=rng, n_boot=n_boot, method="normal") if n_boot else None
     real = ref.real_feats
     m = min(n, real.shape[0])
     real_n = real[rng.choice(real.shape[0], m, replace=False)]
