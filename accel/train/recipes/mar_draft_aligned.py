@@ -69,6 +69,30 @@ def gaussian_kl(mu_p, logvar_p, mu_q, logvar_q) -> torch.Tensor:
     return 0.5 * (logvar_q - logvar_p + (logvar_p - logvar_q).exp() + (mu_p - mu_q).square() * (-logvar_q).exp() - 1)
 
 
+def forced_steps(q_head, co: dict, t_emb: torch.Tensor, tp, cfg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced: the draft head's step on the target's state x_k^p at every loop step k, all S steps in ONE
+    net call (rows (k, r)), guided as sampling guides it (eps_u + s (eps_c - eps_u), the conditional rows'
+    variance channels). ``co`` / ``t_emb``: the draft head's ``_prepare`` table and time embeddings for its
+    conditions; ``tp``: the target's ``HeadTrajectory`` on the same rows. Returns the draft's (mean, log-variance),
+    each (S, n, C) with n the conditional rows."""
+    S, R, C = tp.states.shape
+    guided = float(cfg) != 1.0
+    n = R // 2 if guided else R
+    idx = torch.arange(S - 1, -1, -1, device=tp.states.device)  # respaced index i of loop step k
+    y = (t_emb[idx][:, None] + co["c_emb"][None]).reshape(S * R, -1)
+    x = torch.stack([q_head.net.dup_half(s) for s in tp.states]) if guided else tp.states
+    out = q_head.net.forward_embedded(x.reshape(S * R, C), y).reshape(S, R, 2 * C)
+    eps, v = out[..., :C], out[..., C:]
+    if guided:
+        eps = eps[:, n:] + cfg * (eps[:, :n] - eps[:, n:])  # (S, n, C)
+        v = v[:, :n]
+    col = lambda name: co[name][idx][:, None, None]  # noqa: E731  (S, 1, 1) per-step coefficients
+    x_t = tp.states[:, :n]
+    logvar_q = (v + 1) / 2 * col("max_log") + (1 - (v + 1) / 2) * col("min_log")
+    x0_q = col("sqrt_recip_abar") * x_t - col("sqrt_recipm1_abar") * eps
+    return col("coef1") * x0_q + col("coef2") * x_t, logvar_q
+
+
 def aligned_losses(p, q, seq, labels, order, k: int, P: int, cfg: float, schedule, generator,
                    free_loss: str = "squared", scale: float = 42.0) -> dict:
     """The free-running and teacher-forced losses of one batch (see the module docstring), plus, for logging,
@@ -102,20 +126,7 @@ def aligned_losses(p, q, seq, labels, order, k: int, P: int, cfg: float, schedul
         tp = p.head.sample_trajectory(z_p, schedule=schedule, cfg=cfg, noise=HeadNoise(x_T, noise))
     co = q.head._prepare(z_q, schedule)
     t_emb = q.head.net.time_embed(co["t"])
-    # teacher-forced: the draft's step on the target's state, all S steps in one net call (rows (k, r))
-    idx = torch.arange(S - 1, -1, -1, device=seq.device)  # respaced index i of loop step k
-    y = (t_emb[idx][:, None] + co["c_emb"][None]).reshape(S * R, -1)
-    out = q.head.net.forward_embedded(torch.stack([q.head.net.dup_half(s) for s in tp.states]).reshape(S * R, C)
-                                      if guided else tp.states.reshape(S * R, C), y).reshape(S, R, 2 * C)
-    eps, v = out[..., :C], out[..., C:]
-    if guided:
-        eps = eps[:, n:] + cfg * (eps[:, :n] - eps[:, n:])  # (S, n, C): eps_u + s (eps_c - eps_u)
-        v = v[:, :n]
-    col = lambda name: co[name][idx][:, None, None]  # noqa: E731  (S, 1, 1) per-step coefficients
-    x_t = tp.states[:, :n]
-    logvar_q = (v + 1) / 2 * col("max_log") + (1 - (v + 1) / 2) * col("min_log")
-    x0_q = col("sqrt_recip_abar") * x_t - col("sqrt_recipm1_abar") * eps
-    mean_q = col("coef1") * x0_q + col("coef2") * x_t
+    mean_q, logvar_q = forced_steps(q.head, co, t_emb, tp, cfg)
     path = gaussian_kl(tp.mean[:, :n], tp.log_variance[:, :n], mean_q, logvar_q).sum(-1).sum(0)  # (n,)
     x = dup(x_T)
     for kk in range(S):  # free-running: the draft's own chain under the shared noise
