@@ -13,11 +13,17 @@ the target's chain over at step k0):
 - ``sigma0``: kl + every step's squared mean error in units of the LAST step's sigma_0 (the gap's unit);
 - ``late``: only steps k >= ``--late-from`` in sigma_0 units (where the hand-off column says the gap is made).
 
+``--z-steps N`` adds an arm that isolates the backbone: the draft's backbone plus a linear map to the target's
+condition width, trained N steps to regress the target's head conditions z (cond and uncond rows, every unknown
+position; relative squared error), read by the TARGET's own head (``TargetHeadDraft``): the gap a draft would
+have if its head were exact, against the relative error of its z.
+
 Contexts: the target's own one-token-per-step chains at the zoo card's settings (cfg 5 constant, 50 head steps,
 the 950 clip), cached under ``--cache``; held-out chains of other seeds for the evaluation. Rows go to
 OUT/step_weighting.jsonl. Nothing is shipped: the zoo draft is unchanged.
 
     python experiments/cspd_step_weighting.py --weights kl sigma0 late --steps 400 --out results/cspd/step_weighting
+    python experiments/cspd_step_weighting.py --weights --z-steps 1000 --out results/cspd/step_weighting
     python experiments/cspd_step_weighting.py --quick      # ~4 min: 64 chains, 20 steps, one weighting
 """
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from accel import zoo
 from accel.harness.results import append_rows, current_command
@@ -91,13 +98,66 @@ def forced_loss(p, q, seq, labels, order, k: int, positions: int, sched, g, weig
     return in_sigma0[late_from:].sum(0).mean()
 
 
+class TargetHeadDraft(nn.Module):
+    """A draft's backbone whose conditions, mapped to the target's width by ``proj``, feed the target's own head:
+    the same ``condition`` / ``head_condition`` / ``head`` surface as a MAR, for ``evaluate``."""
+
+    def __init__(self, backbone, target):
+        super().__init__()
+        self.backbone, self.target_head = backbone, target.head
+        self.proj = nn.Linear(backbone.cfg.decoder_embed_dim, target.cfg.decoder_embed_dim)
+
+    @property
+    def head(self):
+        return self.target_head
+
+    def condition(self, tokens, mask, labels, *, cfg=False):
+        return self.proj(self.backbone.condition(tokens, mask, labels, cfg=cfg))
+
+    def head_condition(self, tokens, mask, labels, positions, *, cfg=False):
+        return self.proj(self.backbone.head_condition(tokens, mask, labels, positions, cfg=cfg))
+
+
+def z_regression(p, init: str, data, heldout, sched, args, log) -> dict:
+    """The ``--z-steps`` arm (module docstring)."""
+    draft = TargetHeadDraft(zoo.load(init).float(), p)
+    params = list(draft.backbone.parameters()) + list(draft.proj.parameters())
+    opt = torch.optim.AdamW(params, lr=args.z_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed)
+    seq_t, lab_t = data
+    L, t0 = seq_t.shape[1], time.perf_counter()
+    for step in range(1, args.z_steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = args.z_lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / args.z_steps))
+        i = torch.randint(0, seq_t.shape[0], (args.batch,), generator=g)
+        order = torch.argsort(torch.rand(args.batch, L, generator=g), dim=1)
+        k = int(torch.randint(0, L, (), generator=g))
+        mask = torch.ones(args.batch, L)
+        mask.scatter_(1, order[:, :k], 0.0)
+        with torch.no_grad():
+            z_p = p.condition(seq_t[i], mask, lab_t[i], cfg=True)
+        unknown = torch.cat([mask, mask]).bool()
+        err = (draft.condition(seq_t[i], mask, lab_t[i], cfg=True) - z_p)[unknown]
+        loss = err.square().sum(-1).mean() / z_p[unknown].square().sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 200 == 0 or step == args.z_steps:
+            log(f"  z regression step {step}/{args.z_steps} relative squared error {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    return {"weight": "z regression, target head", "steps": args.z_steps,
+            "train_s": round(time.perf_counter() - t0, 1), **evaluate(p, draft.eval(), *heldout, sched)}
+
+
 @torch.no_grad()
 def evaluate(p, q, seq, labels, sched) -> dict:
     """Held-out chains at fixed contexts (known 0/16/32/48/60, 4 positions, fixed orders and noise; the target
     judges on the true context): mean / median last-step gap, T = 42 acceptance probability, and per step k of
-    ``HANDOFF`` the free and teacher-forced gaps (sigma_k units) and the hand-off last-step gap (sigma_0 units)."""
+    ``HANDOFF`` the free and teacher-forced gaps (sigma_k units) and the hand-off last-step gap (sigma_0 units).
+    ``q``: a MAR draft or a ``TargetHeadDraft``."""
     g = torch.Generator().manual_seed(0)
-    free, forced, handoff, acc = [], [], [], []
+    free, forced, handoff, acc, z_err = [], [], [], [], []
     S = sched.num_steps
     for k in (0, 16, 32, 48, 60):
         order = torch.argsort(torch.rand(seq.shape[:2], generator=g), dim=1)
@@ -105,6 +165,8 @@ def evaluate(p, q, seq, labels, sched) -> dict:
         mask.scatter_(1, order[:, :k], 0.0)
         pos = order[:, k:k + EVAL_POSITIONS]
         z_p, z_q = (m.head_condition(seq, mask, labels, pos, cfg=True) for m in (p, q))
+        if z_q.shape == z_p.shape:
+            z_err.append((z_q - z_p).square().sum(-1) / z_p.square().sum(-1))
         n = z_p.shape[0] // 2
         noise = HeadNoise(torch.randn((n, 16), generator=g), torch.randn((S, n, 16), generator=g))
         r = chain_gaps(p.head, q.head, z_p, z_q, sched, CFG, noise, handoff_at=HANDOFF)
@@ -120,7 +182,9 @@ def evaluate(p, q, seq, labels, sched) -> dict:
             "accept_T42": round(float(acc.mean()), 4),
             "free_sigma_k": {k: r2(free[k].mean()) for k in HANDOFF},
             "forced_sigma_k": {k: r2(forced[k].mean()) for k in HANDOFF},
-            "handoff_gap_sigma0": {k0: r2(h.mean()) for k0, h in zip(HANDOFF, handoff)}}
+            "handoff_gap_sigma0": {k0: r2(h.mean()) for k0, h in zip(HANDOFF, handoff)},
+            # rms ||z_q - z_p|| / ||z_p|| over the judged rows (cond and uncond), when the widths match
+            "z_rel_err": round(float(torch.cat(z_err).mean().sqrt()), 4) if z_err else None}
 
 
 def train(p, init: str, weight: str, data, heldout, sched, args, log) -> dict:
@@ -149,7 +213,10 @@ def train(p, init: str, weight: str, data, heldout, sched, args, log) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS)
+    ap.add_argument("--weights", nargs="*", default=list(WEIGHTS), choices=WEIGHTS,
+                    help="teacher-forced arms (none: only the base row and --z-steps)")
+    ap.add_argument("--z-steps", type=int, default=0, help="steps of the z-regression arm (0: none)")
+    ap.add_argument("--z-lr", type=float, default=1e-3)
     ap.add_argument("--init", default="fmnist-mar-draft-aligned", help="zoo draft every arm starts from")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -166,8 +233,8 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.n_chains, args.steps, args.weights = 64, 20, ["sigma0"]
-    if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions) < 1:
-        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1")
+    if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions) < 1 or args.z_steps < 0:
+        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1, --z-steps >= 0")
     if not 0 <= args.late_from < 48:
         raise SystemExit("--late-from must lie in 0..47 (the 48 head steps of the 950-clipped 50-step schedule)")
     torch.set_num_threads(args.threads)
@@ -180,11 +247,15 @@ def main():
     command, rows = current_command(), []
     base = {"weight": "none (the shipped draft)", "steps": 0, **evaluate(p, zoo.load(args.init).float().eval(),
                                                                           *heldout, sched)}
-    for row in [base] + [train(p, args.init, w, data, heldout, sched, args, log) for w in args.weights]:
+    arms = [train(p, args.init, w, data, heldout, sched, args, log) for w in args.weights]
+    if args.z_steps:
+        arms.append(z_regression(p, args.init, data, heldout, sched, args, log))
+    for row in [base] + arms:
         row = {"init": args.init, "n_chains": args.n_chains, "command": command, **row}
         rows.append(row)
         log(f"{row['weight']}: gap {row['gap_sigma0']} sigma_0 (median {row['gap_sigma0_median']}), "
-            f"T42 acceptance {row['accept_T42']}; hand-off gap from k0 = {row['handoff_gap_sigma0']}; "
+            f"T42 acceptance {row['accept_T42']}, z error {row['z_rel_err']}; hand-off gap from k0 = "
+            f"{row['handoff_gap_sigma0']}; "
             f"forced / sigma_k {row['forced_sigma_k']}")
     args.out.mkdir(parents=True, exist_ok=True)
     append_rows(args.out / "step_weighting.jsonl", rows)
