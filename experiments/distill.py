@@ -244,20 +244,19 @@ def steps_lines(reg, ref, n_images: int, chunk: int, seed: int = 0, students=tup
     the intervals narrow as 1/sqrt(N)), the paired bootstrap interval of their difference (row i of both rows
     comes from the same seed and the same first-step noise), and, with ``ceiling``, the ceiling of the second
     step (``PrefixTeacherMap``, the slow part: the teacher's flow map per token)."""
-    from accel.harness.metrics import paired_difference_interval
-    from accel.harness.quality import fid_statistic
     from accel.harness.distributed import generate_indexed
-    from accel.harness.quality import evaluate
+    from accel.harness.metrics import paired_difference_interval
+    from accel.harness.quality import evaluate, fid_statistic
     from accel.harness.registry import BuildContext
     from accel.models.llamagen_generate import SamplingConfig
     from accel.zoo.sample import DEFAULTS
 
+    if bad := sorted(set(students) - set(LLAMAGEN_WHO)):
+        raise ValueError(f"unknown students {bad}; valid: {', '.join(LLAMAGEN_WHO)}")
     ctx = BuildContext(model="fmnist-llamagen", device=torch.device("cpu"), dtype=torch.float32)
     teacher = zoo.load("fmnist-llamagen").eval()
     sc = replace(SamplingConfig(), **DEFAULTS.get("fmnist-llamagen", {}))
     out = []
-    if bad := sorted(set(students) - set(LLAMAGEN_WHO)):
-        raise ValueError(f"unknown students {bad}; valid: {', '.join(LLAMAGEN_WHO)}")
     for tag in students:
         if reg.get(f"{tag}-1step").why_unavailable("fmnist-llamagen"):
             continue
@@ -394,12 +393,14 @@ def main():
         raise SystemExit(f"--families: unknown {bad}; valid: llamagen, var")
     if bad := sorted(set(compile_parts) - set(PARTS)):
         raise SystemExit(f"--compile: unknown {bad}; valid: {', '.join(PARTS)}")
+    steps_kw = {"students": tuple(t for t in args.steps_students.split(",") if t),
+                "ceiling": not args.no_steps_ceiling}
+    if bad := sorted(set(steps_kw["students"]) - set(LLAMAGEN_WHO)):  # checked before any long run starts
+        raise SystemExit(f"--steps-students: unknown {bad}; valid: {', '.join(LLAMAGEN_WHO)}")
     if args.profile:
         print("\n".join(profile_lines()))
         return
     reg = registry()
-    steps_kw = {"students": tuple(t for t in args.steps_students.split(",") if t),
-                "ceiling": not args.no_steps_ceiling}
     if args.steps_only:
         text = ("# Two steps vs one (issue #19), LlamaGen students\n\n" + f"`{current_command()}`\n\n" + "\n".join(
             f"- {g}" for g in steps_lines(reg, load_reference(), args.steps_n or 5000, QUALITY_BATCH, **steps_kw))
