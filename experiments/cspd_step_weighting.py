@@ -72,6 +72,11 @@ def chains(target, n: int, seed: int, cache: Path, chunk: int = 64):
     return torch.cat(seqs)[:n], torch.cat(labs)[:n]
 
 
+def lr_at(base: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up times a cosine over the whole run (step 1..total), as every arm here ran."""
+    return base * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def forced_loss(p, q, seq, labels, order, k: int, positions: int, sched, g, weight: str, late_from: int):
     """The draft's step on the target's state at every head step (one net call), guided as sampling guides it,
     weighted as ``weight`` says (module docstring)."""
@@ -128,7 +133,7 @@ def z_regression(p, init: str, data, heldout, sched, args, log) -> dict:
     L, t0 = seq_t.shape[1], time.perf_counter()
     for step in range(1, args.z_steps + 1):
         for group in opt.param_groups:
-            group["lr"] = args.z_lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * step / args.z_steps))
+            group["lr"] = lr_at(args.z_lr, step, args.z_steps, warmup=50)
         i = torch.randint(0, seq_t.shape[0], (args.batch,), generator=g)
         order = torch.argsort(torch.rand(args.batch, L, generator=g), dim=1)
         k = int(torch.randint(0, L, (), generator=g))
@@ -194,9 +199,8 @@ def train(p, init: str, weight: str, data, heldout, sched, args, log) -> dict:
     seq_t, lab_t = data
     L, t0 = seq_t.shape[1], time.perf_counter()
     for step in range(1, args.steps + 1):
-        lr = args.lr * min(1.0, step / 20) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_at(args.lr, step, args.steps, warmup=20)
         i = torch.randint(0, seq_t.shape[0], (args.batch,), generator=g)
         order = torch.argsort(torch.rand(args.batch, L, generator=g), dim=1)
         k = int(torch.randint(0, L - args.positions + 1, (), generator=g))
