@@ -24,7 +24,7 @@ OUT/step_weighting.jsonl. Nothing is shipped: the zoo draft is unchanged.
 
     python experiments/cspd_step_weighting.py --weights kl sigma0 late --steps 400 --out results/cspd/step_weighting
     python experiments/cspd_step_weighting.py --weights --z-steps 1000 --out results/cspd/step_weighting
-    python experiments/cspd_step_weighting.py --quick      # ~4 min: 64 chains, 20 steps, one weighting
+    python experiments/cspd_step_weighting.py --quick      # ~2 min: 64 chains, 20 steps, one weighting
 """
 from __future__ import annotations
 
