@@ -248,22 +248,22 @@ def main():
     log(f"target chains: {args.n_chains} train + {args.heldout_chains} held out (cached in {args.cache})")
     heldout = chains(p, args.heldout_chains, 900_000, args.cache)
     data = chains(p, args.n_chains, 1234, args.cache)
-    command, rows = current_command(), []
-    base = {"weight": "none (the shipped draft)", "steps": 0, **evaluate(p, zoo.load(args.init).float().eval(),
-                                                                          *heldout, sched)}
-    arms = [train(p, args.init, w, data, heldout, sched, args, log) for w in args.weights]
-    if args.z_steps:
-        arms.append(z_regression(p, args.init, data, heldout, sched, args, log))
-    for row in [base] + arms:
+    command = current_command()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def keep(row: dict):  # each arm's row is appended as soon as it is measured: an interrupted run keeps it
         row = {"init": args.init, "n_chains": args.n_chains, "command": command, **row}
-        rows.append(row)
+        append_rows(args.out / "step_weighting.jsonl", [row])
         log(f"{row['weight']}: gap {row['gap_sigma0']} sigma_0 (median {row['gap_sigma0_median']}), "
             f"T42 acceptance {row['accept_T42']}, z error {row['z_rel_err']}; hand-off gap from k0 = "
-            f"{row['handoff_gap_sigma0']}; "
-            f"forced / sigma_k {row['forced_sigma_k']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    append_rows(args.out / "step_weighting.jsonl", rows)
+            f"{row['handoff_gap_sigma0']}; forced / sigma_k {row['forced_sigma_k']}")
 
+    keep({"weight": "none (the shipped draft)", "steps": 0,
+          **evaluate(p, zoo.load(args.init).float().eval(), *heldout, sched)})
+    for w in args.weights:
+        keep(train(p, args.init, w, data, heldout, sched, args, log))
+    if args.z_steps:
+        keep(z_regression(p, args.init, data, heldout, sched, args, log))
 
 if __name__ == "__main__":
     main()
