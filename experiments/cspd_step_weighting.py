@@ -125,34 +125,25 @@ class TargetHeadDraft(nn.Module):
 
 def z_regression(p, init: str, data, heldout, sched, args, log) -> dict:
     """The ``--z-steps`` arm (module docstring)."""
-    draft = TargetHeadDraft(zoo.load(init).float(), p)
-    params = list(draft.backbone.parameters()) + list(draft.proj.parameters())
-    opt = torch.optim.AdamW(params, lr=args.z_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    g = torch.Generator().manual_seed(args.seed)
-    seq_t, lab_t = data
-    L, t0 = seq_t.shape[1], time.perf_counter()
-    for step in range(1, args.z_steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(args.z_lr, step, args.z_steps, warmup=50)
-        i = torch.randint(0, seq_t.shape[0], (args.batch,), generator=g)
-        order = torch.argsort(torch.rand(args.batch, L, generator=g), dim=1)
-        k = int(torch.randint(0, L, (), generator=g))
-        mask = torch.ones(args.batch, L)
+    with torch.random.fork_rng():  # the projection's initialisation, seeded (the runs before 2026-12-04 19:05 were not)
+        torch.manual_seed(args.seed)
+        draft = TargetHeadDraft(zoo.load(init).float(), p)
+
+    def loss_fn(seq, labels, order, g):
+        k = int(torch.randint(0, seq.shape[1], (), generator=g))
+        mask = torch.ones(seq.shape[:2])
         mask.scatter_(1, order[:, :k], 0.0)
         with torch.no_grad():
-            z_p = p.condition(seq_t[i], mask, lab_t[i], cfg=True)
+            z_p = p.condition(seq, mask, labels, cfg=True)
         unknown = torch.cat([mask, mask]).bool()
-        err = (draft.condition(seq_t[i], mask, lab_t[i], cfg=True) - z_p)[unknown]
-        loss = err.square().sum(-1).mean() / z_p[unknown].square().sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 200 == 0 or step == args.z_steps:
-            log(f"  z regression step {step}/{args.z_steps} relative squared error {loss.item():.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-    return {"weight": "z regression, target head", "steps": args.z_steps,
-            "train_s": round(time.perf_counter() - t0, 1), **evaluate(p, draft.eval(), *heldout, sched)}
+        err = (draft.condition(seq, mask, labels, cfg=True) - z_p)[unknown]
+        return err.square().sum(-1).mean() / z_p[unknown].square().sum(-1).mean()  # relative squared error
+
+    params = list(draft.backbone.parameters()) + list(draft.proj.parameters())
+    train_s = fit(params, loss_fn, data, steps=args.z_steps, lr=args.z_lr, warmup=50, args=args, log=log,
+                  tag="z regression", log_every=200)
+    return {"weight": "z regression, target head", "steps": args.z_steps, "train_s": train_s,
+            **evaluate(p, draft.eval(), *heldout, sched)}
 
 
 @torch.no_grad()
@@ -193,26 +184,38 @@ def evaluate(p, q, seq, labels, sched) -> dict:
 
 
 def train(p, init: str, weight: str, data, heldout, sched, args, log) -> dict:
+    """One teacher-forced arm (module docstring)."""
     q = zoo.load(init).float()
-    opt = torch.optim.AdamW(q.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def loss_fn(seq, labels, order, g):
+        k = int(torch.randint(0, seq.shape[1] - args.positions + 1, (), generator=g))
+        return forced_loss(p, q, seq, labels, order, k, args.positions, sched, g, weight, args.late_from)
+
+    train_s = fit(list(q.parameters()), loss_fn, data, steps=args.steps, lr=args.lr, warmup=20, args=args, log=log,
+                  tag=weight, log_every=50)
+    return {"weight": weight, "steps": args.steps, "train_s": train_s, **evaluate(p, q.eval(), *heldout, sched)}
+
+
+def fit(params, loss_fn, data, *, steps: int, lr: float, warmup: int, args, log, tag: str, log_every: int) -> float:
+    """AdamW (betas 0.9 / 0.95, no decay, clip 1) on ``loss_fn(seq, labels, order, g)`` over batches of ``args.batch``
+    random chains in a fresh random order each; returns the wall time in seconds."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
     seq_t, lab_t = data
     L, t0 = seq_t.shape[1], time.perf_counter()
-    for step in range(1, args.steps + 1):
+    for step in range(1, steps + 1):
         for group in opt.param_groups:
-            group["lr"] = lr_at(args.lr, step, args.steps, warmup=20)
+            group["lr"] = lr_at(lr, step, steps, warmup)
         i = torch.randint(0, seq_t.shape[0], (args.batch,), generator=g)
         order = torch.argsort(torch.rand(args.batch, L, generator=g), dim=1)
-        k = int(torch.randint(0, L - args.positions + 1, (), generator=g))
-        loss = forced_loss(p, q, seq_t[i], lab_t[i], order, k, args.positions, sched, g, weight, args.late_from)
+        loss = loss_fn(seq_t[i], lab_t[i], order, g)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(q.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if step % 50 == 0 or step == args.steps:
-            log(f"  {weight} step {step}/{args.steps} loss {loss.item():.2f} ({time.perf_counter() - t0:.0f} s)")
-    return {"weight": weight, "steps": args.steps, "train_s": round(time.perf_counter() - t0, 1),
-            **evaluate(p, q.eval(), *heldout, sched)}
+        if step % log_every == 0 or step == steps:
+            log(f"  {tag} step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
+    return round(time.perf_counter() - t0, 1)
 
 
 def main():
