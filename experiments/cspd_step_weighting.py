@@ -38,38 +38,21 @@ from torch import nn
 
 from accel import zoo
 from accel.harness.results import append_rows, current_command
-from accel.models.mar import sample_tokens
 from accel.models.mar_head import HeadNoise
 from accel.models.mar_loop import head_schedule
 from accel.speculative.cspd_math import log_acceptance_ratio
-from accel.train.recipes.mar_draft_aligned import chain_gaps, forced_steps, gaussian_kl
+from accel.train.recipes.mar_draft_aligned import AlignedDraftRecipe, chain_gaps, forced_steps, gaussian_kl
 
 CFG, HEAD_STEPS, EVAL_POSITIONS = 5.0, "50", 4
 WEIGHTS = ("kl", "sigma0", "late")
 HANDOFF = (0, 12, 24, 36, 42, 46, 47)
 
 
-def chains(target, n: int, seed: int, cache: Path, chunk: int = 64):
-    """(seq (n, 64, 16), labels): the target's own chains, made in chunks of ``chunk`` (chunk i seeded seed + i),
-    each cached on its own (an interrupted run resumes at its last finished chunk)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    chunk = min(chunk, n)
-    seqs, labs = [], []
-    for i, start in enumerate(range(0, n, chunk)):
-        f = cache / f"chains_{seed + i}_{chunk}.pt"
-        if not f.is_file():
-            lab = torch.arange(start, start + chunk) % target.cfg.class_num
-            with torch.inference_mode():
-                out = sample_tokens(target, lab, generator=torch.Generator().manual_seed(seed + i),
-                                    num_iter=target.cfg.seq_len, cfg=CFG, cfg_schedule="constant",
-                                    head_steps=HEAD_STEPS)
-            tmp = f.with_suffix(".tmp")
-            torch.save({"seq": out.seq, "labels": lab}, tmp)
-            tmp.replace(f)
-        d = torch.load(f, weights_only=True)
-        seqs.append(d["seq"])
-        labs.append(d["labels"])
-    return torch.cat(seqs)[:n], torch.cat(labs)[:n]
+def chains(n: int, seed: int, cache: Path, tag: str, chunk: int = 64):
+    """(seq (n, 64, 16), labels): the target's own chains at the card's settings (``AlignedDraftRecipe.chains``:
+    chunk i seeded seed + i, each cached on its own, so an interrupted generation resumes at its last chunk)."""
+    recipe = AlignedDraftRecipe(cfg=CFG, head_steps=HEAD_STEPS, chain_batch=min(chunk, n))
+    return recipe.chains(cache, "cpu", n, seed, tag)
 
 
 def lr_at(base: float, step: int, total: int, warmup: int) -> float:
@@ -249,8 +232,8 @@ def main():
     sched = head_schedule(HEAD_STEPS, 0, 1, max_timestep=p.cfg.max_timestep)
     log = lambda m: print(m, flush=True)  # noqa: E731
     log(f"target chains: {args.n_chains} train + {args.heldout_chains} held out (cached in {args.cache})")
-    heldout = chains(p, args.heldout_chains, 900_000, args.cache)
-    data = chains(p, args.n_chains, 1234, args.cache)
+    heldout = chains(args.heldout_chains, 900_000, args.cache, "heldout")
+    data = chains(args.n_chains, 1234, args.cache, "train")
     command = current_command()
     args.out.mkdir(parents=True, exist_ok=True)
 

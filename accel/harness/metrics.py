@@ -216,18 +216,12 @@ def paired_difference_interval(
     Normal interval centred on the estimate (as ``bootstrap_interval(method="normal")``, for FID's resampling bias).
     Returns ``(difference, lo, hi)``."""
     a, b = np.asarray(a), np.asarray(b)
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"paired sets need the same number of rows, got {a.shape[0]} and {b.shape[0]}")
-    if not 0 < level < 1 or n_boot < 2:
-        raise ValueError("need 0 < level < 1 and n_boot >= 2")
-    n = a.shape[0]
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        vals.append(statistic(a[idx]) - statistic(b[idx]))
-    d = statistic(a) - statistic(b)
-    half = float(scipy.stats.norm.ppf((1 + level) / 2)) * float(np.std(vals, ddof=1))
-    return float(d), d - half, d + half
+    if a.shape != b.shape:
+        raise ValueError(f"paired sets need the same shape, got {a.shape} and {b.shape}")
+    pairs = np.stack([a, b], axis=1)  # row i = (a_i, b_i): a replicate resamples whole pairs
+    diff = lambda rows: statistic(rows[:, 0]) - statistic(rows[:, 1])  # noqa: E731
+    lo, hi = bootstrap_interval(diff, pairs, rng=rng, n_boot=n_boot, level=level, method="normal")
+    return diff(pairs), lo, hi
 
 
 def real_floor(real_feats, n: int, *, rng: np.random.Generator, ref_stats: tuple | None = None) -> float:

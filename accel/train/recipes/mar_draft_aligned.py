@@ -297,7 +297,7 @@ def chain_gaps(p_head, q_head, z_p: torch.Tensor, z_q: torch.Tensor, schedule, c
     unit = sp.square().mean(-1).sqrt()  # (S, n)
     co = q_head._prepare(z_q, schedule)
     t_emb = q_head.net.time_embed(co["t"])
-    forced = torch.stack([q_head._step(tp.states[k], S - 1 - k, co, t_emb[S - 1 - k], cfg).mean for k in range(S)])
+    forced, _ = forced_steps(q_head, co, t_emb, tp, cfg)  # (S, n, C)
     steps = noise.steps if noise.steps.shape[1] == z_p.shape[0] else torch.stack([dup(s) for s in noise.steps])
     handoff = []
     for k0 in handoff_at:
