@@ -179,9 +179,25 @@ def test_gpu_preset_tiny_on_cpu(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert all(r["weights"] == "random" and r["fid"] is None for r in rows)
     methods = {(r["family"], r["method"]) for r in rows}
-    assert {("llamagen", "ar"), ("llamagen", "verify"), ("llamagen", "verify-tree"), ("llamagen", "dd-forward"),
-            ("mar", "mar-pass"), ("mar", "disa-head-step"), ("mar", "disa-estimate"), ("var", "ar"),
-            ("var", "dd-forward"), ("var", "scalekv-kv")} == methods
+    assert {("llamagen", "ar"), ("llamagen", "ar-free"), ("llamagen", "vq-decode"), ("llamagen", "verify"),
+            ("llamagen", "verify-tree"), ("llamagen", "dd-forward"), ("mar", "mar-pass"), ("mar", "disa-head-step"),
+            ("mar", "disa-estimate"), ("mar", "cspd-verify"), ("var", "ar"), ("var", "ar-free"), ("var", "dd-forward"),
+            ("var", "scalekv-kv")} == methods
+    cfg_s = {(r["family"], r["batch_size"]): r["latency_s"] for r in rows if r["method"] == "ar"}
+    dec_s = {r["batch_size"]: r["latency_s"] for r in rows if r["method"] == "vq-decode"}
+    for r in (r for r in rows if r["method"] == "ar-free"):  # the ratio is of the CFG row's own interleaved timing
+        c = cfg_s[r["family"], r["batch_size"]]
+        assert r["cfg_over_free"] == pytest.approx(c / r["latency_s"])
+        if r["family"] == "llamagen":
+            d = dec_s[r["batch_size"]]
+            assert r["decode_s"] == d and r["cfg_over_free_with_decode"] == pytest.approx((c + d) / (r["latency_s"] + d))
+        else:  # VAR's loop decodes the images itself
+            assert r["decode_s"] is None and r["cfg_over_free_with_decode"] is None
+    cspd = [r for r in rows if r["method"] == "cspd-verify"]
+    assert sorted((r["batch_size"], r["params"]["gamma"]) for r in cspd) == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    assert all(r["params"]["head_rows"] == 2 * r["batch_size"] * r["params"]["gamma"] for r in cspd)
+    assert all(r["per_token"] == pytest.approx(r["relative_cost"] / r["params"]["gamma"]) for r in cspd)
+    assert [r["relative_cost"] for r in cspd if r["params"]["gamma"] == 1] == [1.0, 1.0]
     ar = [r for r in rows if r["method"] == "ar"]
     assert all(r["floor_s"] > 0 and r["frac_floor"] == pytest.approx(r["floor_s"] / r["latency_s"]) for r in ar)
     assert {r["batch_size"] for r in ar} == {1, 4}
@@ -189,6 +205,7 @@ def test_gpu_preset_tiny_on_cpu(tmp_path, monkeypatch):
     assert len(one) == 1 and one[0]["relative_cost"] == 1.0
     summary = (tmp_path / "summary.md").read_text()
     assert "fraction of floor" in summary and "weights: random" in summary and "--preset gpu" in summary
+    assert "## Guidance-free decoding (CCA) vs CFG" in summary and "## CSpD: one-pass verification" in summary
 
 
 def test_tiny_needs_the_gpu_preset(tmp_path, capsys):

@@ -5,6 +5,9 @@ For LlamaGen-B/L/XL, MAR-B/L and VAR-d16/d30 (``--tiny``: tiny configs of the sa
 
 * ``ar``: plain decoding, tokens/s at batch 1 and 64 (LlamaGen's token loop, VAR's next-scale loop), with the
   roofline floor of ``accel.harness.floor`` and the fraction of it reached;
+* ``ar-free``: the same loops without guidance (the conditional rows alone: a CCA model's setting, issue #21),
+  timed interleaved with ``ar``, and ``vq-decode``: LlamaGen's image decode (VQ-16) at each batch, which both pay:
+  ``cfg_over_free`` is the throughput a guidance-free model gains, ``cfg_over_free_with_decode`` end to end;
 * ``verify``: a (γ+1)-token forward through the KV cache relative to a one-token forward, γ = 1..8, and the
   tree-sized forwards of ``accel.speculative.tree.TREES`` (size + 1 tokens under a tree mask), batch 1 with
   CFG rows: speculative decoding's speed-up is ``mean accepted length / (relative verify cost + draft cost)``
@@ -15,6 +18,8 @@ For LlamaGen-B/L/XL, MAR-B/L and VAR-d16/d30 (``--tiny``: tiny configs of the sa
   of one iteration (64 and 256 iterations), and the generation times they imply for MAR's default
   (256 iterations x 100 steps), 64 x 100 and DiSA's 50->5 linear schedule (64 iterations, 1681 head steps
   in all after the 950 clip; shared/research/cspd_mar_disa.md §3.2);
+* ``cspd-verify``: CSpD's one-pass verification of a window of γ = 4, 8, 16 tokens (one pass, the head's S steps
+  over every window token) relative to one-token MAR at the same batch (issue #20's GPU item);
 * ``scalekv-kv``: VAR's peak attended KV bytes with a 10% uniform budget vs the full cache (analytic,
   ``accel.models.var_calc``; ScaleKV keeps the same per-scale totals).
 
@@ -36,6 +41,7 @@ from accel.harness.results import environment, make_row
 from accel.harness.timing import time_interleaved
 from accel.models.llamagen import GPTConfig, Transformer, gpt_config
 from accel.models.llamagen_generate import SamplingConfig, generate
+from accel.models.llamagen_vq import VQConfig, VQModel
 from accel.models.mar import MAR, MARConfig
 from accel.models.mar import preset as mar_preset
 from accel.models.var import VAR, VARConfig, var_config
@@ -61,6 +67,8 @@ class Preset:
     mar_iters: tuple[int, ...] = (64, 256)
     kv_budget: float = KV_BUDGET  # ScaleKV's 10 %; tiny schedules cache too few tokens for it (budgets refuse)
     kv_window: int | None = None  # observation window; None = min(16, last scale's tokens)
+    llamagen_vq: VQConfig = VQConfig()  # the image decoder every LlamaGen row shares (VQ-16)
+    cspd_gammas: tuple[int, ...] = (1, 4, 8, 16)  # CSpD window sizes verified in one target pass (1 = one token)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +87,8 @@ def tiny_preset() -> Preset:
                      using_sa=False, using_mid_sa=False)
     return Preset(llamagen={"LlamaGen-tiny": GPTConfig(dim=32, n_layer=2, n_head=2, multiple_of=16, vocab_size=64,
                                                         block_size=36, num_classes=10)},
+                  llamagen_vq=VQConfig(codebook_size=64, encoder_ch_mult=(1, 1), decoder_ch_mult=(1, 1), z_channels=8,
+                                       ch=32, num_res_blocks=1), cspd_gammas=(1, 2),
                   mar={"MAR-tiny": MARConfig(img_size=64, vae_stride=16, encoder_embed_dim=32, encoder_depth=1,
                                              encoder_num_heads=2, decoder_embed_dim=32, decoder_depth=1,
                                              decoder_num_heads=2, diffloss_d=1, diffloss_w=32, buffer_size=4,
@@ -97,6 +107,13 @@ def _median_s(fn: Callable[[], Any], device: torch.device, p: Preset, inner: int
 
     t = time_interleaved({"x": call}, repeats=p.repeats, warmup=p.warmup, device=device)["x"]
     return t.median / inner
+
+
+def _medians_s(calls: dict[str, Callable[[], Any]], device: torch.device, p: Preset) -> dict[str, float]:
+    """Median seconds of each call, timed interleaved in the same rounds (a same-run ratio; warm-up excluded)."""
+    t = time_interleaved({k: (lambda r, fn=fn: fn()) for k, fn in calls.items()}, repeats=p.repeats, warmup=p.warmup,
+                         device=device)
+    return {k: v.median for k, v in t.items()}
 
 
 @dataclass
@@ -131,22 +148,53 @@ def _labels(batch: int, num_classes: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- LlamaGen
-def llamagen_rows(name: str, cfg: GPTConfig, c: _Ctx) -> list[dict]:
+def guidance_free_row(c: _Ctx, family: str, name: str, bs: int, t: dict[str, float], decode_s: float | None,
+                      work: Work | float | None, **extra) -> dict:
+    """``ar-free``: decoding without guidance (a CCA model's setting, arXiv 2410.09347: the conditional rows alone),
+    timed interleaved with the CFG loop ``t["cfg"]``: ``cfg_over_free`` is the throughput a guidance-free model gains
+    at this batch; with ``decode_s`` (the image decode both pay, when the loop excludes it) also end to end."""
+    e2e = None if decode_s is None else (t["cfg"] + decode_s) / (t["free"] + decode_s)
+    return c.row(family, name, "ar-free", bs, t["free"], work, images_per_s=bs / t["free"],
+                 cfg_over_free=t["cfg"] / t["free"], decode_s=decode_s, cfg_over_free_with_decode=e2e, **extra)
+
+
+def llamagen_decode_rows(vq_cfg: VQConfig, tokens: int, c: _Ctx) -> tuple[list[dict], dict[int, float]]:
+    """``vq-decode``: the LlamaGen tokenizer's image decode of ``tokens`` codes per image, at each batch (shared by
+    every LlamaGen size and by CFG and guidance-free decoding alike); returns the rows and {batch: seconds}."""
+    side = math.isqrt(tokens)
+    with torch.device(c.device):
+        vq = VQModel(vq_cfg).eval()
+    rows, out = [], {}
+    with torch.inference_mode(), c.amp():
+        for bs in c.preset.batches:
+            idx = torch.zeros(bs, side * side, dtype=torch.long, device=c.device)
+            out[bs] = _median_s(lambda: vq.decode_code(idx, (side, side)), c.device, c.preset)
+            rows.append(c.row("llamagen", "VQ-16" if vq_cfg == VQConfig() else "VQ", "vq-decode", bs, out[bs],
+                              images_per_s=bs / out[bs], params={"grid": [side, side]}))
+    return rows, out
+
+
+def llamagen_rows(name: str, cfg: GPTConfig, c: _Ctx, decode_s: dict[int, float] | None = None) -> list[dict]:
     dev, p = c.device, c.preset
     with torch.device(dev):
         model = Transformer(cfg).eval()
     if dev.type == "cuda":
         model = model.to(c.dtype)  # official LlamaGen sampling casts the GPT to the compute dtype
-    sc, n = SamplingConfig(cfg_scale=4.0), cfg.block_size
+    decode_s = decode_s or {}
+    sc, free, n = SamplingConfig(cfg_scale=4.0), SamplingConfig(cfg_scale=1.0), cfg.block_size
     rows, ar = [], {}
     with torch.inference_mode(), c.amp():
         for bs in p.batches:
             g = torch.Generator(dev).manual_seed(0)
             cond = _labels(bs, cfg.num_classes, dev)
-            t = _median_s(lambda: generate(model, cond, sc=sc, generator=g), dev, p)
-            ar[bs] = t
-            rows.append(c.row("llamagen", name, "ar", bs, t, llamagen_work(cfg, bs, cfg_guidance=True, bytes_per_element=c.elt),
-                              images_per_s=bs / t, tokens_per_s=bs * n / t, params={"cfg_scale": 4.0, "tokens": n}))
+            t = _medians_s({"cfg": lambda: generate(model, cond, sc=sc, generator=g),
+                            "free": lambda: generate(model, cond, sc=free, generator=g)}, dev, p)
+            ar[bs] = t["cfg"]
+            rows.append(c.row("llamagen", name, "ar", bs, t["cfg"], llamagen_work(cfg, bs, cfg_guidance=True, bytes_per_element=c.elt),
+                              images_per_s=bs / t["cfg"], tokens_per_s=bs * n / t["cfg"], params={"cfg_scale": 4.0, "tokens": n}))
+            rows.append(guidance_free_row(c, "llamagen", name, bs, t, decode_s.get(bs),
+                                          llamagen_work(cfg, bs, cfg_guidance=False, bytes_per_element=c.elt),
+                                          tokens_per_s=bs * n / t["free"], params={"cfg_scale": 1.0, "tokens": n}))
         # verify cost curve at batch 1 (rows [cond; uncond]), the cache filled up to the middle of the image (or as
         # far as the largest forward still fits in the RoPE table)
         max_t = max(max(p.gammas) + 1, max(t.size + 1 for t in TREES.values()))
@@ -205,12 +253,7 @@ def mar_rows(name: str, cfg: MARConfig, c: _Ctx) -> list[dict]:
             per_step = {}
             for iters in p.mar_iters:
                 hr = R * max(1, L // iters)
-                z = torch.zeros(hr, cfg.decoder_embed_dim, device=dev)
-                g = torch.Generator(dev).manual_seed(0)
-                lo, hi = 5, 25
-                t_lo = _median_s(lambda: model.head.sample(z, steps=lo, cfg=3.0, generator=g), dev, p)
-                t_hi = _median_s(lambda: model.head.sample(z, steps=hi, cfg=3.0, generator=g), dev, p)
-                per_step[iters] = max(t_hi - t_lo, 0.0) / (hi - lo)
+                per_step[iters] = head_step_s(model, hr, c)
                 rows.append(c.row("mar", name, "disa-head-step", bs, per_step[iters],
                                   mar_head_step(cfg, hr, c.elt).floor_s(c.peak), params={"num_iter": iters, "head_rows": hr},
                                   head_share_100_steps=100 * per_step[iters] / (t_pass + 100 * per_step[iters])))
@@ -222,7 +265,33 @@ def mar_rows(name: str, cfg: MARConfig, c: _Ctx) -> list[dict]:
                               est_speedup_disa_vs_default=est[f"{hi_it}x100"] / est[f"disa-{lo_it}"],
                               est_speedup_disa_vs_same_iters=est[f"{lo_it}x100"] / est[f"disa-{lo_it}"],
                               params={"note": "num_iter x (pass + steps x head step); DiSA 50->5 linear"}))
+            rows += cspd_verify_rows(name, cfg, model, bs, t_pass, c)
     return rows
+
+
+def head_step_s(model: MAR, rows: int, c: _Ctx, lo: int = 5, hi: int = 25) -> float:
+    """Seconds of one diffusion-head step (with CFG) on ``rows`` conditions: the difference of ``hi``- and ``lo``-step
+    samples over ``hi - lo`` (the per-call set-up cancels)."""
+    z = torch.zeros(rows, model.cfg.decoder_embed_dim, device=c.device)
+    g = torch.Generator(c.device).manual_seed(0)
+    t = {k: _median_s(lambda k=k: model.head.sample(z, steps=k, cfg=3.0, generator=g), c.device, c.preset) for k in (lo, hi)}
+    return max(t[hi] - t[lo], 0.0) / (hi - lo)
+
+
+def cspd_verify_rows(name: str, cfg: MARConfig, model: MAR, bs: int, t_pass: float, c: _Ctx) -> list[dict]:
+    """``cspd-verify``: CSpD's one-pass window verification (arXiv 2411.11925 as released: the target judges a window of
+    gamma draft tokens per image with one encoder/decoder pass and its head over all of them, every head step) against
+    one-token MAR's step at the same batch (gamma = 1): ``relative_cost`` = t(gamma) / t(1) and ``per_token`` =
+    relative_cost / gamma, the cost of one verified token in target tokens (a free draft accepted in full gives
+    1 / per_token). t(gamma) = pass + S head steps on 2 * bs * gamma rows, S = the config's sampling steps."""
+    S = int(cfg.num_sampling_steps)
+    est = {gm: t_pass + S * head_step_s(model, 2 * bs * gm, c) for gm in c.preset.cspd_gammas}
+    one = est[min(est)]
+    return [c.row("mar", name, "cspd-verify", bs, t, mar_pass(cfg, 2 * bs, cfg.seq_len // 2, c.elt).floor_s(c.peak)
+                  + S * mar_head_step(cfg, 2 * bs * gm, c.elt).floor_s(c.peak),
+                  relative_cost=t / one, per_token=t / one / gm,
+                  params={"gamma": gm, "head_steps": S, "head_rows": 2 * bs * gm, "note": "pass + S x head step"})
+            for gm, t in est.items()]
 
 
 # ---------------------------------------------------------------------------------------------------- VAR
@@ -236,13 +305,16 @@ def var_rows(name: str, cfg: VARConfig, vq: VQVAEConfig, c: _Ctx) -> list[dict]:
             g = torch.Generator(dev).manual_seed(0)
             cond = _labels(bs, cfg.num_classes, dev)
             top_k = min(900, vq.vocab_size)  # the official sampling settings
-            t = _median_s(lambda: model.autoregressive_infer_cfg(vae, bs, cond, generator=g, cfg=1.5, top_k=top_k,
-                                                                 top_p=0.96), dev, p)
-            ar[bs] = t
-            rows.append(c.row("var", name, "ar", bs, t, var_work(cfg, bs, vocab_size=vq.vocab_size, Cvae=vq.z_channels,
-                                                                 bytes_per_element=c.elt),
-                              images_per_s=bs / t, tokens_per_s=bs * cfg.L / t,
+            t = _medians_s({k: (lambda s=s: model.autoregressive_infer_cfg(vae, bs, cond, generator=g, cfg=s, top_k=top_k,
+                                                                            top_p=0.96)) for k, s in (("cfg", 1.5), ("free", 0.0))},
+                           dev, p)
+            ar[bs] = t["cfg"]
+            rows.append(c.row("var", name, "ar", bs, t["cfg"], var_work(cfg, bs, vocab_size=vq.vocab_size, Cvae=vq.z_channels,
+                                                                        bytes_per_element=c.elt),
+                              images_per_s=bs / t["cfg"], tokens_per_s=bs * cfg.L / t["cfg"],
                               params={"cfg": 1.5, "scales": len(cfg.patch_nums), "note": "includes the VQVAE decode"}))
+            rows.append(guidance_free_row(c, "var", name, bs, t, None, None, tokens_per_s=bs * cfg.L / t["free"],
+                                          params={"cfg": 0.0, "note": "includes the VQVAE decode"}))
         for bs in p.batches:  # DD1 student-sized forward: all L tokens in one block-causal pass, no CFG rows
             x = torch.zeros(bs, cfg.L - cfg.first_l, vq.z_channels, device=dev)
             cond = _labels(bs, cfg.num_classes, dev)
@@ -280,10 +352,14 @@ def run_preset(preset: Preset, device: torch.device | str = "cpu", dtype: torch.
     say = progress or (lambda msg: None)
     say(f"calibrating {device} ({dtype}) matmul peak and copy bandwidth")
     c = _Ctx(device, dtype, device_peak(device, dtype), preset, environment(device), command)
-    rows = []
+    rows, decode_s = [], {}
+    if preset.llamagen:
+        say("LlamaGen tokenizer: image decode")
+        decode_rows, decode_s = llamagen_decode_rows(preset.llamagen_vq, next(iter(preset.llamagen.values())).block_size, c)
+        rows += decode_rows
     for name, cfg in preset.llamagen.items():
-        say(f"{name}: AR, verify curve, DD forward")
-        rows += llamagen_rows(name, cfg, c)
+        say(f"{name}: AR with and without guidance, verify curve, DD forward")
+        rows += llamagen_rows(name, cfg, c, decode_s)
     for name, cfg in preset.mar.items():
         say(f"{name}: MAR pass, DiSA head steps")
         rows += mar_rows(name, cfg, c)
@@ -305,7 +381,8 @@ def estimated_seconds(preset: Preset, flops_per_s: float = 989e12, bytes_per_s: 
     for cfg in preset.llamagen.values():
         n, k = cfg.block_size, 25 * cfg.n_layer + 20
         for bs in preset.batches:
-            total += rounds * (llamagen_work(cfg, bs, cfg_guidance=True, bytes_per_element=elt).floor_s(peak) + n * k * launch_s)
+            total += rounds * sum(llamagen_work(cfg, bs, cfg_guidance=g, bytes_per_element=elt).floor_s(peak) + n * k * launch_s
+                                  for g in (True, False))
             total += rounds * max(1, preset.inner // 5) * (llamagen_step(cfg, bs, n, n, elt).floor_s(peak) + k * launch_s)
         n_fwd = len(preset.gammas) + 1 + len(TREES)
         total += rounds * preset.inner * n_fwd * (llamagen_step(cfg, 2, 21, n, elt).floor_s(peak) + k * launch_s)
@@ -313,16 +390,19 @@ def estimated_seconds(preset: Preset, flops_per_s: float = 989e12, bytes_per_s: 
         k = 25 * (cfg.encoder_depth + cfg.decoder_depth)
         for bs in preset.batches:
             total += rounds * (mar_pass(cfg, 2 * bs, cfg.seq_len, elt).floor_s(peak) + k * launch_s)
-            for iters in preset.mar_iters:
-                step = mar_head_step(cfg, 2 * bs * max(1, cfg.seq_len // iters), elt).floor_s(peak)
+            head_rows = [2 * bs * max(1, cfg.seq_len // iters) for iters in preset.mar_iters]
+            for rows in head_rows + [2 * bs * gm for gm in preset.cspd_gammas]:
+                step = mar_head_step(cfg, rows, elt).floor_s(peak)
                 total += rounds * 30 * (step + (12 * cfg.diffloss_d + 20) * launch_s)
     for cfg, vq in preset.var.values():
         k = 25 * cfg.depth + 30
         for bs in preset.batches:
-            total += rounds * (var_work(cfg, bs, vocab_size=vq.vocab_size, Cvae=vq.z_channels, bytes_per_element=elt).floor_s(peak)
-                               + len(cfg.patch_nums) * k * launch_s + 0.05)  # + the VQVAE decode
+            total += rounds * 1.5 * (var_work(cfg, bs, vocab_size=vq.vocab_size, Cvae=vq.z_channels, bytes_per_element=elt).floor_s(peak)
+                                     + len(cfg.patch_nums) * k * launch_s + 0.05)  # + the VQVAE decode; + guidance-free
             total += rounds * max(1, preset.inner // 5) * (var_cost(cfg, vq.vocab_size, vq.z_channels, cfg_guidance=False).flops
                                                            * bs / peak.flops_per_s + k * launch_s)
+    if preset.llamagen:  # the VQ decode at each batch: 253 GFLOP per 256 px image (VQ-16, counted)
+        total += rounds * sum(0.253e12 * bs / peak.flops_per_s + 0.01 for bs in preset.batches)
     return total + 5.0 * math.ceil(len(preset.llamagen) + len(preset.mar) + len(preset.var))  # building the models
 
 
@@ -346,6 +426,14 @@ def summary_markdown(rows: list[dict], *, command: str) -> str:
            "|---|---|---|---|---|---|---|"]
     out += [f"| {r['model']} | {r['batch_size']} | {_f(r['latency_s'])} | {_f(r['tokens_per_s'])} | {_f(r['images_per_s'])} | "
             f"{_f(r['floor_s'])} | {_f(r['frac_floor'])} |" for r in by("ar")]
+    out += ["", "## Guidance-free decoding (CCA) vs CFG, timed interleaved", "",
+            "| model | batch | CFG s | guidance-free s | CFG / free | with the image decode | decode s |",
+            "|---|---|---|---|---|---|---|"]
+    cfg_s = {(r["model"], r["batch_size"]): r["latency_s"] for r in by("ar")}
+    out += [f"| {r['model']} | {r['batch_size']} | {_f(cfg_s.get((r['model'], r['batch_size'])))} | {_f(r['latency_s'])} | "
+            f"{_f(r['cfg_over_free'], '{:.2f}x')} | "
+            f"{_f(r['cfg_over_free_with_decode'], '{:.2f}x') if r['cfg_over_free_with_decode'] else 'in the loop'} | "
+            f"{_f(r['decode_s'])} |" for r in by("ar-free")]
     out += ["", "## Verify cost: a T-token forward through the cache relative to one token (batch 1, CFG rows)", "",
             "| model | forward | tokens | latency ms | relative cost | fraction of floor |", "|---|---|---|---|---|---|"]
     out += [f"| {r['model']} | {r['params'].get('tree') or 'chain, gamma=' + str(r['params'].get('gamma'))} | "
@@ -364,6 +452,12 @@ def summary_markdown(rows: list[dict], *, command: str) -> str:
     out += [f"| {r['model']} | {r['batch_size']} | {', '.join(f'{k}: {v:.3g}' for k, v in r['est_generation_s'].items())} | "
             f"{_f(r['est_speedup_disa_vs_default'], '{:.2f}x')} | {_f(r['est_speedup_disa_vs_same_iters'], '{:.2f}x')} |"
             for r in by("disa-estimate")]
+    out += ["", "## CSpD: one-pass verification of a window of gamma tokens vs one-token MAR (pass + S head steps)", "",
+            "| model | batch | gamma | latency s | relative cost | per verified token | fraction of floor |",
+            "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {r['batch_size']} | {r['params']['gamma']} | {_f(r['latency_s'])} | "
+            f"{_f(r['relative_cost'], '{:.2f}')} | {_f(r['per_token'], '{:.3f}')} | {_f(r['frac_floor'])} |"
+            for r in by("cspd-verify")]
     out += ["", "## ScaleKV: peak attended KV bytes, 10% budget vs full (analytic)", "",
             "| model | batch | full MB | 10% budget MB | fraction |", "|---|---|---|---|---|"]
     out += [f"| {r['model']} | {r['batch_size']} | {r['kv_full_bytes'] / 1e6:,.1f} | {r['kv_bytes'] / 1e6:,.1f} | "
