@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from accel import zoo
+from accel.api.compile import compile as compile_method
 from accel.distill.data import PairSpec, pair_noise
 from accel.distill.flow import FlowSolver
 from accel.distill.sequence import llamagen_pair_map
@@ -147,13 +148,15 @@ def sweep(family: str, cfg_scales: list[float], run_dirs: list[str], zoo_models:
 
 
 @torch.no_grad()
-def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
+def cost_split(batch: int, repeats: int, out: Path, compile_parts: str | None = None) -> list[dict]:
     """Where a generate call's time goes, for the base with CFG at its card scale (2B rows) and guidance-free
     (B rows), per family: ``tokens`` (the AR/next-scale loop) and ``decode`` (tokens -> images, shared by both);
     for LlamaGen also ``sample`` (probabilities + draw on (B, V) logits, 64 times, what the loop does besides
     the forwards; CFG adds one combine) and ``forward_step_s`` (one decode-step forward at B and at 2B rows:
     the batch scaling of the network itself). Medians of ``repeats`` interleaved calls, warm-up excluded ->
-    cost_split.jsonl. The speed-up a halved batch can give is (tokens_cfg + decode) / (tokens_free + decode)."""
+    cost_split.jsonl. ``compile_parts`` (``networks``, ``decoders``, ``all``): ``accel.compile`` both generators
+    alike (compilation in the warm-up round; ``forward_step_s`` then times the compiled network). The speed-up a
+    halved batch can give is (tokens_cfg + decode) / (tokens_free + decode)."""
     def clock(fn):
         t = time.perf_counter()
         fn()
@@ -164,6 +167,9 @@ def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
         ctx = BuildContext(model=base, device=torch.device("cpu"), dtype=torch.float32)
         gens = {"cfg": generator(ctx, cast=family == "llamagen"),
                 "free": generator(ctx, cast=family == "llamagen", cfg_scale=1.0)}
+        if compile_parts:
+            for gen in gens.values():
+                compile_method(gen, True, parts=compile_parts)
         cond = torch.arange(batch) % 10
         toks = gens["cfg"].tokens(cond, generator=torch.Generator().manual_seed(0))
         times = {k: {"tokens": [], "decode": []} for k in gens}
@@ -187,7 +193,7 @@ def cost_split(batch: int, repeats: int, out: Path) -> list[dict]:
                    "tokens_s": med[k]["tokens"], "decode_s": med[k]["decode"],
                    "sample_s": float(torch.tensor(samp[k]).median()) if samp[k] else None,
                    "cfg_scale": gens[k].sampling.cfg_scale, "threads": torch.get_num_threads()}
-            rows.append(row)
+            rows.append({**row, "compile": compile_parts} if compile_parts else row)
         if family == "llamagen":  # one decode-step forward (token 32 of 64) at B rows and at 2B rows
             net = gens["free"].model
             step = {}
@@ -281,6 +287,8 @@ def main():
     ap.add_argument("--min-steps", type=int, default=100,
                     help="sweep figure: leave out CCA runs trained fewer steps (unconverged probes)")
     ap.add_argument("--cost-split", action="store_true", help="only split a generate call's time (batch: the largest)")
+    ap.add_argument("--compile", default="", choices=("", "networks", "decoders", "all"),
+                    help="--cost-split: accel.compile these parts of both generators alike")
     ap.add_argument("--dd-pairs", action="store_true",
                     help="only: DD1 pair-generation rate, CCA vs CFG teacher (batch: the largest), and with "
                          "--n-images each teacher's flow-mapped FID")
@@ -288,7 +296,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cost_split:
-        for r in cost_split(max(int(b) for b in args.batch_sizes.split(",")), 3 if args.quick else 5, args.out):
+        for r in cost_split(max(int(b) for b in args.batch_sizes.split(",")), 3 if args.quick else 5, args.out,
+                            args.compile or None):
             print(r)
         return
     if args.dd_pairs:
