@@ -407,14 +407,22 @@ def main(argv=None) -> int:
                     help="loops of --acceptance, in this order")
     ap.add_argument("--rules", nargs="+", default=tuple(RULES), choices=sorted(RULES),
                     help="rules of --acceptance, in this order")
-    ap.add_argument("--drafts", nargs="+", default=("zoo", "aligned"), choices=sorted(DRAFTS),
-                    help="zoo drafts of the grid (--quick: the first only)")
+    ap.add_argument("--drafts", nargs="+", default=("zoo", "aligned"), choices=sorted({*DRAFTS, "file"}),
+                    help="zoo drafts of the grid (--quick: the first only); file: the --draft-file")
+    ap.add_argument("--draft-file", type=Path, help="a MAR draft in the zoo's file format (NAME.safetensors.xz), "
+                                                    "named 'file' in --drafts and in the rows' method names")
     ap.add_argument("--plot", action="store_true", help="only redraw the plot from OUT/cspd.jsonl")
     ap.add_argument("--quality-only", action="store_true", help="FID of --methods at --n-images (default 200), no timing")
     ap.add_argument("--methods", nargs="+", help="run only these grid entries (the baseline always runs)")
     ap.add_argument("--disa", nargs="+", default=(), metavar="SPEC",
                     help="add CSpD composed with these DiSA schedules, e.g. linear:50:5 (annealing.disa.make_schedule)")
     args = ap.parse_args(argv)
+    if ("file" in args.drafts) != (args.draft_file is not None):
+        ap.error("--draft-file and '--drafts ... file' go together")
+    if args.draft_file is not None:
+        if not args.draft_file.is_file():
+            ap.error(f"--draft-file {args.draft_file}: no such file")
+        DRAFTS["file"] = str(args.draft_file)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.plot:

@@ -16,7 +16,10 @@ the target's chain over at step k0):
 ``--z-steps N`` adds an arm that isolates the backbone: the draft's backbone plus a linear map to the target's
 condition width, trained N steps to regress the target's head conditions z (cond and uncond rows, every unknown
 position; relative squared error), read by the TARGET's own head (``TargetHeadDraft``): the gap a draft would
-have if its head were exact, against the relative error of its z.
+have if its head were exact, against the relative error of its z. ``--head-steps M`` adds the converse arm: the
+zoo draft's small head (a fifth of the target head's parameters) reading the TARGET's exact z through a trained
+linear map, teacher-forced M steps (the sigma0 weighting): the gap a cheap head makes by itself; with ``--z-steps``
+too, it reads the regressed z instead (a whole cheap draft: small backbone, small head).
 
 Contexts: the target's own one-token-per-step chains at the zoo card's settings (cfg 5 constant, 50 head steps,
 the 950 clip), cached under ``--cache``; held-out chains of other seeds for the evaluation. Rows go to
@@ -29,6 +32,7 @@ OUT/step_weighting.jsonl. Nothing is shipped: the zoo draft is unchanged.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from pathlib import Path
@@ -42,6 +46,7 @@ from accel.models.mar_head import HeadNoise
 from accel.models.mar_loop import head_schedule
 from accel.speculative.cspd_math import log_acceptance_ratio
 from accel.train.recipes.mar_draft_aligned import AlignedDraftRecipe, chain_gaps, forced_steps, gaussian_kl
+from accel.zoo.store import save_zoo_file
 
 CFG, HEAD_STEPS, EVAL_POSITIONS = 5.0, "50", 4
 WEIGHTS = ("kl", "sigma0", "late")
@@ -106,8 +111,57 @@ class TargetHeadDraft(nn.Module):
         return self.proj(self.backbone.head_condition(tokens, mask, labels, positions, cfg=cfg))
 
 
-def z_regression(p, init: str, data, heldout, sched, args, log) -> dict:
-    """The ``--z-steps`` arm (module docstring)."""
+class SmallHeadDraft(nn.Module):
+    """Head conditions from ``source`` (the target itself: its exact z; or a z-regressing ``TargetHeadDraft``),
+    frozen, mapped to a small head's width by ``proj`` and read by that head: the ``--head-steps`` arms."""
+
+    def __init__(self, source, head, source_width: int, head_width: int):
+        super().__init__()
+        self.source, self.head = source, head
+        self.proj = nn.Linear(source_width, head_width)
+
+    def head_condition(self, tokens, mask, labels, positions, *, cfg=False):
+        with torch.no_grad():
+            z = self.source.head_condition(tokens, mask, labels, positions, cfg=cfg)
+        return self.proj(z)
+
+
+def small_head(p, source, label: str, init: str, data, heldout, sched, args, log) -> tuple[dict, SmallHeadDraft]:
+    """One ``--head-steps`` arm (module docstring): the draft's small head, teacher-forced (sigma0 weighting) on
+    ``source``'s z through a trained linear map, then evaluated; returns the row and the draft."""
+    with torch.random.fork_rng():
+        torch.manual_seed(args.seed)
+        small = zoo.load(init).float()
+        q = SmallHeadDraft(source, small.head, p.cfg.decoder_embed_dim, small.cfg.decoder_embed_dim)
+
+    def loss_fn(seq, labels, order, g):
+        k = int(torch.randint(0, seq.shape[1] - args.positions + 1, (), generator=g))
+        return forced_loss(p, q, seq, labels, order, k, args.positions, sched, g, "sigma0", args.late_from)
+
+    params = list(q.head.parameters()) + list(q.proj.parameters())
+    train_s = fit(params, loss_fn, data, steps=args.head_steps, lr=args.head_lr, warmup=20, args=args, log=log,
+                  tag=label, log_every=50)
+    return {"weight": f"{label}, small head (sigma0)", "steps": args.head_steps, "train_s": train_s,
+            **evaluate(p, q.eval(), *heldout, sched)}, q
+
+
+@torch.no_grad()
+def folded_draft(z_draft: TargetHeadDraft, q: SmallHeadDraft) -> nn.Module:
+    """One MAR of the draft's own config that computes what ``q`` reading ``z_draft`` computes: the z-regressing
+    backbone with the trained small head, its two linear maps (draft width -> target width -> head width) folded
+    into the head's condition embedding, c' = Wc (W2 (W1 z + b1) + b2) + bc (exact up to float rounding)."""
+    mar = copy.deepcopy(z_draft.backbone)
+    mar.head.load_state_dict(q.head.state_dict())
+    (w1, b1), (w2, b2) = (z_draft.proj.weight, z_draft.proj.bias), (q.proj.weight, q.proj.bias)
+    ce = mar.head.net.cond_embed
+    wc, bc = ce.weight.clone(), ce.bias.clone()
+    ce.weight.copy_(wc @ w2 @ w1)
+    ce.bias.copy_(wc @ (w2 @ b1 + b2) + bc)
+    return mar.eval()
+
+
+def z_regression(p, init: str, data, heldout, sched, args, log) -> tuple[dict, TargetHeadDraft]:
+    """The ``--z-steps`` arm (module docstring); returns its row and the trained draft."""
     with torch.random.fork_rng():  # the projection's initialisation, seeded (the runs before 2026-12-04 19:05 were not)
         torch.manual_seed(args.seed)
         draft = TargetHeadDraft(zoo.load(init).float(), p)
@@ -126,7 +180,7 @@ def z_regression(p, init: str, data, heldout, sched, args, log) -> dict:
     train_s = fit(params, loss_fn, data, steps=args.z_steps, lr=args.z_lr, warmup=50, args=args, log=log,
                   tag="z regression", log_every=200)
     return {"weight": "z regression, target head", "steps": args.z_steps, "train_s": train_s,
-            **evaluate(p, draft.eval(), *heldout, sched)}
+            **evaluate(p, draft.eval(), *heldout, sched)}, draft.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -207,6 +261,12 @@ def main():
                     help="teacher-forced arms (none: only the base row and --z-steps)")
     ap.add_argument("--z-steps", type=int, default=0, help="steps of the z-regression arm (0: none)")
     ap.add_argument("--z-lr", type=float, default=1e-3)
+    ap.add_argument("--head-steps", type=int, default=0,
+                    help="steps of the small-head arm: the draft's head reading the target's own z, or with "
+                         "--z-steps the regressed z (0: none)")
+    ap.add_argument("--head-lr", type=float, default=1e-3)
+    ap.add_argument("--save-draft", type=Path, help="with --z-steps and --head-steps: write the folded draft here "
+                                                    "(zoo format, NAME.safetensors.xz) and evaluate it as loaded")
     ap.add_argument("--init", default="fmnist-mar-draft-aligned", help="zoo draft every arm starts from")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -223,8 +283,13 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.n_chains, args.steps, args.weights = 64, 20, ["sigma0"]
-    if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions) < 1 or args.z_steps < 0:
-        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1, --z-steps >= 0")
+    if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions) < 1 \
+            or min(args.z_steps, args.head_steps) < 0:
+        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1, --z-steps and --head-steps >= 0")
+    if args.save_draft and not (args.z_steps and args.head_steps):
+        raise SystemExit("--save-draft needs --z-steps and --head-steps (the draft is their two parts folded)")
+    if args.save_draft and not str(args.save_draft).endswith(".safetensors.xz"):
+        raise SystemExit("--save-draft: name the file NAME.safetensors.xz (the zoo format)")
     if not 0 <= args.late_from < 48:
         raise SystemExit("--late-from must lie in 0..47 (the 48 head steps of the 950-clipped 50-step schedule)")
     torch.set_num_threads(args.threads)
@@ -248,8 +313,21 @@ def main():
           **evaluate(p, zoo.load(args.init).float().eval(), *heldout, sched)})
     for w in args.weights:
         keep(train(p, args.init, w, data, heldout, sched, args, log))
+    z_draft = None
     if args.z_steps:
-        keep(z_regression(p, args.init, data, heldout, sched, args, log))
+        row, z_draft = z_regression(p, args.init, data, heldout, sched, args, log)
+        keep(row)
+    if args.head_steps:  # with --z-steps: the small head on the regressed z; else on the target's exact z
+        label = f"regressed z ({args.z_steps} steps)" if z_draft is not None else "exact target z"
+        row, q = small_head(p, z_draft if z_draft is not None else p, label, args.init, data, heldout, sched, args, log)
+        keep(row)
+        if args.save_draft:  # the whole cheap draft as one zoo-format MAR file, evaluated as loaded back (fp16)
+            _, info = zoo.load_with_info(args.init)
+            save_zoo_file(args.save_draft, folded_draft(z_draft, q).state_dict(), kind="mar", config=info["config"],
+                          info={"recipe": "experiments/cspd_step_weighting.py", "command": command, "init": args.init,
+                                "z_steps": args.z_steps, "head_steps": args.head_steps, "n_chains": args.n_chains})
+            keep({"weight": f"the two folded into one MAR, saved fp16 ({args.save_draft})", "steps": 0,
+                  **evaluate(p, zoo.load(args.save_draft).float().eval(), *heldout, sched)})
 
 if __name__ == "__main__":
     main()

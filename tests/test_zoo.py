@@ -55,6 +55,14 @@ def test_wrong_file_is_a_clear_error(tiny_files, tmp_path):
         zoo.weights_path("fmnist-nope")
 
 
+def test_is_available_takes_zoo_files_as_load_does(tiny_files, tmp_path):
+    d, _, _ = tiny_files
+    assert zoo.is_available(d / "gpt.safetensors") and zoo.is_available(str(d / "gpt.safetensors"))
+    assert not zoo.is_available(tmp_path / "missing.safetensors.xz")
+    with pytest.raises(KeyError, match="valid"):  # neither a zoo name nor a zoo-format file name
+        zoo.is_available("fmnist-nope")
+
+
 def test_sampling_shapes_and_determinism(tiny_files):
     d, _, _ = tiny_files
     s = ZooSampler(str(d / "gpt.safetensors"), tokenizer=str(d / "vq.safetensors"), cfg_scale=1.5)

@@ -131,8 +131,12 @@ def weights_path(name: str) -> Path:
     return zoo_file(WEIGHTS_DIR, name)
 
 
-def is_available(name: str) -> bool:
-    return weights_path(name).is_file()
+def is_available(name: str | Path) -> bool:
+    """Whether ``name`` can be loaded here: a zoo name whose weights are in this copy, or the path of an existing
+    zoo-format file (``NAME.safetensors[.xz]``, which ``load`` takes too). Any other name raises ``KeyError``."""
+    if str(name) not in ZOO and is_zoo_path(name):
+        return Path(name).is_file()
+    return weights_path(str(name)).is_file()
 
 
 def available() -> list[str]:
