@@ -1,20 +1,13 @@
 """experiments/cca_flop_ceiling.py: the counted FLOPs of the zoo's CFG and guidance-free loops and decodes."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from experiment_script import load_experiment
 
 
 @pytest.fixture(scope="module")
 def ceiling():
-    spec = importlib.util.spec_from_file_location("cca_flop_ceiling", ROOT / "experiments" / "cca_flop_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("cca_flop_ceiling")
 
 
 def test_row_is_the_end_to_end_ratio(ceiling):

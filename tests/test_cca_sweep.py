@@ -2,21 +2,15 @@
 sweep by scale, CCA runs by run, older rows without ``kind``), and a figure written from the JSONL only."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from experiment_script import load_experiment
 
 
 @pytest.fixture(scope="module")
 def cca_script():
-    spec = importlib.util.spec_from_file_location("cca_experiment", ROOT / "experiments" / "cca.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("cca")
 
 
 ROWS = [
