@@ -23,10 +23,14 @@ too, it reads the regressed z instead (a whole cheap draft: small backbone, smal
 
 Contexts: the target's own one-token-per-step chains at the zoo card's settings (cfg 5 constant, 50 head steps,
 the 950 clip), cached under ``--cache``; held-out chains of other seeds for the evaluation. Rows go to
-OUT/step_weighting.jsonl. Nothing is shipped: the zoo draft is unchanged.
+OUT/step_weighting.jsonl. Nothing is shipped: the zoo draft is unchanged (``--save-draft`` writes a file of
+its own, results/cspd/zhead/ keeps the one made in session 14).
 
     python experiments/cspd_step_weighting.py --weights kl sigma0 late --steps 400 --out results/cspd/step_weighting
     python experiments/cspd_step_weighting.py --weights --z-steps 1000 --out results/cspd/step_weighting
+    python experiments/cspd_step_weighting.py --weights --head-steps 800 --out results/cspd/step_weighting
+    python experiments/cspd_step_weighting.py --weights --z-steps 8000 --head-steps 800 \
+        --save-draft runs/cspd-zhead/fmnist-mar-draft-zhead.safetensors.xz --out runs/cspd-zhead   # ~1 h
     python experiments/cspd_step_weighting.py --quick      # ~2 min: 64 chains, 20 steps, one weighting
 """
 from __future__ import annotations
@@ -285,7 +289,8 @@ def main():
         args.n_chains, args.steps, args.weights = 64, 20, ["sigma0"]
     if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions) < 1 \
             or min(args.z_steps, args.head_steps) < 0:
-        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1, --z-steps and --head-steps >= 0")
+        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1; "
+                         "--z-steps and --head-steps >= 0")
     if args.save_draft and not (args.z_steps and args.head_steps):
         raise SystemExit("--save-draft needs --z-steps and --head-steps (the draft is their two parts folded)")
     if args.save_draft and not str(args.save_draft).endswith(".safetensors.xz"):

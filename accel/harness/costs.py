@@ -190,8 +190,9 @@ def llamagen_rows(name: str, cfg: GPTConfig, c: _Ctx, decode_s: dict[int, float]
             t = _medians_s({"cfg": lambda: generate(model, cond, sc=sc, generator=g),
                             "free": lambda: generate(model, cond, sc=free, generator=g)}, dev, p)
             ar[bs] = t["cfg"]
-            rows.append(c.row("llamagen", name, "ar", bs, t["cfg"], llamagen_work(cfg, bs, cfg_guidance=True, bytes_per_element=c.elt),
-                              images_per_s=bs / t["cfg"], tokens_per_s=bs * n / t["cfg"], params={"cfg_scale": 4.0, "tokens": n}))
+            work = llamagen_work(cfg, bs, cfg_guidance=True, bytes_per_element=c.elt)
+            rows.append(c.row("llamagen", name, "ar", bs, t["cfg"], work, images_per_s=bs / t["cfg"],
+                              tokens_per_s=bs * n / t["cfg"], params={"cfg_scale": 4.0, "tokens": n}))
             rows.append(guidance_free_row(c, "llamagen", name, bs, t, decode_s.get(bs),
                                           llamagen_work(cfg, bs, cfg_guidance=False, bytes_per_element=c.elt),
                                           tokens_per_s=bs * n / t["free"], params={"cfg_scale": 1.0, "tokens": n}))

@@ -1,0 +1,36 @@
+"""experiments/cspd_step_weighting.py: the folded draft computes what its two parts compute."""
+from __future__ import annotations
+
+import torch
+from experiment_script import load_experiment
+
+from accel.models.mar import MAR, MARConfig
+
+
+def _mar(width: int, head_width: int) -> MAR:
+    return MAR(MARConfig(img_size=64, vae_stride=16, encoder_embed_dim=width, encoder_depth=1, encoder_num_heads=2,
+                         decoder_embed_dim=width, decoder_depth=1, decoder_num_heads=2, diffloss_d=1,
+                         diffloss_w=head_width, buffer_size=4, class_num=5)).eval()
+
+
+def test_folded_draft_equals_backbone_maps_and_small_head():
+    sw = load_experiment("cspd_step_weighting")
+    torch.manual_seed(0)
+    target, draft, small = _mar(48, 40), _mar(32, 24), _mar(32, 24)
+    z_draft = sw.TargetHeadDraft(draft, target).eval()
+    q = sw.SmallHeadDraft(z_draft, small.head, 48, 32).eval()
+    folded = sw.folded_draft(z_draft, q)
+    B, L = 3, target.cfg.seq_len
+    tokens, mask = torch.randn(B, L, target.cfg.token_embed_dim), (torch.rand(B, L) > 0.5).float()
+    labels, pos = torch.tensor([0, 3, 4]), torch.argsort(torch.rand(B, L), dim=1)[:, :5]
+    with torch.no_grad():
+        want = q.head.net.cond_embed(q.head_condition(tokens, mask, labels, pos, cfg=True))
+        got = folded.head.net.cond_embed(folded.head_condition(tokens, mask, labels, pos, cfg=True))
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        t = torch.randint(0, 1000, (2 * B * 5,))
+        x = torch.randn(2 * B * 5, target.cfg.token_embed_dim)
+        z_f = folded.head_condition(tokens, mask, labels, pos, cfg=True)
+        z_q = q.head_condition(tokens, mask, labels, pos, cfg=True)
+        # the rest of the head is q's own: the whole net agrees on the folded condition
+        assert torch.allclose(folded.head.net(x, t, z_f), q.head.net(x, t, z_q), atol=1e-5)
+    assert not any(p is r for p in folded.parameters() for r in draft.parameters())  # a copy: the parts are unchanged
