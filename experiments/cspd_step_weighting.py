@@ -164,6 +164,15 @@ def folded_draft(z_draft: TargetHeadDraft, q: SmallHeadDraft) -> nn.Module:
     return mar.eval()
 
 
+def save_draft(path: Path, draft: nn.Module, args, command: str) -> Path:
+    """``draft`` (a MAR of the init draft's config) as a zoo-format file (fp16), with how it was made."""
+    _, info = zoo.load_with_info(args.init)
+    return save_zoo_file(path, draft.state_dict(), kind="mar", config=info["config"],
+                         info={"recipe": "experiments/cspd_step_weighting.py", "command": command, "init": args.init,
+                               "z_steps": args.z_steps, "head_steps": args.head_steps, "weights": args.weights,
+                               "steps": args.steps, "n_chains": args.n_chains})
+
+
 def z_regression(p, init: str, data, heldout, sched, args, log) -> tuple[dict, TargetHeadDraft]:
     """The ``--z-steps`` arm (module docstring); returns its row and the trained draft."""
     with torch.random.fork_rng():  # the projection's initialisation, seeded (the runs before 2026-12-04 19:05 were not)
@@ -224,8 +233,8 @@ def evaluate(p, q, seq, labels, sched) -> dict:
             "z_rel_err": round(float(torch.cat(z_err).mean().sqrt()), 4) if z_err else None}
 
 
-def train(p, init: str, weight: str, data, heldout, sched, args, log) -> dict:
-    """One teacher-forced arm (module docstring)."""
+def train(p, init: str, weight: str, data, heldout, sched, args, log) -> tuple[dict, nn.Module]:
+    """One teacher-forced arm (module docstring); returns its row and the trained draft."""
     q = zoo.load(init).float()
 
     def loss_fn(seq, labels, order, g):
@@ -234,7 +243,7 @@ def train(p, init: str, weight: str, data, heldout, sched, args, log) -> dict:
 
     train_s = fit(list(q.parameters()), loss_fn, data, steps=args.steps, lr=args.lr, warmup=20, args=args, log=log,
                   tag=weight, log_every=50)
-    return {"weight": weight, "steps": args.steps, "train_s": train_s, **evaluate(p, q.eval(), *heldout, sched)}
+    return {"weight": weight, "steps": args.steps, "train_s": train_s, **evaluate(p, q.eval(), *heldout, sched)}, q
 
 
 def fit(params, loss_fn, data, *, steps: int, lr: float, warmup: int, args, log, tag: str, log_every: int) -> float:
@@ -269,8 +278,9 @@ def main():
                     help="steps of the small-head arm: the draft's head reading the target's own z, or with "
                          "--z-steps the regressed z (0: none)")
     ap.add_argument("--head-lr", type=float, default=1e-3)
-    ap.add_argument("--save-draft", type=Path, help="with --z-steps and --head-steps: write the folded draft here "
-                                                    "(zoo format, NAME.safetensors.xz) and evaluate it as loaded")
+    ap.add_argument("--save-draft", type=Path, help="with --z-steps and --head-steps (the folded draft) or one --weights "
+                                                    "arm: write it here (zoo format, NAME.safetensors.xz) and evaluate "
+                                                    "it as loaded")
     ap.add_argument("--init", default="fmnist-mar-draft-aligned", help="zoo draft every arm starts from")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -291,8 +301,10 @@ def main():
             or min(args.z_steps, args.head_steps) < 0:
         raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1; "
                          "--z-steps and --head-steps >= 0")
-    if args.save_draft and not (args.z_steps and args.head_steps):
-        raise SystemExit("--save-draft needs --z-steps and --head-steps (the draft is their two parts folded)")
+    if args.save_draft and not ((args.z_steps and args.head_steps and not args.weights)
+                                or (len(args.weights) == 1 and not args.z_steps and not args.head_steps)):
+        raise SystemExit("--save-draft saves one draft: --z-steps with --head-steps (their two parts folded), or one "
+                         "--weights arm alone")
     if args.save_draft and not str(args.save_draft).endswith(".safetensors.xz"):
         raise SystemExit("--save-draft: name the file NAME.safetensors.xz (the zoo format)")
     if not 0 <= args.late_from < 48:
@@ -317,7 +329,12 @@ def main():
     keep({"weight": "none (the shipped draft)", "steps": 0,
           **evaluate(p, zoo.load(args.init).float().eval(), *heldout, sched)})
     for w in args.weights:
-        keep(train(p, args.init, w, data, heldout, sched, args, log))
+        row, q = train(p, args.init, w, data, heldout, sched, args, log)
+        keep(row)
+        if args.save_draft and not args.z_steps:  # one teacher-forced arm: its draft as it is
+            save_draft(args.save_draft, q, args, command)
+            keep({"weight": f"{w}, saved fp16 ({args.save_draft})", "steps": 0,
+                  **evaluate(p, zoo.load(args.save_draft).float().eval(), *heldout, sched)})
     z_draft = None
     if args.z_steps:
         row, z_draft = z_regression(p, args.init, data, heldout, sched, args, log)
@@ -327,10 +344,7 @@ def main():
         row, q = small_head(p, z_draft if z_draft is not None else p, label, args.init, data, heldout, sched, args, log)
         keep(row)
         if args.save_draft:  # the whole cheap draft as one zoo-format MAR file, evaluated as loaded back (fp16)
-            _, info = zoo.load_with_info(args.init)
-            save_zoo_file(args.save_draft, folded_draft(z_draft, q).state_dict(), kind="mar", config=info["config"],
-                          info={"recipe": "experiments/cspd_step_weighting.py", "command": command, "init": args.init,
-                                "z_steps": args.z_steps, "head_steps": args.head_steps, "n_chains": args.n_chains})
+            save_draft(args.save_draft, folded_draft(z_draft, q), args, command)
             keep({"weight": f"the two folded into one MAR, saved fp16 ({args.save_draft})", "steps": 0,
                   **evaluate(p, zoo.load(args.save_draft).float().eval(), *heldout, sched)})
 
