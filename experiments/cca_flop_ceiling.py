@@ -47,7 +47,7 @@ def counted(fn) -> float:
 
 def llamagen_loop_flops(cfg, guided: bool) -> float:
     """Analytic FLOPs of one image's token loop (CFG: 2 rows per image)."""
-    return sum(work.flops * n for _, work, n in llamagen_work(cfg, 1, cfg_guidance=guided).steps)
+    return llamagen_work(cfg, 1, cfg_guidance=guided).flops
 
 
 def row(model: str, loop_cfg: float, loop_free: float, decode: float, **extra) -> dict:

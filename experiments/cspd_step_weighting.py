@@ -95,6 +95,15 @@ def forced_loss(p, q, seq, labels, order, k: int, positions: int, sched, g, weig
     return in_sigma0[late_from:].sum(0).mean()
 
 
+def forced_arm_loss(p, q, weight: str, sched, args):
+    """``loss_fn(seq, labels, order, g)`` of a teacher-forced arm: ``forced_loss`` at a random known count."""
+    def loss_fn(seq, labels, order, g):
+        k = int(torch.randint(0, seq.shape[1] - args.positions + 1, (), generator=g))
+        return forced_loss(p, q, seq, labels, order, k, args.positions, sched, g, weight, args.late_from)
+
+    return loss_fn
+
+
 class TargetHeadDraft(nn.Module):
     """A draft's backbone whose conditions, mapped to the target's width by ``proj``, feed the target's own head:
     the same ``condition`` / ``head_condition`` / ``head`` surface as a MAR, for ``evaluate``."""
@@ -137,13 +146,8 @@ def small_head(p, source, label: str, init: str, data, heldout, sched, args, log
         torch.manual_seed(args.seed)
         small = zoo.load(init).float()
         q = SmallHeadDraft(source, small.head, p.cfg.decoder_embed_dim, small.cfg.decoder_embed_dim)
-
-    def loss_fn(seq, labels, order, g):
-        k = int(torch.randint(0, seq.shape[1] - args.positions + 1, (), generator=g))
-        return forced_loss(p, q, seq, labels, order, k, args.positions, sched, g, "sigma0", args.late_from)
-
     params = list(q.head.parameters()) + list(q.proj.parameters())
-    train_s = fit(params, loss_fn, data, steps=args.head_steps, lr=args.head_lr, warmup=20, args=args, log=log,
+    train_s = fit(params, forced_arm_loss(p, q, "sigma0", sched, args), data, steps=args.head_steps, lr=args.head_lr, warmup=20, args=args, log=log,
                   tag=label, log_every=50)
     return {"weight": f"{label}, small head (sigma0)", "steps": args.head_steps, "train_s": train_s,
             **evaluate(p, q.eval(), *heldout, sched)}, q
@@ -236,12 +240,7 @@ def evaluate(p, q, seq, labels, sched) -> dict:
 def train(p, init: str, weight: str, data, heldout, sched, args, log) -> tuple[dict, nn.Module]:
     """One teacher-forced arm (module docstring); returns its row and the trained draft."""
     q = zoo.load(init).float()
-
-    def loss_fn(seq, labels, order, g):
-        k = int(torch.randint(0, seq.shape[1] - args.positions + 1, (), generator=g))
-        return forced_loss(p, q, seq, labels, order, k, args.positions, sched, g, weight, args.late_from)
-
-    train_s = fit(list(q.parameters()), loss_fn, data, steps=args.steps, lr=args.lr, warmup=20, args=args, log=log,
+    train_s = fit(list(q.parameters()), forced_arm_loss(p, q, weight, sched, args), data, steps=args.steps, lr=args.lr, warmup=20, args=args, log=log,
                   tag=weight, log_every=50)
     return {"weight": weight, "steps": args.steps, "train_s": train_s, **evaluate(p, q.eval(), *heldout, sched)}, q
 
@@ -326,15 +325,18 @@ def main():
             f"T42 acceptance {row['accept_T42']}, z error {row['z_rel_err']}; hand-off gap from k0 = "
             f"{row['handoff_gap_sigma0']}; forced / sigma_k {row['forced_sigma_k']}")
 
+    def save_and_score(draft: nn.Module, label: str):  # the file as it loads back (fp16), scored like every arm
+        save_draft(args.save_draft, draft, args, command)
+        keep({"weight": f"{label}, saved fp16 ({args.save_draft})", "steps": 0,
+              **evaluate(p, zoo.load(args.save_draft).float().eval(), *heldout, sched)})
+
     keep({"weight": "none (the shipped draft)", "steps": 0,
           **evaluate(p, zoo.load(args.init).float().eval(), *heldout, sched)})
     for w in args.weights:
         row, q = train(p, args.init, w, data, heldout, sched, args, log)
         keep(row)
-        if args.save_draft and not args.z_steps:  # one teacher-forced arm: its draft as it is
-            save_draft(args.save_draft, q, args, command)
-            keep({"weight": f"{w}, saved fp16 ({args.save_draft})", "steps": 0,
-                  **evaluate(p, zoo.load(args.save_draft).float().eval(), *heldout, sched)})
+        if args.save_draft:  # one teacher-forced arm alone (checked above): its draft as it is
+            save_and_score(q, w)
     z_draft = None
     if args.z_steps:
         row, z_draft = z_regression(p, args.init, data, heldout, sched, args, log)
@@ -343,10 +345,9 @@ def main():
         label = f"regressed z ({args.z_steps} steps)" if z_draft is not None else "exact target z"
         row, q = small_head(p, z_draft if z_draft is not None else p, label, args.init, data, heldout, sched, args, log)
         keep(row)
-        if args.save_draft:  # the whole cheap draft as one zoo-format MAR file, evaluated as loaded back (fp16)
-            save_draft(args.save_draft, folded_draft(z_draft, q), args, command)
-            keep({"weight": f"the two folded into one MAR, saved fp16 ({args.save_draft})", "steps": 0,
-                  **evaluate(p, zoo.load(args.save_draft).float().eval(), *heldout, sched)})
+        if args.save_draft:  # the whole cheap draft as one zoo-format MAR file
+            save_and_score(folded_draft(z_draft, q), "the two folded into one MAR")
+
 
 if __name__ == "__main__":
     main()

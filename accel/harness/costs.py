@@ -28,6 +28,7 @@ On CUDA: LlamaGen weights in bf16 (its sampler casts the GPT), MAR/VAR fp32 weig
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -100,13 +101,12 @@ def tiny_preset() -> Preset:
 # ------------------------------------------------------------------------------------------------- timing
 def _median_s(fn: Callable[[], Any], device: torch.device, p: Preset, inner: int = 1) -> float:
     """Median seconds of one ``fn()`` (``inner`` calls per timed round; warm-up excluded; synchronised)."""
-    def call(r: int):
+    def call():
         for _ in range(inner):
             out = fn()
         return out
 
-    t = time_interleaved({"x": call}, repeats=p.repeats, warmup=p.warmup, device=device)["x"]
-    return t.median / inner
+    return _medians_s({"x": call}, device, p)["x"] / inner
 
 
 def _medians_s(calls: dict[str, Callable[[], Any]], device: torch.device, p: Preset) -> dict[str, float]:
@@ -241,6 +241,7 @@ def mar_rows(name: str, cfg: MARConfig, c: _Ctx) -> list[dict]:
     with torch.device(dev):
         model = MAR(cfg).eval()
     rows = []
+    step_at = functools.cache(lambda head_rows: head_step_s(model, head_rows, c))  # CSpD's gamma 1 reuses a DiSA row's
     with torch.inference_mode(), c.amp():
         for bs in p.batches:
             R = 2 * bs  # [cond; uncond]
@@ -254,7 +255,7 @@ def mar_rows(name: str, cfg: MARConfig, c: _Ctx) -> list[dict]:
             per_step = {}
             for iters in p.mar_iters:
                 hr = R * max(1, L // iters)
-                per_step[iters] = head_step_s(model, hr, c)
+                per_step[iters] = step_at(hr)
                 rows.append(c.row("mar", name, "disa-head-step", bs, per_step[iters],
                                   mar_head_step(cfg, hr, c.elt).floor_s(c.peak), params={"num_iter": iters, "head_rows": hr},
                                   head_share_100_steps=100 * per_step[iters] / (t_pass + 100 * per_step[iters])))
@@ -266,7 +267,7 @@ def mar_rows(name: str, cfg: MARConfig, c: _Ctx) -> list[dict]:
                               est_speedup_disa_vs_default=est[f"{hi_it}x100"] / est[f"disa-{lo_it}"],
                               est_speedup_disa_vs_same_iters=est[f"{lo_it}x100"] / est[f"disa-{lo_it}"],
                               params={"note": "num_iter x (pass + steps x head step); DiSA 50->5 linear"}))
-            rows += cspd_verify_rows(name, cfg, model, bs, t_pass, c)
+            rows += cspd_verify_rows(name, cfg, bs, t_pass, step_at, c)
     return rows
 
 
@@ -279,14 +280,16 @@ def head_step_s(model: MAR, rows: int, c: _Ctx, lo: int = 5, hi: int = 25) -> fl
     return max(t[hi] - t[lo], 0.0) / (hi - lo)
 
 
-def cspd_verify_rows(name: str, cfg: MARConfig, model: MAR, bs: int, t_pass: float, c: _Ctx) -> list[dict]:
+def cspd_verify_rows(name: str, cfg: MARConfig, bs: int, t_pass: float, step_at: Callable[[int], float],
+                     c: _Ctx) -> list[dict]:
     """``cspd-verify``: CSpD's one-pass window verification (arXiv 2411.11925 as released: the target judges a window of
     gamma draft tokens per image with one encoder/decoder pass and its head over all of them, every head step) against
     one-token MAR's step at the same batch (gamma = 1): ``relative_cost`` = t(gamma) / t(1) and ``per_token`` =
     relative_cost / gamma, the cost of one verified token in target tokens (a free draft accepted in full gives
-    1 / per_token). t(gamma) = pass + S head steps on 2 * bs * gamma rows, S = the config's sampling steps."""
+    1 / per_token). t(gamma) = pass + S head steps on 2 * bs * gamma rows (``step_at(rows)``: one head step's
+    seconds), S = the config's sampling steps."""
     S = int(cfg.num_sampling_steps)
-    est = {gm: t_pass + S * head_step_s(model, 2 * bs * gm, c) for gm in c.preset.cspd_gammas}
+    est = {gm: t_pass + S * step_at(2 * bs * gm) for gm in c.preset.cspd_gammas}
     one = est[min(est)]
     return [c.row("mar", name, "cspd-verify", bs, t, mar_pass(cfg, 2 * bs, cfg.seq_len // 2, c.elt).floor_s(c.peak)
                   + S * mar_head_step(cfg, 2 * bs * gm, c.elt).floor_s(c.peak),
