@@ -32,6 +32,9 @@ its own, results/cspd/zhead/ keeps the one made in session 14).
     python experiments/cspd_step_weighting.py --weights --z-steps 8000 --head-steps 800 \
         --save-draft runs/cspd-zhead/fmnist-mar-draft-zhead.safetensors.xz --out runs/cspd-zhead   # ~1 h
     python experiments/cspd_step_weighting.py --quick      # ~2 min: 64 chains, 20 steps, one weighting
+
+Every training arm checkpoints every ``--ckpt-every`` steps (``--ckpt-dir``, default runs/ckpt/...); rerunning the same
+command resumes at the last checkpoint.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ import torch
 from torch import nn
 
 from accel import zoo
+from accel.checkpoint import atomic_save, read_file
 from accel.harness.results import append_rows, current_command
 from accel.models.mar_head import HeadNoise
 from accel.models.mar_loop import head_schedule
@@ -247,12 +251,29 @@ def train(p, init: str, weight: str, data, heldout, sched, args, log) -> tuple[d
 
 def fit(params, loss_fn, data, *, steps: int, lr: float, warmup: int, args, log, tag: str, log_every: int) -> float:
     """AdamW (betas 0.9 / 0.95, no decay, clip 1) on ``loss_fn(seq, labels, order, g)`` over batches of ``args.batch``
-    random chains in a fresh random order each; returns the wall time in seconds."""
+    random chains in a fresh random order each; returns the wall time in seconds. Every ``args.ckpt_every`` steps the
+    parameters, the optimiser and the batch generator are written atomically to ``args.ckpt_dir``/ckpt_<tag>.pt, and a
+    rerun of the same command resumes there (the same batches and noise follow as in an uninterrupted run)."""
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
     seq_t, lab_t = data
-    L, t0 = seq_t.shape[1], time.perf_counter()
-    for step in range(1, steps + 1):
+    ckpt = args.ckpt_dir / f"ckpt_{tag.replace(' ', '_').replace('(', '').replace(')', '')}.pt"
+    run = {"init": str(args.init), "steps": steps, "lr": lr, "n_chains": args.n_chains, "seed": args.seed}
+    start, spent = 0, 0.0
+    if ckpt.exists():
+        state = read_file(ckpt)
+        if state["run"] != run:
+            raise SystemExit(f"{ckpt} belongs to another run ({state['run']}, this one is {run}): "
+                             "remove it or choose another --ckpt-dir")
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"], strict=True):
+                p.copy_(saved)
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["generator"])
+        start, spent = state["step"], state["train_s"]
+        log(f"  {tag}: resumed at step {start}/{steps} from {ckpt}")
+    L, t0 = seq_t.shape[1], time.perf_counter() - spent
+    for step in range(start + 1, steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr_at(lr, step, steps, warmup)
         i = torch.randint(0, seq_t.shape[0], (args.batch,), generator=g)
@@ -264,6 +285,9 @@ def fit(params, loss_fn, data, *, steps: int, lr: float, warmup: int, args, log,
         opt.step()
         if step % log_every == 0 or step == steps:
             log(f"  {tag} step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
+        if step % args.ckpt_every == 0 or step == steps:
+            atomic_save({"run": run, "step": step, "train_s": time.perf_counter() - t0, "generator": g.get_state(),
+                         "params": [p.detach().clone() for p in params], "opt": opt.state_dict()}, ckpt)
     return round(time.perf_counter() - t0, 1)
 
 
@@ -289,6 +313,10 @@ def main():
     ap.add_argument("--n-chains", type=int, default=512)
     ap.add_argument("--heldout-chains", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ckpt-every", type=int, default=100,
+                    help="steps between training checkpoints (a rerun of the same command resumes at the last)")
+    ap.add_argument("--ckpt-dir", type=Path,
+                    help="where the training checkpoints go (default runs/ckpt/<--out, / as _>)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("runs/cspd-chains"), help="where the target chains are cached")
     ap.add_argument("--out", type=Path, default=Path("results/cspd/step_weighting"))
@@ -296,9 +324,9 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.n_chains, args.steps, args.weights = 64, 20, ["sigma0"]
-    if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions) < 1 \
+    if min(args.steps, args.n_chains, args.heldout_chains, args.batch, args.positions, args.ckpt_every) < 1 \
             or min(args.z_steps, args.head_steps) < 0:
-        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch and --positions must be >= 1; "
+        raise SystemExit("--steps, --n-chains, --heldout-chains, --batch, --positions and --ckpt-every must be >= 1; "
                          "--z-steps and --head-steps >= 0")
     if args.save_draft and not ((args.z_steps and args.head_steps and not args.weights)
                                 or (len(args.weights) == 1 and not args.z_steps and not args.head_steps)):
@@ -317,6 +345,8 @@ def main():
     data = chains(args.n_chains, 1234, args.cache, "train")
     command = current_command()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.ckpt_dir = args.ckpt_dir or Path("runs/ckpt") / str(args.out).strip("/").replace("/", "_")
+    args.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     def keep(row: dict):  # each arm's row is appended as soon as it is measured: an interrupted run keeps it
         row = {"init": args.init, "n_chains": args.n_chains, "command": command, **row}

@@ -34,3 +34,39 @@ def test_folded_draft_equals_backbone_maps_and_small_head():
         # the rest of the head is q's own: the whole net agrees on the folded condition
         assert torch.allclose(folded.head.net(x, t, z_f), q.head.net(x, t, z_q), atol=1e-5)
     assert not any(p is r for p in folded.parameters() for r in draft.parameters())  # a copy: the parts are unchanged
+
+
+def test_fit_resumes_where_an_interrupted_run_stopped(tmp_path):
+    """An arm stopped after its step-3 checkpoint and rerun ends with the parameters of an uninterrupted run; a
+    checkpoint of another run is refused rather than resumed."""
+    import types
+
+    import pytest
+
+    sw = load_experiment("cspd_step_weighting")
+    data = (torch.randn(10, 4, 2), torch.arange(10))
+
+    def run(out, stop_at=None, lr=0.05):
+        w = torch.nn.Parameter(torch.ones(3))
+        calls = []
+
+        def loss_fn(seq, labels, order, g):
+            calls.append(1)
+            if stop_at is not None and len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return ((w - torch.randn(3, generator=g)) ** 2).sum() + seq.mean() * order.float().mean() * w.sum()
+
+        args = types.SimpleNamespace(batch=3, seed=1, ckpt_dir=out, ckpt_every=3, init="x", n_chains=10)
+        sw.fit([w], loss_fn, data, steps=7, lr=lr, warmup=2, args=args, log=lambda m: None, tag="t (a)",
+               log_every=100)
+        return w.detach()
+
+    (tmp_path / "a").mkdir()
+    want = run(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=5)
+    assert torch.equal(run(tmp_path / "b"), want)
+    assert not torch.equal(want, torch.ones(3))  # it trained
+    with pytest.raises(SystemExit, match="another run"):
+        run(tmp_path / "b", lr=0.1)
