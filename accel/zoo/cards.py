@@ -150,28 +150,33 @@ def write_card(name: str, run_dir: Path, *, command: str, quality: dict | None, 
                notes: str = "", data: str = IMAGE_DATA, out_dir: Path | None = None) -> Path:
     """Write ``cards/NAME.md`` from the run checkpoint/log plus measured quality and latency. Without the run
     folder (``runs/`` is not versioned), the training facts come from the shipped file's ``info`` and the
-    card says that the log is not available. ``data``: the card's data line (the recipe's ``card_data``: the
-    Fashion-MNIST images, or what a distilled model was trained on instead)."""
+    card says that the log is not available. A shipped file whose ``info`` has ``made_by`` (the commands that
+    made it, oldest first: a model made outside one ``accel train`` run) lists those commands instead of
+    ``accel train NAME`` and takes every training fact from its ``info``. ``data``: the card's data line (the
+    recipe's ``card_data``: the Fashion-MNIST images, or what a distilled model was trained on instead)."""
     role = zoo.ZOO[name]
     wpath = zoo.weights_path(name)
     info = read_zoo_file(wpath)[2] if wpath.is_file() else None  # read (decompressed) once
-    if (Path(run_dir) / "last.pt").is_file():
+    made_by = (info or {}).get("made_by")  # a file made outside `accel train` records its own commands
+    if made_by is None and (Path(run_dir) / "last.pt").is_file():
         state = read_checkpoint(Path(run_dir) / "last.pt", required=("recipe",))
         run = run_summary(run_dir)
     else:
         if info is None:
             raise FileNotFoundError(f"neither the run folder {run_dir} nor the shipped file {wpath} exists")
         state = {"recipe": info.get("recipe", {}), "ema": info.get("weights") == "ema"}
-        missing = f"the run folder {run_dir} is not in this checkout; facts from the shipped file's info"
+        missing = (f"the run folder {run_dir} is not in this checkout" if made_by is None else
+                   "made by the commands above, not by one `accel train` run") + "; facts from the shipped file's info"
         run = {"steps": info.get("step"), "wall_s": info.get("wall_s"), "sessions": "-", "notes": [missing],
-               "last_train": {"note": missing}, "last_eval": {"note": missing}}
+               "last_train": {"note": missing}, "last_eval": info.get("eval", {"note": missing})}
     # the export may ship either weight set: the file's record wins over what the run keeps
     kept = (info or {}).get("weights")
     kept = kept if kept in ("ema", "raw") else ("ema" if state.get("ema") else "raw")
     weights = {"ema": "EMA", "raw": "raw"}[kept]
     shipped = "-" if info is None else f"{wpath.name} ({wpath.stat().st_size / 1e6:.2f} MB, fp16 safetensors, xz)"
     lines = [f"# {name}", "", f"{role[2]} (family `{role[0]}`, role `{role[1]}`).", "",
-             "Made by (from the repository root):", "", "```", f"accel train {name}", command, "```", "",
+             "Made by (from the repository root):", "", "```", *(made_by or [f"accel train {name}"]), command, "```",
+             "",
              data, "",
              "## Training", "", "| field | value |", "|---|---|",
              _fmt({"steps": run["steps"], "total steps planned": state.get("total_steps"),

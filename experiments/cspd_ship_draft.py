@@ -1,0 +1,86 @@
+"""Ship a CSpD draft made by ``experiments/cspd_step_weighting.py --save-draft`` into the zoo in place of
+``fmnist-mar-draft-aligned`` (issue #20: "shipped in the zoo with its card if it helps").
+
+Each file that script writes records its command and the draft it started from (``init``). This follows that chain
+back to the zoo draft it began with, checks the architecture is the zoo draft's (same cost in CSpD), and writes the
+weights into the zoo with the whole lineage in ``info["made_by"]``, which the model card then lists
+(``accel train fmnist-mar-draft-aligned --card-only`` rewrites the card). The held-out row the experiment measured
+for FILE (``--eval``: its step_weighting.jsonl) goes into the card's evaluation.
+
+    python experiments/cspd_ship_draft.py results/cspd/zhead/fmnist-mar-draft-zhead-ft2400.safetensors.xz \\
+        --eval results/cspd/zhead/step_weighting.jsonl --base-rev 361abde
+    accel train fmnist-mar-draft-aligned --card-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from accel import zoo
+from accel.harness.results import current_command
+from accel.zoo.store import read_zoo_file, save_zoo_file
+
+NAME = "fmnist-mar-draft-aligned"
+SUFFIX = ".safetensors.xz"
+
+
+def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
+    """``([(file, info), ...] oldest first, base)``: the files ``path`` was made from by following each file's
+    ``init`` while it names a file, and the zoo name the chain began with."""
+    chain, seen = [], set()
+    while str(path).endswith(SUFFIX):
+        if path.resolve() in seen:
+            raise SystemExit(f"{path}: its lineage loops back on itself")
+        seen.add(path.resolve())
+        info = read_zoo_file(path)[2]
+        if "command" not in info or "init" not in info:
+            raise SystemExit(f"{path}: not a file made by cspd_step_weighting.py --save-draft (no command / init)")
+        chain.insert(0, (path, info))
+        path = Path(info["init"])
+    return chain, str(path)
+
+
+def held_out_row(eval_path: Path, file: Path) -> dict:
+    """The last row of ``eval_path`` that scored ``file`` as saved (its name in the row's ``weight``)."""
+    rows = [json.loads(x) for x in eval_path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "saved fp16" in r.get("weight", "") and file.name in r["weight"]]
+    if not rows:
+        raise SystemExit(f"{eval_path}: no 'saved fp16' row for {file.name}")
+    keep = ("gap_sigma0", "gap_sigma0_median", "accept_T42", "handoff_gap_sigma0", "forced_sigma_k")
+    return {k: rows[-1][k] for k in keep} | {"where": f"{eval_path} (held-out target chains, never trained on)"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("file", type=Path, help="a --save-draft file (NAME.safetensors.xz)")
+    ap.add_argument("--eval", type=Path, required=True, help="the step_weighting.jsonl that scored FILE as saved")
+    ap.add_argument("--base-rev", required=True,
+                    help="a git revision whose zoo holds the draft the lineage began with (it is replaced here)")
+    args = ap.parse_args()
+    if not str(args.file).endswith(SUFFIX) or not args.file.is_file():
+        raise SystemExit(f"{args.file}: give an existing NAME{SUFFIX} written by cspd_step_weighting.py --save-draft")
+    chain, base = lineage(args.file)
+    if base != NAME:
+        raise SystemExit(f"{args.file}: its lineage begins at {base!r}, not the zoo's {NAME!r}")
+    kind, config, _, tensors = read_zoo_file(args.file)
+    zoo_kind, zoo_config, *_ = read_zoo_file(zoo.weights_path(NAME))
+    if (kind, config) != (zoo_kind, zoo_config):
+        raise SystemExit(f"{args.file}: its architecture differs from the zoo's {NAME} (a draft of another cost)")
+    base_file = f"accel/zoo/weights/{NAME}{SUFFIX}"
+    made_by = [f"accel train {NAME}  # stages 1-2 (the card of {args.base_rev}); those weights: "
+               f"git show {args.base_rev}:{base_file}"]
+    made_by += [f"python experiments/{info['command']}  # kept as {f}" for f, info in chain]
+    made_by.append(f"python experiments/{current_command()}")
+    info = {"made_by": made_by, "weights": "raw", "base_rev": args.base_rev,
+            "step": sum(i.get("steps", 0) * bool(i.get("weights")) + i.get("z_steps", 0) + i.get("head_steps", 0)
+                        for _, i in chain),
+            "recipe": {"script": "experiments/cspd_step_weighting.py",
+                       "stages": [{k: v for k, v in i.items() if k != "recipe"} for _, i in chain]},
+            "eval": held_out_row(args.eval, args.file)}
+    out = save_zoo_file(zoo.weights_path(NAME), tensors, kind=kind, config=config, info=info)
+    print(f"{out}: {len(chain)} stages after {NAME} of {args.base_rev}; now run `accel train {NAME} --card-only`")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""experiments/cspd_ship_draft.py: a --save-draft file's lineage and its held-out row."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from experiment_script import load_experiment
+
+from accel.zoo.store import save_zoo_file
+
+
+def _file(path, init, command):
+    save_zoo_file(path, {"w": torch.ones(1)}, kind="mar", config={},
+                  info={"recipe": "experiments/cspd_step_weighting.py", "command": command, "init": str(init),
+                        "weights": ["sigma0"], "steps": 5})
+    return path
+
+
+def test_lineage_follows_init_back_to_the_zoo_name(tmp_path):
+    ship = load_experiment("cspd_ship_draft")
+    a = _file(tmp_path / "a.safetensors.xz", "fmnist-mar-draft-aligned", "cspd_step_weighting.py --z-steps 2")
+    b = _file(tmp_path / "b.safetensors.xz", a, "cspd_step_weighting.py --init a")
+    chain, base = ship.lineage(b)
+    assert base == "fmnist-mar-draft-aligned"
+    assert [(f, i["command"]) for f, i in chain] == [(a, "cspd_step_weighting.py --z-steps 2"),
+                                                     (b, "cspd_step_weighting.py --init a")]
+    loop = _file(tmp_path / "c.safetensors.xz", tmp_path / "c.safetensors.xz", "x")
+    with pytest.raises(SystemExit, match="loops"):
+        ship.lineage(loop)
+    save_zoo_file(tmp_path / "d.safetensors.xz", {"w": torch.ones(1)}, kind="mar", config={}, info={"step": 1})
+    with pytest.raises(SystemExit, match="not a file made by"):
+        ship.lineage(tmp_path / "d.safetensors.xz")
+
+
+def test_held_out_row_is_the_last_that_scored_the_saved_file(tmp_path):
+    ship = load_experiment("cspd_ship_draft")
+    row = {"gap_sigma0": 1.0, "gap_sigma0_median": 0.5, "accept_T42": 0.2, "handoff_gap_sigma0": {},
+           "forced_sigma_k": {}}
+    rows = [{**row, "weight": "sigma0, saved fp16 (runs/x/b.safetensors.xz)", "accept_T42": 0.1},
+            {**row, "weight": "sigma0"},
+            {**row, "weight": "sigma0, saved fp16 (runs/y/b.safetensors.xz)", "accept_T42": 0.3},
+            {**row, "weight": "sigma0, saved fp16 (runs/y/other.safetensors.xz)", "accept_T42": 0.9}]
+    jl = tmp_path / "step_weighting.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ship.held_out_row(jl, tmp_path / "b.safetensors.xz")["accept_T42"] == 0.3
+    with pytest.raises(SystemExit, match="no 'saved fp16' row"):
+        ship.held_out_row(jl, tmp_path / "z.safetensors.xz")
