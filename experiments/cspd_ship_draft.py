@@ -42,11 +42,12 @@ def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
 
 
 def held_out_row(eval_path: Path, file: Path) -> dict:
-    """The last row of ``eval_path`` that scored ``file`` as saved (its name in the row's ``weight``)."""
+    """The last row of ``eval_path`` that scored ``file`` as saved (its path, as --save-draft gave it, in the row's
+    ``weight``)."""
     rows = [json.loads(x) for x in eval_path.read_text().splitlines() if x.strip()]
-    rows = [r for r in rows if "saved fp16" in r.get("weight", "") and file.name in r["weight"]]
+    rows = [r for r in rows if r.get("weight", "").endswith(f"saved fp16 ({file})")]
     if not rows:
-        raise SystemExit(f"{eval_path}: no 'saved fp16' row for {file.name}")
+        raise SystemExit(f"{eval_path}: no 'saved fp16' row for {file}")
     keep = ("gap_sigma0", "gap_sigma0_median", "accept_T42", "handoff_gap_sigma0", "forced_sigma_k")
     return {k: rows[-1][k] for k in keep} | {"where": f"{eval_path} (held-out target chains, never trained on)"}
 
@@ -70,7 +71,8 @@ def main():
     base_file = f"accel/zoo/weights/{NAME}{SUFFIX}"
     made_by = [f"accel train {NAME}  # stages 1-2 (the card of {args.base_rev}); those weights: "
                f"git show {args.base_rev}:{base_file}"]
-    made_by += [f"python experiments/{info['command']}  # kept as {f}" for f, info in chain]
+    made_by += [f"python experiments/{info['command']}" + ("" if f == args.file else f"  # kept as {f}")
+                for f, info in chain]
     made_by.append(f"python experiments/{current_command()}")
     info = {"made_by": made_by, "weights": "raw", "base_rev": args.base_rev,
             "step": sum(i.get("steps", 0) * bool(i.get("weights")) + i.get("z_steps", 0) + i.get("head_steps", 0)

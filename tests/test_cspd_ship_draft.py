@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +44,7 @@ def test_held_out_row_is_the_last_that_scored_the_saved_file(tmp_path):
             {**row, "weight": "sigma0, saved fp16 (runs/y/other.safetensors.xz)", "accept_T42": 0.9}]
     jl = tmp_path / "step_weighting.jsonl"
     jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert ship.held_out_row(jl, tmp_path / "b.safetensors.xz")["accept_T42"] == 0.3
+    assert ship.held_out_row(jl, Path("runs/y/b.safetensors.xz"))["accept_T42"] == 0.3
+    assert ship.held_out_row(jl, Path("runs/x/b.safetensors.xz"))["accept_T42"] == 0.1  # the path, not the name
     with pytest.raises(SystemExit, match="no 'saved fp16' row"):
-        ship.held_out_row(jl, tmp_path / "z.safetensors.xz")
+        ship.held_out_row(jl, Path("runs/z/b.safetensors.xz"))
