@@ -252,7 +252,7 @@ class AlignedDraftRecipe(Recipe):
                 "(accel.speculative.cspd). Replaced in place in session 7; two stages: (1) session 6, the recipe's "
                 "defaults (450 steps from fmnist-mar-draft, lr 3e-4, squared free loss, 128 chains): "
                 "`accel train fmnist-mar-draft-aligned`; (2) session 7, 320 steps from stage 1's weights, the "
-                "recipe and run log below: `accel train fmnist-mar-draft-aligned --run-dir runs/align_c2 --set "
+                "recipe and run log in the card before session 15: `accel train fmnist-mar-draft-aligned --run-dir runs/align_c2 --set "
                 "init='\"fmnist-mar-draft-aligned\"' --set n_chains=256 --set heldout_chains=32 --set "
                 "free_loss='\"cauchy\"' --set lr=5e-5 --set warmup=20 --set eval_every=40 --set ckpt_every=20 "
                 "--threads 1 --seed 1 --steps 320` (256 target chains, seeds 1234-1237 per 64, the first 64 being stage "
@@ -264,7 +264,19 @@ class AlignedDraftRecipe(Recipe):
                 "noise; the target judges on the true context, std product none) stage 1 -> stage 2: mean gap "
                 "223.2 -> 217.0 sigma (median 159.2 -> 155.5), acceptance probability at T = 42 0.0637 -> 0.0765, "
                 "exact rule ~1e-200 -> ~1e-227 (0), path KL 7.76 -> 7.49 nats. The CSpD loop's acceptance: "
-                "results/cspd/README.md. Still improving when stopped (time-box).")
+                "results/cspd/README.md. Still improving when stopped (time-box). "
+                "Since session 15 the shipped weights go further than this recipe (the commands under 'Made by'; "
+                "results/cspd/README.md sections 2e-2f; `accel train fmnist-mar-draft-aligned` alone makes stages "
+                "1-2): (3) experiments/cspd_step_weighting.py: the draft's backbone plus a linear map regressed onto "
+                "the target's head conditions z (8,000 steps, relative squared error), and its small head "
+                "teacher-forced on that regressed z through a second linear map (800 steps), the two maps folded "
+                "into the head's condition embedding, so the architecture and cost stay fmnist-mar-draft's; (4) all "
+                "of it teacher-forced jointly on the target's chains (the script's sigma0 weighting: per-step "
+                "Gaussian KL + each step's mean error in units of the last step's sigma), 800 steps at lr 2e-4 on "
+                "512 chains; (5) the same, 2400 steps at lr 4e-4 on 1536 chains. Acceptance probability at T = 42 "
+                "on the script's held-out contexts (its own protocol: the target's free chains under shared noise, "
+                "gap in last-step sigma units): stage 2 0.071 (gap 213) -> 3 0.167 (143) -> 4 0.225 (122) -> 5 "
+                "0.316 (97); the card's evaluation block is stage 5's.")
 
 
 def seq_device(module: nn.Module) -> torch.device:
