@@ -151,7 +151,8 @@ def small_head(p, source, label: str, init: str, data, heldout, sched, args, log
         small = zoo.load(init).float()
         q = SmallHeadDraft(source, small.head, p.cfg.decoder_embed_dim, small.cfg.decoder_embed_dim)
     params = list(q.head.parameters()) + list(q.proj.parameters())
-    train_s = fit(params, forced_arm_loss(p, q, "sigma0", sched, args), data, steps=args.head_steps, lr=args.head_lr, warmup=20, args=args, log=log,
+    train_s = fit(params, forced_arm_loss(p, q, "sigma0", sched, args), data, steps=args.head_steps, lr=args.head_lr,
+                  warmup=20, args=args, log=log,
                   tag=label, log_every=50)
     return {"weight": f"{label}, small head (sigma0)", "steps": args.head_steps, "train_s": train_s,
             **evaluate(p, q.eval(), *heldout, sched)}, q
@@ -244,7 +245,8 @@ def evaluate(p, q, seq, labels, sched) -> dict:
 def train(p, init: str, weight: str, data, heldout, sched, args, log) -> tuple[dict, nn.Module]:
     """One teacher-forced arm (module docstring); returns its row and the trained draft."""
     q = zoo.load(init).float()
-    train_s = fit(list(q.parameters()), forced_arm_loss(p, q, weight, sched, args), data, steps=args.steps, lr=args.lr, warmup=20, args=args, log=log,
+    train_s = fit(list(q.parameters()), forced_arm_loss(p, q, weight, sched, args), data, steps=args.steps, lr=args.lr,
+                  warmup=20, args=args, log=log,
                   tag=weight, log_every=50)
     return {"weight": weight, "steps": args.steps, "train_s": train_s, **evaluate(p, q.eval(), *heldout, sched)}, q
 
@@ -258,7 +260,8 @@ def fit(params, loss_fn, data, *, steps: int, lr: float, warmup: int, args, log,
     g = torch.Generator().manual_seed(args.seed)
     seq_t, lab_t = data
     ckpt = args.ckpt_dir / f"ckpt_{tag.replace(' ', '_').replace('(', '').replace(')', '')}.pt"
-    run = {"init": str(args.init), "steps": steps, "lr": lr, "n_chains": args.n_chains, "seed": args.seed}
+    run = {"init": str(args.init), "steps": steps, "lr": lr, "n_chains": args.n_chains, "seed": args.seed,
+           "batch": args.batch, "positions": args.positions}
     start, spent = 0, 0.0
     if ckpt.exists():
         state = read_file(ckpt)

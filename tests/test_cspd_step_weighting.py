@@ -56,7 +56,7 @@ def test_fit_resumes_where_an_interrupted_run_stopped(tmp_path):
                 raise KeyboardInterrupt
             return ((w - torch.randn(3, generator=g)) ** 2).sum() + seq.mean() * order.float().mean() * w.sum()
 
-        args = types.SimpleNamespace(batch=3, seed=1, ckpt_dir=out, ckpt_every=3, init="x", n_chains=10)
+        args = types.SimpleNamespace(batch=3, positions=2, seed=1, ckpt_dir=out, ckpt_every=3, init="x", n_chains=10)
         sw.fit([w], loss_fn, data, steps=7, lr=lr, warmup=2, args=args, log=lambda m: None, tag="t (a)",
                log_every=100)
         return w.detach()
