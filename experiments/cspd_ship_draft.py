@@ -41,6 +41,14 @@ def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
     return chain, str(path)
 
 
+def kept(path: Path, folder: Path) -> Path:
+    """Where a lineage file stays: ``folder``/its name when that holds the same bytes (a copy out of ``runs/``,
+    which is not versioned), else ``path`` itself."""
+    copy = folder / path.name
+    return copy if copy.is_file() and copy.resolve() != path.resolve() and copy.read_bytes() == path.read_bytes() \
+        else path
+
+
 def held_out_row(eval_path: Path, file: Path) -> dict:
     """The last row of ``eval_path`` that scored ``file`` as saved (its path, as --save-draft gave it, in the row's
     ``weight``)."""
@@ -58,6 +66,8 @@ def main():
     ap.add_argument("--eval", type=Path, required=True, help="the step_weighting.jsonl that scored FILE as saved")
     ap.add_argument("--base-rev", required=True,
                     help="a git revision whose zoo holds the draft the lineage began with (it is replaced here)")
+    ap.add_argument("--kept", type=Path, default=Path("results/cspd/zhead"),
+                    help="the versioned folder that keeps copies of the lineage's files made under runs/")
     args = ap.parse_args()
     if not str(args.file).endswith(SUFFIX) or not args.file.is_file():
         raise SystemExit(f"{args.file}: give an existing NAME{SUFFIX} written by cspd_step_weighting.py --save-draft")
@@ -71,8 +81,8 @@ def main():
     base_file = f"accel/zoo/weights/{NAME}{SUFFIX}"
     made_by = [f"accel train {NAME}  # stages 1-2 (the card of {args.base_rev}); those weights: "
                f"git show {args.base_rev}:{base_file}"]
-    made_by += [f"python experiments/{info['command']}" + ("" if f == args.file else f"  # kept as {f}")
-                for f, info in chain]
+    made_by += [f"python experiments/{info['command']}"
+                + ("" if f == args.file else f"  # kept as {kept(f, args.kept)}") for f, info in chain]
     made_by.append(f"python experiments/{current_command()}")
     info = {"made_by": made_by, "weights": "raw", "base_rev": args.base_rev,
             "step": sum(i.get("steps", 0) * bool(i.get("weights")) + i.get("z_steps", 0) + i.get("head_steps", 0)

@@ -48,3 +48,16 @@ def test_held_out_row_is_the_last_that_scored_the_saved_file(tmp_path):
     assert ship.held_out_row(jl, Path("runs/x/b.safetensors.xz"))["accept_T42"] == 0.1  # the path, not the name
     with pytest.raises(SystemExit, match="no 'saved fp16' row"):
         ship.held_out_row(jl, Path("runs/z/b.safetensors.xz"))
+
+
+def test_kept_names_the_versioned_copy_only_when_its_bytes_match(tmp_path):
+    ship = load_experiment("cspd_ship_draft")
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    runs.mkdir()
+    kept.mkdir()
+    a = _file(runs / "a.safetensors.xz", "fmnist-mar-draft-aligned", "x")
+    assert ship.kept(a, kept) == a  # no copy
+    (kept / a.name).write_bytes(a.read_bytes())
+    assert ship.kept(a, kept) == kept / a.name
+    (kept / a.name).write_bytes(b"other")
+    assert ship.kept(a, kept) == a
