@@ -41,6 +41,12 @@ def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
     return chain, str(path)
 
 
+def stage_steps(info: dict) -> int:
+    """Training steps one --save-draft stage ran: its teacher-forced arm's ``steps`` (only when it had a --weights
+    arm) plus its z-regression and small-head steps."""
+    return info.get("steps", 0) * bool(info.get("weights")) + info.get("z_steps", 0) + info.get("head_steps", 0)
+
+
 def kept(path: Path, folder: Path) -> Path:
     """Where a lineage file stays: ``folder``/its name when that holds the same bytes (a copy out of ``runs/``,
     which is not versioned), else ``path`` itself."""
@@ -85,8 +91,7 @@ def main():
                 + ("" if f == args.file else f"  # kept as {kept(f, args.kept)}") for f, info in chain]
     made_by.append(f"python experiments/{current_command()}")
     info = {"made_by": made_by, "weights": "raw", "base_rev": args.base_rev,
-            "step": sum(i.get("steps", 0) * bool(i.get("weights")) + i.get("z_steps", 0) + i.get("head_steps", 0)
-                        for _, i in chain),
+            "step": sum(stage_steps(i) for _, i in chain),
             "recipe": {"script": "experiments/cspd_step_weighting.py",
                        "stages": [{k: v for k, v in i.items() if k != "recipe"} for _, i in chain]},
             "eval": held_out_row(args.eval, args.file)}

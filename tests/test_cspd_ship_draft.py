@@ -24,6 +24,8 @@ def test_lineage_follows_init_back_to_the_zoo_name(tmp_path):
     b = _file(tmp_path / "b.safetensors.xz", a, "cspd_step_weighting.py --init a")
     chain, base = ship.lineage(b)
     assert base == "fmnist-mar-draft-aligned"
+    assert [ship.stage_steps(i) for _, i in chain] == [5, 5]
+    assert ship.stage_steps({"z_steps": 8000, "head_steps": 800, "weights": [], "steps": 400}) == 8800
     assert [(f, i["command"]) for f, i in chain] == [(a, "cspd_step_weighting.py --z-steps 2"),
                                                      (b, "cspd_step_weighting.py --init a")]
     loop = _file(tmp_path / "c.safetensors.xz", tmp_path / "c.safetensors.xz", "x")
