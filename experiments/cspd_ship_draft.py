@@ -14,22 +14,20 @@ for FILE (``--eval``: its step_weighting.jsonl) goes into the card's evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from accel import zoo
-from accel.harness.results import current_command
-from accel.zoo.store import read_zoo_file, save_zoo_file
+from accel.harness.results import current_command, read_rows
+from accel.zoo.store import SUFFIX, is_zoo_path, read_zoo_file, save_zoo_file
 
 NAME = "fmnist-mar-draft-aligned"
-SUFFIX = ".safetensors.xz"
 
 
 def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
     """``([(file, info), ...] oldest first, base)``: the files ``path`` was made from by following each file's
     ``init`` while it names a file, and the zoo name the chain began with."""
     chain, seen = [], set()
-    while str(path).endswith(SUFFIX):
+    while is_zoo_path(path):
         if path.resolve() in seen:
             raise SystemExit(f"{path}: its lineage loops back on itself")
         seen.add(path.resolve())
@@ -58,8 +56,7 @@ def kept(path: Path, folder: Path) -> Path:
 def held_out_row(eval_path: Path, file: Path) -> dict:
     """The last row of ``eval_path`` that scored ``file`` as saved (its path, as --save-draft gave it, in the row's
     ``weight``)."""
-    rows = [json.loads(x) for x in eval_path.read_text().splitlines() if x.strip()]
-    rows = [r for r in rows if r.get("weight", "").endswith(f"saved fp16 ({file})")]
+    rows = [r for r in read_rows(eval_path) if r.get("weight", "").endswith(f"saved fp16 ({file})")]
     if not rows:
         raise SystemExit(f"{eval_path}: no 'saved fp16' row for {file}")
     keep = ("gap_sigma0", "gap_sigma0_median", "accept_T42", "handoff_gap_sigma0", "forced_sigma_k")

@@ -23,8 +23,8 @@ too, it reads the regressed z instead (a whole cheap draft: small backbone, smal
 
 Contexts: the target's own one-token-per-step chains at the zoo card's settings (cfg 5 constant, 50 head steps,
 the 950 clip), cached under ``--cache``; held-out chains of other seeds for the evaluation. Rows go to
-OUT/step_weighting.jsonl. Nothing is shipped: the zoo draft is unchanged (``--save-draft`` writes a file of
-its own, results/cspd/zhead/ keeps the one made in session 14).
+OUT/step_weighting.jsonl. The zoo is never written here: ``--save-draft`` writes a file of its own (kept in
+results/cspd/zhead/), and ``experiments/cspd_ship_draft.py`` puts one into the zoo with its lineage.
 
     python experiments/cspd_step_weighting.py --weights kl sigma0 late --steps 400 --out results/cspd/step_weighting
     python experiments/cspd_step_weighting.py --weights --z-steps 1000 --out results/cspd/step_weighting

@@ -1,6 +1,10 @@
-"""experiments/cspd_step_weighting.py: the folded draft computes what its two parts compute."""
+"""experiments/cspd_step_weighting.py: the folded draft computes what its two parts compute; a training arm resumes
+from its checkpoint."""
 from __future__ import annotations
 
+import types
+
+import pytest
 import torch
 from experiment_script import load_experiment
 
@@ -39,10 +43,6 @@ def test_folded_draft_equals_backbone_maps_and_small_head():
 def test_fit_resumes_where_an_interrupted_run_stopped(tmp_path):
     """An arm stopped after its step-3 checkpoint and rerun ends with the parameters of an uninterrupted run; a
     checkpoint of another run is refused rather than resumed."""
-    import types
-
-    import pytest
-
     sw = load_experiment("cspd_step_weighting")
     data = (torch.randn(10, 4, 2), torch.arange(10))
 
