@@ -4,8 +4,10 @@
 Each file that script writes records its command and the draft it started from (``init``). This follows that chain
 back to the zoo draft it began with, checks the architecture is the zoo draft's (same cost in CSpD), and writes the
 weights into the zoo with the whole lineage in ``info["made_by"]``, which the model card then lists
-(``accel train fmnist-mar-draft-aligned --card-only`` rewrites the card). The held-out row the experiment measured
-for FILE (``--eval``: its step_weighting.jsonl) goes into the card's evaluation.
+(``accel train fmnist-mar-draft-aligned --card-only`` rewrites the card). A chain that began from a draft this
+script shipped (``--init fmnist-mar-draft-aligned``, ``--base-rev`` the commit whose zoo held it) carries that
+draft's own lineage forward. The held-out row the experiment measured for FILE (``--eval``: its step_weighting.jsonl)
+goes into the card's evaluation.
 
     python experiments/cspd_ship_draft.py results/cspd/zhead/fmnist-mar-draft-zhead-ft2400.safetensors.xz \\
         --eval results/cspd/zhead/step_weighting.jsonl --base-rev 361abde
@@ -14,6 +16,8 @@ for FILE (``--eval``: its step_weighting.jsonl) goes into the card's evaluation.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import tempfile
 from pathlib import Path
 
 from accel import zoo
@@ -21,6 +25,7 @@ from accel.harness.results import current_command, read_rows
 from accel.zoo.store import SUFFIX, is_zoo_path, read_zoo_file, save_zoo_file
 
 NAME = "fmnist-mar-draft-aligned"
+BASE_FILE = f"accel/zoo/weights/{NAME}{SUFFIX}"
 
 
 def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
@@ -37,6 +42,27 @@ def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
         chain.insert(0, (path, info))
         path = Path(info["init"])
     return chain, str(path)
+
+
+def shipped_info(rev: str) -> dict:
+    """The ``info`` of the zoo's NAME file as git revision ``rev`` holds it."""
+    blob = subprocess.run(["git", "show", f"{rev}:{BASE_FILE}"], capture_output=True, check=False)
+    if blob.returncode:
+        raise SystemExit(f"--base-rev {rev}: git has no {BASE_FILE} there ({blob.stderr.decode().strip()})")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / Path(BASE_FILE).name
+        path.write_bytes(blob.stdout)
+        return read_zoo_file(path)[2]
+
+
+def base_made_by(rev: str, base: dict) -> list[str]:
+    """The commands that made the zoo draft a lineage began from (``base``: its info at ``rev``): the lines a
+    draft shipped by this script records (``made_by``), else the recipe's ``accel train``; then where its weights
+    stay."""
+    where = f"those weights: git show {rev}:{BASE_FILE}"
+    if "made_by" in base:
+        return [*base["made_by"], f"# the zoo draft of {rev}; {where}"]
+    return [f"accel train {NAME}  # stages 1-2 (the card of {rev}); {where}"]
 
 
 def stage_steps(info: dict) -> int:
@@ -81,16 +107,16 @@ def main():
     zoo_kind, zoo_config, *_ = read_zoo_file(zoo.weights_path(NAME))
     if (kind, config) != (zoo_kind, zoo_config):
         raise SystemExit(f"{args.file}: its architecture differs from the zoo's {NAME} (a draft of another cost)")
-    base_file = f"accel/zoo/weights/{NAME}{SUFFIX}"
-    made_by = [f"accel train {NAME}  # stages 1-2 (the card of {args.base_rev}); those weights: "
-               f"git show {args.base_rev}:{base_file}"]
-    made_by += [f"python experiments/{info['command']}"
+    base = shipped_info(args.base_rev)
+    prior = base if "made_by" in base else {}  # a draft this script shipped: its stages come first
+    made_by = base_made_by(args.base_rev, base) + [f"python experiments/{info['command']}"
                 + ("" if f == args.file else f"  # kept as {kept(f, args.kept)}") for f, info in chain]
     made_by.append(f"python experiments/{current_command()}")
     info = {"made_by": made_by, "weights": "raw", "base_rev": args.base_rev,
-            "step": sum(stage_steps(i) for _, i in chain),
+            "step": prior.get("step", 0) + sum(stage_steps(i) for _, i in chain),
             "recipe": {"script": "experiments/cspd_step_weighting.py",
-                       "stages": [{k: v for k, v in i.items() if k != "recipe"} for _, i in chain]},
+                       "stages": prior.get("recipe", {}).get("stages", [])
+                       + [{k: v for k, v in i.items() if k != "recipe"} for _, i in chain]},
             "eval": held_out_row(args.eval, args.file)}
     out = save_zoo_file(zoo.weights_path(NAME), tensors, kind=kind, config=config, info=info)
     print(f"{out}: {len(chain)} stages after {NAME} of {args.base_rev}; now run `accel train {NAME} --card-only`")

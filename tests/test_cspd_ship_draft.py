@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,30 @@ def test_kept_names_the_versioned_copy_only_when_its_bytes_match(tmp_path):
     assert ship.kept(a, kept) == kept / a.name
     (kept / a.name).write_bytes(b"other")
     assert ship.kept(a, kept) == a
+
+
+def test_base_made_by_carries_a_shipped_drafts_lineage_forward():
+    ship = load_experiment("cspd_ship_draft")
+    recipe = ship.base_made_by("abc123", {"step": 40})  # a draft `accel train` made
+    assert len(recipe) == 1 and recipe[0].startswith("accel train fmnist-mar-draft-aligned")
+    assert f"git show abc123:{ship.BASE_FILE}" in recipe[0]
+    shipped = ship.base_made_by("def456", {"made_by": ["accel train x", "python experiments/a.py"]})
+    assert shipped[:2] == ["accel train x", "python experiments/a.py"]
+    assert shipped[2].startswith("# the zoo draft of def456") and f"git show def456:{ship.BASE_FILE}" in shipped[2]
+
+
+def test_shipped_info_reads_the_zoo_file_at_a_revision(tmp_path, monkeypatch):
+    ship = load_experiment("cspd_ship_draft")
+    monkeypatch.chdir(tmp_path)
+    def git(*a):
+        return subprocess.run(["git", *a], check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    path = tmp_path / ship.BASE_FILE
+    path.parent.mkdir(parents=True)
+    save_zoo_file(path, {"w": torch.ones(1)}, kind="mar", config={}, info={"made_by": ["a"], "step": 3})
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    assert ship.shipped_info(git("rev-parse", "HEAD")) == {"made_by": ["a"], "step": 3}
+    with pytest.raises(SystemExit, match="git has no"):
+        ship.shipped_info("0000000")
