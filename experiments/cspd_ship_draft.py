@@ -85,8 +85,9 @@ def held_out_row(eval_path: Path, file: Path) -> dict:
     rows = [r for r in read_rows(eval_path) if r.get("weight", "").endswith(f"saved fp16 ({file})")]
     if not rows:
         raise SystemExit(f"{eval_path}: no 'saved fp16' row for {file}")
-    keep = ("gap_sigma0", "gap_sigma0_median", "accept_T42", "handoff_gap_sigma0", "forced_sigma_k")
-    return {k: rows[-1][k] for k in keep} | {"where": f"{eval_path} (held-out target chains, never trained on)"}
+    keep = ("gap_sigma0", "gap_sigma0_median", "accept_T42", "accept_T42_released", "handoff_gap_sigma0",
+            "forced_sigma_k")  # accept_T42_released: rows since 2026-12-05
+    return {k: rows[-1][k] for k in keep if k in rows[-1]} | {"where": f"{eval_path} (held-out target chains, never trained on)"}
 
 
 def main():

@@ -11,7 +11,14 @@ the target's chain over at step k0):
 
 - ``kl``: the per-step Gaussian KL (means and learned variances; each step's mean error in its own sigma_k units);
 - ``sigma0``: kl + every step's squared mean error in units of the LAST step's sigma_0 (the gap's unit);
-- ``late``: only steps k >= ``--late-from`` in sigma_0 units (where the hand-off column says the gap is made).
+- ``late``: only steps k >= ``--late-from`` in sigma_0 units (where the hand-off column says the gap is made);
+- ``sigma0std``: sigma0 + the squared log std product of the path, (sum_{i>=1} sum_c log sigma_i^p - log sigma_i^q)^2
+  per token (the draft's steps on the target's states): the factor the released T = 42 rule multiplies the
+  acceptance ratio by (``cspd_math.log_std_product``, "official"), zero when the variances match.
+
+Acceptance is reported two ways: ``accept_T42`` (the relaxed Gaussian ratio alone, std product "none", as every row
+before 2026-12-05 measured it) and ``accept_T42_released`` (the released rule as the CSpD loop runs it, with its std
+product of the two heads' own paths).
 
 ``--z-steps N`` adds an arm that isolates the backbone: the draft's backbone plus a linear map to the target's
 condition width, trained N steps to regress the target's head conditions z (cond and uncond rows, every unknown
@@ -52,12 +59,12 @@ from accel.checkpoint import atomic_save, read_file
 from accel.harness.results import append_rows, current_command
 from accel.models.mar_head import HeadNoise
 from accel.models.mar_loop import head_schedule
-from accel.speculative.cspd_math import log_acceptance_ratio
+from accel.speculative.cspd_math import log_acceptance_ratio, log_std_product
 from accel.train.recipes.mar_draft_aligned import AlignedDraftRecipe, chain_gaps, forced_steps, gaussian_kl
 from accel.zoo.store import save_zoo_file
 
 CFG, HEAD_STEPS, EVAL_POSITIONS = 5.0, "50", 4
-WEIGHTS = ("kl", "sigma0", "late")
+WEIGHTS = ("kl", "sigma0", "late", "sigma0std")
 HANDOFF = (0, 12, 24, 36, 42, 46, 47)
 
 
@@ -96,6 +103,9 @@ def forced_loss(p, q, seq, labels, order, k: int, positions: int, sched, g, weig
         return kl
     if weight == "sigma0":
         return kl + in_sigma0.mean(0).mean()
+    if weight == "sigma0std":
+        log_std = 0.5 * (tp.log_variance[:-1, :n] - logvar_q[:-1]).sum(0).sum(-1)  # (n,): log prod sigma^p / sigma^q
+        return kl + in_sigma0.mean(0).mean() + log_std.square().mean()
     return in_sigma0[late_from:].sum(0).mean()
 
 
@@ -208,11 +218,12 @@ def z_regression(p, init: str, data, heldout, sched, args, log) -> tuple[dict, T
 @torch.no_grad()
 def evaluate(p, q, seq, labels, sched) -> dict:
     """Held-out chains at fixed contexts (known 0/16/32/48/60, 4 positions, fixed orders and noise; the target
-    judges on the true context): mean / median last-step gap, T = 42 acceptance probability, and per step k of
+    judges on the true context): mean / median last-step gap, T = 42 acceptance probability (without and with the
+    released std product: module docstring), and per step k of
     ``HANDOFF`` the free and teacher-forced gaps (sigma_k units) and the hand-off last-step gap (sigma_0 units).
     ``q``: a MAR draft or a ``TargetHeadDraft``."""
     g = torch.Generator().manual_seed(0)
-    free, forced, handoff, acc, z_err = [], [], [], [], []
+    free, forced, handoff, acc, acc_rel, z_err = [], [], [], [], [], []
     S = sched.num_steps
     for k in (0, 16, 32, 48, 60):
         order = torch.argsort(torch.rand(seq.shape[:2], generator=g), dim=1)
@@ -229,12 +240,13 @@ def evaluate(p, q, seq, labels, sched) -> dict:
         forced.append(r["forced"])
         handoff.append(r["handoff"])
         x = r["mean_q"] + r["std_q"] * torch.randn(r["mean_q"].shape, generator=g)
-        acc.append(log_acceptance_ratio(x, r["mean_p"], r["std_p"], r["mean_q"], r["std_q"], torch.zeros(()), 42.0)
-                   .clamp(max=0).exp())
-    free, forced, handoff, acc = (torch.cat(t, dim=-1) for t in (free, forced, handoff, acc))
+        gauss = log_acceptance_ratio(x, r["mean_p"], r["std_p"], r["mean_q"], r["std_q"], torch.zeros(()), 42.0)
+        acc.append(gauss.clamp(max=0).exp())
+        acc_rel.append((gauss + log_std_product(r["lsum_p"], r["lsum_q"], "official")).clamp(max=0).exp())
+    free, forced, handoff, acc, acc_rel = (torch.cat(t, dim=-1) for t in (free, forced, handoff, acc, acc_rel))
     r2 = lambda t: round(float(t), 2)  # noqa: E731
     return {"gap_sigma0": r2(free[-1].mean()), "gap_sigma0_median": r2(free[-1].median()),
-            "accept_T42": round(float(acc.mean()), 4),
+            "accept_T42": round(float(acc.mean()), 4), "accept_T42_released": round(float(acc_rel.mean()), 4),
             "free_sigma_k": {k: r2(free[k].mean()) for k in HANDOFF},
             "forced_sigma_k": {k: r2(forced[k].mean()) for k in HANDOFF},
             "handoff_gap_sigma0": {k0: r2(h.mean()) for k0, h in zip(HANDOFF, handoff)},
@@ -355,7 +367,8 @@ def main():
         row = {"init": args.init, "n_chains": args.n_chains, "command": command, **row}
         append_rows(args.out / "step_weighting.jsonl", [row])
         log(f"{row['weight']}: gap {row['gap_sigma0']} sigma_0 (median {row['gap_sigma0_median']}), "
-            f"T42 acceptance {row['accept_T42']}, z error {row['z_rel_err']}; hand-off gap from k0 = "
+            f"T42 acceptance {row['accept_T42']} (released rule {row['accept_T42_released']}), z error "
+            f"{row['z_rel_err']}; hand-off gap from k0 = "
             f"{row['handoff_gap_sigma0']}; forced / sigma_k {row['forced_sigma_k']}")
 
     def save_and_score(draft: nn.Module, label: str):  # the file as it loads back (fp16), scored like every arm

@@ -93,7 +93,7 @@ def test_chain_gaps_decompose_the_last_step_gap(cfg):
     """``chain_gaps``: a draft equal to the target is 0 everywhere; for a perturbed draft the hand-off at step 0
     is the free-running last-step gap and the hand-off at the last step the teacher-forced one, and a step-0
     hand-off from a different draft differs (the loop really runs the draft)."""
-    from accel.models.mar_head import HeadNoise
+    from accel.models.mar_head import HeadNoise, HeadStats
     from accel.train.recipes.mar_draft_aligned import chain_gaps
 
     seq, lab, order = batch()
@@ -109,12 +109,18 @@ def test_chain_gaps_decompose_the_last_step_gap(cfg):
         same = chain_gaps(p.head, q.head, z, q.head_condition(seq, mask, lab, pos, cfg=guided), SCHED, cfg, noise, at)
         assert float(same["free"].abs().max()) < 1e-4 and float(same["forced"].abs().max()) < 1e-4
         assert float(same["handoff"].abs().max()) < 1e-4
+        torch.testing.assert_close(same["lsum_q"], same["lsum_p"])
         _, q = models(scale=0.05)
         out = chain_gaps(p.head, q.head, z, q.head_condition(seq, mask, lab, pos, cfg=guided), SCHED, cfg, noise, at)
         assert out["free"].shape == out["forced"].shape == (S, n) and out["handoff"].shape == (3, n)
         assert float(out["free"][-1].mean()) > 1e-3
         torch.testing.assert_close(out["handoff"][0], out["free"][-1], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out["handoff"][-1], out["forced"][-1], rtol=1e-4, atol=1e-5)
+        zq = q.head_condition(seq, mask, lab, pos, cfg=guided)
+        for key, head, zz in (("lsum_p", p.head, z), ("lsum_q", q.head, zq)):  # the loop's log_std_sum of each path
+            ref = HeadStats.of(head.sample_trajectory(zz, schedule=SCHED, cfg=cfg, noise=noise), n).log_std_sum
+            torch.testing.assert_close(out[key], ref)
+        assert not torch.allclose(out["lsum_q"], out["lsum_p"])
         _, q2 = models(scale=0.05, seed=1)
         other = chain_gaps(p.head, q2.head, z, q2.head_condition(seq, mask, lab, pos, cfg=guided), SCHED, cfg, noise, at)
         assert not torch.allclose(other["handoff"][0], out["handoff"][0])

@@ -299,7 +299,9 @@ def chain_gaps(p_head, q_head, z_p: torch.Tensor, z_q: torch.Tensor, schedule, c
     - ``forced`` (S, n): the same with the draft's step taken on the target's state x_k^p (teacher-forced);
     - ``handoff`` (len(handoff_at), n): the last-step gap in rms(sigma_0^p) units when the draft takes the
       target's chain over at step k0 (k0 = 0: ``free[-1]``; k0 = S - 1: ``forced[-1]``);
-    - ``mean_p``, ``std_p``, ``mean_q``, ``std_q`` (n, C): the last Gaussian step of each head's own chain."""
+    - ``mean_p``, ``std_p``, ``mean_q``, ``std_q`` (n, C): the last Gaussian step of each head's own chain;
+    - ``lsum_p``, ``lsum_q`` (n, C): sum_{i>=1} log sigma_i of each head's own path (``HeadStats.log_std_sum``, what
+      the released rule's std product ``cspd_math.log_std_product`` reads)."""
     guided = float(cfg) != 1.0
     n = z_p.shape[0] // 2 if guided else z_p.shape[0]
     dup = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)
@@ -323,4 +325,5 @@ def chain_gaps(p_head, q_head, z_p: torch.Tensor, z_q: torch.Tensor, schedule, c
     return {"free": gap(tq.mean), "forced": gap(forced),
             "handoff": torch.stack(handoff) if handoff else torch.zeros(0, n),
             "mean_p": tp.mean[-1, :n], "std_p": sp[-1], "mean_q": tq.mean[-1, :n],
-            "std_q": (0.5 * tq.log_variance[-1, :n]).exp()}
+            "std_q": (0.5 * tq.log_variance[-1, :n]).exp(),
+            "lsum_p": 0.5 * tp.log_variance[:-1, :n].sum(0), "lsum_q": 0.5 * tq.log_variance[:-1, :n].sum(0)}
