@@ -310,12 +310,13 @@ def chain_gap(args) -> list[dict]:
     - ``handoff``: the last-step gap when the draft takes over the target's chain at step k (k = 0: ``free``;
       k = 47: ``forced``): which head steps the final gap is made in;
     - ``accept_T42``: mean min(1, r) of x = mean_0^q under the released relaxation (T = 42, std product none,
-      the target judging on the true context: the window's first position in the textbook loop)."""
+      the target judging on the true context: the window's first position in the textbook loop);
+      ``accept_T42_released`` the same with the released rule's std product of the two paths (the loop's rule)."""
     from accel import zoo
     from accel.harness.results import environment, make_row
     from accel.models.mar import head_schedule, sample_tokens
     from accel.models.mar_head import HeadNoise
-    from accel.speculative.cspd_math import log_acceptance_ratio
+    from accel.speculative.cspd_math import log_acceptance_ratio, log_std_product
     from accel.train.recipes.mar_draft_aligned import chain_gaps
 
     p = zoo.load(CM.TARGET, device=args.device)
@@ -362,6 +363,7 @@ def chain_gap(args) -> list[dict]:
                 free, tf, handoff = cg["free"], cg["forced"], [round(float(h.mean()), 1) for h in cg["handoff"]]
                 lr = log_acceptance_ratio(cg["mean_q"], cg["mean_p"], cg["std_p"], cg["mean_q"], cg["std_q"],
                                           torch.zeros(()), 42.0)
+                released = lr + log_std_product(cg["lsum_p"], cg["lsum_q"], "official")  # the loop's T42 rule
                 r = {**row0, "draft": DRAFTS[d], "steps_k": picks,
                      "free_gap_by_step": [round(float(free[k].mean()), 1) for k in picks],
                      "forced_gap_by_step": [round(float(tf[k].mean()), 2) for k in picks],
@@ -369,6 +371,7 @@ def chain_gap(args) -> list[dict]:
                      "gap_sigma_mean": round(float(free[-1].mean()), 1),
                      "gap_sigma_median": round(float(free[-1].median()), 1),
                      "accept_T42": round(float(lr.clamp(max=0).exp().mean()), 4),
+                     "accept_T42_released": round(float(released.clamp(max=0).exp().mean()), 4),
                      "accept_T42_by_known": [round(float(v), 4) for v in
                                              lr.clamp(max=0).exp().reshape(len(ctx), -1).mean(-1)]}
                 rows.append(make_row(experiment="cspd-chain-gap", family="mar", model=CM.TARGET,
@@ -377,7 +380,8 @@ def chain_gap(args) -> list[dict]:
                                      env=environment(args.device), command=current_command(), **r))
                 append_rows(args.out / "cspd_chain_gap.jsonl", rows[-1:])
                 print(f"cfg {scale:g} {d:<8} gap {r['gap_sigma_mean']} (median {r['gap_sigma_median']}) "
-                      f"accept T42 {r['accept_T42']} by known {r['accept_T42_by_known']}; free gap at k={picks} "
+                      f"accept T42 {r['accept_T42']} (with the released std product {r['accept_T42_released']}) "
+                      f"by known {r['accept_T42_by_known']}; free gap at k={picks} "
                       f"{r['free_gap_by_step']}; forced {r['forced_gap_by_step']}; final gap when the draft takes over at k: "
                       f"{r['handoff_final_gap']}", flush=True)
     return rows
