@@ -273,11 +273,16 @@ class AlignedDraftRecipe(Recipe):
                 "into the head's condition embedding, so the architecture and cost stay fmnist-mar-draft's; (4) all "
                 "of it teacher-forced jointly on the target's chains (the script's sigma0 weighting: per-step "
                 "Gaussian KL + each step's mean error in units of the last step's sigma), 800 steps at lr 2e-4 on "
-                "512 chains; (5) the same, 2400 steps at lr 4e-4 on 1536 chains; (6) 2000 steps more, lr 4e-4. "
+                "512 chains; (5) the same, 2400 steps at lr 4e-4 on 1536 chains; (6) 2000 steps more, lr 4e-4; (7) "
+                "2000 steps more, lr 4e-4, weighting sigma0std: sigma0 + the squared log std product of the path "
+                "(sum over the 47 upper steps and 16 channels of log sigma^p - log sigma^q on the target's states), "
+                "the factor the released T = 42 rule multiplies the ratio by, which stages 1-6 left free. "
                 "Acceptance probability at T = 42 on the script's held-out contexts (its own protocol: the target's "
-                "free chains under shared noise, gap in last-step sigma units): stage 2 0.071 (gap 213) -> 3 0.167 "
-                "(143) -> 4 0.225 (122) -> 5 0.316 (97) -> 6 0.349 (90); the card's evaluation block is stage 6's. "
-                "In the CSpD loop (gamma 8, 32 images): 0.255 released / 0.296 textbook (stage 2: 0.104 / 0.120).")
+                "free chains under shared noise, gap in last-step sigma units), std product none: stage 2 0.071 "
+                "(gap 213) -> 3 0.167 (143) -> 4 0.225 (122) -> 5 0.316 (97) -> 6 0.349 (90) -> 7 0.362 (86); with "
+                "the released rule's std product (as the loop judges): 6 0.310 -> 7 0.411; the card's evaluation "
+                "block is stage 7's. In the CSpD loop (gamma 8, 96 images): stage 7 0.361 released / 0.413 textbook "
+                "(stage 6: 0.259 / 0.296; stage 2, 32 images: 0.104 / 0.120).")
 
 
 def seq_device(module: nn.Module) -> torch.device:
