@@ -44,6 +44,18 @@ def test_draft_equal_to_target_has_zero_loss_and_acceptance_one(cfg):
         out = aligned_losses(p, q, seq, lab, order, 5, 3, cfg, SCHED, torch.Generator().manual_seed(1))
     assert float(out["free"]) < 1e-6 and abs(float(out["path"])) < 1e-4 and float(out["gap_sigma"]) < 1e-3
     assert float(out["accept_T1"]) == pytest.approx(1.0) and float(out["accept_T42"]) == pytest.approx(1.0)
+    assert float(out["accept_T42_released"]) == pytest.approx(1.0)  # equal paths: the std product is 1
+
+
+def test_released_acceptance_carries_the_paths_std_product():
+    """A draft whose head's variance output alone is moved (every sigma_i^q wider, the means the target's): the
+    released rule's acceptance falls below the Gaussian ratio's (exp of a negative log std product)."""
+    p, q = models()
+    with torch.no_grad():
+        q.head.net.final_layer.linear.bias[CFG.vae_embed_dim:] += 0.5
+        seq, lab, order = batch()
+        out = aligned_losses(p, q, seq, lab, order, 5, 3, 3.0, SCHED, torch.Generator().manual_seed(1))
+    assert float(out["accept_T42_released"]) < float(out["accept_T42"]) - 0.05
 
 
 def test_cauchy_free_loss_is_bounded_by_the_squared_one():

@@ -37,7 +37,7 @@ from accel import zoo
 from accel.checkpoint import atomic_save
 from accel.models.mar import head_schedule, sample_tokens
 from accel.models.mar_head import HeadNoise
-from accel.speculative.cspd_math import log_acceptance_ratio
+from accel.speculative.cspd_math import log_acceptance_ratio, log_std_product
 from accel.train.recipe import Recipe
 
 FREE_LOSSES = ("squared", "cauchy")
@@ -99,7 +99,9 @@ def aligned_losses(p, q, seq, labels, order, k: int, P: int, cfg: float, schedul
     the gap ||mu_q^free - mu_p|| / rms(sigma_p) per token (the issue's "sigma units") and the mean acceptance
     probability min(1, r) of the draft's token x = mu_q + sigma_q * eps under the exact rule (T = 1) and the
     released relaxation (T = ``scale``), with the target judging on the TRUE context (the textbook
-    conditioning of a window's first position; ``cspd_math.log_acceptance_ratio``, std product "none").
+    conditioning of a window's first position; ``cspd_math.log_acceptance_ratio``, std product "none"), and
+    ``accept_T<scale>_released``: the relaxation as the loop's released rule applies it, times the std product
+    of the two paths (``cspd_math.log_std_product``, "official"; the draft's path is its free-running one).
 
     ``free_loss``: "squared" = u = sum_c (mu_q - mu_p)^2 / (2 sigma_p^2) per token (the exact rule's
     log-acceptance at x = mu_q); "cauchy" = T^2 log(1 + u / T^2) with T = ``scale``: equal to u near 0, but a
@@ -128,12 +130,13 @@ def aligned_losses(p, q, seq, labels, order, k: int, P: int, cfg: float, schedul
     t_emb = q.head.net.time_embed(co["t"])
     mean_q, logvar_q = forced_steps(q.head, co, t_emb, tp, cfg)
     path = gaussian_kl(tp.mean[:, :n], tp.log_variance[:, :n], mean_q, logvar_q).sum(-1).sum(0)  # (n,)
-    x = dup(x_T)
+    x, lsum_q = dup(x_T), 0.0
     for kk in range(S):  # free-running: the draft's own chain under the shared noise
         i = S - 1 - kk
         st = q.head._step(x, i, co, t_emb[i], cfg)
         if i:
             x = st.mean + torch.exp(0.5 * st.log_variance) * dup(noise[kk])
+            lsum_q = lsum_q + 0.5 * st.log_variance[:n].detach()
     mu_p, logvar_p = tp.mean[-1, :n], tp.log_variance[-1, :n]
     diff2 = (st.mean[:n] - mu_p).square()
     u = (diff2 / (2 * logvar_p.exp())).sum(-1)
@@ -144,6 +147,9 @@ def aligned_losses(p, q, seq, labels, order, k: int, P: int, cfg: float, schedul
         x = mu_q + std_q * torch.randn(mu_q.shape, generator=generator, device=mu_q.device)
         acc = {f"accept_T{t:g}": log_acceptance_ratio(x, mu_p, std_p, mu_q, std_q, torch.zeros(()), t)
                .clamp(max=0).exp().mean() for t in (1.0, scale)}
+        log_sigma = log_std_product(0.5 * tp.log_variance[:-1, :n].sum(0), lsum_q, "official")
+        acc[f"accept_T{scale:g}_released"] = (log_acceptance_ratio(x, mu_p, std_p, mu_q, std_q, log_sigma, scale)
+                                              .clamp(max=0).exp().mean())
     return {"free": free.mean(), "path": path.mean(), "gap_sigma": gap.detach().mean(),
             "gap_sigma_median": gap.detach().median(), **acc}
 
