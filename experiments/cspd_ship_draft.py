@@ -87,7 +87,8 @@ def held_out_row(eval_path: Path, file: Path) -> dict:
         raise SystemExit(f"{eval_path}: no 'saved fp16' row for {file}")
     keep = ("gap_sigma0", "gap_sigma0_median", "accept_T42", "accept_T42_released", "handoff_gap_sigma0",
             "forced_sigma_k")  # accept_T42_released: rows since 2026-12-05
-    return {k: rows[-1][k] for k in keep if k in rows[-1]} | {"where": f"{eval_path} (held-out target chains, never trained on)"}
+    where = f"{eval_path} (held-out target chains, never trained on)"
+    return {k: rows[-1][k] for k in keep if k in rows[-1]} | {"where": where}
 
 
 def main():
@@ -110,7 +111,8 @@ def main():
         raise SystemExit(f"{args.file}: its architecture differs from the zoo's {NAME} (a draft of another cost)")
     base = shipped_info(args.base_rev)
     prior = base if "made_by" in base else {}  # a draft this script shipped: its stages come first
-    made_by = base_made_by(args.base_rev, base) + [f"python experiments/{info['command']}"
+    made_by = base_made_by(args.base_rev, base)
+    made_by += [f"python experiments/{info['command']}"
                 + ("" if f == args.file else f"  # kept as {kept(f, args.kept)}") for f, info in chain]
     made_by.append(f"python experiments/{current_command()}")
     info = {"made_by": made_by, "weights": "raw", "base_rev": args.base_rev,
