@@ -28,11 +28,14 @@ NAME = "fmnist-mar-draft-aligned"
 BASE_FILE = f"accel/zoo/weights/{NAME}{SUFFIX}"
 
 
-def lineage(path: Path) -> tuple[list[tuple[Path, dict]], str]:
+def lineage(path: Path, kept_dir: Path | None = None) -> tuple[list[tuple[Path, dict]], str]:
     """``([(file, info), ...] oldest first, base)``: the files ``path`` was made from by following each file's
-    ``init`` while it names a file, and the zoo name the chain began with."""
+    ``init`` while it names a file, and the zoo name the chain began with. An ``init`` under ``runs/`` that a fresh
+    checkout no longer has is read from its copy in ``kept_dir`` (same name)."""
     chain, seen = [], set()
     while is_zoo_path(path):
+        if not path.is_file() and kept_dir is not None and (kept_dir / path.name).is_file():
+            path = kept_dir / path.name
         if path.resolve() in seen:
             raise SystemExit(f"{path}: its lineage loops back on itself")
         seen.add(path.resolve())
@@ -102,7 +105,7 @@ def main():
     args = ap.parse_args()
     if not str(args.file).endswith(SUFFIX) or not args.file.is_file():
         raise SystemExit(f"{args.file}: give an existing NAME{SUFFIX} written by cspd_step_weighting.py --save-draft")
-    chain, base = lineage(args.file)
+    chain, base = lineage(args.file, args.kept)
     if base != NAME:
         raise SystemExit(f"{args.file}: its lineage begins at {base!r}, not the zoo's {NAME!r}")
     kind, config, _, tensors = read_zoo_file(args.file)

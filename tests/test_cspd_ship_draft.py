@@ -37,6 +37,19 @@ def test_lineage_follows_init_back_to_the_zoo_name(tmp_path):
         ship.lineage(tmp_path / "d.safetensors.xz")
 
 
+def test_lineage_reads_a_missing_init_from_its_kept_copy(tmp_path):
+    ship = load_experiment("cspd_ship_draft")
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    runs.mkdir()
+    kept.mkdir()
+    a = _file(kept / "a.safetensors.xz", "fmnist-mar-draft-aligned", "cspd_step_weighting.py --z-steps 2")
+    b = _file(runs / "b.safetensors.xz", runs / "a.safetensors.xz", "cspd_step_weighting.py --init runs/a")
+    chain, base = ship.lineage(b, kept)
+    assert base == "fmnist-mar-draft-aligned" and [f for f, _ in chain] == [a, b]
+    with pytest.raises(FileNotFoundError):  # without the kept folder the missing file is an error, as before
+        ship.lineage(b)
+
+
 def test_held_out_row_is_the_last_that_scored_the_saved_file(tmp_path):
     ship = load_experiment("cspd_ship_draft")
     row = {"gap_sigma0": 1.0, "gap_sigma0_median": 0.5, "accept_T42": 0.2, "handoff_gap_sigma0": {},
