@@ -57,7 +57,7 @@ from torch import nn
 from accel import zoo
 from accel.checkpoint import atomic_save, read_file
 from accel.harness.results import append_rows, current_command
-from accel.models.mar_head import HeadNoise
+from accel.models.mar_head import HeadNoise, HeadStats
 from accel.models.mar_loop import head_schedule
 from accel.speculative.cspd_math import log_acceptance_ratio, log_std_product
 from accel.train.recipes.mar_draft_aligned import AlignedDraftRecipe, chain_gaps, forced_steps, gaussian_kl
@@ -104,7 +104,8 @@ def forced_loss(p, q, seq, labels, order, k: int, positions: int, sched, g, weig
     if weight == "sigma0":
         return kl + in_sigma0.mean(0).mean()
     if weight == "sigma0std":
-        log_std = 0.5 * (tp.log_variance[:-1, :n] - logvar_q[:-1]).sum(0).sum(-1)  # (n,): log prod sigma^p / sigma^q
+        # (n,): the released rule's log std product, the draft's path being its steps on the target's states
+        log_std = log_std_product(HeadStats.of(tp, n).log_std_sum, 0.5 * logvar_q[:-1].sum(0), "official").to(kl.dtype)
         return kl + in_sigma0.mean(0).mean() + log_std.square().mean()
     return in_sigma0[late_from:].sum(0).mean()
 

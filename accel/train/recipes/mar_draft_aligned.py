@@ -36,7 +36,7 @@ from torch import nn
 from accel import zoo
 from accel.checkpoint import atomic_save
 from accel.models.mar import head_schedule, sample_tokens
-from accel.models.mar_head import HeadNoise
+from accel.models.mar_head import HeadNoise, HeadStats
 from accel.speculative.cspd_math import log_acceptance_ratio, log_std_product
 from accel.train.recipe import Recipe
 
@@ -147,7 +147,7 @@ def aligned_losses(p, q, seq, labels, order, k: int, P: int, cfg: float, schedul
         x = mu_q + std_q * torch.randn(mu_q.shape, generator=generator, device=mu_q.device)
         acc = {f"accept_T{t:g}": log_acceptance_ratio(x, mu_p, std_p, mu_q, std_q, torch.zeros(()), t)
                .clamp(max=0).exp().mean() for t in (1.0, scale)}
-        log_sigma = log_std_product(0.5 * tp.log_variance[:-1, :n].sum(0), lsum_q, "official")
+        log_sigma = log_std_product(HeadStats.of(tp, n).log_std_sum, lsum_q, "official")
         acc[f"accept_T{scale:g}_released"] = (log_acceptance_ratio(x, mu_p, std_p, mu_q, std_q, log_sigma, scale)
                                               .clamp(max=0).exp().mean())
     return {"free": free.mean(), "path": path.mean(), "gap_sigma": gap.detach().mean(),
@@ -258,14 +258,15 @@ class AlignedDraftRecipe(Recipe):
                 "(accel.speculative.cspd). Replaced in place in session 7; two stages: (1) session 6, the recipe's "
                 "defaults (450 steps from fmnist-mar-draft, lr 3e-4, squared free loss, 128 chains): "
                 "`accel train fmnist-mar-draft-aligned`; (2) session 7, 320 steps from stage 1's weights, the "
-                "recipe and run log in the card before session 15: `accel train fmnist-mar-draft-aligned --run-dir runs/align_c2 --set "
+                "recipe and run log in the card before session 15: `accel train fmnist-mar-draft-aligned "
+                "--run-dir runs/align_c2 --set "
                 "init='\"fmnist-mar-draft-aligned\"' --set n_chains=256 --set heldout_chains=32 --set "
                 "free_loss='\"cauchy\"' --set lr=5e-5 --set warmup=20 --set eval_every=40 --set ckpt_every=20 "
-                "--threads 1 --seed 1 --steps 320` (256 target chains, seeds 1234-1237 per 64, the first 64 being stage "
-                "1's first 64; cauchy free loss T^2 log(1 + u/T^2), T = 42, chosen without an A/B run: acceptance "
-                "at T = 42 is carried by tokens with u <~ T^2, which the squared loss down-weights against far "
-                "outliers; lr 5e-5 because a warm restart at 3e-4 (squared) raised the per-batch path KL 3.8 -> 14 "
-                "and gap 175 -> 346 sigma within 40 steps). "
+                "--threads 1 --seed 1 --steps 320` (256 target chains, seeds 1234-1237 per 64, the first 64 being "
+                "stage 1's first 64; cauchy free loss T^2 log(1 + u/T^2), T = 42, chosen without an A/B run: "
+                "acceptance at T = 42 is carried by tokens with u <~ T^2, which the squared loss down-weights "
+                "against far outliers; lr 5e-5 because a warm restart at 3e-4 (squared) raised the per-batch path "
+                "KL 3.8 -> 14 and gap 175 -> 346 sigma within 40 steps). "
                 "Held-out (32 target chains never trained on, known counts 0/16/32/48/60, 4 positions, fixed "
                 "noise; the target judges on the true context, std product none) stage 1 -> stage 2: mean gap "
                 "223.2 -> 217.0 sigma (median 159.2 -> 155.5), acceptance probability at T = 42 0.0637 -> 0.0765, "
@@ -337,4 +338,4 @@ def chain_gaps(p_head, q_head, z_p: torch.Tensor, z_q: torch.Tensor, schedule, c
             "handoff": torch.stack(handoff) if handoff else torch.zeros(0, n),
             "mean_p": tp.mean[-1, :n], "std_p": sp[-1], "mean_q": tq.mean[-1, :n],
             "std_q": (0.5 * tq.log_variance[-1, :n]).exp(),
-            "lsum_p": 0.5 * tp.log_variance[:-1, :n].sum(0), "lsum_q": 0.5 * tq.log_variance[:-1, :n].sum(0)}
+            "lsum_p": HeadStats.of(tp, n).log_std_sum, "lsum_q": HeadStats.of(tq, n).log_std_sum}
