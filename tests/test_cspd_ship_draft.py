@@ -19,6 +19,14 @@ def _file(path, init, command):
     return path
 
 
+def _folders(tmp_path):
+    """``(runs, kept)``: a run folder and the versioned folder that keeps copies of its files."""
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    runs.mkdir()
+    kept.mkdir()
+    return runs, kept
+
+
 def test_lineage_follows_init_back_to_the_zoo_name(tmp_path):
     ship = load_experiment("cspd_ship_draft")
     a = _file(tmp_path / "a.safetensors.xz", "fmnist-mar-draft-aligned", "cspd_step_weighting.py --z-steps 2")
@@ -39,9 +47,7 @@ def test_lineage_follows_init_back_to_the_zoo_name(tmp_path):
 
 def test_lineage_reads_a_missing_init_from_its_kept_copy(tmp_path):
     ship = load_experiment("cspd_ship_draft")
-    runs, kept = tmp_path / "runs", tmp_path / "kept"
-    runs.mkdir()
-    kept.mkdir()
+    runs, kept = _folders(tmp_path)
     a = _file(kept / "a.safetensors.xz", "fmnist-mar-draft-aligned", "cspd_step_weighting.py --z-steps 2")
     b = _file(runs / "b.safetensors.xz", runs / "a.safetensors.xz", "cspd_step_weighting.py --init runs/a")
     chain, base = ship.lineage(b, kept)
@@ -68,9 +74,7 @@ def test_held_out_row_is_the_last_that_scored_the_saved_file(tmp_path):
 
 def test_kept_names_the_versioned_copy_only_when_its_bytes_match(tmp_path):
     ship = load_experiment("cspd_ship_draft")
-    runs, kept = tmp_path / "runs", tmp_path / "kept"
-    runs.mkdir()
-    kept.mkdir()
+    runs, kept = _folders(tmp_path)
     a = _file(runs / "a.safetensors.xz", "fmnist-mar-draft-aligned", "x")
     assert ship.kept(a, kept) == a  # no copy
     (kept / a.name).write_bytes(a.read_bytes())
