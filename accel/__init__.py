@@ -17,6 +17,7 @@ Loading:
 Techniques (each returns an object with ``generate``):
     speculative(target, draft, rule=exact() | lantern(delta, k=...), gamma=3, tree=None)   LlamaGen
     cspd(target, draft, gamma=32, verify="left_to_right", schedule=None, relaxed=False, conditioning="released")    MAR
+    (a draft or a DD student may be given by zoo name or file: "fmnist-llamagen-eagle-cfg", "fmnist-mar-draft-aligned")
     disa(mar, linear(50, 5) | cosine(...) | two_stage(...) | adaptive(...) | constant(n))  MAR
     distilled(teacher, student, steps=1 | 2, teacher_involved=None)                        LlamaGen, VAR
     kv_compress(model, policy=scalekv(0.1) | snapkv(...) | pyramidkv(...) | streamingllm(...) | sliding(...))  VAR, LlamaGen

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import accel
+from accel import zoo
 from accel.api.sampling import Sampling, from_family, mar_kwargs, var_kwargs
 from accel.distill.student_llamagen import DDLlamaGen
 from accel.models.kl_vae import AutoencoderKL, KLVAEConfig
@@ -105,8 +106,12 @@ def test_speculative_checks_its_draft_before_any_work(llamagen):
         accel.speculative(target, other)
     with pytest.raises(ValueError, match="gamma"):
         accel.speculative(target, target, gamma=0)
-    with pytest.raises(TypeError, match="draft"):
+    with pytest.raises(ValueError, match="vocab"):  # a zoo name is loaded, then checked like any draft
         accel.speculative(target, "fmnist-llamagen-draft")
+    with pytest.raises(TypeError, match="draft"):
+        accel.speculative(target, "fmnist-var")
+    with pytest.raises(TypeError, match="draft"):
+        accel.speculative(target, object())
     with pytest.raises(ValueError, match="delta"):
         accel.lantern(delta=1.5)
 
@@ -192,3 +197,21 @@ def test_dd_released_readout_split(llamagen):
     assert two.stats["nfe_student"] == 2 and two.images.shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="split"):
         accel.distilled(g, student, split=17)
+
+
+def test_drafts_by_zoo_name_are_the_loaded_networks():
+    """A zoo name for the draft is that network loaded onto the target's device and dtype: the same tokens as the
+    loaded object, in both speculative families; a bfloat16 target gets a bfloat16 EAGLE head."""
+    target = accel.load("fmnist-llamagen")
+    rule = accel.lantern(delta=0.4)
+    by_name = accel.speculative(target, "fmnist-llamagen-eagle-cfg", rule=rule, gamma=5)
+    by_object = accel.speculative(target, zoo.load("fmnist-llamagen-eagle-cfg"), rule=rule, gamma=5)
+    assert torch.equal(by_name.generate(LABELS, generator=seed()).stats["tokens"],
+                       by_object.generate(LABELS, generator=seed()).stats["tokens"])
+    half = accel.speculative(accel.load("fmnist-llamagen", dtype=torch.bfloat16), "fmnist-llamagen-eagle-cfg")
+    assert next(half.drafter.head.parameters()).dtype == torch.bfloat16
+    assert half.generate(LABELS[:1], generator=seed()).stats["tokens"].shape == (1, 64)
+    mar = accel.load("fmnist-mar", num_iter=64, head_steps="5")
+    runs = [accel.cspd(mar, d, gamma=8, verify="independent", relaxed=True).generate(LABELS, generator=seed())
+            for d in ("fmnist-mar-draft-aligned", accel.load("fmnist-mar-draft-aligned"))]
+    assert torch.equal(runs[0].images, runs[1].images)

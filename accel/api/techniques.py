@@ -25,6 +25,8 @@ from accel.cache.budgets import choose_window
 from accel.distill.decode import DistilledLlamaGen, DistilledVAR
 from accel.distill.student_llamagen import DDLlamaGen
 from accel.distill.student_var import DDVAR
+from accel.models.llamagen import Transformer
+from accel.models.mar import MAR
 from accel.speculative.cspd import CSpDConfig
 from accel.speculative.cspd_method import CSpDMAR
 from accel.speculative.drafters import EagleDrafter, EagleHead, ModelDrafter
@@ -89,8 +91,9 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
                 kv_policy: "CachePolicySpec | None" = None, name: str | None = None) -> SpeculativeLlamaGen:
     """Speculative decoding of a LlamaGen ``target``.
 
-    ``draft``: a smaller LlamaGen generator (same tokenizer), an EAGLE head (``EagleHead``) trained on this
-    target, or a drafter object. ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
+    ``draft``: a smaller LlamaGen generator or network (same tokenizer), an EAGLE head (``EagleHead``) trained on
+    this target, a drafter object, or a zoo name / zoo file of either (``"fmnist-llamagen-eagle-cfg"``, loaded onto
+    the target's device and dtype). ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
     drafts per round (chain); ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain.
     ``kv_policy``: compress the target's KV cache with a raster policy (``accel.snapkv(0.25)``, ...; chain,
     batch 1): every committed token attends to the keys the plain raster decode with that policy keeps.
@@ -101,8 +104,11 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma={gamma!r}: must be an int >= 1")
     tcfg = target.model.config
+    draft = _zoo_network(draft, target.model)
     if isinstance(draft, LlamaGenGenerator):
-        drafter = ModelDrafter(draft.model)
+        draft = draft.model
+    if isinstance(draft, Transformer):
+        drafter = ModelDrafter(draft)
     elif isinstance(draft, EagleHead):
         if draft.config.dim != tcfg.dim:  # the vocabulary is checked with every drafter's, below
             raise ValueError(f"draft: EAGLE head of dim {draft.config.dim} does not fit the target (dim {tcfg.dim}): "
@@ -111,7 +117,8 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
     elif hasattr(draft, "propose") and hasattr(draft, "begin"):
         drafter = draft
     else:
-        raise TypeError(f"draft: expected a LlamaGen generator, an EagleHead or a drafter, got {type(draft).__name__}")
+        raise TypeError(f"draft: expected a LlamaGen generator or network, an EagleHead or a drafter, got "
+                        f"{type(draft).__name__}")
     rule = exact() if rule is None else rule
     if isinstance(rule, Lantern):
         rule = rule.rule(target.tokenizer.quantize.embedding.weight)
@@ -137,7 +144,7 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
 
 
 # ------------------------------------------------------------------------------------------------- CSpD
-def cspd(target: MARGenerator, draft: MARGenerator | None, *, gamma: int = 32, verify: str = "left_to_right",
+def cspd(target: MARGenerator, draft: MARGenerator | MAR | str | Path | None, *, gamma: int = 32, verify: str = "left_to_right",
          prefill: float = 0.05, align: bool = True, schedule=None, relaxed: bool = False,
          conditioning: str = "released", name: str | None = None) -> CSpDMAR:
     """Continuous speculative decoding of a MAR ``target`` with a smaller MAR ``draft`` (arXiv 2411.11925):
@@ -149,20 +156,24 @@ def cspd(target: MARGenerator, draft: MARGenerator | None, *, gamma: int = 32, v
     target judges every draft of a window on the window-start context, one pass: paper and released code) or
     ``"textbook"`` (draft j judged given drafts 1..j-1, the window's prefixes batched in one padded call; with
     ``verify="left_to_right"`` and the exact rule the output has the law of the target alone, one token per
-    AR step)."""
+    AR step). ``draft`` may also be a MAR network or a zoo name / zoo file (``"fmnist-mar-draft-aligned"``),
+    loaded onto the target's device and dtype."""
     if conditioning not in ("released", "textbook"):
         raise ValueError(f"conditioning must be 'released' or 'textbook', got {conditioning!r}")
-    for g, what in ((target, "target"), (draft, "draft")):
-        if g is not None and not isinstance(g, MARGenerator):
-            raise TypeError(f"{what}: CSpD needs MAR generators (accel.load(...)), got {type(g).__name__}")
-    if draft is not None and draft.model.cfg.token_embed_dim != target.model.cfg.token_embed_dim:
+    if not isinstance(target, MARGenerator):
+        raise TypeError(f"target: CSpD needs a MAR generator (accel.load(...)), got {type(target).__name__}")
+    draft = _zoo_network(draft, target.model)
+    draft = draft.model if isinstance(draft, MARGenerator) else draft
+    if draft is not None and not isinstance(draft, MAR):
+        raise TypeError(f"draft: CSpD needs a MAR generator or network, got {type(draft).__name__}")
+    if draft is not None and draft.cfg.token_embed_dim != target.model.cfg.token_embed_dim:
         raise ValueError("draft: its token size differs from the target's; CSpD needs the same tokenizer")
     kw = dict(gamma=gamma, verify=verify, prefill=prefill, align=align, schedule=schedule, conditioning=conditioning,
               head_steps=target.kwargs.get("head_steps", target.model.cfg.num_sampling_steps),
               temperature=target.sampling.temperature, cfg=target.sampling.cfg_scale,
               cfg_schedule=target.cfg_schedule)
     config = CSpDConfig.official(**kw) if relaxed else CSpDConfig(**kw)
-    return CSpDMAR(target.model, None if draft is None else draft.model, target.tokenizer, config,
+    return CSpDMAR(target.model, draft, target.tokenizer, config,
                    name=name or "cspd")
 
 
@@ -220,8 +231,7 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
     """
     if steps not in (1, 2):
         raise ValueError(f"steps={steps!r}: must be 1 or 2")
-    if isinstance(student, (str, Path)):
-        student = zoo.load(student, device=_device(teacher.model))
+    student = _zoo_network(student, teacher.model)
     if isinstance(teacher, LlamaGenGenerator):
         if not isinstance(student, DDLlamaGen):
             raise TypeError(f"student: a LlamaGen teacher needs a DDLlamaGen student, got {type(student).__name__}")
@@ -236,8 +246,12 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
     raise TypeError(f"teacher: Distilled Decoding runs on LlamaGen or VAR generators, got {type(teacher).__name__}")
 
 
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
+def _zoo_network(source, like: nn.Module):
+    """``source`` as is, or the network of a zoo name / zoo file, on ``like``'s device and dtype."""
+    if not isinstance(source, (str, Path)):
+        return source
+    p = next(like.parameters())
+    return zoo.load(source, device=p.device, dtype=p.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- KV cache
