@@ -144,8 +144,8 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
 
 
 # ------------------------------------------------------------------------------------------------- CSpD
-def cspd(target: MARGenerator, draft: MARGenerator | MAR | str | Path | None, *, gamma: int = 32, verify: str = "left_to_right",
-         prefill: float = 0.05, align: bool = True, schedule=None, relaxed: bool = False,
+def cspd(target: MARGenerator, draft: MARGenerator | MAR | str | Path | None, *, gamma: int = 32,
+         verify: str = "left_to_right", prefill: float = 0.05, align: bool = True, schedule=None, relaxed: bool = False,
          conditioning: str = "released", name: str | None = None) -> CSpDMAR:
     """Continuous speculative decoding of a MAR ``target`` with a smaller MAR ``draft`` (arXiv 2411.11925):
     accept with min(1, p(x)/q(x)) on the diffusion heads' last-step densities (Eq. 3-5), residual by rejection
