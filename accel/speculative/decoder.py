@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig, cfg_batch
-from accel.speculative.drafters import cfg_rows, draw, process
+from accel.speculative.drafters import cfg_rows, draw, process, row_positions
 from accel.speculative.rules import verify_chain
 from accel.validate import (check_labels, check_max_new_tokens, check_speculative_setup, finite_pq,
                              raise_non_finite_pq)
@@ -148,7 +148,8 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
         d, q = drafter.propose(state, g, sc, draft_greedy, generator, c_max=c_max)  # (B, g), (B, g, V)
         pos = c[:, None] + offs[: g + 1]  # tokens [x_{c-1}, d_1..d_g] at positions c..c+g
         inp = torch.cat([seq[rows, c - 1][:, None], d], 1)
-        logits, hidden = target(cfg_rows(inp, R), input_pos=cfg_rows(pos, R), cache=cache, kv_len=c_max + g + 1,
+        ipos, slots = row_positions(pos, R, g > 0 and min(hc) == c_max)  # rows at one position (batch 1): slices
+        logits, hidden = target(cfg_rows(inp, R), input_pos=ipos, slots=slots, cache=cache, kv_len=c_max + g + 1,
                                 return_hidden=True)
         st.nfe_target += 1
         p = process(logits, pos, sc)  # row c+i predicts token index c+i

@@ -51,6 +51,15 @@ def cfg_rows(x: Tensor, R: int) -> Tensor:
     return x if x.size(0) == R else torch.cat([x, x])
 
 
+def row_positions(pos: Tensor, R: int, shared: bool) -> tuple[Tensor, Tensor | None]:
+    """``(input_pos, slots)`` of a cached forward over R rows at per-row positions ``pos (B, T)``, T > 1. ``shared``
+    (every row at the same positions, e.g. batch 1): one ``(T,)`` row, given as the slots too, so RoPE is clamped
+    past its table as per row, the cache writes a plain slice and the causal mask is ``(T, kv_len)`` instead of
+    ``(R, T, kv_len)``: the same values (tokens unchanged), a cheaper verify. Otherwise ``(cfg_rows(pos, R), None)``.
+    (For one token the shared path drops the mask, which moves the floats: the drafters' steps keep per-row.)"""
+    return (pos[0], pos[0]) if shared else (cfg_rows(pos, R), None)
+
+
 def expand_level(tree, parents: list[int], dist: Tensor, level: list[int], toks: Tensor, qs: Tensor,
                  greedy: bool, generator: torch.Generator | None) -> None:
     """Draw the children of ``parents`` (their q: ``dist (B, len(parents), V)``) into ``toks``/``qs``."""
