@@ -284,10 +284,10 @@ class Attention(nn.Module):
         """``x (B, T, C)``; rope, slots, mask, kv_len from :func:`attention_plan`."""
         B, T, C = x.shape
         kv = self.n_kv * self.hd
-        q, k, v = self.wqkv(x).split([C, kv, kv], dim=-1)
-        q = apply_rope(q.view(B, T, self.n_head, self.hd), rope).transpose(1, 2)  # (B, H, T, D)
-        k = apply_rope(k.view(B, T, self.n_kv, self.hd), rope).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        qkv = self.wqkv(x)
+        qk = apply_rope(qkv[..., : C + kv].view(B, T, self.n_head + self.n_kv, self.hd), rope)  # q and k: one rotation
+        q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
+        v = qkv[..., C + kv:].view(B, T, self.n_kv, self.hd).transpose(1, 2)
         causal = mask is None and cache is None and T > 1
         if cache is not None:
             k, v, mask = cache.update(self.layer, slots, k, v, kv_len, q, mask)  # (B, Hkv, kv_len, D)
