@@ -116,6 +116,21 @@ def test_speculative_checks_its_draft_before_any_work(llamagen):
         accel.lantern(delta=1.5)
 
 
+def test_modules_in_training_mode_are_refused(llamagen):
+    """Dropout would be active while sampling: wrap, drafts and students say so instead of sampling with it."""
+    gpt, vq = llamagen
+    with pytest.raises(ValueError, match="network.*training mode"):
+        accel.wrap(Transformer(GPT), vq)  # a fresh module is in training mode
+    with pytest.raises(ValueError, match="tokenizer.*training mode"):
+        accel.wrap(gpt, VQModel(VQ))
+    target = accel.wrap(gpt, vq)
+    with pytest.raises(ValueError, match="draft.*training mode"):
+        accel.speculative(target, EagleHead(GPT))
+    with pytest.raises(ValueError, match="student.*training mode"):
+        accel.distilled(target, DDLlamaGen(GPT, torch.randn(16, 4)))
+    assert accel.speculative(target, EagleHead(GPT).eval()) is not None
+
+
 def test_greedy_speculative_equals_greedy_ar_through_the_api(llamagen):
     gpt, vq = llamagen
     target = accel.wrap(gpt, vq, cfg_scale=2.0, greedy=True)

@@ -37,6 +37,14 @@ def family_of(model: nn.Module) -> str:
     raise TypeError(f"{type(model).__name__} is not a LlamaGen Transformer, MAR or VAR network")
 
 
+def check_eval(module, what: str) -> None:
+    """Refuse a module in training mode: dropout (LlamaGen's released configs train with 0.1) would be active while
+    sampling, silently."""
+    if isinstance(module, nn.Module) and any(m.training for m in module.modules()):
+        raise ValueError(f"{what}: {type(module).__name__} is in training mode (dropout and the like would be active "
+                         "while sampling); call .eval() on it first")
+
+
 def wrap(model: nn.Module, tokenizer: nn.Module, *, family: str | None = None, name: str | None = None,
          card: dict | None = None, defaults_from: str = "accel defaults", compile: bool | str | None = None,
          **settings):
@@ -48,6 +56,8 @@ def wrap(model: nn.Module, tokenizer: nn.Module, *, family: str | None = None, n
     want = {"llamagen": VQModel, "mar": AutoencoderKL, "var": VQVAE}[family]
     if not isinstance(tokenizer, want):
         raise TypeError(f"tokenizer: a {family} generator needs a {want.__name__}, got {type(tokenizer).__name__}")
+    check_eval(model, "network")
+    check_eval(tokenizer, "tokenizer")
     unknown = sorted(set(settings) - SAMPLING_KEYS - set(EXTRAS[family]))
     if unknown:
         raise ValueError(f"unknown settings {unknown} for a {family} generator; valid: "

@@ -17,6 +17,7 @@ from accel import zoo
 from accel.annealing.disa import AdaptiveSchedule, AnnealedMAR
 from accel.annealing.schedules import ConstantSchedule, Respacing, disa_schedule
 from accel.api.generators import LlamaGenGenerator, MARGenerator, VARGenerator
+from accel.api.load import check_eval
 from accel.cache.calibrate import calibrate_var
 from accel.cache.llamagen import CompressedLlamaGen, build_raster_policy
 from accel.cache.method import CompressedVAR
@@ -231,7 +232,7 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
     """
     if steps not in (1, 2):
         raise ValueError(f"steps={steps!r}: must be 1 or 2")
-    student = _zoo_network(student, teacher.model)
+    student = _zoo_network(student, teacher.model, "student")
     if isinstance(teacher, LlamaGenGenerator):
         if not isinstance(student, DDLlamaGen):
             raise TypeError(f"student: a LlamaGen teacher needs a DDLlamaGen student, got {type(student).__name__}")
@@ -246,9 +247,11 @@ def distilled(teacher: LlamaGenGenerator | VARGenerator, student: nn.Module | st
     raise TypeError(f"teacher: Distilled Decoding runs on LlamaGen or VAR generators, got {type(teacher).__name__}")
 
 
-def _zoo_network(source, like: nn.Module):
-    """``source`` as is, or the network of a zoo name / zoo file, on ``like``'s device and dtype."""
+def _zoo_network(source, like: nn.Module, what: str = "draft"):
+    """``source`` as is (refused in training mode), or the network of a zoo name / zoo file, on ``like``'s device
+    and dtype."""
     if not isinstance(source, (str, Path)):
+        check_eval(source, what)
         return source
     p = next(like.parameters())
     return zoo.load(source, device=p.device, dtype=p.dtype)
