@@ -283,13 +283,15 @@ class AlignedDraftRecipe(Recipe):
                 "512 chains; (5) the same, 2400 steps at lr 4e-4 on 1536 chains; (6) 2000 steps more, lr 4e-4; (7) "
                 "2000 steps more, lr 4e-4, weighting sigma0std: sigma0 + the squared log std product of the path "
                 "(sum over the 47 upper steps and 16 channels of log sigma^p - log sigma^q on the target's states), "
-                "the factor the released T = 42 rule multiplies the ratio by, which stages 1-6 left free. "
+                "the factor the released T = 42 rule multiplies the ratio by, which stages 1-6 left free; (8), (9) "
+                "2000 steps more each, the same. "
                 "Acceptance probability at T = 42 on the script's held-out contexts (its own protocol: the target's "
                 "free chains under shared noise, gap in last-step sigma units), std product none: stage 2 0.071 "
-                "(gap 213) -> 3 0.167 (143) -> 4 0.225 (122) -> 5 0.316 (97) -> 6 0.349 (90) -> 7 0.362 (86); with "
-                "the released rule's std product (as the loop judges): 6 0.310 -> 7 0.411; the card's evaluation "
-                "block is stage 7's. In the CSpD loop (gamma 8, 96 images): stage 7 0.361 released / 0.413 textbook "
-                "(stage 6: 0.259 / 0.296; stage 2, 32 images: 0.104 / 0.120).")
+                "(gap 213) -> 3 0.167 (143) -> 4 0.225 (122) -> 5 0.316 (97) -> 6 0.349 (90) -> 7 0.362 (86) -> 8 "
+                "0.376 (83) -> 9 0.388 (80); with the released rule's std product (as the loop judges): 6 0.310 -> 7 "
+                "0.411 -> 8 0.422 -> 9 0.431; the card's evaluation block is stage 9's. In the CSpD loop (gamma 8, 96 "
+                "images): stage 9 0.361 released / 0.436 textbook (stage 8: 0.375 / 0.424; stage 7: 0.361 / 0.413; "
+                "stage 6: 0.259 / 0.296; stage 2, 32 images: 0.104 / 0.120).")
 
 
 def seq_device(module: nn.Module) -> torch.device:
