@@ -81,8 +81,8 @@ ENTRIES = [
     # whose node budget (8 of 8 + 3*64 candidates) the verify cost curve of the shared 2-core CPU picked
     # (experiments/lantern.py --grid dynamic; re-size it per device)
     entry("sd-eagle-cfg", quick=True, drafter="eagle-cfg"),
-    # the fastest deterministic LANTERN row within 10 % of AR's FID on the zoo (results/lantern-s9: delta 0.4 on the
-    # gamma-5 argmax chain, step TV <= delta)
+    # the fastest deterministic LANTERN row within 10 % of AR's FID on the zoo (delta 0.4 on the gamma-5 argmax
+    # chain, step TV <= delta; results/lantern-s17: 1.24x over AR at batch 1 on a quiet machine)
     entry("lantern-det-eagle-cfg", quick=True, drafter="eagle-cfg", delta=0.4, gamma=5, drafts="deterministic"),
     entry("lantern-det-eagle-cfg-dyn", drafter="eagle-cfg", delta=0.2, tree="dyn8-k8-d4", drafts="deterministic"),
     # composition: LANTERN on a SnapKV-compressed target cache (25 %, as llamagen-snapkv); a batch runs row by row
