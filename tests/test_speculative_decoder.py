@@ -132,6 +132,30 @@ def test_rows_at_one_position_verify_through_shared_slots(monkeypatch):
     assert any(calls) and not all(calls)  # batch 1 shared, batch 3 (rows apart) per row
 
 
+def test_round_counts_equal_the_per_round_sums():
+    """The chain loop's counters, made once from the kept rounds, equal the per-round sums (rows finished or near
+    the image end, rounds with fewer drafts than gamma, none at all)."""
+    from accel.speculative.decoder import round_counts
+
+    g0 = torch.Generator().manual_seed(0)
+    n, gamma, B = 16, 4, 5
+    rounds, want = [], torch.zeros(3 + 2 * gamma, dtype=torch.long)
+    for g in (4, 4, 2, 0, 4, 3):
+        c = torch.randint(1, n + 2, (B,), generator=g0)
+        live = c < n
+        acc = torch.rand(B, g, generator=g0) < 0.6
+        m = torch.where(live, torch.randint(0, g + 1, (B,), generator=g0), torch.zeros(B, dtype=torch.long))
+        rounds.append((c, live, m, acc, g))
+        ok = acc & live[:, None]
+        reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
+        want[:3] += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum(),
+                                 (torch.minimum(torch.full_like(c, g), (n - c).clamp_min(0)) * live).sum()])
+        want[3:3 + g] += reach.sum(0)
+        want[3 + gamma:3 + gamma + g] += (reach & ok).sum(0)
+    assert torch.equal(round_counts(rounds, n, gamma), want)
+    assert round_counts([], n, gamma).tolist() == [0] * (3 + 2 * gamma)
+
+
 def test_draft_equal_to_target_accepts_all():
     target = tiny(0)
     sc = SamplingConfig(cfg_scale=2.0)

@@ -96,6 +96,25 @@ def nan_flag(bad: Tensor, p: Tensor, q: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
+def round_counts(rounds: list, n: int, gamma: int) -> Tensor:
+    """The chain loop's counters from its rounds ``(c, live, m, verdicts (B, g), g)``, computed once after the loop
+    (a few batched ops instead of a dozen per round): ``[verify_steps, accepted, drafted, reached[0..gamma),
+    accepted_at[0..gamma)]`` over unfinished rows; drafts past the image end are not counted as accepted."""
+    if not rounds:
+        return torch.zeros(3 + 2 * gamma, dtype=torch.long)
+    c, live, m = (torch.stack([r[i] for r in rounds]) for i in range(3))  # (rounds, B)
+    g = torch.tensor([r[4] for r in rounds], device=c.device)[:, None]  # (rounds, 1)
+    ok = torch.stack([torch.nn.functional.pad(r[3], (0, gamma - r[4])) for r in rounds]) & live[..., None]
+    left = n - c
+    totals = torch.stack([live.sum(), (torch.minimum(m, left) * live).sum(),
+                          (torch.minimum(g, left.clamp_min(0)) * live).sum()])
+    before = torch.cumprod(ok.long(), -1)[..., :-1].bool()  # every earlier draft of the round accepted
+    reach = torch.cat([torch.ones_like(ok[..., :1]), before], -1) & live[..., None]
+    reach &= torch.arange(gamma, device=c.device) < g[..., None]  # positions the round drafted
+    return torch.cat([totals, reach.sum((0, 1)), (reach & ok).sum((0, 1))])
+
+
+@torch.no_grad()  # a decode loop: no autograd graph (the rounds' verdicts are kept until the counters are made)
 def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(),
                          *, gamma: int = 4, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
                          progress: bool = False, cache=None) -> tuple[Tensor, SpecStats]:
@@ -132,9 +151,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
     bar = TokenBar(B, n, f"speculative γ={gamma}", progress, done=B)
     offs = torch.arange(gamma + 1, device=dev)
-    acc_t = torch.zeros(3, dtype=torch.long, device=dev)  # verify_steps, accepted, drafted
-    reach_t = torch.zeros(gamma, dtype=torch.long, device=dev)
-    okat_t = torch.zeros(gamma, dtype=torch.long, device=dev)
+    rounds = []  # (c, live, m, verdicts, g) of each round, kept on the device; the counters come after the loop
     bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
     p, q = None, None
     while True:
@@ -158,18 +175,12 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token
-        # statistics over unfinished rows, kept on the device; drafts past the image end are not counted as accepted
-        acc_t += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum(),
-                              (torch.minimum(torch.full_like(c, g), (n - c).clamp_min(0)) * live).sum()])
-        ok = v.accepted & live[:, None]
-        reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
-        reach_t[:g] += reach.sum(0)
-        okat_t[:g] += (reach & ok).sum(0)
+        rounds.append((c, live, m, v.accepted, g))
         # finished rows stay frozen: the drafter sees "1 new token ending at c - 1" again
         drafter.observe(state, seq, torch.where(live, c, c - 1), hidden, torch.where(live, m + 1, torch.ones_like(m)))
         c = torch.where(live, c + m + 1, c)
     bar.close()
-    counts = torch.cat([acc_t, reach_t, okat_t]).tolist()  # the counters, read once
+    counts = round_counts(rounds, n, gamma).tolist()  # the counters, read once
     st.verify_steps, st.accepted, st.drafted = counts[:3]
     st.reached, st.accepted_at = counts[3:3 + gamma], counts[3 + gamma:]
     st.nfe_draft = state.forwards
