@@ -132,6 +132,26 @@ def test_rows_at_one_position_verify_through_shared_slots(monkeypatch):
     assert any(calls) and not all(calls)  # batch 1 shared, batch 3 (rows apart) per row
 
 
+def test_the_loop_builds_no_autograd_graph():
+    """Called with grad enabled, the target's forwards still run without autograd (the loop keeps every round's
+    verdicts until its counters are made; a graph behind them would be kept too)."""
+    target = tiny(0)
+    seen = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(target, name)
+
+        def __call__(self, *a, **k):
+            seen.append(torch.is_grad_enabled())
+            return target(*a, **k)
+
+    with torch.enable_grad():
+        speculative_generate(Recording(), _drafters(target)[0], ExactRule(), torch.tensor([1]), SamplingConfig(),
+                             gamma=3, max_new_tokens=16, generator=torch.Generator().manual_seed(0))
+    assert seen and not any(seen)
+
+
 def test_round_counts_equal_the_per_round_sums():
     """The chain loop's counters, made once from the kept rounds, equal the per-round sums (rows finished or near
     the image end, rounds with fewer drafts than gamma, none at all)."""

@@ -95,7 +95,6 @@ def nan_flag(bad: Tensor, p: Tensor, q: Tensor | None) -> Tensor:
     return bad | (~finite_pq(p, q)).long()
 
 
-@torch.no_grad()
 def round_counts(rounds: list, n: int, gamma: int) -> Tensor:
     """The chain loop's counters from its rounds ``(c, live, m, verdicts (B, g), g)``, computed once after the loop
     (a few batched ops instead of a dozen per round): ``[verify_steps, accepted, drafted, reached[0..gamma),
@@ -114,7 +113,7 @@ def round_counts(rounds: list, n: int, gamma: int) -> Tensor:
     return torch.cat([totals, reach.sum((0, 1)), (reach & ok).sum((0, 1))])
 
 
-@torch.no_grad()  # a decode loop: no autograd graph (the rounds' verdicts are kept until the counters are made)
+@torch.no_grad()
 def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: SamplingConfig = SamplingConfig(),
                          *, gamma: int = 4, max_new_tokens: int | None = None, generator: torch.Generator | None = None,
                          progress: bool = False, cache=None) -> tuple[Tensor, SpecStats]:
