@@ -165,7 +165,7 @@ def test_round_counts_equal_the_per_round_sums():
         live = c < n
         acc = torch.rand(B, g, generator=g0) < 0.6
         m = torch.where(live, torch.randint(0, g + 1, (B,), generator=g0), torch.zeros(B, dtype=torch.long))
-        rounds.append((c, live, m, acc, g))
+        rounds.append((c, m, acc, g))
         ok = acc & live[:, None]
         reach = torch.cat([torch.ones_like(ok[:, :1]), torch.cumprod(ok.long(), 1)[:, :-1].bool()], 1) & live[:, None]
         want[:3] += torch.stack([live.sum(), (torch.minimum(m, n - c) * live).sum(),

@@ -96,14 +96,16 @@ def nan_flag(bad: Tensor, p: Tensor, q: Tensor | None) -> Tensor:
 
 
 def round_counts(rounds: list, n: int, gamma: int) -> Tensor:
-    """The chain loop's counters from its rounds ``(c, live, m, verdicts (B, g), g)``, computed once after the loop
+    """The chain loop's counters from its rounds ``(c, m, verdicts (B, g), g)``, computed once after the loop
     (a few batched ops instead of a dozen per round): ``[verify_steps, accepted, drafted, reached[0..gamma),
-    accepted_at[0..gamma)]`` over unfinished rows; drafts past the image end are not counted as accepted."""
+    accepted_at[0..gamma)]`` over unfinished rows (``c < n``); drafts past the image end are not counted as
+    accepted."""
     if not rounds:
         return torch.zeros(3 + 2 * gamma, dtype=torch.long)
-    c, live, m = (torch.stack([r[i] for r in rounds]) for i in range(3))  # (rounds, B)
-    g = torch.tensor([r[4] for r in rounds], device=c.device)[:, None]  # (rounds, 1)
-    ok = torch.stack([torch.nn.functional.pad(r[3], (0, gamma - r[4])) for r in rounds]) & live[..., None]
+    c, m = (torch.stack([r[i] for r in rounds]) for i in range(2))  # (rounds, B)
+    live = c < n
+    g = torch.tensor([r[3] for r in rounds], device=c.device)[:, None]  # (rounds, 1)
+    ok = torch.stack([torch.nn.functional.pad(r[2], (0, gamma - r[3])) for r in rounds]) & live[..., None]
     left = n - c
     totals = torch.stack([live.sum(), (torch.minimum(m, left) * live).sum(),
                           (torch.minimum(g, left.clamp_min(0)) * live).sum()])
@@ -150,7 +152,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
     drafter.observe(state, seq, torch.zeros_like(c), hidden, torch.ones_like(c))
     bar = TokenBar(B, n, f"speculative γ={gamma}", progress, done=B)
     offs = torch.arange(gamma + 1, device=dev)
-    rounds = []  # (c, live, m, verdicts, g) of each round, kept on the device; the counters come after the loop
+    rounds = []  # (c, m, verdicts, g) of each round, kept on the device; the counters come after the loop
     bad = torch.zeros(1, dtype=torch.long, device=dev)  # NaN flag of the last verification, read with c
     p, q = None, None
     while True:
@@ -174,7 +176,7 @@ def speculative_generate(target: Transformer, drafter, rule, cond: Tensor, sc: S
         m = torch.where(live, v.n_accepted, torch.zeros_like(v.n_accepted))
         seq[rows[:, None], pos[:, :g]] = d
         seq[rows, c + m] = v.next_token
-        rounds.append((c, live, m, v.accepted, g))
+        rounds.append((c, m, v.accepted, g))
         # finished rows stay frozen: the drafter sees "1 new token ending at c - 1" again
         drafter.observe(state, seq, torch.where(live, c, c - 1), hidden, torch.where(live, m + 1, torch.ones_like(m)))
         c = torch.where(live, c + m + 1, c)
