@@ -41,6 +41,11 @@ def test_chunks_are_target_samples_with_features_and_resume(tmp_path):
     assert torch.equal(load_chunks(paths)[0], tokens)
     with pytest.raises(ValueError, match="chunk"):
         cfg_samples(target, tmp_path, 10, chunk=0)
+    # `only`: a process makes just its chunks (the others' work), the same files as one process makes
+    part = tmp_path / "part"
+    assert cfg_samples(target, part, 10, chunk=4, seed=3, sc=sc, only=[2, 0]) == [part / p.name for p in paths]
+    assert sorted(p.name for p in part.iterdir()) == ["chunk_0000.pt", "chunk_0002.pt"]
+    assert torch.equal(torch.load(part / "chunk_0002.pt")["tokens"], tokens[8:])
 
 
 def test_loss_is_the_guided_cross_entropy_and_trains_the_head_only(tmp_path):
@@ -61,6 +66,16 @@ def test_loss_is_the_guided_cross_entropy_and_trains_the_head_only(tmp_path):
         logq = torch.log_softmax(cfg_combine(*target.output(pred).float().chunk(2), 2.0), -1)
         assert logs["ce"].item() == pytest.approx(-(p * logq).sum(-1).mean().item(), rel=1e-4)
     assert loss.item() == pytest.approx(logs["smooth_l1"].item() + r.p_w * logs["ce"].item(), rel=1e-5)
+    # p_tv adds the total variation between the two guided laws (exact SD accepts w.p. 1 - TV), with gradient
+    r_tv = EagleCFGRecipe(init="", noise=0.0, p_tv=2.0)
+    loss_tv, logs_tv = r_tv.loss(model, (tokens, labels, hc, hu), torch.Generator().manual_seed(0), 0)
+    tv = 0.5 * (p - logq.exp()).abs().sum(-1).mean().item()
+    assert tv > 0.01 and logs_tv["tv"].item() == pytest.approx(tv, rel=1e-4)
+    assert loss_tv.item() == pytest.approx(loss.item() + 2.0 * tv, rel=1e-5)
+    g_plain = model.head.fc.weight.grad.clone()
+    model.zero_grad()
+    loss_tv.backward()  # the TV term has a gradient of its own on the head
+    assert not torch.allclose(model.head.fc.weight.grad, g_plain, rtol=1e-3, atol=1e-7)
 
 
 def test_pair_stats():

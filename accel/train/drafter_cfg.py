@@ -22,6 +22,9 @@ TV(p, q) to the guided target is 0.32 and a deterministic draft's first-child ac
   keeps the features usable as the drafter's own input deeper in a draft; the classification term is moved
   from the unguided to the guided distribution, with more weight (p_w = 1 vs EAGLE's 0.1) because that term
   is what acceptance depends on (a deterministic draft x is accepted w.p. p(x) + S <= p(x) + δ).
+  ``p_tv`` > 0 adds ``p_tv · TV(p_t, q_t)``: exact speculative sampling accepts a sampled draft with probability
+  ``1 - TV(p, q)`` (Leviathan et al. 2023, §3.4: α = Σ min(p, q)), so TV is the quantity to lower; DistillSpec
+  (Zhou et al. 2024, arXiv 2310.08461, §3) trains drafters on it directly. Default 0 (the shipped first stage).
 - **Init**: from the zoo's ``fmnist-llamagen-eagle`` (same architecture), so the CPU budget goes to the
   distribution shift, not to relearning the features.
 
@@ -32,6 +35,7 @@ acceptance at δ = 0).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,8 +66,9 @@ def target_features(target, tokens: Tensor, labels: Tensor) -> tuple[Tensor, Ten
 
 
 def cfg_samples(target, out_dir: str | Path, n: int, *, chunk: int = 250, seed: int = 0,
-                sc: SamplingConfig | None = None) -> list[Path]:
+                sc: SamplingConfig | None = None, only: Iterable[int] | None = None) -> list[Path]:
     """Write ``ceil(n / chunk)`` chunk files of target samples + features into ``out_dir`` (resumable).
+    ``only``: make just these chunk indices (several processes can share the work); every path is returned.
 
     Chunk i holds ``tokens (b, T)`` long, ``labels (b,)`` (``i*chunk + j`` mod classes: balanced),
     ``h_cond``/``h_null`` ``(b, T, dim)`` fp16. Its generator is seeded with ``(seed, i)`` so the chunks do
@@ -74,10 +79,9 @@ def cfg_samples(target, out_dir: str | Path, n: int, *, chunk: int = 250, seed: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = target.config
-    paths = []
-    for i in range((n + chunk - 1) // chunk):
-        path = out_dir / CHUNK.format(i)
-        paths.append(path)
+    paths = [out_dir / CHUNK.format(i) for i in range((n + chunk - 1) // chunk)]
+    for i in range(len(paths)) if only is None else sorted(set(only)):
+        path = paths[i]
         if path.is_file():
             continue
         b = min(chunk, n - i * chunk)
@@ -126,6 +130,7 @@ class EagleCFGRecipe(Recipe):
     ckpt_every: int = 100
     eval_every: int = 500
     p_w: float = 1.0
+    p_tv: float = 0.0  # weight of the total-variation term (0: the loss above without it)
     noise: float = 0.05  # as drafter.py: ±0.2 at LlamaGen's 256 tokens, scaled by 512 / T
     data_dir: str = "runs/eagle-cfg-data"
 
@@ -178,7 +183,8 @@ class EagleCFGRecipe(Recipe):
         reg, ce, p, logq = self._forward(model, tokens, hc, hu, generator)
         with torch.no_grad():
             stats = guided_pair_stats(p, logq.detach())
-        return reg + self.p_w * ce, {"smooth_l1": reg, "ce": ce, "tv": stats["tv_mean"],
+        tv = 0.5 * (p - logq.exp()).abs().sum(-1).mean() if self.p_tv else 0.0
+        return reg + self.p_w * ce + self.p_tv * tv, {"smooth_l1": reg, "ce": ce, "tv": stats["tv_mean"],
                                       "p_argmax_q": stats["p_argmax_q"]}
 
     @torch.no_grad()
