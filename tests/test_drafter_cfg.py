@@ -85,3 +85,14 @@ def test_pair_stats():
     assert s["tv_mean"].item() == pytest.approx(0.15)
     assert s["p_argmax_q"].item() == pytest.approx((0.3 + 0.8) / 2)
     assert s["top1"].item() == pytest.approx(0.5)
+
+
+def test_init_takes_a_zoo_name_or_a_zoo_file():
+    from accel import zoo
+    if not zoo.is_available("fmnist-llamagen-eagle"):
+        pytest.skip("zoo weights not in this copy")
+    by_name = EagleCFGRecipe(init="fmnist-llamagen-eagle").build().head.state_dict()
+    by_file = EagleCFGRecipe(init=str(zoo.weights_path("fmnist-llamagen-eagle"))).build().head.state_dict()
+    fresh = EagleCFGRecipe(init="").build().head.state_dict()
+    assert all(torch.equal(by_name[k], by_file[k]) for k in by_name)
+    assert not torch.equal(by_name["fc.weight"], fresh["fc.weight"])

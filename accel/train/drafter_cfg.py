@@ -49,7 +49,7 @@ from accel.sampling import cfg_combine, logits_to_probs
 from accel.train.drafter import EAGLE_KIND, EagleTraining, load_eagle
 from accel.train.recipe import Recipe
 from accel.zoo.sample import DEFAULTS
-from accel.zoo.store import save_zoo_file, zoo_file
+from accel.zoo.store import is_zoo_path, save_zoo_file, zoo_file
 
 CHUNK = "chunk_{:04d}.pt"
 
@@ -115,7 +115,7 @@ class EagleCFGRecipe(Recipe):
     name: str = "fmnist-llamagen-eagle-cfg"
     kind: str = EAGLE_KIND
     target: str = "fmnist-llamagen"
-    init: str = "fmnist-llamagen-eagle"  # zoo drafter to start from ("" = fresh init)
+    init: str = "fmnist-llamagen-eagle"  # zoo drafter (name or zoo-format file) to start from ("" = fresh init)
     n_samples: int = 6000  # 24 chunks: ~25 min of sampling on the shared 2-core CPU
     n_val: int = 250  # the last chunk(s): held out for evaluation
     chunk: int = 250
@@ -140,7 +140,8 @@ class EagleCFGRecipe(Recipe):
     def build(self):
         model = EagleTraining(zoo.load(self.target))
         if self.init:
-            model.head.load_state_dict(load_eagle(zoo.weights_path(self.init))[0].state_dict())
+            path = self.init if is_zoo_path(self.init) else zoo.weights_path(self.init)
+            model.head.load_state_dict(load_eagle(path)[0].state_dict())
         return model
 
     def model_config(self) -> dict:
