@@ -96,3 +96,29 @@ def test_init_takes_a_zoo_name_or_a_zoo_file():
     fresh = EagleCFGRecipe(init="").build().head.state_dict()
     assert all(torch.equal(by_name[k], by_file[k]) for k in by_name)
     assert not torch.equal(by_name["fc.weight"], fresh["fc.weight"])
+
+
+def test_made_by_lists_every_stage(monkeypatch):
+    """A stage started from an exported head records that head's commands before its own; a head exported
+    without a lineage of its own is rebuilt from its recorded recipe."""
+    from accel.train import drafter_cfg
+
+    infos = {"zoo/fmnist-llamagen-eagle.safetensors.xz": {"step": 3000, "recipe": {"name": "fmnist-llamagen-eagle"}}}
+    monkeypatch.setattr(drafter_cfg, "read_zoo_file", lambda path: (None, None, infos[str(path)], None))
+    monkeypatch.setattr(drafter_cfg.zoo, "weights_path", lambda name: f"zoo/{name}.safetensors.xz")
+    assert EagleCFGRecipe().command(2500) == "accel train fmnist-llamagen-eagle-cfg --steps 2500"
+    assert EagleCFGRecipe().made_by(2500) == ["accel train fmnist-llamagen-eagle",
+                                              "accel train fmnist-llamagen-eagle-cfg --steps 2500"]
+    infos["zoo/fmnist-llamagen-eagle-cfg.safetensors.xz"] = {"step": 2500, "recipe": {
+        **{k: v for k, v in EagleCFGRecipe().__dict__.items()}, "betas": [0.9, 0.95]}}
+    stage2 = EagleCFGRecipe(init="fmnist-llamagen-eagle-cfg", lr=3e-4, p_tv=1.0)
+    assert stage2.made_by(6000) == [
+        "accel train fmnist-llamagen-eagle", "accel train fmnist-llamagen-eagle-cfg --steps 2500",
+        "accel train fmnist-llamagen-eagle-cfg --steps 6000 --set lr=0.0003 "
+        "--set 'init=\"fmnist-llamagen-eagle-cfg\"' --set p_tv=1.0"]
+    infos["runs/s2/fmnist-llamagen-eagle-cfg.safetensors.xz"] = {"made_by": stage2.made_by(6000)}
+    stage3 = EagleCFGRecipe(init="runs/s2/fmnist-llamagen-eagle-cfg.safetensors.xz", n_samples=47750)
+    assert stage3.made_by(12000)[:3] == stage2.made_by(6000)
+    assert stage3.made_by(12000)[3] == (
+        "accel train fmnist-llamagen-eagle-cfg --steps 12000 --set "
+        "'init=\"runs/s2/fmnist-llamagen-eagle-cfg.safetensors.xz\"' --set n_samples=47750")

@@ -34,9 +34,11 @@ acceptance at δ = 0).
 """
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -49,7 +51,7 @@ from accel.sampling import cfg_combine, logits_to_probs
 from accel.train.drafter import EAGLE_KIND, EagleTraining, load_eagle
 from accel.train.recipe import Recipe
 from accel.zoo.sample import DEFAULTS
-from accel.zoo.store import is_zoo_path, save_zoo_file, zoo_file
+from accel.zoo.store import is_zoo_path, read_zoo_file, save_zoo_file, zoo_file
 
 CHUNK = "chunk_{:04d}.pt"
 
@@ -202,9 +204,38 @@ class EagleCFGRecipe(Recipe):
     def deployable(self, model):
         return model.head
 
+    def command(self, steps: int) -> str:
+        """The ``accel train`` command of a run of this recipe: the fields that differ from the defaults as --set."""
+        base = asdict(EagleCFGRecipe())
+        sets = [f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in asdict(self).items()
+                if json.dumps(v) != json.dumps(base.get(k))]
+        return " ".join([f"accel train {self.name} --steps {steps}", *sets])
+
+    def made_by(self, steps: int) -> list[str]:
+        """The commands that made a run's weights, oldest first: the init file's (its ``info["made_by"]``; for a
+        stage of this recipe exported without one, rebuilt from its recorded recipe), then this run's."""
+        if not self.init:
+            return [self.command(steps)]
+        info = read_zoo_file(self.init if is_zoo_path(self.init) else zoo.weights_path(self.init))[2]
+        if info.get("made_by"):
+            prior = list(info["made_by"])
+        elif info.get("recipe", {}).get("name") == self.name:
+            names = {f.name for f in fields(EagleCFGRecipe)}
+            prior = EagleCFGRecipe(**{k: v for k, v in info["recipe"].items() if k in names}).made_by(info["step"])
+        else:
+            prior = [f"accel train {self.init}"]
+        return [*prior, self.command(steps)]
+
     def export(self, model, out_dir: Path, info: dict) -> list[Path]:
+        """The head's zoo file; its info records the commands of every stage (``made_by``) and, when the held-out
+        chunk is on disk, its evaluation."""
+        n = self.n_samples + self.n_val
+        val = Path(self.data_dir) / CHUNK.format((n + self.chunk - 1) // self.chunk - 1)
+        extra = {"made_by": self.made_by(info["step"])}
+        if val.is_file():
+            extra["eval"] = self.evaluate(model, None)
         return [save_zoo_file(zoo_file(out_dir, self.name), model.head.state_dict(), kind=self.kind,
-                              config=self.model_config(), info={**info, "target": self.target})]
+                              config=self.model_config(), info={**info, "target": self.target, **extra})]
 
 
 def train_eagle_cfg(run_dir: str | Path = "runs/fmnist-llamagen-eagle-cfg", *, steps: int | None = None,
@@ -221,7 +252,6 @@ def train_eagle_cfg(run_dir: str | Path = "runs/fmnist-llamagen-eagle-cfg", *, s
 
 
 if __name__ == "__main__":  # python -m accel.train.drafter_cfg [RUN_DIR] [STEPS] [N_SAMPLES]
-    import json
     import sys
 
     kw = {"n_samples": int(sys.argv[3])} if len(sys.argv) > 3 else {}
