@@ -122,3 +122,18 @@ def test_made_by_lists_every_stage(monkeypatch):
     assert stage3.made_by(12000)[3] == (
         "accel train fmnist-llamagen-eagle-cfg --steps 12000 --set "
         "'init=\"runs/s2/fmnist-llamagen-eagle-cfg.safetensors.xz\"' --set n_samples=47750")
+
+
+def test_card_quality_is_the_shipped_heads_held_out_evaluation(tmp_path):
+    from accel import zoo
+    from accel.train.drafter import load_eagle
+    if not zoo.is_available("fmnist-llamagen-eagle-cfg"):
+        pytest.skip("zoo weights not in this copy")
+    r = EagleCFGRecipe(n_samples=4, n_val=4, chunk=4, data_dir=str(tmp_path), init="")
+    assert r.val_chunk() == tmp_path / "chunk_0001.pt" and r.card_quality("fmnist-llamagen-eagle-cfg") is None
+    cfg_samples(zoo.load("fmnist-llamagen"), tmp_path, 8, chunk=4, seed=r.data_seed, sc=r.sampling())
+    q = r.card_quality("fmnist-llamagen-eagle-cfg")
+    model = r.build()
+    model.head.load_state_dict(load_eagle(zoo.weights_path("fmnist-llamagen-eagle-cfg"))[0].state_dict())
+    assert q["val_tv_mean"] == pytest.approx(r.evaluate(model.eval(), None)["val_tv_mean"])
+    assert 0 < q["val_tv_mean"] < 0.5 and "chunk_0001.pt" in q["measured on"]

@@ -226,13 +226,25 @@ class EagleCFGRecipe(Recipe):
             prior = [f"accel train {self.init}"]
         return [*prior, self.command(steps)]
 
+    def val_chunk(self) -> Path:
+        """The held-out chunk file (the last of ``n_samples + n_val``)."""
+        return Path(self.data_dir) / CHUNK.format((self.n_samples + self.n_val + self.chunk - 1) // self.chunk - 1)
+
+    def card_quality(self, name: str) -> dict | None:
+        """The shipped head's held-out statistics (``evaluate``) on this recipe's held-out chunk, when it is on
+        disk (``accel train NAME --card-only --set n_samples=N`` names the run's data)."""
+        if not self.val_chunk().is_file():
+            return None
+        model = self.build()
+        model.head.load_state_dict(load_eagle(zoo.weights_path(name))[0].state_dict())
+        return {**self.evaluate(model.eval(), None), "measured on": f"{self.n_val} held-out target samples "
+                f"({self.val_chunk().name} of {self.data_dir}, seed {self.data_seed}), never trained on"}
+
     def export(self, model, out_dir: Path, info: dict) -> list[Path]:
         """The head's zoo file; its info records the commands of every stage (``made_by``) and, when the held-out
         chunk is on disk, its evaluation."""
-        n = self.n_samples + self.n_val
-        val = Path(self.data_dir) / CHUNK.format((n + self.chunk - 1) // self.chunk - 1)
         extra = {"made_by": self.made_by(info["step"])}
-        if val.is_file():
+        if self.val_chunk().is_file():
             extra["eval"] = self.evaluate(model, None)
         return [save_zoo_file(zoo_file(out_dir, self.name), model.head.state_dict(), kind=self.kind,
                               config=self.model_config(), info={**info, "target": self.target, **extra})]
