@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     name = ALIASES.get(args.recipe, args.recipe)
     run_dir = Path(args.run_dir or Path("runs") / name)
     if args.card_only:
-        return _card(recipe, name, run_dir)
+        return _card(recipe, name, run_dir, args.set)
     if not args.export_only:
         t0 = time.time()
         summary = fit(recipe, run_dir, steps=args.steps, seed=args.seed, cpu=args.cpu,
@@ -73,17 +74,20 @@ def main(args: argparse.Namespace) -> int:
     paths = recipe.export(model, Path(args.export_dir) if args.export_dir else zoo.WEIGHTS_DIR, info)
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
-    return _card(recipe, name, run_dir) if args.card else 0
+    return _card(recipe, name, run_dir, args.set) if args.card else 0
 
 
-def _card(recipe, name: str, run_dir: Path) -> int:
+def _card(recipe, name: str, run_dir: Path, sets: list[str] = ()) -> int:
+    """Measure and write the card; its command line repeats the ``--set`` overrides that shaped what it measured
+    (e.g. which held-out data)."""
     import torch
 
 
     quality = recipe.card_quality(name)
     with_threads = torch.get_num_threads()
     latency = forward_latency(name)
-    cmd = f"accel train {name} --card-only  # quality and latency, torch threads: {with_threads}"
+    cmd = " ".join([f"accel train {name} --card-only", *(f"--set {shlex.quote(kv)}" for kv in sets),
+                    f"# quality and latency, torch threads: {with_threads}"])
     out = write_card(name, run_dir, command=cmd, quality=quality, latency=latency, notes=recipe.card_notes(),
                      data=recipe.card_data())
     print(f"wrote {out}")
