@@ -46,6 +46,8 @@ def test_chunks_are_target_samples_with_features_and_resume(tmp_path):
     assert cfg_samples(target, part, 10, chunk=4, seed=3, sc=sc, only=[2, 0]) == [part / p.name for p in paths]
     assert sorted(p.name for p in part.iterdir()) == ["chunk_0000.pt", "chunk_0002.pt"]
     assert torch.equal(torch.load(part / "chunk_0002.pt")["tokens"], tokens[8:])
+    with pytest.raises(ValueError, match="outside 0..2"):
+        cfg_samples(target, part, 10, chunk=4, only=[3])
 
 
 def test_loss_is_the_guided_cross_entropy_and_trains_the_head_only(tmp_path):

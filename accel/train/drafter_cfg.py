@@ -82,7 +82,10 @@ def cfg_samples(target, out_dir: str | Path, n: int, *, chunk: int = 250, seed: 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = target.config
     paths = [out_dir / CHUNK.format(i) for i in range((n + chunk - 1) // chunk)]
-    for i in range(len(paths)) if only is None else sorted(set(only)):
+    todo = range(len(paths)) if only is None else sorted(set(only))
+    if todo and not 0 <= todo[0] <= todo[-1] < len(paths):
+        raise ValueError(f"cfg_samples: only={list(todo)} names chunks outside 0..{len(paths) - 1}")
+    for i in todo:
         path = paths[i]
         if path.is_file():
             continue
