@@ -132,7 +132,7 @@ def test_card_quality_is_the_shipped_heads_held_out_evaluation(tmp_path):
     if not zoo.is_available("fmnist-llamagen-eagle-cfg"):
         pytest.skip("zoo weights not in this copy")
     r = EagleCFGRecipe(n_samples=4, n_val=4, chunk=4, data_dir=str(tmp_path), init="")
-    assert r.val_chunk() == tmp_path / "chunk_0001.pt" and r.card_quality("fmnist-llamagen-eagle-cfg") is None
+    assert r.val_paths() == [tmp_path / "chunk_0001.pt"] and r.card_quality("fmnist-llamagen-eagle-cfg") is None
     cfg_samples(zoo.load("fmnist-llamagen"), tmp_path, 8, chunk=4, seed=r.data_seed, sc=r.sampling())
     q = r.card_quality("fmnist-llamagen-eagle-cfg")
     model = r.build()

@@ -152,14 +152,22 @@ class EagleCFGRecipe(Recipe):
     def model_config(self) -> dict:
         return asdict(zoo.load(self.target).config)
 
-    def _paths(self) -> list[Path]:
+    def _paths(self, only: Iterable[int] | None = None) -> list[Path]:
+        """Every chunk's path; the chunks (``only`` these) are sampled first where missing."""
         return cfg_samples(zoo.load(self.target), self.data_dir, self.n_samples + self.n_val, chunk=self.chunk,
-                           seed=self.data_seed, sc=self.sampling())
+                           seed=self.data_seed, sc=self.sampling(), only=only)
+
+    def val_chunks(self) -> range:
+        """Indices of the held-out chunks: the last ``ceil(n_val / chunk)``."""
+        n = (self.n_samples + self.n_val + self.chunk - 1) // self.chunk
+        return range(n - (self.n_val + self.chunk - 1) // self.chunk, n)
+
+    def val_paths(self) -> list[Path]:
+        """The held-out chunk files (nothing is sampled)."""
+        return [Path(self.data_dir) / CHUNK.format(i) for i in self.val_chunks()]
 
     def train_data(self, run_dir: Path, device):
-        paths = self._paths()
-        n_val_chunks = (self.n_val + self.chunk - 1) // self.chunk
-        return tuple(t.to(device) for t in load_chunks(paths[: len(paths) - n_val_chunks]))
+        return tuple(t.to(device) for t in load_chunks(self._paths()[: self.val_chunks().start]))
 
     def guided(self, target, h: Tensor, B: int) -> Tensor:
         """Guided logits ``(B, T, V)`` from hidden states of the ``[cond; null]`` rows ``(2B, T, dim)``."""
@@ -195,20 +203,21 @@ class EagleCFGRecipe(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model, run_dir: Path) -> dict:
-        paths = self._paths()
-        tokens, _, hc, hu = load_chunks(paths[len(paths) - (self.n_val + self.chunk - 1) // self.chunk:])
+        tokens, _, hc, hu = load_chunks(self._paths(only=self.val_chunks())[self.val_chunks().start:])
         _, ce, p, logq = self._forward(model, tokens, hc, hu)
         return {"val_ce": float(ce), **{f"val_{k}": float(v) for k, v in guided_pair_stats(p, logq).items()}}
 
     def card_notes(self) -> str:
         return ("Three stages (the commands under 'Made by', oldest first; each stage starts from the previous one's "
-                "weights). (1) Commit 7918c39: 6,000 target samples (chunks 0-23 of `runs/eagle-cfg-data`, seed 1; chunk "
+                "weights). (1) Commit 7918c39: 6,000 target samples (chunks 0-23 of `runs/eagle-cfg-data`, seed 1; "
+                "chunk "
                 "24 held out), 2,500 steps of batch 32 from `fmnist-llamagen-eagle`, lr 5e-4, SmoothL1 on both rows' "
                 "next features + 1.0 x guided soft cross-entropy. (2) Session 18: 23,750 samples (chunks 0-94), "
                 "6,000 steps, lr 3e-4, plus 1.0 x TV(p, q) (``p_tv``: exact SD accepts a sampled draft w.p. "
                 "1 - TV). (3) Session 18: 47,750 samples (chunks 0-190), 12,000 steps from stage 2, lr 3e-4, "
                 "``p_tv`` 3 (an arm with ``p_tv`` 1 tracked it within 0.0005 of held-out TV for 1,500 steps and was "
-                "stopped to free the CPU). Stage 2's file is kept in results/lantern-s18/stage2/ (stage 3 read the same "
+                "stopped to free the CPU). Stage 2's file is kept in results/lantern-s18/stage2/ (stage 3 read the "
+                "same "
                 "bytes at runs/stage2/, the path in the recipe below). Steps and wall time above are stage 3's; "
                 "stage 2: 6,000 steps, 1,213 s; stage 1: 2,500 steps, 1,371 s (1 thread each; data sampling apart: "
                 "9 s per chunk of 250 on one core, resumable and deterministic per chunk index, `cfg_samples`). "
@@ -245,25 +254,22 @@ class EagleCFGRecipe(Recipe):
             prior = [f"accel train {self.init}"]
         return [*prior, self.command(steps)]
 
-    def val_chunk(self) -> Path:
-        """The held-out chunk file (the last of ``n_samples + n_val``)."""
-        return Path(self.data_dir) / CHUNK.format((self.n_samples + self.n_val + self.chunk - 1) // self.chunk - 1)
-
     def card_quality(self, name: str) -> dict | None:
         """The shipped head's held-out statistics (``evaluate``) on this recipe's held-out chunk, when it is on
         disk (``accel train NAME --card-only --set n_samples=N`` names the run's data)."""
-        if not self.val_chunk().is_file():
+        if not all(p.is_file() for p in self.val_paths()):
             return None
         model = self.build()
         model.head.load_state_dict(load_eagle(zoo.weights_path(name))[0].state_dict())
         return {**self.evaluate(model.eval(), None), "measured on": f"{self.n_val} held-out target samples "
-                f"({self.val_chunk().name} of {self.data_dir}, seed {self.data_seed}), never trained on"}
+                f"({', '.join(p.name for p in self.val_paths())} of {self.data_dir}, seed {self.data_seed}), never "
+                "trained on"}
 
     def export(self, model, out_dir: Path, info: dict) -> list[Path]:
         """The head's zoo file; its info records the commands of every stage (``made_by``) and, when the held-out
         chunk is on disk, its evaluation."""
         extra = {"made_by": self.made_by(info["step"])}
-        if self.val_chunk().is_file():
+        if all(p.is_file() for p in self.val_paths()):
             extra["eval"] = self.evaluate(model, None)
         return [save_zoo_file(zoo_file(out_dir, self.name), model.head.state_dict(), kind=self.kind,
                               config=self.model_config(), info={**info, "target": self.target, **extra})]
