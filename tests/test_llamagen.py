@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from accel.checkpoint import CheckpointMismatch
 from accel.cli import main as cli
-from accel.models.llamagen import GPTConfig, Transformer, gpt_config, load_gpt, rope_2d_table
+from accel.models.llamagen import GPTConfig, Transformer, attention_plan, gpt_config, load_gpt, rope_2d_table
 from accel.models.llamagen_generate import SamplingConfig, generate
 from accel.models.llamagen_vq import VQConfig, VQModel, load_vq
 from accel.sampling import logits_to_probs, top_k_top_p_filter
@@ -211,3 +211,26 @@ def test_vq_mismatch_error(tmp_path):
     save_file(dict(sd), str(path))
     with pytest.raises(CheckpointMismatch, match="quantize.embedding.weight"):
         load_vq(path, tiny_vq_cfg())
+
+
+def test_attention_plan_builds_the_additive_mask_once_with_the_same_outputs():
+    """A bool mask becomes SDPA's additive mask (0 / -inf) once per forward; the layers give bit-identical
+    outputs to the bool mask that SDPA would convert in every layer."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(dim=32, n_layer=2, n_head=4, multiple_of=16, vocab_size=16, num_classes=4, block_size=16)
+    m = Transformer(cfg).eval()
+    cache = m.new_cache(2, 12)
+    x = torch.randn(2, 5, 32)
+    tree = torch.rand(2, 5, 9) < 0.7
+    tree[..., 0] = True  # every query sees slot 0
+    outs = []
+    for dtype in (None, torch.float32):
+        rope, slots, mask, kv = attention_plan(m.freqs_cis, torch.arange(3, 8).expand(2, 5), 5, cache=cache,
+                                               mask=tree, dtype=dtype)
+        assert mask.dtype == (torch.bool if dtype is None else torch.float32)
+        h = x
+        for layer in m.layers:
+            h = layer(h, rope, slots, cache, mask, kv)
+        outs.append(h)
+    assert torch.equal(mask[:, 0] == 0, tree) and torch.isinf(mask[:, 0][~tree]).all()
+    assert torch.equal(outs[0], outs[1])

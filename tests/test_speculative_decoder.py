@@ -132,6 +132,35 @@ def test_rows_at_one_position_verify_through_shared_slots(monkeypatch):
     assert any(calls) and not all(calls)  # batch 1 shared, batch 3 (rows apart) per row
 
 
+def test_drafters_one_row_steps_match_the_per_row_path(monkeypatch):
+    """At batch 1 the drafters run shared positions (one RoPE row, slice writes, a one-token step attending to
+    exactly its past with no mask): the same drafts and draft distributions q as the per-row path with its
+    causal mask over slots, over rounds with rejected drafts (their stale slots must not be attended)."""
+    dr = importlib.import_module("accel.speculative.drafters")
+    target = tiny(0)
+    sc = SamplingConfig(cfg_scale=2.0)
+    drafters = _drafters(target)
+    drafters[1].head.eval()
+    for drafter in drafters:
+        runs = []
+        for one_row in (dr.one_row_steps, lambda c: False):
+            monkeypatch.setattr(dr, "one_row_steps", one_row)
+            qs, propose = [], drafter.propose
+
+            def spy(*a, **k):
+                out = propose(*a, **k)
+                qs.append(out[1])
+                return out
+
+            monkeypatch.setattr(drafter, "propose", spy)
+            toks, st = speculative_generate(target, drafter, ExactRule(), torch.tensor([2]), sc, gamma=3,
+                                            max_new_tokens=16, generator=torch.Generator().manual_seed(3))
+            monkeypatch.undo()
+            runs.append((toks, torch.cat(qs, 1), st.accepted < st.drafted))
+        assert torch.equal(runs[0][0], runs[1][0]) and runs[0][2], drafter.name  # some drafts were rejected
+        assert torch.allclose(runs[0][1], runs[1][1], atol=1e-6), drafter.name
+
+
 def test_the_loop_builds_no_autograd_graph():
     """Called with grad enabled, the target's forwards still run without autograd (the loop keeps every round's
     verdicts until its counters are made; a graph behind them would be kept too)."""

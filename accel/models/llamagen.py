@@ -211,7 +211,7 @@ class KVCache:
 
 
 def attention_plan(table: Tensor, input_pos: Tensor, T: int, *, cache, slots: Tensor | None = None,
-                   mask: Tensor | None = None, kv_len: int | None = None):
+                   mask: Tensor | None = None, kv_len: int | None = None, dtype: torch.dtype | None = None):
     """RoPE rows, cache slots, attention mask and ``kv_len`` of one forward (shared by every block).
 
     Shared positions ``input_pos (T,)``: slots = positions; with a cache and T > 1 the mask is causal over
@@ -221,7 +221,9 @@ def attention_plan(table: Tensor, input_pos: Tensor, T: int, *, cache, slots: Te
     discarded) and, with a cache, the default mask is causal over slots ``(B, T, kv_len)`` (a token at slot s
     sees slots <= s). A given ``mask`` (bool, True = attend; ``(T, kv_len)``, ``(B, T, kv_len)`` or
     ``(B, 1|H, T, kv_len)``) sets ``kv_len`` by its last dimension. Returns ``(rope, slots, mask, kv_len)`` with
-    a 3-D mask lifted to ``(B, 1, T, kv_len)`` for the heads.
+    a 3-D mask lifted to ``(B, 1, T, kv_len)`` for the heads. ``dtype`` (the activations'): a bool mask is
+    returned as the additive mask SDPA would otherwise build from it in every layer (0 where True, -inf
+    elsewhere: the same values, so the same outputs), once per forward.
     """
     if input_pos.size(-1) != T:
         raise ValueError(f"input_pos has {input_pos.size(-1)} positions for {T} tokens")
@@ -244,6 +246,8 @@ def attention_plan(table: Tensor, input_pos: Tensor, T: int, *, cache, slots: Te
             mask = torch.arange(kv_len, device=slots.device)[None, :] <= slots[:, None]  # (T, kv_len)
     if mask is not None and mask.dim() == 3:
         mask = mask[:, None]  # (B, 1, T, kv_len)
+    if mask is not None and dtype is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
     return rope, slots, mask, kv_len
 
 
@@ -381,7 +385,7 @@ class Transformer(nn.Module):
             raise NotImplementedError("drop_path_rate > 0 (stochastic depth) is not implemented for training")
         x = self.tok_dropout(self.embed(idx, cond_idx))  # (B, T, dim)
         rope, slots, mask, kv_len = attention_plan(self.freqs_cis, input_pos, x.size(1), cache=cache, slots=slots,
-                                                   mask=mask, kv_len=kv_len)
+                                                   mask=mask, kv_len=kv_len, dtype=x.dtype)
         for layer in self.layers:
             x = layer(x, rope, slots, cache, mask, kv_len)
         h = self.norm(x)

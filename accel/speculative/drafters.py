@@ -1,7 +1,7 @@
 """Drafters for speculative decoding of LlamaGen (p = target, q = draft).
 
-Both drive LlamaGen's one forward (``Transformer.forward`` / ``TransformerBlock`` with per-row positions),
-keep their own static cache (a ``llamagen.KVCache`` written at per-row slots) in an explicit ``DraftState``
+Both drive LlamaGen's one forward (``Transformer.forward`` / ``TransformerBlock`` with per-row positions, or
+shared ones at batch 1: ``one_row_steps``), keep their own static cache (a ``llamagen.KVCache`` written at per-row slots) in an explicit ``DraftState``
 and never need an explicit rollback: every round they first (re)write the positions the target just committed, so slots left over from
 rejected drafts are overwritten before any query can see them.
 
@@ -56,8 +56,18 @@ def row_positions(pos: Tensor, R: int, shared: bool) -> tuple[Tensor, Tensor | N
     (every row at the same positions, e.g. batch 1): one ``(T,)`` row, given as the slots too, so RoPE is clamped
     past its table as per row, the cache writes a plain slice and the causal mask is ``(T, kv_len)`` instead of
     ``(R, T, kv_len)``: the same values (tokens unchanged), a cheaper verify. Otherwise ``(cfg_rows(pos, R), None)``.
-    (For one token the shared path drops the mask, which moves the floats: the drafters' steps keep per-row.)"""
+    For one token the shared path drops the mask, so ``kv_len`` must then be the token's position + 1 (the drafters'
+    one-token steps at batch 1 pass it: ``one_row_steps``); that moves the floats a little, not the exact rule's law.
+    """
     return (pos[0], pos[0]) if shared else (cfg_rows(pos, R), None)
+
+
+def one_row_steps(c: Tensor) -> bool:
+    """Whether a drafter's forwards take the shared-position path (``row_positions``): with one row (batch 1) the
+    positions are the same for every CFG row, so RoPE is one row, cache writes are slices and a one-token step
+    attends to slots ``< kv_len`` with no mask (kv_len = its position + 1: the slots past it may hold rejected
+    drafts). Several rows keep per-row positions and the causal mask over slots."""
+    return c.size(0) == 1
 
 
 def expand_level(tree, parents: list[int], dist: Tensor, level: list[int], toks: Tensor, qs: Tensor,
@@ -100,10 +110,16 @@ class ModelDrafter:
         state.extra.update(seq=seq, start=start, n_new=n_new, width=hidden.size(1))
 
     def _forward(self, state, idx, cond, pos, kv_len, mask=None, slots=None):
+        """``pos``: per-row positions ``(B, T)`` (slots, mask per row too), or shared ones ``(T,)``
+        (``one_row_steps``: slots = positions, the default causal mask; one token needs kv_len = position + 1)."""
         R = state.labels.size(0)
-        logits = self.model(None if idx is None else cfg_rows(idx, R), cond, input_pos=cfg_rows(pos, R),
-                            cache=state.cache, kv_len=kv_len, slots=None if slots is None else cfg_rows(slots, R),
-                            mask=None if mask is None else cfg_rows(mask, R))  # pos, slots (B, T) per row
+        idx = None if idx is None else cfg_rows(idx, R)
+        if pos.dim() == 1:
+            logits = self.model(idx, cond, input_pos=pos, cache=state.cache, kv_len=kv_len, slots=pos)
+        else:
+            logits = self.model(idx, cond, input_pos=cfg_rows(pos, R), cache=state.cache, kv_len=kv_len,
+                                slots=None if slots is None else cfg_rows(slots, R),
+                                mask=None if mask is None else cfg_rows(mask, R))
         state.forwards += 1
         return logits
 
@@ -123,7 +139,7 @@ class ModelDrafter:
         pos = start[:, None] + torch.arange(W + 1, device=start.device)
         idx = seq.gather(1, (pos - 1).clamp(max=seq.size(1) - 1))
         last = int(pos.max()) if c_max is None else c_max - 1 + W
-        logits = self._forward(state, idx, None, pos, max(kv_len, last + 1))
+        logits = self._forward(state, idx, None, pos[0] if one_row_steps(start) else pos, max(kv_len, last + 1))
         last = cfg_rows(n_new, logits.size(0))
         return logits[torch.arange(logits.size(0), device=logits.device), last]
 
@@ -131,14 +147,17 @@ class ModelDrafter:
     def propose(self, state: DraftState, gamma: int, sc: SamplingConfig, greedy: bool,
                 generator: torch.Generator | None, *, c_max: int | None = None) -> tuple[Tensor, Tensor]:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens
-        kv_len = (int(c.max()) if c_max is None else c_max) + gamma + 1
+        c_max = int(c.max()) if c_max is None else c_max
+        kv_len = c_max + gamma + 1
         logits = self.catch_up(state, kv_len, c_max)[:, None]
         if gamma == 0:  # catch up only (the target makes a plain step)
             return c.new_zeros(c.size(0), 0), logits.new_zeros(c.size(0), 0, logits.size(-1))
         drafts, qs = [], []
+        one = one_row_steps(c)
         for i in range(gamma):
-            if i:
-                logits = self._forward(state, drafts[-1][:, None], None, (c + i)[:, None], kv_len)
+            if i:  # token c + i - 1 at position c + i
+                pos, kv = (c + i, c_max + i + 1) if one else ((c + i)[:, None], kv_len)
+                logits = self._forward(state, drafts[-1][:, None], None, pos, kv)
             q = process(logits[:, -1:], (c + i)[:, None], sc)[:, 0]  # predicts token index c + i
             drafts.append(draw(q, greedy, generator))
             qs.append(q)
@@ -187,10 +206,11 @@ class EagleHead(nn.Module):
 
     def block(self, x: Tensor, pos: Tensor, cache: KVCache, table: Tensor, *, slots: Tensor | None = None,
               mask: Tensor | None = None, kv_len: int | None = None) -> Tensor:
-        """The decoder block over ``x (B, T, dim)`` (the ``fc`` output) at per-row positions ``pos (B, T)``,
-        through LlamaGen's attention path (``attention_plan``: slots, default causal mask, kv_len)."""
+        """The decoder block over ``x (B, T, dim)`` (the ``fc`` output) at per-row positions ``pos (B, T)`` (or
+        shared ones ``(T,)`` with ``slots``), through LlamaGen's attention path (``attention_plan``: slots, default
+        causal mask, kv_len)."""
         rope, slots, mask, kv_len = attention_plan(table, pos, x.size(1), cache=cache, slots=slots, mask=mask,
-                                                   kv_len=kv_len)
+                                                   kv_len=kv_len, dtype=x.dtype)
         return self.layer(x, rope, slots, cache, mask, kv_len)
 
     def forward_train(self, emb: Tensor, hidden: Tensor) -> Tensor:
@@ -219,10 +239,14 @@ class EagleDrafter:
         state.extra.update(seq=seq, start=start, hidden=hidden, n_new=n_new)
 
     def _step(self, state, tok: Tensor, hid: Tensor, pos: Tensor, kv_len: int) -> Tensor:
+        """``pos``: per-row positions ``(B, T)``, or shared ones ``(T,)`` (``one_row_steps``; one token then needs
+        kv_len = its position + 1)."""
         R = state.labels.size(0)
-        Rpos = cfg_rows(pos, R)
         x = self.head.fc(torch.cat([self.target.tok_embeddings(cfg_rows(tok, R)), hid], -1))
-        h = self.head.block(x, Rpos, state.cache, self.table, kv_len=kv_len)
+        if pos.dim() == 1:
+            h = self.head.block(x, pos, state.cache, self.table, slots=pos, kv_len=kv_len)
+        else:
+            h = self.head.block(x, cfg_rows(pos, R), state.cache, self.table, kv_len=kv_len)
         state.forwards += 1
         return h  # (R, T, dim) predicted next hidden states
 
@@ -235,7 +259,10 @@ class EagleDrafter:
         pos = start[:, None] + torch.arange(hidden.size(1), device=start.device)
         tok = seq.gather(1, pos.clamp(max=seq.size(1) - 1))
         last = int(pos.max()) if pos_bound is None else pos_bound - 1 + hidden.size(1) - 1
-        h = self._step(state, tok, hidden, pos, max(kv_len, last + 1))
+        if one_row_steps(start):  # one pair (n_new = 1): last is its position; several: the causal mask
+            h = self._step(state, tok, hidden, pos[0], last + 1 if pos.size(1) == 1 else max(kv_len, last + 1))
+        else:
+            h = self._step(state, tok, hidden, pos, max(kv_len, last + 1))
         last = cfg_rows(n_new - 1, h.size(0))
         return h[torch.arange(h.size(0), device=h.device), last][:, None]
 
@@ -243,14 +270,17 @@ class EagleDrafter:
     def propose(self, state: DraftState, gamma: int, sc: SamplingConfig, greedy: bool,
                 generator: torch.Generator | None, *, c_max: int | None = None) -> tuple[Tensor, Tensor]:
         c = state.extra["start"] + state.extra["n_new"]  # committed tokens; the last valid pair is at c - 1
-        kv_len = (int(c.max()) if c_max is None else c_max) + gamma + 1
+        c_max = int(c.max()) if c_max is None else c_max
+        kv_len = c_max + gamma + 1
         h = self.catch_up(state, kv_len, pos_bound=c_max)
         if gamma == 0:  # catch up only (the target makes a plain step)
             return c.new_zeros(c.size(0), 0), h.new_zeros(c.size(0), 0, self.target.config.vocab_size)
         drafts, qs = [], []
+        one = one_row_steps(c)
         for i in range(gamma):
-            if i:
-                h = self._step(state, drafts[-1][:, None], h, (c + i - 1)[:, None], kv_len)
+            if i:  # the pair (h, draft i - 1) at position c + i - 1
+                pos, kv = (c + i - 1, c_max + i) if one else ((c + i - 1)[:, None], kv_len)
+                h = self._step(state, drafts[-1][:, None], h, pos, kv)
             q = process(self.target.output(h).float(), (c + i)[:, None], sc)[:, 0]
             drafts.append(draw(q, greedy, generator))
             qs.append(q)
