@@ -208,7 +208,7 @@ class EagleCFGRecipe(Recipe):
         return {"val_ce": float(ce), **{f"val_{k}": float(v) for k, v in guided_pair_stats(p, logq).items()}}
 
     def card_notes(self) -> str:
-        return ("Three stages (the commands under 'Made by', oldest first; each stage starts from the previous one's "
+        return ("Four stages (the commands under 'Made by', oldest first; each stage starts from the previous one's "
                 "weights). (1) Commit 7918c39: 6,000 target samples (chunks 0-23 of `runs/eagle-cfg-data`, seed 1; "
                 "chunk "
                 "24 held out), 2,500 steps of batch 32 from `fmnist-llamagen-eagle`, lr 5e-4, SmoothL1 on both rows' "
@@ -218,12 +218,14 @@ class EagleCFGRecipe(Recipe):
                 "``p_tv`` 3 (an arm with ``p_tv`` 1 tracked it within 0.0005 of held-out TV for 1,500 steps and was "
                 "stopped to free the CPU). Stage 2's file is kept in results/lantern-s18/stage2/ (stage 3 read the "
                 "same "
-                "bytes at runs/stage2/, the path in the recipe below). Steps and wall time above are stage 3's; "
-                "stage 2: 6,000 steps, 1,213 s; stage 1: 2,500 steps, 1,371 s (1 thread each; data sampling apart: "
-                "9 s per chunk of 250 on one core, resumable and deterministic per chunk index, `cfg_samples`). "
-                "Held-out TV(p, q) on chunk 191: stage 1 0.146, stage 2 0.123, stage 3 0.108. The Quality "
-                "table is measured on chunk 191, which no stage trained on. Speculative decoding with this head: "
-                "results/lantern-s18/README.md.")
+                "bytes at runs/stage2/). (4) Session 19: 95,750 samples (chunks 0-382), 12,000 steps from stage 3 "
+                "(kept in results/lantern-s19/stage3/, the path in the recipe below), lr 3e-4, ``p_tv`` 3, 2 torch "
+                "threads. Steps and wall time above are stage 4's; stage 3: 12,000 steps, 2,361 s; stage 2: 6,000 "
+                "steps, 1,213 s; stage 1: 2,500 steps, 1,371 s (1 thread each; data sampling apart: 9 s per chunk of "
+                "250 on one core, resumable and deterministic per chunk index, `cfg_samples`). Held-out TV(p, q) on "
+                "chunk 191: stage 1 0.146, stage 2 0.123, stage 3 0.108; on chunk 383: stage 3 0.111, stage 4 0.106. "
+                "The Quality table is measured on chunk 383, which no stage trained on. Speculative decoding with "
+                "this head: results/lantern-s19/README.md (earlier stages: results/lantern-s18/README.md).")
 
     def card_data(self) -> str:
         return ("Data: the target's own CFG samples (token sequences at its card settings) with its hidden states on "
