@@ -1,7 +1,7 @@
 """One-off (issue 18): exact speculative decoding with EAGLE heads of different git revisions, timed interleaved in
 one process against the AR baseline at batch 1, tokens only (no VQ decode: the harness rows have it), so machine
 state moves every arm alike. An arm is ``REV:GAMMA``: the ``fmnist-llamagen-eagle-cfg`` of git revision REV
-("zoo": this checkout's). Prints one JSON line: AR ms, and per arm median ms, speed-up over AR, mean accepted length.
+("zoo": this checkout's; a zoo-format file path: that file). Prints one JSON line: AR ms, and per arm median ms, speed-up over AR, mean accepted length.
 
     PYTHONPATH=$PWD python results/lantern-s18/head_ab.py 7c0dec3:3 zoo:3 zoo:4 [--rounds 21]
 """
@@ -26,6 +26,8 @@ NAME = "fmnist-llamagen-eagle-cfg"
 def head_file(rev: str) -> str:
     if rev == "zoo":
         return NAME
+    if Path(rev).is_file():
+        return rev
     path = Path(tempfile.mkdtemp()) / f"{NAME}.safetensors.xz"
     path.write_bytes(subprocess.run(["git", "show", f"{rev}:accel/zoo/weights/{NAME}.safetensors.xz"],
                                     capture_output=True, check=True).stdout)
