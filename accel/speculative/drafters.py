@@ -1,9 +1,10 @@
 """Drafters for speculative decoding of LlamaGen (p = target, q = draft).
 
 Both drive LlamaGen's one forward (``Transformer.forward`` / ``TransformerBlock`` with per-row positions, or
-shared ones at batch 1: ``one_row_steps``), keep their own static cache (a ``llamagen.KVCache`` written at per-row slots) in an explicit ``DraftState``
-and never need an explicit rollback: every round they first (re)write the positions the target just committed, so slots left over from
-rejected drafts are overwritten before any query can see them.
+shared ones at batch 1: ``one_row_steps``), keep their own static cache (a ``llamagen.KVCache`` written at
+per-row slots) in an explicit ``DraftState`` and never need an explicit rollback: every round they first
+(re)write the positions the target just committed, so slots left over from rejected drafts are overwritten before
+any query can see them.
 
 - ``ModelDrafter``: a smaller LlamaGen (e.g. the zoo's ``fmnist-llamagen-draft``). Per round it feeds the
   last two committed tokens (re-writing the older one covers the case where the last draft, never fed to the
@@ -52,7 +53,7 @@ def cfg_rows(x: Tensor, R: int) -> Tensor:
 
 
 def row_positions(pos: Tensor, R: int, shared: bool) -> tuple[Tensor, Tensor | None]:
-    """``(input_pos, slots)`` of a cached forward over R rows at per-row positions ``pos (B, T)``, T > 1. ``shared``
+    """``(input_pos, slots)`` of a cached forward over R rows at per-row positions ``pos (B, T)``. ``shared``
     (every row at the same positions, e.g. batch 1): one ``(T,)`` row, given as the slots too, so RoPE is clamped
     past its table as per row, the cache writes a plain slice and the causal mask is ``(T, kv_len)`` instead of
     ``(R, T, kv_len)``: the same values (tokens unchanged), a cheaper verify. Otherwise ``(cfg_rows(pos, R), None)``.
@@ -109,17 +110,14 @@ class ModelDrafter:
     def observe(self, state: DraftState, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None:
         state.extra.update(seq=seq, start=start, n_new=n_new, width=hidden.size(1))
 
-    def _forward(self, state, idx, cond, pos, kv_len, mask=None, slots=None):
-        """``pos``: per-row positions ``(B, T)`` (slots, mask per row too), or shared ones ``(T,)``
-        (``one_row_steps``: slots = positions, the default causal mask; one token needs kv_len = position + 1)."""
+    def _forward(self, state, idx, cond, pos, kv_len, mask=None, slots=None, shared=False):
+        """``pos``, ``slots``, ``mask`` per row ``(B, ...)``; ``shared`` (``one_row_steps``): one row of positions
+        through ``row_positions`` (a one-token step then needs kv_len = its position + 1)."""
         R = state.labels.size(0)
-        idx = None if idx is None else cfg_rows(idx, R)
-        if pos.dim() == 1:
-            logits = self.model(idx, cond, input_pos=pos, cache=state.cache, kv_len=kv_len, slots=pos)
-        else:
-            logits = self.model(idx, cond, input_pos=cfg_rows(pos, R), cache=state.cache, kv_len=kv_len,
-                                slots=None if slots is None else cfg_rows(slots, R),
-                                mask=None if mask is None else cfg_rows(mask, R))
+        ipos, row_slots = row_positions(pos, R, shared)
+        logits = self.model(None if idx is None else cfg_rows(idx, R), cond, input_pos=ipos, cache=state.cache,
+                            kv_len=kv_len, slots=row_slots if slots is None else cfg_rows(slots, R),
+                            mask=None if mask is None else cfg_rows(mask, R))
         state.forwards += 1
         return logits
 
@@ -139,7 +137,7 @@ class ModelDrafter:
         pos = start[:, None] + torch.arange(W + 1, device=start.device)
         idx = seq.gather(1, (pos - 1).clamp(max=seq.size(1) - 1))
         last = int(pos.max()) if c_max is None else c_max - 1 + W
-        logits = self._forward(state, idx, None, pos[0] if one_row_steps(start) else pos, max(kv_len, last + 1))
+        logits = self._forward(state, idx, None, pos, max(kv_len, last + 1), shared=one_row_steps(start))
         last = cfg_rows(n_new, logits.size(0))
         return logits[torch.arange(logits.size(0), device=logits.device), last]
 
@@ -156,8 +154,8 @@ class ModelDrafter:
         one = one_row_steps(c)
         for i in range(gamma):
             if i:  # token c + i - 1 at position c + i
-                pos, kv = (c + i, c_max + i + 1) if one else ((c + i)[:, None], kv_len)
-                logits = self._forward(state, drafts[-1][:, None], None, pos, kv)
+                logits = self._forward(state, drafts[-1][:, None], None, (c + i)[:, None],
+                                       c_max + i + 1 if one else kv_len, shared=one)
             q = process(logits[:, -1:], (c + i)[:, None], sc)[:, 0]  # predicts token index c + i
             drafts.append(draw(q, greedy, generator))
             qs.append(q)
@@ -238,15 +236,13 @@ class EagleDrafter:
     def observe(self, state: DraftState, seq: Tensor, start: Tensor, hidden: Tensor, n_new: Tensor) -> None:
         state.extra.update(seq=seq, start=start, hidden=hidden, n_new=n_new)
 
-    def _step(self, state, tok: Tensor, hid: Tensor, pos: Tensor, kv_len: int) -> Tensor:
-        """``pos``: per-row positions ``(B, T)``, or shared ones ``(T,)`` (``one_row_steps``; one token then needs
-        kv_len = its position + 1)."""
+    def _step(self, state, tok: Tensor, hid: Tensor, pos: Tensor, kv_len: int, shared: bool = False) -> Tensor:
+        """Per-row positions ``pos (B, T)``; ``shared`` (``one_row_steps``): one row through ``row_positions`` (a
+        one-token step then needs kv_len = its position + 1)."""
         R = state.labels.size(0)
         x = self.head.fc(torch.cat([self.target.tok_embeddings(cfg_rows(tok, R)), hid], -1))
-        if pos.dim() == 1:
-            h = self.head.block(x, pos, state.cache, self.table, slots=pos, kv_len=kv_len)
-        else:
-            h = self.head.block(x, cfg_rows(pos, R), state.cache, self.table, kv_len=kv_len)
+        ipos, slots = row_positions(pos, R, shared)
+        h = self.head.block(x, ipos, state.cache, self.table, slots=slots, kv_len=kv_len)
         state.forwards += 1
         return h  # (R, T, dim) predicted next hidden states
 
@@ -259,10 +255,8 @@ class EagleDrafter:
         pos = start[:, None] + torch.arange(hidden.size(1), device=start.device)
         tok = seq.gather(1, pos.clamp(max=seq.size(1) - 1))
         last = int(pos.max()) if pos_bound is None else pos_bound - 1 + hidden.size(1) - 1
-        if one_row_steps(start):  # one pair (n_new = 1): last is its position; several: the causal mask
-            h = self._step(state, tok, hidden, pos[0], last + 1 if pos.size(1) == 1 else max(kv_len, last + 1))
-        else:
-            h = self._step(state, tok, hidden, pos, max(kv_len, last + 1))
+        one = one_row_steps(start)  # one row and one pair (n_new = 1): last is its position, no mask
+        h = self._step(state, tok, hidden, pos, last + 1 if one and pos.size(1) == 1 else max(kv_len, last + 1), one)
         last = cfg_rows(n_new - 1, h.size(0))
         return h[torch.arange(h.size(0), device=h.device), last][:, None]
 
@@ -279,8 +273,7 @@ class EagleDrafter:
         one = one_row_steps(c)
         for i in range(gamma):
             if i:  # the pair (h, draft i - 1) at position c + i - 1
-                pos, kv = (c + i - 1, c_max + i) if one else ((c + i - 1)[:, None], kv_len)
-                h = self._step(state, drafts[-1][:, None], h, pos, kv)
+                h = self._step(state, drafts[-1][:, None], h, (c + i - 1)[:, None], c_max + i if one else kv_len, one)
             q = process(self.target.output(h).float(), (c + i)[:, None], sc)[:, 0]
             drafts.append(draw(q, greedy, generator))
             qs.append(q)
