@@ -107,7 +107,7 @@ def test_made_by_lists_every_stage(monkeypatch):
 
     infos = {"zoo/fmnist-llamagen-eagle.safetensors.xz": {"step": 3000, "recipe": {"name": "fmnist-llamagen-eagle"}}}
     monkeypatch.setattr(drafter_cfg, "read_zoo_file", lambda path: (None, None, infos[str(path)], None))
-    monkeypatch.setattr(drafter_cfg.zoo, "weights_path", lambda name: f"zoo/{name}.safetensors.xz")
+    monkeypatch.setattr(drafter_cfg.zoo, "resolve", lambda s: s if "/" in s else f"zoo/{s}.safetensors.xz")
     assert EagleCFGRecipe().command(2500) == "accel train fmnist-llamagen-eagle-cfg --steps 2500"
     assert EagleCFGRecipe().made_by(2500) == ["accel train fmnist-llamagen-eagle",
                                               "accel train fmnist-llamagen-eagle-cfg --steps 2500"]

@@ -51,7 +51,7 @@ from accel.sampling import cfg_combine, logits_to_probs
 from accel.train.drafter import EAGLE_KIND, EagleTraining, load_eagle
 from accel.train.recipe import Recipe
 from accel.zoo.sample import DEFAULTS
-from accel.zoo.store import is_zoo_path, read_zoo_file, save_zoo_file, zoo_file
+from accel.zoo.store import read_zoo_file, save_zoo_file, zoo_file
 
 CHUNK = "chunk_{:04d}.pt"
 
@@ -145,8 +145,7 @@ class EagleCFGRecipe(Recipe):
     def build(self):
         model = EagleTraining(zoo.load(self.target))
         if self.init:
-            path = self.init if is_zoo_path(self.init) else zoo.weights_path(self.init)
-            model.head.load_state_dict(load_eagle(path)[0].state_dict())
+            model.head.load_state_dict(load_eagle(zoo.resolve(self.init))[0].state_dict())
         return model
 
     def model_config(self) -> dict:
@@ -210,14 +209,12 @@ class EagleCFGRecipe(Recipe):
     def card_notes(self) -> str:
         return ("Four stages (the commands under 'Made by', oldest first; each stage starts from the previous one's "
                 "weights). (1) Commit 7918c39: 6,000 target samples (chunks 0-23 of `runs/eagle-cfg-data`, seed 1; "
-                "chunk "
-                "24 held out), 2,500 steps of batch 32 from `fmnist-llamagen-eagle`, lr 5e-4, SmoothL1 on both rows' "
-                "next features + 1.0 x guided soft cross-entropy. (2) Session 18: 23,750 samples (chunks 0-94), "
-                "6,000 steps, lr 3e-4, plus 1.0 x TV(p, q) (``p_tv``: exact SD accepts a sampled draft w.p. "
-                "1 - TV). (3) Session 18: 47,750 samples (chunks 0-190), 12,000 steps from stage 2, lr 3e-4, "
-                "``p_tv`` 3 (an arm with ``p_tv`` 1 tracked it within 0.0005 of held-out TV for 1,500 steps and was "
-                "stopped to free the CPU). Stage 2's file is kept in results/lantern-s18/stage2/ (stage 3 read the "
-                "same "
+                "chunk 24 held out), 2,500 steps of batch 32 from `fmnist-llamagen-eagle`, lr 5e-4, SmoothL1 on both "
+                "rows' next features + 1.0 x guided soft cross-entropy. (2) Session 18: 23,750 samples (chunks "
+                "0-94), 6,000 steps, lr 3e-4, plus 1.0 x TV(p, q) (``p_tv``: exact SD accepts a sampled draft w.p. 1 "
+                "- TV). (3) Session 18: 47,750 samples (chunks 0-190), 12,000 steps from stage 2, lr 3e-4, ``p_tv`` "
+                "3 (an arm with ``p_tv`` 1 tracked it within 0.0005 of held-out TV for 1,500 steps and was stopped "
+                "to free the CPU). Stage 2's file is kept in results/lantern-s18/stage2/ (stage 3 read the same "
                 "bytes at runs/stage2/). (4) Session 19: 95,750 samples (chunks 0-382), 12,000 steps from stage 3 "
                 "(kept in results/lantern-s19/stage3/, the path in the recipe below), lr 3e-4, ``p_tv`` 3, 2 torch "
                 "threads. Steps and wall time above are stage 4's; stage 3: 12,000 steps, 2,361 s; stage 2: 6,000 "
@@ -246,7 +243,7 @@ class EagleCFGRecipe(Recipe):
         stage of this recipe exported without one, rebuilt from its recorded recipe), then this run's."""
         if not self.init:
             return [self.command(steps)]
-        info = read_zoo_file(self.init if is_zoo_path(self.init) else zoo.weights_path(self.init))[2]
+        info = read_zoo_file(zoo.resolve(self.init))[2]
         if info.get("made_by"):
             prior = list(info["made_by"])
         elif info.get("recipe", {}).get("name") == self.name:
