@@ -358,6 +358,7 @@ def dyn_grid(drafters: list[str], tree: str, quick: bool) -> list:
     for i, d in enumerate(drafters):
         full = i == len(drafters) - 1 and not quick
         out.append(entry(f"sd-{d}", drafter=d))
+        out.append(entry(f"sd-{d}-auto", drafter=d, gamma="auto"))  # γ measured on this device per batch size
         if full or quick:
             out.append(entry(f"sd-det-{d}-{tree}", drafter=d, delta=0.0, tree=tree, drafts="deterministic"))
         for delta in ((0.05, 0.1, 0.2, 0.4, 0.6) if full else (0.2,) if not quick else (0.1, 0.2)):

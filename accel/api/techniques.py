@@ -28,6 +28,7 @@ from accel.distill.student_llamagen import DDLlamaGen
 from accel.distill.student_var import DDVAR
 from accel.models.llamagen import Transformer
 from accel.models.mar import MAR
+from accel.speculative.chain_sizing import ChainSizing
 from accel.speculative.cspd import CSpDConfig
 from accel.speculative.cspd_method import CSpDMAR
 from accel.speculative.drafters import EagleDrafter, EagleHead, ModelDrafter
@@ -88,22 +89,25 @@ def lantern(delta: float | None = 0.1, *, k: int = 1000, lam: float | None = Non
     return Lantern(delta, k, lam, residual, drafts)
 
 
-def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, tree: str | Tree | None = None,
+def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str = 3, tree: str | Tree | None = None,
                 kv_policy: "CachePolicySpec | None" = None, name: str | None = None) -> SpeculativeLlamaGen:
     """Speculative decoding of a LlamaGen ``target``.
 
     ``draft``: a smaller LlamaGen generator or network (same tokenizer), an EAGLE head (``EagleHead``) trained on
     this target, a drafter object, or a zoo name / zoo file of either (``"fmnist-llamagen-eagle-cfg"``, loaded onto
     the target's device and dtype). ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
-    drafts per round (chain); ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain.
+    drafts per round (chain), or ``"auto"``: measured on the target's device for each batch size at its first call
+    (``size_gamma``: the verify cost curve, the drafter's acceptance and step cost; a few seconds on the zoo).
+    ``tree``: a static tree (``Tree`` or one of ``TREES``) instead
+    of a chain.
     ``kv_policy``: compress the target's KV cache with a raster policy (``accel.snapkv(0.25)``, ...; chain,
     batch 1): every committed token attends to the keys the plain raster decode with that policy keeps.
     """
     if not isinstance(target, LlamaGenGenerator):
         raise TypeError(f"target: speculative decoding runs on a LlamaGen generator (accel.load(...)), got "
                         f"{type(target).__name__}")
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma={gamma!r}: must be an int >= 1")
+    if gamma != "auto" and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
+        raise ValueError(f"gamma={gamma!r}: must be an int >= 1 or 'auto'")
     tcfg = target.model.config
     draft = _zoo_network(draft, target.model)
     if isinstance(draft, LlamaGenGenerator):
@@ -142,6 +146,18 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int = 3, 
         params.update(kv_policy=kv_policy.name, budget=kv_policy.budget)
     return SpeculativeLlamaGen(name or f"speculative-{params['rule']}", target.model, drafter, rule, target.tokenizer,
                                target.config, gamma, spec, params, policy=policy)
+
+
+def size_gamma(method: SpeculativeLlamaGen, batch_size: int = 1, *, gamma_max: int = 8) -> ChainSizing:
+    """The chain γ with the most tokens per second on the method's device at ``batch_size``, measured
+    (``accel.speculative.chain_sizing``: the verify cost curve, the acceptance profile, draft and loop costs), and
+    set: the method decodes that batch size with it from now on (``method.sizings[batch_size]`` keeps the report;
+    other batch sizes keep the method's fixed γ, or are sized at their first call with ``gamma="auto"``).
+    ``gamma="auto"`` does this at the first call of each batch size; calling it first keeps the measurement (a
+    second or so on the zoo) out of that call. Tokens depend on γ; the exact rule's law does not."""
+    if not isinstance(method, SpeculativeLlamaGen):
+        raise TypeError(f"method: expected accel.speculative(...), got {type(method).__name__}")
+    return method.size(batch_size, gamma_max)
 
 
 # ------------------------------------------------------------------------------------------------- CSpD

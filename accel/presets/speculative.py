@@ -34,7 +34,7 @@ def tree_spec(tree: str | None):
 
 
 def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | None = None, k: int = 1000,
-          lam: float | None = None, gamma: int = 3, tree: str | None = None, residual: str = "official",
+          lam: float | None = None, gamma: int | str = 3, tree: str | None = None, residual: str = "official",
           drafts: str = "sampled", snapkv_budget: float | None = None, window: int = 4):
     """A method from its hyper-parameters: no ``delta``/``lam`` = exact speculative sampling; ``snapkv_budget``
     composes it with SnapKV on the target's cache (``window`` queries of each row chunk score the keys).
@@ -81,6 +81,8 @@ ENTRIES = [
     # whose node budget (8 of 8 + 3*64 candidates) the verify cost curve of the shared 2-core CPU picked
     # (experiments/lantern.py --grid dynamic; re-size it per device)
     entry("sd-eagle-cfg", quick=True, drafter="eagle-cfg"),
+    # the same with the chain's γ measured on the device for each batch size (accel.size_gamma, issue 18 item 4)
+    entry("sd-eagle-cfg-auto", quick=True, drafter="eagle-cfg", gamma="auto"),
     # the fastest deterministic LANTERN row within 10 % of AR's FID on the zoo (delta 0.4 on the gamma-5 argmax
     # chain, step TV <= delta; results/lantern-s17: 1.24x over AR at batch 1 on a quiet machine)
     entry("lantern-det-eagle-cfg", quick=True, drafter="eagle-cfg", delta=0.4, gamma=5, drafts="deterministic"),

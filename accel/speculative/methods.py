@@ -10,6 +10,7 @@ import torch
 
 from accel.cache.llamagen import raster_cache
 from accel.models.llamagen_generate import SamplingConfig
+from accel.speculative.chain_sizing import ChainSizing, size_chain
 from accel.speculative.decoder import SpecStats, speculative_generate
 from accel.speculative.drafters import EagleDrafter
 from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
@@ -21,14 +22,20 @@ class SpeculativeLlamaGen:
     """Chain, static-tree (``tree`` a ``Tree``) or EAGLE-2 dynamic-tree (``tree`` a ``DynamicTree``: deterministic
     drafts, EAGLE drafter) speculative decoding, images decoded with the VQ."""
 
-    def __init__(self, name, target, drafter, rule, tokenizer, sc: SamplingConfig, gamma: int = 3, tree=None,
+    def __init__(self, name, target, drafter, rule, tokenizer, sc: SamplingConfig, gamma: int | str = 3, tree=None,
                  params: dict | None = None, policy=None, every: int | None = None):
         """``policy``: a raster KV-cache policy (``accel.cache.llamagen.build_raster_policy``) compressing the
-        target's cache (chain, batch 1); ``stats['kv_bytes']`` is then the peak the target attended to."""
+        target's cache (chain, batch 1); ``stats['kv_bytes']`` is then the peak the target attended to.
+        ``gamma="auto"``: the chain's γ is measured on the device for each batch size at its first call
+        (``chain_sizing.size_chain``; ``sizings[batch]`` keeps the measurements, ``stats['gamma']`` the γ used)."""
         if policy is not None and tree is not None:
             raise ValueError("a cache policy composes with chain speculative decoding only (tree=None)")
+        self.auto = gamma == "auto"
+        if self.auto and (tree is not None or policy is not None):
+            raise ValueError("gamma='auto' sizes a plain chain; with a tree or a cache policy pass an int gamma")
         self.name, self.target, self.drafter, self.rule = name, target, drafter, rule
-        self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, gamma, tree
+        self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, None if self.auto else gamma, tree
+        self.sizings: dict[int, ChainSizing] = {}
         self.policy, self.every = policy, every
         if isinstance(tree, DynamicTree):
             if getattr(rule, "drafts", "sampled") != "deterministic":
@@ -41,6 +48,18 @@ class SpeculativeLlamaGen:
         self.params = dict(params or {})
         self.timings: dict | None = None  # a dict: dynamic-tree calls add their draft/verify/loop seconds to it
 
+    def size(self, batch_size: int, gamma_max: int = 8) -> ChainSizing:
+        """Measure the best chain γ at ``batch_size`` on this device (``chain_sizing.size_chain``) and decode that
+        batch size with it from now on (``sizings[batch_size]``)."""
+        self.sizings[batch_size] = sizing = size_chain(self, batch_size, gamma_max=gamma_max)
+        return sizing
+
+    def gamma_for(self, batch_size: int) -> int:
+        """The sized γ of this batch size, else the fixed one (``gamma="auto"``: sized now)."""
+        if batch_size in self.sizings:
+            return self.sizings[batch_size].gamma
+        return self.size(batch_size).gamma if self.auto else self.gamma
+
     @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
         if isinstance(self.tree, DynamicTree):
@@ -50,8 +69,8 @@ class SpeculativeLlamaGen:
             codes, st = tree_generate(self.target, self.drafter, self.rule, cond, self.sc, tree=self.tree,
                                       generator=generator)
         elif self.policy is None:
-            codes, st = speculative_generate(self.target, self.drafter, self.rule, cond, self.sc, gamma=self.gamma,
-                                             generator=generator)
+            codes, st = speculative_generate(self.target, self.drafter, self.rule, cond, self.sc,
+                                             gamma=self.gamma_for(cond.size(0)), generator=generator)
         else:  # the compressed cache composes at batch 1: a larger batch is decoded row after row
             parts, caches = [], []
             for row in cond.split(1):

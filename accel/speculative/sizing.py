@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def device_sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -53,10 +54,10 @@ def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None,
     for r in range(warmup + repeats):  # sizes interleaved within each repeat, so load drift hits all alike
         for T in times:
             pos = (prefix + torch.arange(T, device=dev)).expand(R, T)
-            _sync(dev)
+            device_sync(dev)
             t = time.perf_counter()
             model(toks[:, prefix : prefix + T], input_pos=pos, cache=cache, kv_len=prefix + T)
-            _sync(dev)
+            device_sync(dev)
             if r >= warmup:
                 times[T].append(time.perf_counter() - t)
     out = {T: statistics.median(v) for T, v in times.items()}

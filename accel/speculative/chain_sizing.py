@@ -1,0 +1,127 @@
+"""γ of a chain speculative method, chosen on the device it runs on (issue 18, item 4; ``sizing.py`` holds the model).
+
+A round of γ drafts costs ``γ · t_draft_step + t_verify(γ + 1) + t_loop`` and emits ``E(γ) = 1 + sum_i prod_{j<=i}
+a_j`` tokens (Leviathan et al. 2023, Eq. 1, with the measured per-position acceptance a_j). ``size_chain`` measures
+every term on the method's own device and batch size, then ``sizing.choose_chain`` picks the γ with the most tokens
+per second:
+
+- ``t_verify(T)``: ``sizing.verify_cost_curve``, the target's forward over T = 1..γ_max + 1 tokens (CFG rows
+  included), interleaved, medians;
+- a_j, ``t_draft_step``, ``t_loop``: calibration decodes at γ_max (labels cycling through the classes; a seeded
+  generator of their own, so the caller's stream is not touched) with the drafter's ``propose`` clocked;
+  ``t_loop`` is what is left of a round after the drafter and the verify forward of γ_max + 1 tokens (acceptance,
+  sampling, bookkeeping), taken as the same for every γ.
+
+The chosen γ changes which random numbers a decode draws, so two machines may emit different tokens for one seed
+(each from the same law: the exact rule's output does not depend on γ); pin an int γ to reproduce tokens.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from accel.speculative.decoder import speculative_generate
+from accel.speculative.sizing import Budget, choose_chain, device_sync, verify_cost_curve
+
+
+class ClockedDrafter:
+    """A drafter (composition) whose ``propose`` calls are timed, the device synchronised around each."""
+
+    def __init__(self, inner, device: torch.device):
+        self.inner, self.device, self.seconds = inner, device, 0.0
+        self.name = getattr(inner, "name", type(inner).__name__)
+
+    def begin(self, *a):
+        return self.inner.begin(*a)
+
+    def observe(self, *a):
+        return self.inner.observe(*a)
+
+    def propose(self, *a, **k):
+        device_sync(self.device)
+        t = time.perf_counter()
+        out = self.inner.propose(*a, **k)
+        device_sync(self.device)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+@dataclass(frozen=True)
+class ChainSizing:
+    """What ``size_chain`` measured and chose: ``gamma`` (>= 1), seconds per verify forward of T tokens, the
+    acceptance profile, the per-round draft-step and loop seconds, and every γ ranked (``chain0`` = no drafts: a
+    plain step with the same loop; ``speculation_pays`` says whether the best γ >= 1 beats it)."""
+
+    gamma: int
+    batch_size: int
+    verify_s: dict[int, float]
+    accept_at: list[float]
+    draft_step_s: float
+    loop_s: float
+    ranked: list[Budget]
+
+    @property
+    def speculation_pays(self) -> bool:
+        best = next(b for b in self.ranked if b.name != "chain0")
+        return best.tokens_per_second > next(b for b in self.ranked if b.name == "chain0").tokens_per_second
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["ranked"] = [(b.name, round(b.tokens_per_second, 3)) for b in self.ranked]
+        return {**out, "speculation_pays": self.speculation_pays}
+
+
+def check_gamma_max(gamma_max: int, block_size: int) -> None:
+    if isinstance(gamma_max, bool) or not isinstance(gamma_max, int) or not 1 <= gamma_max <= block_size - 2:
+        raise ValueError(f"gamma_max={gamma_max!r}: must be an int in [1, {block_size - 2}] (the target's "
+                         f"block size is {block_size})")
+
+
+@torch.inference_mode()
+def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int = 16, repeats: int = 7,
+               seed: int = 0) -> ChainSizing:
+    """Measure the terms above for a chain ``SpeculativeLlamaGen`` at ``batch_size`` and return the best γ in
+    ``[1, gamma_max]`` (``method`` is not changed; ``accel.size_gamma`` sets it). ``images``: how many the
+    calibration decode draws (whole batches, at least one); ``repeats``: verify-curve medians per T."""
+    if method.tree is not None or method.policy is not None:
+        raise ValueError("size_chain sizes a plain chain (no tree, no compressed cache); pass an int gamma there")
+    target, sc = method.target, method.sc
+    check_gamma_max(gamma_max, target.config.block_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
+    if images < 1:
+        raise ValueError(f"images={images}: must be >= 1")
+    dev = target.tok_embeddings.weight.device
+    block = target.config.block_size
+    curve = verify_cost_curve(target, max_tokens=gamma_max + 1, prefix=max(1, min(block // 2, block - gamma_max - 1)),
+                              cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
+    drafter = ClockedDrafter(method.drafter, dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    classes = target.config.num_classes
+
+    def decode(i: int):  # the i-th calibration batch: labels cycle through the classes
+        cond = (torch.arange(batch_size, device=dev) + i * batch_size) % classes
+        return speculative_generate(target, drafter, method.rule, cond, sc, gamma=gamma_max, generator=g)[1]
+
+    decode(-1)  # warm-up (first-call allocations), not counted
+    calls = max(1, images // batch_size)
+    drafter.seconds, total, rounds = 0.0, 0.0, 0
+    reached, accepted = [0] * gamma_max, [0] * gamma_max
+    for i in range(calls):
+        device_sync(dev)
+        t = time.perf_counter()
+        st = decode(i)
+        device_sync(dev)
+        total += time.perf_counter() - t
+        rounds += st.nfe_target - 1  # the prefill is the first target call
+        reached = [a + b for a, b in zip(reached, st.reached)]
+        accepted = [a + b for a, b in zip(accepted, st.accepted_at)]
+    accept_at = [a / r for a, r in zip(accepted, reached) if r]
+    draft_step = drafter.seconds / rounds / gamma_max
+    # what a round spends outside the drafter and its verify forward (each decode's prefill: one 1-token forward)
+    loop = max(0.0, (total - drafter.seconds - calls * curve[1]) / rounds - curve[gamma_max + 1])
+    _, ranked = choose_chain(curve, accept_at, draft_step, loop, max_gamma=gamma_max)
+    best = next(b for b in ranked if b.name != "chain0")
+    return ChainSizing(int(best.name.removeprefix("chain")), batch_size, curve, accept_at, draft_step, loop, ranked)

@@ -1,0 +1,77 @@
+"""gamma="auto": the chain's γ measured on the device (accel.speculative.chain_sizing), through the public API."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import accel
+from accel.models.llamagen import GPTConfig, Transformer
+from accel.models.llamagen_vq import VQConfig, VQModel
+from accel.speculative import chain_sizing, methods
+from accel.speculative.decoder import speculative_generate
+
+VQ = VQConfig(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
+              decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
+GPT = GPTConfig(dim=32, n_layer=2, n_head=2, vocab_size=16, block_size=16, num_classes=10, multiple_of=32)
+LABELS = torch.tensor([3, 7])
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    vq = VQModel(VQ).eval()
+    target = accel.wrap(Transformer(GPT).eval(), vq, cfg_scale=2.0)
+    draft = accel.wrap(Transformer(GPTConfig(**{**GPT.__dict__, "n_layer": 1})).eval(), vq)
+    return target, draft
+
+
+def seed(s=0):
+    return torch.Generator().manual_seed(s)
+
+
+def test_auto_sizes_each_batch_size_once_and_decodes_with_that_gamma(pair, monkeypatch):
+    target, draft = pair
+    m = accel.speculative(target, draft, gamma="auto")
+    calls = []
+    real = chain_sizing.size_chain
+    monkeypatch.setattr(methods, "size_chain", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    s = m.generate(LABELS, generator=seed())
+    sized = m.sizings[2]
+    assert 1 <= sized.gamma <= 8 and s.stats["gamma"] == sized.gamma and m.params["gamma"] == "auto"
+    assert len(sized.ranked) == 9 and sized.ranked[0].tokens_per_second >= sized.ranked[-1].tokens_per_second
+    # the sizing draws from its own generator: the caller's tokens are those of the plain loop at the chosen γ
+    ref, _ = speculative_generate(m.target, m.drafter, m.rule, LABELS, m.sc, gamma=sized.gamma, generator=seed())
+    assert torch.equal(s.stats["tokens"], ref)
+    m.generate(LABELS, generator=seed(1))
+    m.generate(LABELS[:1], generator=seed(1))
+    assert calls == [2, 1] and m.sizings[2] is sized and set(m.sizings) == {1, 2}
+
+
+def test_the_choice_follows_the_measured_verify_cost_curve(pair, monkeypatch):
+    """A flat curve (an accelerator where 9 tokens cost one) picks the longest chain; a curve growing with every
+    token picks γ = 1 and reports that plain decoding would be faster."""
+    target, draft = pair
+    m = accel.speculative(target, draft, gamma=3)
+    flat, steep = {T: 1.0 for T in range(1, 10)}, {T: 1.0 * T for T in range(1, 10)}
+    for curve, want, pays in ((flat, 8, True), (steep, 1, False)):
+        monkeypatch.setattr(chain_sizing, "verify_cost_curve", lambda *a, c=curve, **k: c)
+        sized = accel.size_gamma(m, 2)
+        assert sized.gamma == want and sized.speculation_pays is pays
+        assert m.gamma_for(2) == want and m.gamma_for(1) == 3  # a fixed-γ method keeps γ 3 where it was not sized
+
+
+def test_auto_refuses_what_it_cannot_size(pair):
+    target, draft = pair
+    with pytest.raises(ValueError, match="'auto'"):
+        accel.speculative(target, draft, gamma="fast")
+    with pytest.raises(ValueError, match="auto.*plain chain"):
+        accel.speculative(target, draft, gamma="auto", tree="b4-2-1")
+    with pytest.raises(ValueError, match="auto.*plain chain"):
+        accel.speculative(target, draft, gamma="auto", kv_policy=accel.snapkv(0.5, window=2))
+    with pytest.raises(TypeError, match="accel.speculative"):
+        accel.size_gamma(target, 1)
+    m = accel.speculative(target, draft, gamma="auto")
+    with pytest.raises(ValueError, match="gamma_max"):
+        accel.size_gamma(m, 1, gamma_max=15)
+    with pytest.raises(ValueError, match="batch_size"):
+        accel.size_gamma(m, 0)
