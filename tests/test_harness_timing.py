@@ -40,15 +40,15 @@ def test_timing_median_and_spread():
 
 def test_aggregate_stats():
     stats = [
-        {"nfe_target": 10, "nfe_draft": 40, "accepted": 6, "drafted": 8, "verify_steps": 2, "kv_bytes": 100},
-        {"nfe_target": 20, "nfe_draft": 40, "accepted": 2, "drafted": 8, "verify_steps": 2, "kv_bytes": 300},
+        {"nfe_target": 10, "nfe_draft": 40, "accepted": 6, "drafted": 8, "verify_steps": 2, "kv_bytes": 100, "gamma": 4},
+        {"nfe_target": 20, "nfe_draft": 40, "accepted": 2, "drafted": 8, "verify_steps": 2, "kv_bytes": 300, "gamma": 4},
     ]
     c = aggregate_stats(stats)
-    assert c["nfe_target"] == 15 and c["nfe_draft"] == 40
+    assert c["nfe_target"] == 15 and c["nfe_draft"] == 40 and c["gamma"] == 4
     assert c["mean_accept_len"] == pytest.approx(1 + 8 / 4)
     assert c["acceptance_rate"] == pytest.approx(8 / 16)
     assert c["kv_bytes"] == 300 and c["head_steps"] is None and c["kv_fraction"] is None
-    assert aggregate_stats([{}])["mean_accept_len"] is None
+    assert aggregate_stats([{}])["mean_accept_len"] is None and aggregate_stats([{}])["gamma"] is None
 
 
 def _fake_reference():

@@ -9,6 +9,7 @@ from accel.models.llamagen import GPTConfig, Transformer
 from accel.models.llamagen_vq import VQConfig, VQModel
 from accel.speculative import chain_sizing, methods
 from accel.speculative.decoder import speculative_generate
+from accel.speculative.sizing import expected_chain_tokens
 
 VQ = VQConfig(codebook_size=16, codebook_embed_dim=4, codebook_show_usage=False, encoder_ch_mult=(1, 2, 2),
               decoder_ch_mult=(1, 2, 2), z_channels=32, ch=32, num_res_blocks=1)
@@ -48,16 +49,28 @@ def test_auto_sizes_each_batch_size_once_and_decodes_with_that_gamma(pair, monke
 
 
 def test_the_choice_follows_the_measured_verify_cost_curve(pair, monkeypatch):
-    """A flat curve (an accelerator where 9 tokens cost one) picks the longest chain; a curve growing with every
-    token picks γ = 1 and reports that plain decoding would be faster."""
-    target, draft = pair
-    m = accel.speculative(target, draft, gamma=3)
-    flat, steep = {T: 1.0 for T in range(1, 10)}, {T: 1.0 * T for T in range(1, 10)}
-    for curve, want, pays in ((flat, 8, True), (steep, 1, False)):
+    """The curve's shape is kept (scaled to the calibration decodes' own verify forwards) and γ maximises E(γ) /
+    (γ·draft + verify(γ + 1) + loop) over the reported measurements: the target as its own draft (every draft
+    accepted) on a flat curve picks the longest chain; a curve growing steeply with every token picks γ = 1 and
+    reports that plain decoding would be faster."""
+    target, _ = pair
+    m = accel.speculative(target, target, gamma=3)
+    flat, steep = {T: 1.0 for T in range(1, 10)}, {T: float(T) ** 6 for T in range(1, 10)}
+    picks = {}
+    for name, curve in (("flat", flat), ("steep", steep)):
         monkeypatch.setattr(chain_sizing, "verify_cost_curve", lambda *a, c=curve, **k: c)
         sized = accel.size_gamma(m, 2)
-        assert sized.gamma == want and sized.speculation_pays is pays
-        assert m.gamma_for(2) == want and m.gamma_for(1) == 3  # a fixed-γ method keeps γ 3 where it was not sized
+        v = sized.verify_s
+        assert all(v[T] / v[1] == pytest.approx(curve[T] / curve[1]) for T in v)
+
+        def rate(g):
+            return expected_chain_tokens(sized.accept_at, g) / (g * sized.draft_step_s + v[g + 1] + sized.loop_s)
+
+        assert sized.gamma == max(range(1, 9), key=rate) and m.gamma_for(2) == sized.gamma
+        picks[name] = sized
+    assert picks["steep"].gamma == 1 and not picks["steep"].speculation_pays
+    assert picks["flat"].gamma == 8 and picks["flat"].speculation_pays and picks["flat"].accept_at == [1.0] * 8
+    assert m.gamma_for(1) == 3  # a fixed-γ method keeps its γ where it was not sized
 
 
 def test_auto_refuses_what_it_cannot_size(pair):

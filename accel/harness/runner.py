@@ -30,7 +30,7 @@ from accel.harness.results import environment, make_row
 from accel.harness.timing import speedup, time_interleaved
 from accel.types import Method, Sample
 
-_MEAN_KEYS = ("nfe_target", "nfe_draft", "head_steps")
+_MEAN_KEYS = ("nfe_target", "nfe_draft", "head_steps", "gamma")  # gamma: the chain γ a call used (gamma="auto")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class RunConfig:
 
 
 def aggregate_stats(stats: list[dict[str, Any]]) -> dict[str, float | int | None]:
-    """Work counters over calls: means per call of nfe/head steps; mean accepted length
+    """Work counters over calls: means per call of nfe/head steps and of the speculative γ; mean accepted length
     ``1 + Σaccepted / Σverify_steps``; acceptance rate ``Σaccepted / Σdrafted``; peak analytic KV bytes."""
 
     def values(key):

@@ -5,20 +5,23 @@ a_j`` tokens (Leviathan et al. 2023, Eq. 1, with the measured per-position accep
 every term on the method's own device and batch size, then ``sizing.choose_chain`` picks the γ with the most tokens
 per second:
 
-- ``t_verify(T)``: ``sizing.verify_cost_curve``, the target's forward over T = 1..γ_max + 1 tokens (CFG rows
-  included), interleaved, medians;
 - a_j, ``t_draft_step``, ``t_loop``: calibration decodes at γ_max (labels cycling through the classes; a seeded
-  generator of their own, so the caller's stream is not touched) with the drafter's ``propose`` clocked;
-  ``t_loop`` is what is left of a round after the drafter and the verify forward of γ_max + 1 tokens (acceptance,
-  sampling, bookkeeping), taken as the same for every γ.
+  generator of their own, so the caller's stream is not touched) with the drafter's ``propose`` and the target's
+  forwards clocked; ``t_loop`` is what is left of a round outside both (acceptance, sampling, bookkeeping), taken
+  as the same for every γ;
+- ``t_verify(T)``: the shape of ``sizing.verify_cost_curve`` (the target's forward over T = 1..γ_max + 1 tokens,
+  CFG rows included, interleaved, medians), scaled so that T = γ_max + 1 costs what the calibration decodes'
+  verify forwards did (median): the machine's speed can drift between the two measurements.
 
 The chosen γ changes which random numbers a decode draws, so two machines may emit different tokens for one seed
 (each from the same law: the exact rule's output does not depend on γ); pin an int γ to reproduce tokens.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
@@ -26,33 +29,36 @@ from accel.speculative.decoder import speculative_generate
 from accel.speculative.sizing import Budget, choose_chain, device_sync, verify_cost_curve
 
 
-class ClockedDrafter:
-    """A drafter (composition) whose ``propose`` calls are timed, the device synchronised around each."""
+class Clocked:
+    """An object (composition) whose calls are timed, the device synchronised around each: calling it (a target
+    network) or its method ``method`` (a drafter's ``propose``); ``times`` lists the seconds of each call. Every
+    other attribute is the inner object's."""
 
-    def __init__(self, inner, device: torch.device):
-        self.inner, self.device, self.seconds = inner, device, 0.0
-        self.name = getattr(inner, "name", type(inner).__name__)
+    def __init__(self, inner, device: torch.device, method: str | None = None):
+        self.inner, self.device, self.method, self.times = inner, device, method, []
 
-    def begin(self, *a):
-        return self.inner.begin(*a)
-
-    def observe(self, *a):
-        return self.inner.observe(*a)
-
-    def propose(self, *a, **k):
+    def _timed(self, fn, *a, **k):
         device_sync(self.device)
         t = time.perf_counter()
-        out = self.inner.propose(*a, **k)
+        out = fn(*a, **k)
         device_sync(self.device)
-        self.seconds += time.perf_counter() - t
+        self.times.append(time.perf_counter() - t)
         return out
+
+    def __call__(self, *a, **k):
+        return self._timed(self.inner, *a, **k)
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        return partial(self._timed, attr) if name == self.method else attr
 
 
 @dataclass(frozen=True)
 class ChainSizing:
-    """What ``size_chain`` measured and chose: ``gamma`` (>= 1), seconds per verify forward of T tokens, the
-    acceptance profile, the per-round draft-step and loop seconds, and every γ ranked (``chain0`` = no drafts: a
-    plain step with the same loop; ``speculation_pays`` says whether the best γ >= 1 beats it)."""
+    """What ``size_chain`` measured and chose: ``gamma`` (>= 1), seconds per verify forward of T tokens (the whole
+    batch), the acceptance profile, the per-round draft-step and loop seconds, and every γ ranked by tokens per
+    second per image row (``chain0`` = no drafts: a plain step with the same loop; ``speculation_pays`` says
+    whether the best γ >= 1 beats it)."""
 
     gamma: int
     batch_size: int
@@ -97,31 +103,36 @@ def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int =
     block = target.config.block_size
     curve = verify_cost_curve(target, max_tokens=gamma_max + 1, prefix=max(1, min(block // 2, block - gamma_max - 1)),
                               cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
-    drafter = ClockedDrafter(method.drafter, dev)
+    target_c, drafter = Clocked(target, dev), Clocked(method.drafter, dev, "propose")
     g = torch.Generator(device=dev).manual_seed(seed)
     classes = target.config.num_classes
 
     def decode(i: int):  # the i-th calibration batch: labels cycle through the classes
         cond = (torch.arange(batch_size, device=dev) + i * batch_size) % classes
-        return speculative_generate(target, drafter, method.rule, cond, sc, gamma=gamma_max, generator=g)[1]
+        return speculative_generate(target_c, drafter, method.rule, cond, sc, gamma=gamma_max, generator=g)[1]
 
     decode(-1)  # warm-up (first-call allocations), not counted
     calls = max(1, images // batch_size)
-    drafter.seconds, total, rounds = 0.0, 0.0, 0
+    target_c.times, drafter.times, total, verify = [], [], 0.0, []
     reached, accepted = [0] * gamma_max, [0] * gamma_max
     for i in range(calls):
+        first = len(target_c.times)
         device_sync(dev)
         t = time.perf_counter()
         st = decode(i)
         device_sync(dev)
         total += time.perf_counter() - t
-        rounds += st.nfe_target - 1  # the prefill is the first target call
+        verify += target_c.times[first + 1:]  # the first target call of a decode is its prefill
         reached = [a + b for a, b in zip(reached, st.reached)]
         accepted = [a + b for a, b in zip(accepted, st.accepted_at)]
+    rounds = len(verify)
     accept_at = [a / r for a, r in zip(accepted, reached) if r]
-    draft_step = drafter.seconds / rounds / gamma_max
-    # what a round spends outside the drafter and its verify forward (each decode's prefill: one 1-token forward)
-    loop = max(0.0, (total - drafter.seconds - calls * curve[1]) / rounds - curve[gamma_max + 1])
+    draft_step = sum(drafter.times) / rounds / gamma_max
+    # the curve's shape at the level the decodes' own verify forwards ran at (the machine's state can drift between
+    # the two), and what a round spends outside the drafter and the target (acceptance, sampling, bookkeeping)
+    scale = statistics.median(verify) / curve[gamma_max + 1]
+    curve = {T: v * scale for T, v in curve.items()}
+    loop = max(0.0, (total - sum(drafter.times) - sum(target_c.times)) / rounds)
     _, ranked = choose_chain(curve, accept_at, draft_step, loop, max_gamma=gamma_max)
     best = next(b for b in ranked if b.name != "chain0")
     return ChainSizing(int(best.name.removeprefix("chain")), batch_size, curve, accept_at, draft_step, loop, ranked)

@@ -99,7 +99,7 @@ def round_counts(rounds: list, n: int, gamma: int) -> Tensor:
     """The chain loop's counters from its rounds ``(c, m, verdicts (B, g), g)``, computed once after the loop
     (a few batched ops instead of a dozen per round): ``[verify_steps, accepted, drafted, reached[0..gamma),
     accepted_at[0..gamma)]`` over unfinished rows (``c < n``); drafts past the image end are not counted as
-    accepted."""
+    accepted, and the per-position profile (reached / accepted_at) counts only drafts inside the image."""
     if not rounds:
         return torch.zeros(3 + 2 * gamma, dtype=torch.long)
     c, m = (torch.stack([r[i] for r in rounds]) for i in range(2))  # (rounds, B)
@@ -111,7 +111,8 @@ def round_counts(rounds: list, n: int, gamma: int) -> Tensor:
                           (torch.minimum(g, left.clamp_min(0)) * live).sum()])
     before = torch.cumprod(ok.long(), -1)[..., :-1].bool()  # every earlier draft of the round accepted
     reach = torch.cat([torch.ones_like(ok[..., :1]), before], -1) & live[..., None]
-    reach &= torch.arange(gamma, device=c.device) < g[..., None]  # positions the round drafted
+    at = torch.arange(gamma, device=c.device)
+    reach &= (at < g[..., None]) & (c[..., None] + at < n)  # positions the round drafted, inside the image
     return torch.cat([totals, reach.sum((0, 1)), (reach & ok).sum((0, 1))])
 
 
