@@ -86,7 +86,7 @@ def check_gamma_max(gamma_max: int, block_size: int) -> None:
 
 
 @torch.inference_mode()
-def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int = 16, repeats: int = 7,
+def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int = 32, repeats: int = 7,
                seed: int = 0) -> ChainSizing:
     """Measure the terms above for a chain ``SpeculativeLlamaGen`` at ``batch_size`` and return the best γ in
     ``[1, gamma_max]`` (``method`` is not changed; ``accel.size_gamma`` sets it). ``images``: how many the
