@@ -48,29 +48,37 @@ def test_auto_sizes_each_batch_size_once_and_decodes_with_that_gamma(pair, monke
     assert calls == [2, 1] and m.sizings[2] is sized and set(m.sizings) == {1, 2}
 
 
-def test_the_choice_follows_the_measured_verify_cost_curve(pair, monkeypatch):
-    """The curve's shape is kept (scaled to the calibration decodes' own verify forwards) and γ maximises E(γ) /
-    (γ·draft + verify(γ + 1) + loop) over the reported measurements: the target as its own draft (every draft
-    accepted) on a flat curve picks the longest chain; a curve growing steeply with every token picks γ = 1 and
-    reports that plain decoding would be faster."""
+def test_choose_gamma_by_hand():
+    """Linear verify cost, acceptance 0.5, free drafts: γ = 1 gives 1.5 tokens per 2 units against plain decoding's 1
+    per 1, so the best γ >= 1 is 1 and speculation does not pay; a flat curve with acceptance 0.9 and cheap drafts
+    takes the longest chain. The curve is rescaled to the given verify cost at γ_max + 1."""
+    lin = chain_sizing.choose_gamma({T: 2.0 * T for T in range(1, 10)}, 9.0, [0.5], 0.0, 0.0, 8)
+    assert lin.gamma == 1 and not lin.speculation_pays and lin.verify_s[9] == 9.0 and lin.verify_s[1] == 1.0
+    assert [b.name for b in lin.ranked][:2] == ["chain0", "chain1"]
+    assert lin.ranked[1].tokens_per_second == pytest.approx(1.5 / 2.0)
+    flat = chain_sizing.choose_gamma({T: 1.0 for T in range(1, 10)}, 1.0, [0.9], 0.01, 0.0, 8)
+    assert flat.gamma == 8 and flat.speculation_pays
+    rate8 = expected_chain_tokens([0.9], 8) / (8 * 0.01 + 1.0)
+    assert flat.ranked[0].tokens_per_second == pytest.approx(rate8)
+
+
+def test_the_measured_choice_follows_the_verify_cost_curve(pair, monkeypatch):
+    """size_chain keeps the curve's shape (scaled to the calibration decodes' own verify forwards) and picks the γ
+    that maximises E(γ) / (γ·draft + verify(γ + 1) + loop) over what it reports; the target as its own draft (every
+    draft accepted) on a flat curve (an accelerator where 9 tokens cost one) takes the longest chain."""
     target, _ = pair
     m = accel.speculative(target, target, gamma=3)
-    flat, steep = {T: 1.0 for T in range(1, 10)}, {T: float(T) ** 6 for T in range(1, 10)}
-    picks = {}
-    for name, curve in (("flat", flat), ("steep", steep)):
-        monkeypatch.setattr(chain_sizing, "verify_cost_curve", lambda *a, c=curve, **k: c)
-        sized = accel.size_gamma(m, 2)
-        v = sized.verify_s
-        assert all(v[T] / v[1] == pytest.approx(curve[T] / curve[1]) for T in v)
+    flat = {T: 1.0 for T in range(1, 10)}
+    monkeypatch.setattr(chain_sizing, "verify_cost_curve", lambda *a, **k: flat)
+    sized = accel.size_gamma(m, 2)
+    v = sized.verify_s
+    assert len(set(v.values())) == 1 and sized.accept_at == [1.0] * 8
 
-        def rate(g):
-            return expected_chain_tokens(sized.accept_at, g) / (g * sized.draft_step_s + v[g + 1] + sized.loop_s)
+    def rate(g):
+        return expected_chain_tokens(sized.accept_at, g) / (g * sized.draft_step_s + v[g + 1] + sized.loop_s)
 
-        assert sized.gamma == max(range(1, 9), key=rate) and m.gamma_for(2) == sized.gamma
-        picks[name] = sized
-    assert picks["steep"].gamma == 1 and not picks["steep"].speculation_pays
-    assert picks["flat"].gamma == 8 and picks["flat"].speculation_pays and picks["flat"].accept_at == [1.0] * 8
-    assert m.gamma_for(1) == 3  # a fixed-γ method keeps its γ where it was not sized
+    assert sized.gamma == max(range(1, 9), key=rate) == 8 and sized.speculation_pays
+    assert m.gamma_for(2) == 8 and m.gamma_for(1) == 3  # a fixed-γ method keeps its γ where it was not sized
 
 
 def test_auto_refuses_what_it_cannot_size(pair):

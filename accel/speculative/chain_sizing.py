@@ -128,11 +128,18 @@ def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int =
     rounds = len(verify)
     accept_at = [a / r for a, r in zip(accepted, reached) if r]
     draft_step = sum(drafter.times) / rounds / gamma_max
-    # the curve's shape at the level the decodes' own verify forwards ran at (the machine's state can drift between
-    # the two), and what a round spends outside the drafter and the target (acceptance, sampling, bookkeeping)
-    scale = statistics.median(verify) / curve[gamma_max + 1]
+    loop = max(0.0, (total - sum(drafter.times) - sum(target_c.times)) / rounds)  # outside drafter and target
+    return choose_gamma(curve, statistics.median(verify), accept_at, draft_step, loop, gamma_max, batch_size)
+
+
+def choose_gamma(curve: dict[int, float], verify_s: float, accept_at: list[float], draft_step_s: float,
+                 loop_s: float, gamma_max: int, batch_size: int = 1) -> ChainSizing:
+    """The decision of ``size_chain`` from its measurements: the curve's shape scaled so that T = γ_max + 1 costs
+    ``verify_s`` (the calibration decodes' own verify forward: the machine's state can drift between the two
+    measurements), every γ in [0, γ_max] ranked by ``sizing.choose_chain``, and the best γ >= 1."""
+    scale = verify_s / curve[gamma_max + 1]
     curve = {T: v * scale for T, v in curve.items()}
-    loop = max(0.0, (total - sum(drafter.times) - sum(target_c.times)) / rounds)
-    _, ranked = choose_chain(curve, accept_at, draft_step, loop, max_gamma=gamma_max)
+    _, ranked = choose_chain(curve, accept_at, draft_step_s, loop_s, max_gamma=gamma_max)
     best = next(b for b in ranked if b.name != "chain0")
-    return ChainSizing(int(best.name.removeprefix("chain")), batch_size, curve, accept_at, draft_step, loop, ranked)
+    return ChainSizing(int(best.name.removeprefix("chain")), batch_size, curve, accept_at, draft_step_s, loop_s,
+                       ranked)
