@@ -98,8 +98,7 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str
     the target's device and dtype). ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
     drafts per round (chain), or ``"auto"``: measured on the target's device for each batch size at its first call
     (``size_gamma``: the verify cost curve, the drafter's acceptance and step cost; a few seconds on the zoo).
-    ``tree``: a static tree (``Tree`` or one of ``TREES``) instead
-    of a chain.
+    ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain.
     ``kv_policy``: compress the target's KV cache with a raster policy (``accel.snapkv(0.25)``, ...; chain,
     batch 1): every committed token attends to the keys the plain raster decode with that policy keeps.
     """
@@ -154,7 +153,7 @@ def size_gamma(method: SpeculativeLlamaGen, batch_size: int = 1, *, gamma_max: i
     set: the method decodes that batch size with it from now on (``method.sizings[batch_size]`` keeps the report;
     other batch sizes keep the method's fixed γ, or are sized at their first call with ``gamma="auto"``).
     ``gamma="auto"`` does this at the first call of each batch size; calling it first keeps the measurement (a
-    second or so on the zoo) out of that call. Tokens depend on γ; the exact rule's law does not."""
+    few seconds on the zoo) out of that call. Tokens depend on γ; the exact rule's law does not."""
     if not isinstance(method, SpeculativeLlamaGen):
         raise TypeError(f"method: expected accel.speculative(...), got {type(method).__name__}")
     return method.size(batch_size, gamma_max)

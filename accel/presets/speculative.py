@@ -4,7 +4,7 @@
 γ = 3 by default: on the shared 2-core CPU a γ+1-token verify of the zoo target costs ~1.35 AR steps
 (5 tokens: ~1.46) and an EAGLE draft step ~0.24, so longer chains only pay off at acceptance >~ 0.85, which the
 CFG-trained head's stage 4 reaches (~0.87 per position): ``sd-eagle-cfg-auto`` measures γ on the device (5-7 at
-batch 1, 3-5 at batch 8 on this CPU; results/lantern-s20).
+batch 1, 3-4 at batch 8 on this CPU; results/lantern-s20).
 """
 from __future__ import annotations
 
