@@ -39,52 +39,11 @@ from accel.harness.summary import summary_markdown
 from accel.harness.registry import BuildContext
 from accel.models.llamagen_generate import generate
 from accel.presets.speculative import TARGET, build, entry
+from accel.speculative.chain_sizing import Clocked
 from accel.speculative.lantern import LanternRule
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
 from accel.speculative.sizing import choose_chain, choose_tree_budget, expected_tree_tokens, verify_cost_curve
 from accel.speculative.step_law import step_tv
-
-
-class TimedDrafter:
-    """Wraps a drafter (composition) and accumulates the wall time spent drafting."""
-
-    def __init__(self, inner):
-        self.inner, self.name, self.seconds = inner, inner.name, 0.0
-
-    def begin(self, *a):
-        return self.inner.begin(*a)
-
-    def observe(self, *a):
-        return self.inner.observe(*a)
-
-    def _timed(self, fn, *a, **k):
-        t = time.perf_counter()
-        out = fn(*a, **k)
-        self.seconds += time.perf_counter() - t
-        return out
-
-    def propose(self, *a, **k):
-        return self._timed(self.inner.propose, *a, **k)
-
-    def propose_tree(self, *a, **k):
-        return self._timed(self.inner.propose_tree, *a, **k)
-
-
-class TimedModel:
-    """Stands in for the target in the chain and tree decode loops (composition) and accumulates the wall time of
-    its forward calls (the drafters hold the unwrapped model and are timed by ``TimedDrafter``)."""
-
-    def __init__(self, inner):
-        self.inner, self.seconds = inner, 0.0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, *a, **k):
-        t = time.perf_counter()
-        out = self.inner(*a, **k)
-        self.seconds += time.perf_counter() - t
-        return out
 
 
 @torch.inference_mode()  # as the harness times generate
@@ -95,8 +54,9 @@ def cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
     τ / (draft + verify + loop); ``speedup_if_verify_1_step`` replaces verify by one AR step (what a
     memory-bound accelerator approaches, where a few more tokens per forward are nearly free)."""
     m = build(BuildContext(TARGET), "costs", **kw)
-    m.drafter = TimedDrafter(m.drafter)
-    m.target = fwd = TimedModel(m.target)
+    dev = m.target.tok_embeddings.weight.device
+    m.drafter = Clocked(m.drafter, dev, "propose", "propose_tree")  # the drafters hold the unwrapped target
+    m.target = fwd = Clocked(m.target, dev)
     cond = torch.arange(bs) % 10
     n = m.target.config.block_size
     ar, rounds, draft, verify, tau = [], [], [], [], []
@@ -105,7 +65,7 @@ def cost_terms(kw: dict, bs: int, repeats: int = 3) -> dict:
         t = time.perf_counter()
         generate(fwd.inner, cond, sc=m.sc, generator=g)
         t_ar = (time.perf_counter() - t) / n
-        m.drafter.seconds = fwd.seconds = 0.0
+        m.drafter.times, fwd.times = [], []
         t = time.perf_counter()
         st = m.generate(cond, generator=g).stats
         total = time.perf_counter() - t
@@ -218,9 +178,9 @@ def sizing(drafter: str, delta: float = 0.1, gamma: int = 8) -> dict:
     LANTERN with ``drafter``, from the acceptance profile and draft step cost measured at ``gamma``."""
     curve = verify_cost_curve(build(BuildContext(TARGET), "c", drafter=drafter).target, max_tokens=16)
     m = build(BuildContext(TARGET), "s", drafter=drafter, delta=delta, gamma=gamma, drafts="deterministic")
-    m.drafter = TimedDrafter(m.drafter)
+    m.drafter = Clocked(m.drafter, m.target.tok_embeddings.weight.device, "propose")
     m.generate(torch.zeros(1, dtype=torch.long), generator=torch.Generator().manual_seed(0))  # warm-up
-    m.drafter.seconds = 0.0
+    m.drafter.times = []
     st = m.generate(torch.arange(10) % 10, generator=torch.Generator().manual_seed(1)).stats
     rounds = st["verify_steps"]
     best, ranked = choose_chain(curve, [a for a in st["accept_at_position"] if a is not None],

@@ -27,15 +27,20 @@ import torch
 
 from accel.speculative.decoder import speculative_generate
 from accel.speculative.sizing import Budget, choose_chain, device_sync, verify_cost_curve
+from accel.validate import check_range
 
 
 class Clocked:
     """An object (composition) whose calls are timed, the device synchronised around each: calling it (a target
-    network) or its method ``method`` (a drafter's ``propose``); ``times`` lists the seconds of each call. Every
-    other attribute is the inner object's."""
+    network) or its methods named in ``methods`` (a drafter's ``propose``, ``propose_tree``); ``times`` lists the
+    seconds of each call, ``seconds`` their sum. Every other attribute is the inner object's."""
 
-    def __init__(self, inner, device: torch.device, method: str | None = None):
-        self.inner, self.device, self.method, self.times = inner, device, method, []
+    def __init__(self, inner, device: torch.device, *methods: str):
+        self.inner, self.device, self.methods, self.times = inner, device, methods, []
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.times)
 
     def _timed(self, fn, *a, **k):
         device_sync(self.device)
@@ -50,7 +55,7 @@ class Clocked:
 
     def __getattr__(self, name):
         attr = getattr(self.inner, name)
-        return partial(self._timed, attr) if name == self.method else attr
+        return partial(self._timed, attr) if name in self.methods else attr
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,6 @@ class ChainSizing:
         return {**out, "speculation_pays": self.speculation_pays}
 
 
-def check_gamma_max(gamma_max: int, block_size: int) -> None:
-    if isinstance(gamma_max, bool) or not isinstance(gamma_max, int) or not 1 <= gamma_max <= block_size - 2:
-        raise ValueError(f"gamma_max={gamma_max!r}: must be an int in [1, {block_size - 2}] (the target's "
-                         f"block size is {block_size})")
-
-
 @torch.inference_mode()
 def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int = 32, repeats: int = 7,
                seed: int = 0) -> ChainSizing:
@@ -94,11 +93,9 @@ def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int =
     if method.tree is not None or method.policy is not None:
         raise ValueError("size_chain sizes a plain chain (no tree, no compressed cache); pass an int gamma there")
     target, sc = method.target, method.sc
-    check_gamma_max(gamma_max, target.config.block_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
-    if images < 1:
-        raise ValueError(f"images={images}: must be >= 1")
+    check_range("gamma_max", gamma_max, 1, target.config.block_size - 2, integer=True)  # γ_max + 1 verify tokens
+    check_range("batch_size", batch_size, 1, integer=True)
+    check_range("images", images, 1, integer=True)
     dev = target.tok_embeddings.weight.device
     block = target.config.block_size
     curve = verify_cost_curve(target, max_tokens=gamma_max + 1, prefix=max(1, min(block // 2, block - gamma_max - 1)),
@@ -127,8 +124,8 @@ def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int =
         accepted = [a + b for a, b in zip(accepted, st.accepted_at)]
     rounds = len(verify)
     accept_at = [a / r for a, r in zip(accepted, reached) if r]
-    draft_step = sum(drafter.times) / rounds / gamma_max
-    loop = max(0.0, (total - sum(drafter.times) - sum(target_c.times)) / rounds)  # outside drafter and target
+    draft_step = drafter.seconds / rounds / gamma_max
+    loop = max(0.0, (total - drafter.seconds - target_c.seconds) / rounds)  # outside drafter and target
     return choose_gamma(curve, statistics.median(verify), accept_at, draft_step, loop, gamma_max, batch_size)
 
 
