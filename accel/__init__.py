@@ -16,7 +16,9 @@ Loading:
 
 Techniques (each returns an object with ``generate``):
     speculative(target, draft, rule=exact() | lantern(delta, k=...), gamma=3 | "auto", tree=None)   LlamaGen
+      tree: a static tree name, or an EAGLE-2 dynamic tree "dyn16-k8-d4" / "dynauto-k8-d4" (budget measured)
     size_gamma(speculative_method, batch_size=1)   the chain's γ measured on its device (what gamma="auto" does)
+    size_tree(speculative_method, batch_size=1)    the dynamic tree's node budget measured (what "dynauto" does)
     cspd(target, draft, gamma=32, verify="left_to_right", schedule=None, relaxed=False, conditioning="released")    MAR
     (a draft or a DD student may be given by zoo name or file: "fmnist-llamagen-eagle-cfg", "fmnist-mar-draft-aligned")
     disa(mar, linear(50, 5) | cosine(...) | two_stage(...) | adaptive(...) | constant(n))  MAR
@@ -36,9 +38,9 @@ __version__ = "0.1.0"
 # Imported eagerly: the API's ``speculative`` function must shadow the ``accel.speculative`` package here.
 from accel.api import (LlamaGenGenerator, MARGenerator, Sampling, VARGenerator, adaptive, compile, constant, cosine,  # noqa: E402
                        cspd, disa, distilled, exact, kv_compress, lantern, linear, load, pyramidkv, scalekv, sliding, snapkv,
-                       size_gamma, speculative, streamingllm, two_stage, warm_up, wrap)
+                       size_gamma, size_tree, speculative, streamingllm, two_stage, warm_up, wrap)
 
 __all__ = ["load", "wrap", "Sampling", "LlamaGenGenerator", "MARGenerator", "VARGenerator", "speculative", "exact",
            "lantern", "cspd", "disa", "linear", "cosine", "two_stage", "constant", "adaptive", "distilled",
            "kv_compress", "scalekv", "snapkv", "pyramidkv", "streamingllm", "sliding", "compile", "warm_up",
-           "size_gamma"]
+           "size_gamma", "size_tree"]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from accel.api.techniques import size_gamma, size_tree
 from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
 from accel.presets import registry
@@ -42,7 +43,6 @@ from accel.presets.speculative import TARGET, build, entry
 from accel.speculative.chain_sizing import Clocked
 from accel.speculative.lantern import LanternRule
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
-from accel.speculative.sizing import choose_chain, choose_tree_budget, expected_tree_tokens, verify_cost_curve
 from accel.speculative.step_law import step_tv
 
 
@@ -174,59 +174,31 @@ def measured_step_tv(drafter: str, deltas=(0.05, 0.1, 0.2), n_pairs: int = 480) 
 
 
 def sizing(drafter: str, delta: float = 0.1, gamma: int = 8) -> dict:
-    """Verify cost curve of the zoo target (1..16 tokens) and the chain length it picks for deterministic
-    LANTERN with ``drafter``, from the acceptance profile and draft step cost measured at ``gamma``."""
-    curve = verify_cost_curve(build(BuildContext(TARGET), "c", drafter=drafter).target, max_tokens=16)
+    """The chain length ``accel.size_gamma`` picks on this device for deterministic LANTERN with ``drafter`` (its
+    verify cost curve, acceptance profile, draft and loop costs measured at γ_max = ``gamma``, batch 1)."""
     m = build(BuildContext(TARGET), "s", drafter=drafter, delta=delta, gamma=gamma, drafts="deterministic")
-    m.drafter = Clocked(m.drafter, m.target.tok_embeddings.weight.device, "propose")
-    m.generate(torch.zeros(1, dtype=torch.long), generator=torch.Generator().manual_seed(0))  # warm-up
-    m.drafter.times = []
-    st = m.generate(torch.arange(10) % 10, generator=torch.Generator().manual_seed(1)).stats
-    rounds = st["verify_steps"]
-    best, ranked = choose_chain(curve, [a for a in st["accept_at_position"] if a is not None],
-                                m.drafter.seconds / rounds / gamma)
-    return dict(drafter=drafter, delta=delta, verify_s={t: round(v, 6) for t, v in curve.items()},
-                verify_rel={t: round(v / curve[1], 3) for t, v in curve.items()},
-                accept_at_position=st["accept_at_position"], best=best.name,
-                ranked=[(b.name, round(b.tokens_per_second / ranked[-1].tokens_per_second, 3)) for b in ranked])
+    z = size_gamma(m, 1, gamma_max=gamma)
+    return dict(drafter=drafter, delta=delta, verify_s={t: round(v, 6) for t, v in z.verify_s.items()},
+                verify_rel={t: round(v / z.verify_s[1], 3) for t, v in z.verify_s.items()},
+                accept_at_position=z.accept_at, best=f"chain{z.gamma}", speculation_pays=z.speculation_pays,
+                ranked=[(b.name, round(b.tokens_per_second / z.ranked[-1].tokens_per_second, 3)) for b in z.ranked])
 
 
 # ----------------------------------------------------------------------------- EAGLE-2 dynamic tree (issue 18)
 CALIB_TREE = "dyn40-k8-d4"  # the calibration run's tree: every budget N <= 40 is read off it
 
 
-def dyn_calibrate(drafter: str, delta: float, batch: int, n_images: int, tree: str = CALIB_TREE) -> dict:
-    """One decode at a large node budget: path_rank_counts (E(N) for every N <= budget) and the per-iteration
-    draft and loop seconds (in AR steps at this batch) of the dynamic tree."""
-    m = build(BuildContext(TARGET), "calib", drafter=drafter, delta=delta, tree=tree, drafts="deterministic")
-    cond = torch.arange(batch) % 10
-    m.generate(cond, generator=torch.Generator().manual_seed(99))  # warm-up
-    counts, rounds, iters, timings = None, 0, 0, {}
-    m.timings = timings
-    for i in range(max(1, n_images // batch)):
-        st = m.generate((torch.arange(batch) + i) % 10, generator=torch.Generator().manual_seed(i)).stats
-        c = st["path_rank_counts"]
-        counts = c if counts is None else [a + b for a, b in zip(counts, c)]
-        rounds += st["verify_steps"]
-        iters += st["nfe_target"] - 1
-    return dict(drafter=drafter, delta=delta, batch=batch, tree=tree, path_rank_counts=counts, rounds=rounds,
-                iterations=iters, draft_s=timings["draft_s"] / iters, loop_s=timings["loop_s"] / iters,
-                verify_s=timings["verify_s"] / iters)
-
-
 def dyn_sizing(drafter: str, delta: float, batch: int, n_images: int, repeats: int = 7) -> dict:
-    """Node budget for this device and batch: the measured verify cost curve (T = 1..41 tokens) and the
-    calibration run's E(N), draft and loop costs -> ``choose_tree_budget``."""
-    target = build(BuildContext(TARGET), "c", drafter=drafter).target
-    curve = verify_cost_curve(target, max_tokens=41, prefix=20, repeats=repeats, batch=batch)
-    cal = dyn_calibrate(drafter, delta, batch, n_images)
-    best, ranked = choose_tree_budget(curve, cal["path_rank_counts"], cal["rounds"], cal["draft_s"], cal["loop_s"])
-    budget = int(best.name.removeprefix("budget"))
-    return dict(**cal, verify_curve_s={t: round(v, 6) for t, v in curve.items()},
-                verify_rel={t: round(v / curve[1], 3) for t, v in curve.items()}, budget=budget,
-                expected_tokens={n: round(expected_tree_tokens(cal["path_rank_counts"], cal["rounds"], n), 3)
-                                 for n in (1, 2, 4, 8, 12, 16, 24, 32, 40)},
-                ranked=[(b.name, round(b.tokens_per_second / ranked[0].tokens_per_second, 3)) for b in ranked[:8]])
+    """Node budget for this device and batch (``accel.size_tree``: the verify cost curve T = 1..41 and one
+    calibration run at budget 40 giving E(N) for every N, draft and loop seconds per iteration)."""
+    m = build(BuildContext(TARGET), "calib", drafter=drafter, delta=delta, tree=CALIB_TREE, drafts="deterministic")
+    z = size_tree(m, batch, budget_max=40, images=n_images, repeats=repeats)
+    return dict(drafter=drafter, delta=delta, batch=batch, tree=CALIB_TREE, path_rank_counts=z.path_rank_counts,
+                rounds=z.rounds, draft_s=z.draft_s, loop_s=z.loop_s, verify_s=z.verify_s[41],
+                verify_curve_s={t: round(v, 6) for t, v in z.verify_s.items()},
+                verify_rel={t: round(v / z.verify_s[1], 3) for t, v in z.verify_s.items()}, budget=z.budget,
+                expected_tokens={n: round(z.expected_tokens(n), 3) for n in (1, 2, 4, 8, 12, 16, 24, 32, 40)},
+                ranked=[(b.name, round(b.tokens_per_second / z.ranked[0].tokens_per_second, 3)) for b in z.ranked[:8]])
 
 
 class StepRecorder:

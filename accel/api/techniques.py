@@ -32,11 +32,13 @@ from accel.speculative.chain_sizing import ChainSizing
 from accel.speculative.cspd import CSpDConfig
 from accel.speculative.cspd_method import CSpDMAR
 from accel.speculative.drafters import EagleDrafter, EagleHead, ModelDrafter
+from accel.speculative.dynamic_tree import DynamicTree
 from accel.speculative.lantern import LanternRule, neighbour_table
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
 from accel.speculative.methods import SpeculativeLlamaGen
 from accel.speculative.rules import ExactRule
 from accel.speculative.tree import TREES, Tree
+from accel.speculative.tree_sizing import TreeSizing
 from accel.validate import check_speculative_setup
 
 
@@ -89,8 +91,9 @@ def lantern(delta: float | None = 0.1, *, k: int = 1000, lam: float | None = Non
     return Lantern(delta, k, lam, residual, drafts)
 
 
-def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str = 3, tree: str | Tree | None = None,
-                kv_policy: "CachePolicySpec | None" = None, name: str | None = None) -> SpeculativeLlamaGen:
+def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str = 3,
+                tree: str | Tree | DynamicTree | None = None, kv_policy: "CachePolicySpec | None" = None,
+                name: str | None = None) -> SpeculativeLlamaGen:
     """Speculative decoding of a LlamaGen ``target``.
 
     ``draft``: a smaller LlamaGen generator or network (same tokenizer), an EAGLE head (``EagleHead``) trained on
@@ -98,7 +101,11 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str
     the target's device and dtype). ``rule``: ``accel.exact()`` (default) or ``accel.lantern(...)``. ``gamma``:
     drafts per round (chain), or ``"auto"``: measured on the target's device for each batch size at its first call
     (``size_gamma``: the verify cost curve, the drafter's acceptance and step cost; a few seconds on the zoo).
-    ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain.
+    ``tree``: a static tree (``Tree`` or one of ``TREES``) instead of a chain, or an EAGLE-2 dynamic tree
+    (LANTERN's released path: an EAGLE head and ``lantern(delta, drafts="deterministic")``; ``delta=0`` is exact):
+    ``"dyn<N>-k<K>-d<D>"`` verifies the N best of K + (D-1)K² candidates drafted in D head forwards (LANTERN's
+    code: N 58, K 10, D 4), ``"dynauto-k<K>-d<D>"`` measures N on the device for each batch size at its first
+    call (``size_tree``), or a ``DynamicTree``.
     ``kv_policy``: compress the target's KV cache with a raster policy (``accel.snapkv(0.25)``, ...; chain,
     batch 1): every committed token attends to the keys the plain raster decode with that policy keeps.
     """
@@ -127,10 +134,9 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str
     if isinstance(rule, Lantern):
         rule = rule.rule(target.tokenizer.quantize.embedding.weight)
     check_speculative_setup(target.model, drafter, rule)  # the decode loops' own check, here before any work
-    if isinstance(tree, str) and tree not in TREES:
-        raise KeyError(f"tree={tree!r}; valid: {sorted(TREES)}")
-    spec = TREES[tree] if isinstance(tree, str) else tree
-    params = {"rule": getattr(rule, "name", type(rule).__name__), "gamma": gamma, "tree": tree if isinstance(tree, str) else None,
+    spec = _tree_spec(tree)
+    params = {"rule": getattr(rule, "name", type(rule).__name__), "gamma": gamma,
+              "tree": tree if isinstance(tree, str) else getattr(spec, "name", None),
               "drafter": getattr(drafter, "name", type(drafter).__name__)}
     for k in ("delta", "k", "lam", "drafts"):
         if hasattr(rule, k):
@@ -147,6 +153,33 @@ def speculative(target: LlamaGenGenerator, draft, *, rule=None, gamma: int | str
                                target.config, gamma, spec, params, policy=policy)
 
 
+def _tree_spec(tree) -> Tree | DynamicTree | None:
+    """``speculative``'s ``tree`` argument as a tree object."""
+    if tree is None or isinstance(tree, (Tree, DynamicTree)):
+        return tree
+    if not isinstance(tree, str):
+        raise TypeError(f"tree: expected a name, a Tree or a DynamicTree, got {type(tree).__name__}")
+    if tree.startswith("dyn"):
+        return DynamicTree.from_name(tree)
+    if tree not in TREES:
+        raise KeyError(f"tree={tree!r}; valid: {sorted(TREES)} or 'dyn<N>-k<K>-d<D>' / 'dynauto-k<K>-d<D>'")
+    return TREES[tree]
+
+
+def size_tree(method: SpeculativeLlamaGen, batch_size: int = 1, *, budget_max: int = 40) -> TreeSizing:
+    """The node budget of the method's EAGLE-2 dynamic tree with the most tokens per second on its device at
+    ``batch_size``, measured (``accel.speculative.tree_sizing``: the verify cost curve, the expected accepted
+    length of every budget from one calibration run, draft and loop costs), and set: the method decodes that
+    batch size with it from now on (``method.sizings[batch_size]`` keeps the report). ``tree="dynauto-..."`` does
+    this at the first call of each batch size. Tokens depend on the budget; the rule's per-step law does not."""
+    if not isinstance(method, SpeculativeLlamaGen):
+        raise TypeError(f"method: expected accel.speculative(...), got {type(method).__name__}")
+    if not isinstance(method.tree, DynamicTree):
+        raise ValueError("size_tree sizes a dynamic tree (accel.speculative(..., tree='dynauto-k8-d4')); a chain is "
+                         "sized by size_gamma, a static tree has a fixed shape")
+    return method.size(batch_size, budget_max)
+
+
 def size_gamma(method: SpeculativeLlamaGen, batch_size: int = 1, *, gamma_max: int = 8) -> ChainSizing:
     """The chain γ with the most tokens per second on the method's device at ``batch_size``, measured
     (``accel.speculative.chain_sizing``: the verify cost curve, the acceptance profile, draft and loop costs), and
@@ -156,6 +189,9 @@ def size_gamma(method: SpeculativeLlamaGen, batch_size: int = 1, *, gamma_max: i
     few seconds on the zoo) out of that call. Tokens depend on γ; the exact rule's law does not."""
     if not isinstance(method, SpeculativeLlamaGen):
         raise TypeError(f"method: expected accel.speculative(...), got {type(method).__name__}")
+    if method.tree is not None:
+        raise ValueError("size_gamma sizes a chain; a dynamic tree is sized by size_tree, a static tree has a fixed "
+                         "shape")
     return method.size(batch_size, gamma_max)
 
 

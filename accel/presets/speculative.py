@@ -12,7 +12,6 @@ from accel import zoo
 from accel.api.techniques import exact, lantern, snapkv, speculative
 from accel.harness.registry import BuildContext, MethodEntry
 from accel.presets.zoo_models import generator, zoo_missing
-from accel.speculative.dynamic_tree import DynamicTree
 
 TARGET, DRAFT, EAGLE = "fmnist-llamagen", "fmnist-llamagen-draft", "fmnist-llamagen-eagle"
 EAGLE_CFG = "fmnist-llamagen-eagle-cfg"  # EAGLE head trained on the target's own guided samples (drafter_cfg.py)
@@ -30,11 +29,6 @@ def load_drafter(kind: str, ctx: BuildContext):
     raise KeyError(f"unknown drafter {kind!r}; valid: {['draft', *EAGLES]}")
 
 
-def tree_spec(tree: str | None):
-    """A static tree name (``tree.TREES``) as is, or an EAGLE-2 dynamic tree from ``"dyn<N>-k<K>-d<D>"``."""
-    return DynamicTree.from_name(tree) if isinstance(tree, str) and tree.startswith("dyn") else tree
-
-
 def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | None = None, k: int = 1000,
           lam: float | None = None, gamma: int | str = 3, tree: str | None = None, residual: str = "official",
           drafts: str = "sampled", snapkv_budget: float | None = None, window: int = 4):
@@ -44,7 +38,7 @@ def build(ctx: BuildContext, name: str, drafter: str = "draft", delta: float | N
     target = generator(ctx, tokenizer_dtype=True)
     rule = exact() if delta is None and lam is None else lantern(delta, k=k, lam=lam, residual=residual, drafts=drafts)
     policy = None if snapkv_budget is None else snapkv(snapkv_budget, window=window)
-    m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree_spec(tree),
+    m = speculative(target, load_drafter(drafter, ctx), rule=rule, gamma=gamma, tree=tree,
                     kv_policy=policy, name=name)
     m.params = dict(drafter=drafter, gamma=gamma, delta=delta, k=k, lam=lam, tree=tree, residual=residual,
                     drafts=None if delta is None and lam is None else drafts)
@@ -89,6 +83,9 @@ ENTRIES = [
     # chain, step TV <= delta; results/lantern-s17: 1.24x over AR at batch 1 on a quiet machine)
     entry("lantern-det-eagle-cfg", quick=True, drafter="eagle-cfg", delta=0.4, gamma=5, drafts="deterministic"),
     entry("lantern-det-eagle-cfg-dyn", drafter="eagle-cfg", delta=0.2, tree="dyn8-k8-d4", drafts="deterministic"),
+    # the same with the node budget measured on the device for each batch size (accel.size_tree)
+    entry("lantern-det-eagle-cfg-dynauto", drafter="eagle-cfg", delta=0.2, tree="dynauto-k8-d4",
+          drafts="deterministic"),
     # composition: LANTERN on a SnapKV-compressed target cache (25 %, as llamagen-snapkv); a batch runs row by row
     entry("lantern-draft-snapkv", quick=True, drafter="draft", delta=0.1, snapkv_budget=0.25),
 ]

@@ -45,6 +45,7 @@ from accel.models.llamagen import Transformer
 from accel.models.llamagen_generate import SamplingConfig
 from accel.speculative.decoder import SpecStats, TokenBar, nan_flag, read_round
 from accel.speculative.drafters import EagleDrafter, cfg_rows, process
+from accel.speculative.sizing import device_sync
 from accel.speculative.tree import TreeRound
 from accel.validate import check_labels, check_max_new_tokens, check_speculative_setup
 
@@ -55,10 +56,10 @@ TIE = 1e-9  # per-depth tie-break of the node value: a parent always ranks befor
 class DynamicTree:
     """EAGLE-2 tree shape: ``budget`` draft nodes verified per round out of ``top_k + (depth-1) top_k^2``
     candidates (``top_k`` children per expanded node, ``top_k`` nodes expanded per layer, ``depth`` layers).
-    LANTERN's released defaults are budget 58 (``total_token=59``), depth 4, top_k 10; size ``budget`` per
-    device with ``sizing.choose_tree_budget``."""
+    LANTERN's released defaults are budget 58 (``total_token=59``), depth 4, top_k 10. ``budget="auto"``: a
+    ``SpeculativeLlamaGen`` measures it on its device for each batch size (``tree_sizing.size_tree``)."""
 
-    budget: int = 16
+    budget: int | str = 16
     top_k: int = 8
     depth: int = 4
 
@@ -66,9 +67,11 @@ class DynamicTree:
         for name, v in (("top_k", self.top_k), ("depth", self.depth)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"DynamicTree: {name}={v!r} must be an int >= 1")
+        if self.budget == "auto":
+            return
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or not 1 <= self.budget <= self.pool:
-            raise ValueError(f"DynamicTree: budget={self.budget!r} must be an int in [1, {self.pool}] (top_k "
-                             f"{self.top_k} + (depth {self.depth} - 1) * top_k^2 candidates)")
+            raise ValueError(f"DynamicTree: budget={self.budget!r} must be 'auto' or an int in [1, {self.pool}] "
+                             f"(top_k {self.top_k} + (depth {self.depth} - 1) * top_k^2 candidates)")
 
     @property
     def pool(self) -> int:
@@ -80,11 +83,14 @@ class DynamicTree:
 
     @classmethod
     def from_name(cls, name: str) -> "DynamicTree":
-        """Inverse of ``name``: ``"dyn16-k8-d4"`` -> ``DynamicTree(16, 8, 4)``."""
-        m = re.fullmatch(r"dyn(\d+)-k(\d+)-d(\d+)", name)
+        """Inverse of ``name``: ``"dyn16-k8-d4"`` -> ``DynamicTree(16, 8, 4)``, ``"dynauto-k8-d4"`` ->
+        ``DynamicTree("auto", 8, 4)`` (the budget measured on the device: ``tree_sizing.size_tree``)."""
+        m = re.fullmatch(r"dyn(\d+|auto)-k(\d+)-d(\d+)", name)
         if m is None:
-            raise ValueError(f"dynamic tree name {name!r}: expected 'dyn<budget>-k<top_k>-d<depth>', e.g. 'dyn16-k8-d4'")
-        return cls(*(int(v) for v in m.groups()))
+            raise ValueError(f"dynamic tree name {name!r}: expected 'dyn<budget>-k<top_k>-d<depth>' with an int "
+                             "budget or 'auto', e.g. 'dyn16-k8-d4', 'dynauto-k8-d4'")
+        b, k, d = m.groups()
+        return cls(b if b == "auto" else int(b), int(k), int(d))
 
 
 def rows_tree_mask(base: Tensor, anc: Tensor, kv_len: int) -> Tensor:
@@ -211,8 +217,8 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
 
     Needs an EAGLE drafter, a rule with deterministic drafts (``DeterministicLanternRule``; δ = 0 is exact
     speculative decoding of deterministic drafts) and sampling (not greedy) decoding. ``timings``, a dict,
-    receives the seconds spent drafting, in the verify forward and in the rest of the loop (clocks read on the
-    host: on an accelerator they include queued work unless it is synchronised; meant for CPU cost splits)."""
+    receives the seconds spent drafting, in the verify forward and in the rest of the loop (the device is
+    synchronised before each clock read when ``timings`` is given, so on an accelerator the split is the work's)."""
     if getattr(rule, "drafts", "sampled") != "deterministic":
         raise ValueError(f"dynamic tree: rule {getattr(rule, 'name', rule)!r} samples its drafts; the EAGLE-2 tree "
                          "drafts deterministically (use lantern(delta, drafts='deterministic'), delta=0 for exact)")
@@ -220,6 +226,9 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         raise ValueError("dynamic tree: sample_logits=False (greedy) is not supported; use a chain or static tree")
     if not isinstance(drafter, EagleDrafter):
         raise TypeError(f"dynamic tree: needs an EAGLE drafter, got {type(drafter).__name__}")
+    if spec.budget == "auto":
+        raise ValueError(f"dynamic tree {spec.name}: the budget is sized by the method (accel.speculative(..., "
+                         "tree='dynauto-...') or accel.size_tree); pass an int budget here")
     n = check_max_new_tokens(max_new_tokens, target.config.block_size, "dynamic_tree_generate")
     check_labels(cond, target.config.num_classes, model="LlamaGen target")
     check_speculative_setup(target, drafter, rule)
@@ -235,6 +244,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
     clock = timings if timings is not None else {}
     for k in ("draft_s", "verify_s", "loop_s"):
         clock.setdefault(k, 0.0)
+    sync = (lambda: device_sync(dev)) if timings is not None else (lambda: None)  # clocks of queued device work
     bar = TokenBar(B, n, f"dynamic tree ({spec.name})", progress, done=B)
     p = None
     while True:
@@ -249,6 +259,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         live = c < n
         t1 = time.perf_counter()
         toks, parent, depth, rank = draft_dynamic(drafter, state, spec, sc, c, c_max)
+        sync()
         t2 = time.perf_counter()
         toks[:, 0] = seq[rows, c - 1]
         anc = ancestors(parent, D)
@@ -257,6 +268,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         logits, hidden = target(cfg_rows(toks, R), input_pos=cfg_rows(pos, R), slots=cfg_rows(slots, R),
                                 cache=run.cache, mask=cfg_rows(mask, R), return_hidden=True)
         st.nfe_target += 1
+        sync()
         t3 = time.perf_counter()
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
         bad = nan_flag(bad, p, None)
@@ -265,6 +277,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         on_path = (ar[None] < m[:, None]) & live[:, None]
         ranks_t.scatter_add_(0, rank.gather(1, path).flatten(), on_path.long().flatten())
         run.commit(toks, path, m, nxt, hidden, live)
+        sync()
         t4 = time.perf_counter()
         clock["draft_s"] += t2 - t1
         clock["verify_s"] += t3 - t2

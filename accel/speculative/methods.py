@@ -15,6 +15,7 @@ from accel.speculative.decoder import SpecStats, speculative_generate
 from accel.speculative.drafters import EagleDrafter
 from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
 from accel.speculative.tree import tree_generate
+from accel.speculative.tree_sizing import TreeSizing, size_tree
 from accel.types import Sample
 
 
@@ -27,15 +28,18 @@ class SpeculativeLlamaGen:
         """``policy``: a raster KV-cache policy (``accel.cache.llamagen.build_raster_policy``) compressing the
         target's cache (chain, batch 1); ``stats['kv_bytes']`` is then the peak the target attended to.
         ``gamma="auto"``: the chain's γ is measured on the device for each batch size at its first call
-        (``chain_sizing.size_chain``; ``sizings[batch]`` keeps the measurements, ``stats['gamma']`` the γ used)."""
+        (``chain_sizing.size_chain``; ``sizings[batch]`` keeps the measurements, ``stats['gamma']`` the γ used);
+        a dynamic tree with ``budget="auto"`` likewise has its node budget measured (``tree_sizing.size_tree``,
+        ``stats['tree_budget']``)."""
         if policy is not None and tree is not None:
             raise ValueError("a cache policy composes with chain speculative decoding only (tree=None)")
-        self.auto = gamma == "auto"
-        if self.auto and (tree is not None or policy is not None):
-            raise ValueError("gamma='auto' sizes a plain chain; with a tree or a cache policy pass an int gamma")
+        if gamma == "auto" and (tree is not None or policy is not None):
+            raise ValueError("gamma='auto' sizes a plain chain; with a cache policy pass an int gamma, a dynamic "
+                             "tree is sized with tree='dynauto-k<K>-d<D>' (static trees have a fixed shape)")
+        self.auto = gamma == "auto" or (isinstance(tree, DynamicTree) and tree.budget == "auto")
         self.name, self.target, self.drafter, self.rule = name, target, drafter, rule
-        self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, None if self.auto else gamma, tree
-        self.sizings: dict[int, ChainSizing] = {}
+        self.tokenizer, self.sc, self.gamma, self.tree = tokenizer, sc, None if gamma == "auto" else gamma, tree
+        self.sizings: dict[int, ChainSizing | TreeSizing] = {}
         self.policy, self.every = policy, every
         if isinstance(tree, DynamicTree):
             if getattr(rule, "drafts", "sampled") != "deterministic":
@@ -48,10 +52,15 @@ class SpeculativeLlamaGen:
         self.params = dict(params or {})
         self.timings: dict | None = None  # a dict: dynamic-tree calls add their draft/verify/loop seconds to it
 
-    def size(self, batch_size: int, gamma_max: int = 8) -> ChainSizing:
-        """Measure the best chain γ at ``batch_size`` on this device (``chain_sizing.size_chain``) and decode that
-        batch size with it from now on (``sizings[batch_size]``)."""
-        self.sizings[batch_size] = sizing = size_chain(self, batch_size, gamma_max=gamma_max)
+    def size(self, batch_size: int, limit: int | None = None) -> ChainSizing | TreeSizing:
+        """Measure on this device the best chain γ (``chain_sizing.size_chain``, γ <= ``limit``, default 8) or,
+        with a dynamic tree, the best node budget (``tree_sizing.size_tree``, <= ``limit``, default 40) at
+        ``batch_size``, and decode that batch size with it from now on (``sizings[batch_size]``)."""
+        if isinstance(self.tree, DynamicTree):
+            sizing = size_tree(self, batch_size, budget_max=40 if limit is None else limit)
+        else:
+            sizing = size_chain(self, batch_size, gamma_max=8 if limit is None else limit)
+        self.sizings[batch_size] = sizing
         return sizing
 
     def gamma_for(self, batch_size: int) -> int:
@@ -60,11 +69,20 @@ class SpeculativeLlamaGen:
             return self.sizings[batch_size].gamma
         return self.size(batch_size).gamma if self.auto else self.gamma
 
+    def tree_for(self, batch_size: int) -> DynamicTree:
+        """The dynamic tree of this batch size: its sized budget, else the fixed one (``budget="auto"``: sized now)."""
+        if batch_size in self.sizings:
+            return self.sizings[batch_size].tree
+        return self.size(batch_size).tree if self.auto else self.tree
+
     @torch.inference_mode()
     def generate(self, cond: torch.Tensor, *, generator: torch.Generator) -> Sample:
+        extra = {}
         if isinstance(self.tree, DynamicTree):
-            codes, st = dynamic_tree_generate(self.target, self.drafter, self.rule, cond, self.sc, spec=self.tree,
+            spec = self.tree_for(cond.size(0))
+            codes, st = dynamic_tree_generate(self.target, self.drafter, self.rule, cond, self.sc, spec=spec,
                                               generator=generator, timings=self.timings)
+            extra["tree_budget"] = spec.budget
         elif self.tree is not None:
             codes, st = tree_generate(self.target, self.drafter, self.rule, cond, self.sc, tree=self.tree,
                                       generator=generator)
@@ -80,7 +98,7 @@ class SpeculativeLlamaGen:
             codes, st = torch.cat([c for c, _ in parts]), merge_stats([s for _, s in parts])
         g = self.target.config.grid_size
         x = self.tokenizer.decode_code(codes, hw=(g, g))
-        stats = {**st.as_dict(), "tokens": codes}
+        stats = {**st.as_dict(), **extra, "tokens": codes}
         if self.policy is not None:
             stats["kv_bytes"] = max(c.peak_attended_bytes() for c in caches)
             stats["rows_decoded_serially"] = len(caches)

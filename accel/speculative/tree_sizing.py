@@ -1,0 +1,112 @@
+"""Node budget of an EAGLE-2 dynamic tree, chosen on the device it runs on (issue 18, item 4; ``sizing.py`` holds
+the model, ``chain_sizing.py`` the chain's twin).
+
+A dynamic-tree round with node budget N verifies N + 1 tokens and costs ``t_draft + t_verify(N + 1) + t_loop``:
+drafting is ``depth`` drafter forwards of ``top_k`` nodes whatever N is (expansion, then reranking keeps the N best;
+EAGLE-2, arXiv 2406.16858, §4). It emits ``E(N) = 1 + sum_{r<=N} path_rank_counts[r] / rounds`` tokens, read off
+ONE calibration run at the largest budget (``dynamic_tree.py``'s module doc: a smaller budget keeps the best-ranked
+nodes and, with the same coins, walks the same path until the first node ranked past it). ``size_tree`` measures:
+
+- ``path_rank_counts``, ``t_draft``, ``t_loop`` and the in-loop verify forward: calibration decodes at
+  ``budget_max`` (labels cycling through the classes, a seeded generator of their own so the caller's stream is
+  untouched), the loop's own clocks (``dynamic_tree_generate(timings=...)``, device-synchronised);
+- ``t_verify(T)``: the shape of ``sizing.verify_cost_curve`` over T = 1..budget_max + 1, scaled so that
+  T = budget_max + 1 costs what the calibration's verify forwards did (the machine can drift between the two);
+
+then ``sizing.choose_tree_budget`` picks the N with the most tokens per second. The loop term is taken as the
+same for every N (its vectorised verification grows mildly with N).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
+from accel.speculative.sizing import Budget, choose_tree_budget, device_sync, expected_tree_tokens, verify_cost_curve
+from accel.validate import check_range
+
+
+@dataclass(frozen=True)
+class TreeSizing:
+    """What ``size_tree`` measured and chose: ``budget`` (the node budget, >= 1) of the tree ``top_k`` / ``depth``,
+    the verify seconds per forward of T tokens (whole batch, scaled as above), the calibration's
+    ``path_rank_counts`` over ``rounds`` row-rounds, per-round draft and loop seconds, and every budget ranked
+    by tokens per second (``expected_tokens``: E(N) of the ranked budgets)."""
+
+    budget: int
+    batch_size: int
+    top_k: int
+    depth: int
+    verify_s: dict[int, float]
+    path_rank_counts: list[int]
+    rounds: int
+    draft_s: float
+    loop_s: float
+    ranked: list[Budget]
+
+    @property
+    def tree(self) -> DynamicTree:
+        return DynamicTree(self.budget, self.top_k, self.depth)
+
+    def expected_tokens(self, budget: int) -> float:
+        return expected_tree_tokens(self.path_rank_counts, self.rounds, budget)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["ranked"] = [(b.name, round(b.expected_tokens, 3), round(b.tokens_per_second, 3)) for b in self.ranked]
+        return {**out, "tree": self.tree.name}
+
+
+@torch.inference_mode()
+def size_tree(method, batch_size: int = 1, *, budget_max: int = 40, images: int = 32, repeats: int = 7,
+              seed: int = 0) -> TreeSizing:
+    """Measure the terms above for a dynamic-tree ``SpeculativeLlamaGen`` at ``batch_size`` and return the best
+    node budget in ``[1, min(budget_max, the tree's candidate pool, block_size - 2)]`` (``method`` is not changed;
+    ``accel.size_tree`` sets it). ``images``: how many the calibration decodes draw (whole batches, at least
+    one); ``repeats``: verify-curve medians per T."""
+    tree = method.tree
+    if not isinstance(tree, DynamicTree):
+        raise ValueError(f"size_tree sizes an EAGLE-2 dynamic tree (tree='dynauto-k8-d4', ...), got tree="
+                         f"{getattr(tree, 'name', tree)!r}; a chain is sized by size_gamma")
+    target, sc = method.target, method.sc
+    block = target.config.block_size
+    check_range("budget_max", budget_max, 1, integer=True)
+    check_range("batch_size", batch_size, 1, integer=True)
+    check_range("images", images, 1, integer=True)
+    top = min(budget_max, tree.pool, block - 2)  # top + 1 verify tokens fit the context
+    calib = replace(tree, budget=top)
+    dev = target.tok_embeddings.weight.device
+    curve = verify_cost_curve(target, max_tokens=top + 1, prefix=max(1, min(block // 2, block - top - 1)),
+                              cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    classes = target.config.num_classes
+
+    def decode(i: int, clock: dict):  # the i-th calibration batch: labels cycle through the classes
+        cond = (torch.arange(batch_size, device=dev) + i * batch_size) % classes
+        return dynamic_tree_generate(target, method.drafter, method.rule, cond, sc, spec=calib, generator=g,
+                                     timings=clock)[1]
+
+    decode(-1, {})  # warm-up (first-call allocations), not counted
+    clock: dict = {}
+    counts, rounds, iters = [0] * (top + 1), 0, 0
+    for i in range(max(1, images // batch_size)):
+        device_sync(dev)
+        st = decode(i, clock)
+        counts = [a + b for a, b in zip(counts, st.path_rank_counts)]
+        rounds += st.verify_steps
+        iters += st.nfe_target - 1  # the first target call of a decode is its prefill
+    return choose_tree(curve, clock["verify_s"] / iters, counts, rounds, clock["draft_s"] / iters,
+                       clock["loop_s"] / iters, calib, batch_size)
+
+
+def choose_tree(curve: dict[int, float], verify_s: float, path_rank_counts: list[int], rounds: int, draft_s: float,
+                loop_s: float, calib: DynamicTree, batch_size: int = 1) -> TreeSizing:
+    """The decision of ``size_tree`` from its measurements: the curve's shape scaled so that T = calib.budget + 1
+    costs ``verify_s`` (the calibration's own verify forward), every budget in [1, calib.budget] ranked by
+    ``sizing.choose_tree_budget``."""
+    scale = verify_s / curve[calib.budget + 1]
+    curve = {T: v * scale for T, v in curve.items()}
+    best, ranked = choose_tree_budget(curve, path_rank_counts, rounds, draft_s, loop_s)
+    return TreeSizing(int(best.name.removeprefix("budget")), batch_size, calib.top_k, calib.depth, curve,
+                      list(path_rank_counts), rounds, draft_s, loop_s, ranked)
