@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from accel.api.techniques import size_gamma, size_tree
+from accel.api.techniques import size_gamma
 from accel.presets.zoo_models import load_reference
 from accel.harness.plots import plot_all
 from accel.presets import registry
@@ -44,6 +44,7 @@ from accel.speculative.chain_sizing import Clocked
 from accel.speculative.lantern import LanternRule
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
 from accel.speculative.step_law import step_tv
+from accel.speculative.tree_sizing import size_tree
 
 
 @torch.inference_mode()  # as the harness times generate
