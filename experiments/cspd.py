@@ -41,7 +41,7 @@ RULES = {"exact": {}, "T42": dict(std_product="official", inner_temperature=42.0
 DRAFTS = {"zoo": CM.DRAFT, "aligned": CM.ALIGNED}
 
 
-def grid(quick: bool, head_steps=None, disa=(), drafts=("zoo", "aligned")) -> list[tuple[str, dict]]:
+def grid(quick: bool, head_steps=None, disa=(), drafts=("zoo", "aligned"), gammas=None) -> list[tuple[str, dict]]:
     """Every CSpD row names its loop, rule, draft and gamma, and (params["law"], ``presets.cspd.law``) the law it
     samples; the draft-free control of each law is in the grid: ``target-parallel-g<k>`` (the parallel law) and
     the baseline ``cspd-target-only`` (one token per AR step; ``target-parallel-g1`` is the same law with the
@@ -54,11 +54,11 @@ def grid(quick: bool, head_steps=None, disa=(), drafts=("zoo", "aligned")) -> li
       std-product term: not distribution-preserving);
     - drafts: the zoo draft and the aligned draft (``fmnist-mar-draft-aligned``).
     ``quick``: gamma 8 (textbook: 4), one draft (the first of ``drafts``), no T42 textbook / ltr rows, no one-token
-    control."""
-    gammas = (8,) if quick else GAMMAS
+    control. ``gammas``: the window lengths of every row (default 4 / 8 / 16; quick: 8)."""
+    gammas = tuple(gammas) if gammas else (8,) if quick else GAMMAS
     drafts = drafts[:1] if quick else drafts
     pts = [(f"target-parallel-g{k}", dict(gamma=k, draft=None)) for k in gammas]
-    if not quick:
+    if not quick and 1 not in gammas:
         pts.append(("target-parallel-g1", dict(gamma=1, draft=None)))
     for d in drafts:
         for loop, kw in (("released", dict(verify="independent")), ("textbook", dict(conditioning="textbook"))):
@@ -102,7 +102,7 @@ def registry(args) -> Registry:
         reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: CM.build_target_only(ctx, **hs),
                             models=(CM.TARGET,), experiment="cspd", params={"law": "one-token", **hs},
                             unavailable=CM.missing_with()))
-        for name, kw in grid(args.quick, args.head_steps, args.disa, tuple(args.drafts)):
+        for name, kw in grid(args.quick, args.head_steps, args.disa, tuple(args.drafts), args.gammas):
             if kw.get("draft") == "target-only":
                 reg.add(CM.target_only_entry(name, **{k: v for k, v in kw.items() if k != "draft"}))
             else:
@@ -118,7 +118,7 @@ def registry(args) -> Registry:
     base = CSpDConfig(**({"head_steps": args.head_steps} if args.head_steps else {}))
     reg.add(MethodEntry("cspd-target-only", "mar", lambda ctx: TargetOnlyMAR(get(ctx)[0], get(ctx)[2], base),
                         models=("random-mar",), experiment="cspd", params={"head_steps": base.head_steps}))
-    for name, kw in grid(args.quick, args.head_steps, args.disa, ("zoo",)):
+    for name, kw in grid(args.quick, args.head_steps, args.disa, ("zoo",), args.gammas):
         def build(ctx, n=name, kw=kw):
             p, q, vae = get(ctx)
             k = CM.config(**{a: b for a, b in kw.items() if a != "draft"})
@@ -405,6 +405,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chain-gap", action="store_true",
                     help="sigma-gap per head step and CFG scale (--cfgs) at fixed contexts, zoo and aligned drafts")
     ap.add_argument("--gamma", type=int, default=8, help="gamma of --acceptance")
+    ap.add_argument("--gammas", type=int, nargs="+", help="window lengths of the grid's rows (default 4 8 16)")
     ap.add_argument("--cfgs", type=float, nargs="+",
                     help="CFG scales of --acceptance (target AND draft; schedule unchanged; default: the card's 5.0)")
     ap.add_argument("--loops", nargs="+", default=("released", "textbook"), choices=("released", "textbook"),
@@ -421,6 +422,8 @@ def main(argv=None) -> int:
     ap.add_argument("--disa", nargs="+", default=(), metavar="SPEC",
                     help="add CSpD composed with these DiSA schedules, e.g. linear:50:5 (annealing.disa.make_schedule)")
     args = ap.parse_args(argv)
+    if args.gammas and min(args.gammas) < 1:
+        ap.error(f"--gammas {args.gammas}: every window length must be >= 1")
     if ("file" in args.drafts) != (args.draft_file is not None):
         ap.error("--draft-file and '--drafts ... file' go together")
     if args.draft_file is not None:
