@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The zoo methods of the open issues timed on a lent GPU (speed only, N = 0), each group against its baseline in
 # the same run: exact SD (γ 3 and γ measured on the device, gamma="auto") and deterministic LANTERN with the
-# CFG-trained EAGLE drafter (issue #18, batch 1 and 8),
+# CFG-trained EAGLE drafter on the dynamic tree, its node budget pinned (dyn8) and measured on the device (dynauto)
+# (issue #18, batch 1 and 8),
 # CCA guidance-free LlamaGen and VAR against CFG (#21, batch 1 and 64), and CSpD with the aligned draft, released
 # per-window loop under T = 42 and the exact rule, gamma 8 and 16, with its draft-free control (#20, batch 1 and 16;
 # experiments/cspd.py, against the one-token target).
@@ -29,8 +30,8 @@ stage() {  # NAME LIMIT_S COMMAND...
   if [ "$rc" -ne 0 ]; then echo "$name: exit $rc (124 = the cap)"; failed=1; fi
 }
 BENCH=("$PY" -m accel bench --device "$DEVICE" --n-images 0 --memory none --repeats "${REPEATS:-5}" --out "$RESULTS")
-stage lantern "${LANTERN_CAP:-150}" "${BENCH[@]}" --batch-size 1 --batch-size 8 \
-  --method sd-eagle-cfg --method sd-eagle-cfg-auto --method lantern-det-eagle-cfg-dyn
+stage lantern "${LANTERN_CAP:-200}" "${BENCH[@]}" --batch-size 1 --batch-size 8 \
+  --method sd-eagle-cfg --method sd-eagle-cfg-auto --method lantern-det-eagle-cfg-dyn --method lantern-det-eagle-cfg-dynauto
 stage cca "${CCA_CAP:-150}" "${BENCH[@]}" --batch-size 1 --batch-size 64 --method llamagen-cca --method var-cca
 stage cspd "${CSPD_CAP:-240}" "$PY" experiments/cspd.py --device "$DEVICE" --threads "${THREADS:-1}" --drafts aligned \
   --n-images 0 --batch-sizes ${CSPD_BATCHES:-1 16} --repeats "${REPEATS:-5}" --out "$RESULTS/cspd" \
