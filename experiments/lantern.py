@@ -190,12 +190,14 @@ CALIB_TREE = "dyn40-k8-d4"  # the calibration run's tree: every budget N <= 40 i
 
 
 def dyn_sizing(drafter: str, delta: float, batch: int, n_images: int, repeats: int = 7) -> dict:
-    """Node budget for this device and batch (``accel.size_tree``: the verify cost curve T = 1..41 and one
-    calibration run at budget 40 giving E(N) for every N, draft and loop seconds per iteration)."""
+    """Node budget for this device and batch (``accel.size_tree``: the verify cost curve T = 1..41, one
+    calibration run at budget 40 giving E(N) for every N, draft and loop seconds per iteration there and at
+    budget 4; ``draft_s`` / ``loop_s`` below are budget 40's)."""
     m = build(BuildContext(TARGET), "calib", drafter=drafter, delta=delta, tree=CALIB_TREE, drafts="deterministic")
     z = size_tree(m, batch, budget_max=40, images=n_images, repeats=repeats)
     return dict(drafter=drafter, delta=delta, batch=batch, tree=CALIB_TREE, path_rank_counts=z.path_rank_counts,
-                rounds=z.rounds, draft_s=z.draft_s, loop_s=z.loop_s, verify_s=z.verify_s[41],
+                rounds=z.rounds, draft_s=z.draft_s[40], loop_s=z.loop_s[40], verify_s=z.verify_s[41],
+                measured=z.measured,
                 verify_curve_s={t: round(v, 6) for t, v in z.verify_s.items()},
                 verify_rel={t: round(v / z.verify_s[1], 3) for t, v in z.verify_s.items()}, budget=z.budget,
                 expected_tokens={n: round(z.expected_tokens(n), 3) for n in (1, 2, 4, 8, 12, 16, 24, 32, 40)},

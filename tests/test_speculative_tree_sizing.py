@@ -39,12 +39,26 @@ def test_choose_tree_by_hand():
     1 + 0.2 (T - 1), draft 0.5, loop 0.1: rates 2.0 / 1.8, 2.5 / 2.0, 2.5 / 2.2, 2.6 / 2.4, so budget 2. The
     curve is rescaled to the calibration's verify forward at T = budget + 1 = 5 (here by 1 / 2)."""
     curve = {T: 2.0 * (1 + 0.2 * (T - 1)) for T in range(1, 6)}
-    s = tree_sizing.choose_tree(curve, 1.8, [0, 10, 5, 0, 1], 10, 0.5, 0.1, DynamicTree(4, 2, 2))
+    s = tree_sizing.choose_tree(curve, [0, 10, 5, 0, 1], 10, {4: (0.5, 1.8, 0.1)}, DynamicTree(4, 2, 2))
     assert s.budget == 2 and s.tree == DynamicTree(2, 2, 2)
     assert s.verify_s[5] == pytest.approx(1.8) and s.verify_s[1] == pytest.approx(1.0)
     assert [b.name for b in s.ranked] == ["budget2", "budget3", "budget1", "budget4"]
     assert s.ranked[0].tokens_per_second == pytest.approx(2.5 / 2.0)
     assert [s.expected_tokens(n) for n in (1, 2, 3, 4)] == pytest.approx([2.0, 2.5, 2.5, 2.6])
+
+
+def test_loop_and_draft_costs_are_linear_in_the_budget():
+    """Measured at budgets 1 and 4: loop 0.1 -> 0.7, draft 0.5 -> 0.8, so budget 2 costs loop 0.3 and draft 0.6
+    per round and budget 3 loop 0.5, draft 0.7. On a flat verify curve (1.0) the rates are 2.0 / 1.6, 2.5 / 1.9,
+    2.5 / 2.2, 2.6 / 2.5: budget 2, where a constant taken at budget 4 (loop 0.7, draft 0.8) picks 4."""
+    flat = {T: 1.0 for T in range(1, 6)}
+    counts = [0, 10, 5, 0, 1]
+    s = tree_sizing.choose_tree(flat, counts, 10, {4: (0.8, 1.0, 0.7), 1: (0.5, 1.0, 0.1)}, DynamicTree(4, 2, 2))
+    assert s.loop_s == pytest.approx({1: 0.1, 2: 0.3, 3: 0.5, 4: 0.7})
+    assert s.draft_s == pytest.approx({1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8})
+    assert s.budget == 2 and s.ranked[0].tokens_per_second == pytest.approx(2.5 / 1.9)
+    const = tree_sizing.choose_tree(flat, counts, 10, {4: (0.8, 1.0, 0.7)}, DynamicTree(4, 2, 2))
+    assert const.budget == 4 and set(const.loop_s.values()) == {0.7}
 
 
 def test_dynauto_sizes_each_batch_size_once_and_decodes_with_that_budget(pair, monkeypatch):
@@ -78,8 +92,10 @@ def test_the_measured_budget_is_the_argmax_of_the_reported_terms(pair, monkeypat
     v = sized.verify_s
     assert v[11] / v[1] == pytest.approx(curve[11] / curve[1])
 
+    assert set(sized.measured) == {tree_sizing.SMALL, 10}  # calibrated at the largest budget and at SMALL
+
     def rate(n):
-        return sized.expected_tokens(n) / (sized.draft_s + v[n + 1] + sized.loop_s)
+        return sized.expected_tokens(n) / (sized.draft_s[n] + v[n + 1] + sized.loop_s[n])
 
     assert sized.budget == max(range(1, 11), key=rate)
     if shape == "flat":

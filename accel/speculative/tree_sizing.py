@@ -7,14 +7,18 @@ EAGLE-2, arXiv 2406.16858, §4). It emits ``E(N) = 1 + sum_{r<=N} path_rank_coun
 ONE calibration run at the largest budget (``dynamic_tree.py``'s module doc: a smaller budget keeps the best-ranked
 nodes and, with the same coins, walks the same path until the first node ranked past it). ``size_tree`` measures:
 
-- ``path_rank_counts``, ``t_draft``, ``t_loop`` and the in-loop verify forward: calibration decodes at
-  ``budget_max`` (labels cycling through the classes, a seeded generator of their own so the caller's stream is
-  untouched), the loop's own clocks (``dynamic_tree_generate(timings=...)``, device-synchronised);
+- ``path_rank_counts`` and the in-loop verify forward: calibration decodes at ``budget_max`` (labels cycling
+  through the classes, a seeded generator of their own so the caller's stream is untouched), timed by the loop's
+  own clocks (``dynamic_tree_generate(timings=...)``, device-synchronised);
+- ``t_draft(N)``, ``t_loop(N)``: those clocks in the decodes at ``budget_max`` and in shorter ones at ``SMALL``
+  nodes, linear in N between (and beyond) the two: the loop's vectorised verification works on (N + 1)² node
+  pairs and the reranking on N nodes (measured on the zoo at batch 8: loop 4 / 6 / 11 / 24 ms at N = 4 / 8 / 16
+  / 40, a line through the ends is within ~20 % at 8 and 16; a constant taken at N = 40 made a round at N = 4
+  look ~1.7x as dear as it is);
 - ``t_verify(T)``: the shape of ``sizing.verify_cost_curve`` over T = 1..budget_max + 1, scaled so that
   T = budget_max + 1 costs what the calibration's verify forwards did (the machine can drift between the two);
 
-then ``sizing.choose_tree_budget`` picks the N with the most tokens per second. The loop term is taken as the
-same for every N (its vectorised verification grows mildly with N).
+then ``sizing.choose_budget`` picks the N with the most tokens per second.
 """
 from __future__ import annotations
 
@@ -23,16 +27,20 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
-from accel.speculative.sizing import Budget, choose_tree_budget, device_sync, expected_tree_tokens, verify_cost_curve
+from accel.speculative.sizing import Budget, choose_budget, device_sync, expected_tree_tokens, verify_cost_curve
 from accel.validate import check_range
+
+
+SMALL = 4  # the second calibration budget (see the module doc)
 
 
 @dataclass(frozen=True)
 class TreeSizing:
     """What ``size_tree`` measured and chose: ``budget`` (the node budget, >= 1) of the tree ``top_k`` / ``depth``,
     the verify seconds per forward of T tokens (whole batch, scaled as above), the calibration's
-    ``path_rank_counts`` over ``rounds`` row-rounds, per-round draft and loop seconds, and every budget ranked
-    by tokens per second (``expected_tokens``: E(N) of the ranked budgets)."""
+    ``path_rank_counts`` over ``rounds`` row-rounds, the draft and loop seconds per round of every budget N
+    (``draft_s[N]``, ``loop_s[N]``: measured at the budgets in ``measured``, linear between), and every budget
+    ranked by tokens per second (``expected_tokens(N)``: E(N))."""
 
     budget: int
     batch_size: int
@@ -41,8 +49,9 @@ class TreeSizing:
     verify_s: dict[int, float]
     path_rank_counts: list[int]
     rounds: int
-    draft_s: float
-    loop_s: float
+    draft_s: dict[int, float]
+    loop_s: dict[int, float]
+    measured: dict[int, tuple[float, float, float]]
     ranked: list[Budget]
 
     @property
@@ -63,8 +72,8 @@ def size_tree(method, batch_size: int = 1, *, budget_max: int = 40, images: int 
               seed: int = 0) -> TreeSizing:
     """Measure the terms above for a dynamic-tree ``SpeculativeLlamaGen`` at ``batch_size`` and return the best
     node budget in ``[1, min(budget_max, the tree's candidate pool, block_size - 2)]`` (``method`` is not changed;
-    ``accel.size_tree`` sets it). ``images``: how many the calibration decodes draw (whole batches, at least
-    one); ``repeats``: verify-curve medians per T."""
+    ``accel.size_tree`` sets it). ``images``: how many the calibration decodes at ``budget_max`` draw (whole
+    batches, at least one; half as many at ``SMALL``); ``repeats``: verify-curve medians per T."""
     tree = method.tree
     if not isinstance(tree, DynamicTree):
         raise ValueError(f"size_tree sizes an EAGLE-2 dynamic tree (tree='dynauto-k8-d4', ...), got tree="
@@ -75,38 +84,55 @@ def size_tree(method, batch_size: int = 1, *, budget_max: int = 40, images: int 
     check_range("batch_size", batch_size, 1, integer=True)
     check_range("images", images, 1, integer=True)
     top = min(budget_max, tree.pool, block - 2)  # top + 1 verify tokens fit the context
-    calib = replace(tree, budget=top)
     dev = target.tok_embeddings.weight.device
     curve = verify_cost_curve(target, max_tokens=top + 1, prefix=max(1, min(block // 2, block - top - 1)),
                               cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
     g = torch.Generator(device=dev).manual_seed(seed)
     classes = target.config.num_classes
 
-    def decode(i: int, clock: dict):  # the i-th calibration batch: labels cycle through the classes
-        cond = (torch.arange(batch_size, device=dev) + i * batch_size) % classes
-        return dynamic_tree_generate(target, method.drafter, method.rule, cond, sc, spec=calib, generator=g,
-                                     timings=clock)[1]
+    def calibrate(budget: int, calls: int):
+        """Decodes at ``budget``: summed path_rank_counts and row-rounds, (draft, verify, loop) s per round."""
+        spec, clock = replace(tree, budget=budget), {}
+        counts, rounds, iters = [0] * (budget + 1), 0, 0
+        for i in range(-1, calls):  # i = -1: warm-up (first-call allocations), not counted
+            cond = (torch.arange(batch_size, device=dev) + i * batch_size) % classes
+            device_sync(dev)
+            st = dynamic_tree_generate(target, method.drafter, method.rule, cond, sc, spec=spec, generator=g,
+                                       timings={} if i < 0 else clock)[1]
+            if i >= 0:
+                counts = [a + b for a, b in zip(counts, st.path_rank_counts)]
+                rounds += st.verify_steps
+                iters += st.nfe_target - 1  # the first target call of a decode is its prefill
+        return counts, rounds, tuple(clock[k] / iters for k in ("draft_s", "verify_s", "loop_s"))
 
-    decode(-1, {})  # warm-up (first-call allocations), not counted
-    clock: dict = {}
-    counts, rounds, iters = [0] * (top + 1), 0, 0
-    for i in range(max(1, images // batch_size)):
-        device_sync(dev)
-        st = decode(i, clock)
-        counts = [a + b for a, b in zip(counts, st.path_rank_counts)]
-        rounds += st.verify_steps
-        iters += st.nfe_target - 1  # the first target call of a decode is its prefill
-    return choose_tree(curve, clock["verify_s"] / iters, counts, rounds, clock["draft_s"] / iters,
-                       clock["loop_s"] / iters, calib, batch_size)
+    calls = max(1, images // batch_size)
+    counts, rounds, costs_top = calibrate(top, calls)
+    measured = {top: costs_top}
+    if top > SMALL:
+        measured[SMALL] = calibrate(SMALL, max(1, calls // 2))[2]
+    return choose_tree(curve, counts, rounds, measured, replace(tree, budget=top), batch_size)
 
 
-def choose_tree(curve: dict[int, float], verify_s: float, path_rank_counts: list[int], rounds: int, draft_s: float,
-                loop_s: float, calib: DynamicTree, batch_size: int = 1) -> TreeSizing:
-    """The decision of ``size_tree`` from its measurements: the curve's shape scaled so that T = calib.budget + 1
-    costs ``verify_s`` (the calibration's own verify forward), every budget in [1, calib.budget] ranked by
-    ``sizing.choose_tree_budget``."""
-    scale = verify_s / curve[calib.budget + 1]
+def choose_tree(curve: dict[int, float], path_rank_counts: list[int], rounds: int,
+                measured: dict[int, tuple[float, float, float]], calib: DynamicTree, batch_size: int = 1) -> TreeSizing:
+    """The decision of ``size_tree`` from its measurements. ``measured[N] = (draft, verify, loop)`` seconds per round
+    of calibration decodes at budget N, ``calib.budget`` among them (where E(N) was read): the curve's shape scaled
+    so that T = calib.budget + 1 costs that run's verify forward, draft and loop linear in N through the measured
+    budgets (one budget: constant; never below 0), every budget in [1, calib.budget] ranked by
+    ``sizing.choose_budget``."""
+    top = calib.budget
+    scale = measured[top][1] / curve[top + 1]
     curve = {T: v * scale for T, v in curve.items()}
-    best, ranked = choose_tree_budget(curve, path_rank_counts, rounds, draft_s, loop_s)
+    lo, hi = min(measured), max(measured)
+
+    def line(k: int, n: int) -> float:
+        a, b = measured[lo][k], measured[hi][k]
+        return max(0.0, a if lo == hi else a + (b - a) * (n - lo) / (hi - lo))
+
+    draft = {n: line(0, n) for n in range(1, top + 1)}
+    loop = {n: line(2, n) for n in range(1, top + 1)}
+    cands = {f"budget{n}": (n + 1, expected_tree_tokens(path_rank_counts, rounds, n), draft[n] + loop[n])
+             for n in range(1, min(top, len(path_rank_counts) - 1, max(curve) - 1) + 1)}
+    best, ranked = choose_budget(curve, cands)
     return TreeSizing(int(best.name.removeprefix("budget")), batch_size, calib.top_k, calib.depth, curve,
-                      list(path_rank_counts), rounds, draft_s, loop_s, ranked)
+                      list(path_rank_counts), rounds, draft, loop, dict(measured), ranked)
