@@ -18,8 +18,9 @@ from accel.speculative.dynamic_tree import (DynamicTree, ancestors, children_tab
                                             dynamic_tree_generate, verify_dynamic)
 from accel.speculative.lantern import neighbour_table
 from accel.speculative.lantern_deterministic import DeterministicLanternRule
-from accel.speculative.sizing import choose_tree_budget, expected_tree_tokens
+from accel.speculative.sizing import expected_tree_tokens
 from accel.speculative.step_law import step_tv
+from accel.speculative.tree_sizing import choose_tree
 from accel.speculative.methods import SpeculativeLlamaGen
 from accel.speculative.rules import ExactRule
 
@@ -202,8 +203,10 @@ def test_relaxation_raises_acceptance_and_budgets_follow_from_one_run():
     assert expected_tree_tokens(counts, rounds, 24) == pytest.approx(s0["mean_accept_len"], rel=0.05)
     assert expected_tree_tokens(counts, rounds, 4) <= expected_tree_tokens(counts, rounds, 24)
     verify_s = {T: 1.0 + 0.01 * T for T in range(1, 26)}
-    best, ranked = choose_tree_budget(verify_s, counts, rounds, draft_s=0.5)
+    sized = choose_tree(verify_s, counts, rounds, {24: (0.5, verify_s[25], 0.0)}, big)
+    best, ranked = sized.ranked[0], sized.ranked
     assert best.tokens_per_second == max(b.tokens_per_second for b in ranked) and len(ranked) == 24
+    assert sized.budget == max(range(1, 25), key=lambda n: expected_tree_tokens(counts, rounds, n) / (0.5 + verify_s[n + 1]))
 
 
 def test_bad_parameters():

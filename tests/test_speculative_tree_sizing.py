@@ -82,8 +82,9 @@ def test_dynauto_sizes_each_batch_size_once_and_decodes_with_that_budget(pair, m
 @pytest.mark.parametrize("shape", ["linear", "flat"])
 def test_the_measured_budget_is_the_argmax_of_the_reported_terms(pair, monkeypatch, shape):
     """size_tree keeps the curve's shape (scaled to the calibration's own verify forwards) and picks the budget
-    maximising E(N) / (draft + verify(N + 1) + loop) over what it reports; on a flat curve (an accelerator) that is
-    the smallest budget with the largest E(N)."""
+    maximising E(N) / (draft(N) + verify(N + 1) + loop(N)) over what it reports (on a linear and on a flat curve;
+    which budget that is depends on the measured draft and loop times, so the test checks the decision, not a
+    budget)."""
     target, drafter = pair
     m = accel.speculative(target, drafter, rule=accel.lantern(**RULE), tree="dyn3-k2-d3")
     curve = {T: (1.0 + 0.5 * T if shape == "linear" else 1.0) for T in range(1, 12)}
@@ -98,9 +99,6 @@ def test_the_measured_budget_is_the_argmax_of_the_reported_terms(pair, monkeypat
         return sized.expected_tokens(n) / (sized.draft_s[n] + v[n + 1] + sized.loop_s[n])
 
     assert sized.budget == max(range(1, 11), key=rate)
-    if shape == "flat":
-        top = max(sized.expected_tokens(n) for n in range(1, 11))
-        assert sized.budget == min(n for n in range(1, 11) if sized.expected_tokens(n) == top)
     assert m.tree_for(2).budget == sized.budget and m.tree_for(1).budget == 3  # a fixed budget where not sized
 
 

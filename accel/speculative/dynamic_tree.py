@@ -30,7 +30,7 @@ forwards' ``kv_len``, with the NaN flag of the previous verification in the same
 a smaller budget N' keeps exactly the N' best-ranked nodes, and with the same coins its walk is the same until
 the first path node ranked past N' (the missing nodes are the last siblings of their parent), so the
 expected tokens per round of every budget N' <= N follow from one run:
-E(N') = 1 + sum_{r<=N'} path_rank_counts[r] / rounds (``sizing.choose_tree_budget``).
+E(N') = 1 + sum_{r<=N'} path_rank_counts[r] / rounds (``tree_sizing.size_tree``).
 """
 from __future__ import annotations
 

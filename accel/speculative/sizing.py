@@ -11,8 +11,8 @@ and emits E(T) tokens: for a chain of γ drafts with conditional per-position ac
 
 ``verify_cost_curve`` measures t_verify(T) for T = 1..16 tokens on the device at hand (a memory-bound GPU keeps
 the curve nearly flat, a CPU grows with T), and ``choose_budget`` returns the candidate maximising
-E / t_round. For trees the candidate's E is the measured mean accepted length of that tree (``mean_accept_len``)
-and T its node count + 1; the same function ranks chains and trees together.
+E / t_round. For an EAGLE-2 dynamic tree with node budget N, T = N + 1 and E(N) comes from one run at a larger
+budget (``expected_tree_tokens``; ``tree_sizing.py`` measures and chooses N, ``chain_sizing.py`` γ).
 """
 from __future__ import annotations
 
@@ -123,13 +123,3 @@ def expected_tree_tokens(path_rank_counts: list[int], rounds: int, budget: int) 
     if not 0 <= budget < len(path_rank_counts):
         raise ValueError(f"budget={budget}: must be in [0, {len(path_rank_counts) - 1}] (the measured run's budget)")
     return 1.0 + sum(path_rank_counts[1: budget + 1]) / rounds
-
-
-def choose_tree_budget(verify_s: dict[int, float], path_rank_counts: list[int], rounds: int, draft_s: float,
-                       loop_s: float = 0.0) -> tuple[Budget, list[Budget]]:
-    """Node budget N maximising E(N) / (t_draft + t_verify(N + 1) + t_loop) over the measured verify curve; the
-    drafting cost of a dynamic tree does not depend on N (``depth`` drafter forwards of ``top_k`` nodes)."""
-    top = min(len(path_rank_counts) - 1, max(verify_s) - 1)
-    cands = {f"budget{N}": (N + 1, expected_tree_tokens(path_rank_counts, rounds, N), draft_s)
-             for N in range(1, top + 1)}
-    return choose_budget(verify_s, cands, loop_s)
