@@ -30,7 +30,7 @@ from accel.harness.results import environment, make_row
 from accel.harness.timing import speedup, time_interleaved
 from accel.types import Method, Sample
 
-_MEAN_KEYS = ("nfe_target", "nfe_draft", "head_steps", "gamma", "tree_budget")  # the γ / dynamic-tree budget a call used
+_MEAN_KEYS = ("nfe_target", "nfe_draft", "head_steps", "gamma", "tree_budget")  # γ / tree budget a call used
 
 
 @dataclass(frozen=True)
