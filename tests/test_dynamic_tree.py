@@ -199,7 +199,8 @@ def test_relaxation_raises_acceptance_and_budgets_follow_from_one_run():
     s0, s4 = run(0.0, big), run(0.4, big)
     assert s4["mean_accept_len"] > s0["mean_accept_len"] + 0.1
     counts, rounds = s0["path_rank_counts"], s0["verify_steps"]
-    assert counts[0] == 0 and sum(counts) == s0["accepted"] or sum(counts) >= s0["accepted"]
+    # the root is never on a path; path nodes past the image end are ranked but not accepted (at most depth per row)
+    assert counts[0] == 0 and s0["accepted"] <= sum(counts) <= s0["accepted"] + big.depth * len(cond)
     assert expected_tree_tokens(counts, rounds, 24) == pytest.approx(s0["mean_accept_len"], rel=0.05)
     assert expected_tree_tokens(counts, rounds, 4) <= expected_tree_tokens(counts, rounds, 24)
     verify_s = {T: 1.0 + 0.01 * T for T in range(1, 26)}
