@@ -1,9 +1,9 @@
 """Node budget of an EAGLE-2 dynamic tree, chosen on the device it runs on (issue 18, item 4; ``sizing.py`` holds
 the model, ``chain_sizing.py`` the chain's twin).
 
-A dynamic-tree round with node budget N verifies N + 1 tokens and costs ``t_draft + t_verify(N + 1) + t_loop``:
-drafting is ``depth`` drafter forwards of ``top_k`` nodes whatever N is (expansion, then reranking keeps the N best;
-EAGLE-2, arXiv 2406.16858, §4). It emits ``E(N) = 1 + sum_{r<=N} path_rank_counts[r] / rounds`` tokens, read off
+A dynamic-tree round with node budget N verifies N + 1 tokens and costs ``t_draft(N) + t_verify(N + 1) + t_loop(N)``:
+drafting is ``depth`` drafter forwards of ``top_k`` nodes whatever N is, then the reranking keeps the N best
+(EAGLE-2, arXiv 2406.16858, §4). It emits ``E(N) = 1 + sum_{r<=N} path_rank_counts[r] / rounds`` tokens, read off
 ONE calibration run at the largest budget (``dynamic_tree.py``'s module doc: a smaller budget keeps the best-ranked
 nodes and, with the same coins, walks the same path until the first node ranked past it). ``size_tree`` measures:
 
