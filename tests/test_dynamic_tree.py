@@ -211,6 +211,20 @@ def test_relaxation_raises_acceptance_and_budgets_follow_from_one_run():
     assert sized.budget == max(rate, key=rate.get)
 
 
+@pytest.mark.parametrize("budget", [1, 2])
+def test_budgets_below_the_depth_decode(budget):
+    """A budget smaller than depth - 1 holds no path as deep as the tree (e.g. what the device sizing picks on a
+    slow device): the loop pads the path to the depth (it crashed in commit before)."""
+    target = tiny(0, scale=0.6)
+    drafter = _eagle(target)
+    rule = DeterministicLanternRule(neighbour_table(target.tok_embeddings.weight, 15), k=15, delta=0.2)
+    cond = torch.tensor([0, 1, 3])
+    toks, st = dynamic_tree_generate(target, drafter, rule, cond, SamplingConfig(cfg_scale=2.0),
+                                     spec=DynamicTree(budget, 2, 4), generator=torch.Generator().manual_seed(0))
+    assert toks.shape == (3, target.config.block_size) and int(toks.min()) >= 0 and int(toks.max()) < 16
+    assert len(st.path_rank_counts) == budget + 1 and 1.0 <= st.as_dict()["mean_accept_len"] <= budget + 1
+
+
 def test_bad_parameters():
     with pytest.raises(ValueError, match="budget"):
         DynamicTree(budget=100, top_k=2, depth=3)

@@ -273,7 +273,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
         p = process(logits, pos, sc)  # node i predicts token index c + depth(i)
         bad = nan_flag(bad, p, None)
         path, m, nxt = verify_dynamic(rule, p, toks, parent, depth, anc, children_table(parent, K), generator)
-        path = path[:, :D]
+        path = torch.nn.functional.pad(path, (0, max(0, D - path.size(1))))[:, :D]  # budget < depth: short paths
         on_path = (ar[None] < m[:, None]) & live[:, None]
         ranks_t.scatter_add_(0, rank.gather(1, path).flatten(), on_path.long().flatten())
         run.commit(toks, path, m, nxt, hidden, live)
