@@ -177,7 +177,7 @@ def size_tree(method: SpeculativeLlamaGen, batch_size: int = 1, *, budget_max: i
     if not isinstance(method.tree, DynamicTree):
         raise ValueError("size_tree sizes a dynamic tree (accel.speculative(..., tree='dynauto-k8-d4')); a chain is "
                          "sized by size_gamma, a static tree has a fixed shape")
-    return method.size(batch_size, budget_max)
+    return method.size(batch_size, budget_max=budget_max)
 
 
 def size_gamma(method: SpeculativeLlamaGen, batch_size: int = 1, *, gamma_max: int = 8) -> ChainSizing:
@@ -192,7 +192,7 @@ def size_gamma(method: SpeculativeLlamaGen, batch_size: int = 1, *, gamma_max: i
     if method.tree is not None:
         raise ValueError("size_gamma sizes a chain; a dynamic tree is sized by size_tree, a static tree has a fixed "
                          "shape")
-    return method.size(batch_size, gamma_max)
+    return method.size(batch_size, gamma_max=gamma_max)
 
 
 # ------------------------------------------------------------------------------------------------- CSpD

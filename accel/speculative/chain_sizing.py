@@ -97,9 +97,7 @@ def size_chain(method, batch_size: int = 1, *, gamma_max: int = 8, images: int =
     check_range("batch_size", batch_size, 1, integer=True)
     check_range("images", images, 1, integer=True)
     dev = target.tok_embeddings.weight.device
-    block = target.config.block_size
-    curve = verify_cost_curve(target, max_tokens=gamma_max + 1, prefix=max(1, min(block // 2, block - gamma_max - 1)),
-                              cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
+    curve = verify_cost_curve(target, max_tokens=gamma_max + 1, cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
     target_c, drafter = Clocked(target, dev), Clocked(method.drafter, dev, "propose")
     g = torch.Generator(device=dev).manual_seed(seed)
     classes = target.config.num_classes

@@ -245,6 +245,7 @@ def dynamic_tree_generate(target: Transformer, drafter: EagleDrafter, rule, cond
     for k in ("draft_s", "verify_s", "loop_s"):
         clock.setdefault(k, 0.0)
     sync = (lambda: device_sync(dev)) if timings is not None else (lambda: None)  # clocks of queued device work
+    sync()  # the prefill's queued work is not the first round's
     bar = TokenBar(B, n, f"dynamic tree ({spec.name})", progress, done=B)
     p = None
     while True:

@@ -52,15 +52,12 @@ class SpeculativeLlamaGen:
         self.params = dict(params or {})
         self.timings: dict | None = None  # a dict: dynamic-tree calls add their draft/verify/loop seconds to it
 
-    def size(self, batch_size: int, limit: int | None = None) -> ChainSizing | TreeSizing:
-        """Measure on this device the best chain γ (``chain_sizing.size_chain``, γ <= ``limit``, default 8) or,
-        with a dynamic tree, the best node budget (``tree_sizing.size_tree``, <= ``limit``, default 40) at
-        ``batch_size``, and decode that batch size with it from now on (``sizings[batch_size]``)."""
-        if isinstance(self.tree, DynamicTree):
-            sizing = size_tree(self, batch_size, budget_max=40 if limit is None else limit)
-        else:
-            sizing = size_chain(self, batch_size, gamma_max=8 if limit is None else limit)
-        self.sizings[batch_size] = sizing
+    def size(self, batch_size: int, **limit) -> ChainSizing | TreeSizing:
+        """Measure on this device the best chain γ (``chain_sizing.size_chain``; ``gamma_max=``) or, with a dynamic
+        tree, the best node budget (``tree_sizing.size_tree``; ``budget_max=``) at ``batch_size``, and decode that
+        batch size with it from now on (``sizings[batch_size]``)."""
+        sizer = size_tree if isinstance(self.tree, DynamicTree) else size_chain
+        self.sizings[batch_size] = sizing = sizer(self, batch_size, **limit)
         return sizing
 
     def gamma_for(self, batch_size: int) -> int:

@@ -33,12 +33,14 @@ def device_sync(device: torch.device) -> None:
 def verify_cost_curve(model, *, max_tokens: int = 16, prefix: int | None = None, cfg: bool = True,
                       repeats: int = 15, warmup: int = 2, batch: int = 1) -> dict[int, float]:
     """Median seconds of one target forward over T = 1..``max_tokens`` new tokens at ``batch`` images (2 rows
-    each with ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image), as the verify
+    each with ``cfg``), reading a cache of ``prefix`` committed tokens (default: half the image, less where the
+    ``max_tokens`` would not fit after it), as the verify
     step does. Clocks are read after a device synchronisation; ``warmup`` calls per T are discarded."""
     cfg_m = model.config
     if not 1 <= max_tokens < cfg_m.block_size:
         raise ValueError(f"max_tokens={max_tokens}: must be in [1, {cfg_m.block_size - 1}]")
-    prefix = cfg_m.block_size // 2 if prefix is None else prefix
+    if prefix is None:
+        prefix = max(1, min(cfg_m.block_size // 2, cfg_m.block_size - max_tokens))
     if not 1 <= prefix <= cfg_m.block_size - max_tokens:
         raise ValueError(f"prefix={prefix}: must be in [1, {cfg_m.block_size - max_tokens}]")
     dev = model.tok_embeddings.weight.device

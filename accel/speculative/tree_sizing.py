@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from accel.speculative.dynamic_tree import DynamicTree, dynamic_tree_generate
-from accel.speculative.sizing import Budget, choose_budget, device_sync, expected_tree_tokens, verify_cost_curve
+from accel.speculative.sizing import Budget, choose_budget, expected_tree_tokens, verify_cost_curve
 from accel.validate import check_range
 
 
@@ -85,8 +85,7 @@ def size_tree(method, batch_size: int = 1, *, budget_max: int = 40, images: int 
     check_range("images", images, 1, integer=True)
     top = min(budget_max, tree.pool, block - 2)  # top + 1 verify tokens fit the context
     dev = target.tok_embeddings.weight.device
-    curve = verify_cost_curve(target, max_tokens=top + 1, prefix=max(1, min(block // 2, block - top - 1)),
-                              cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
+    curve = verify_cost_curve(target, max_tokens=top + 1, cfg=sc.uses_cfg, repeats=repeats, batch=batch_size)
     g = torch.Generator(device=dev).manual_seed(seed)
     classes = target.config.num_classes
 
@@ -96,7 +95,6 @@ def size_tree(method, batch_size: int = 1, *, budget_max: int = 40, images: int 
         counts, rounds, iters = [0] * (budget + 1), 0, 0
         for i in range(-1, calls):  # i = -1: warm-up (first-call allocations), not counted
             cond = (torch.arange(batch_size, device=dev) + i * batch_size) % classes
-            device_sync(dev)
             st = dynamic_tree_generate(target, method.drafter, method.rule, cond, sc, spec=spec, generator=g,
                                        timings={} if i < 0 else clock)[1]
             if i >= 0:
